@@ -1,0 +1,115 @@
+/*
+ * core.h - the core's internal state.  Every field that describes a
+ * partition or vCPU lives in these two structs, so save/restore can walk them.
+ */
+#ifndef HV_CORE_INTERNAL_H
+#define HV_CORE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdint.h>
+#include <time.h>
+#include "hv.h"
+#include "engine.h"
+
+#define HV_OWNER_HV 0          /* frame owner id meaning "hv itself" */
+
+/* Sentinel a handler returns when the parent partition finishes the call. */
+#define HC_TO_PARENT INT64_MIN
+
+struct hv_partition {
+    uint32_t id;
+    const struct engine_ops *engine;
+    void    *engine_vm;
+    uint8_t *ram;              /* mmap'd guest RAM, [0, mem_size) */
+    uint64_t mem_size;
+    uint64_t nframes;
+    uint32_t *frame_owner;     /* per 4 KiB frame: partition id or HV_OWNER_HV */
+    uint8_t  route[HV_HC_COUNT];  /* HV_ROUTE_CORE or HV_ROUTE_PARENT */
+    struct timespec epoch;     /* partition clock zero */
+
+    /* Guest-visible hv state (enumerable; covered by the state digest). */
+    uint64_t hypercall_page_gpa;  /* 0 = not placed */
+    uint64_t event_page_gpa;      /* 0 = not registered */
+    uint32_t event_vector;
+
+    struct hv_vcpu *vcpu;      /* one vCPU for now; SMP adds an array */
+};
+
+/* What a vCPU is waiting on between run calls. */
+enum vcpu_wait {
+    WAIT_NONE = 0,
+    WAIT_PARENT_HYPERCALL,     /* parent must hv_vcpu_complete() a hypercall */
+    WAIT_PARENT_IO_IN,         /* parent must supply an IN value */
+    WAIT_PARENT_IO_OUT,        /* parent acknowledges an OUT */
+    WAIT_EVENT,                /* inside block or hlt: sleep until an event */
+};
+
+struct multicall_state {
+    int      active;
+    uint64_t gva;
+    uint64_t count;
+    uint64_t index;
+};
+
+struct hv_vcpu {
+    struct hv_partition *partition;
+    uint32_t id;
+    void    *engine_vcpu;
+    pid_t    tid;                  /* the host thread that runs it */
+    enum vcpu_wait wait;
+    struct multicall_state mc;
+
+    /* Timer: partition-clock deadline in ns, 0 = disarmed. */
+    uint64_t timer_deadline;
+    timer_t  host_timer;
+    int      host_timer_ok;
+
+    /* Wake-ups from other threads: the parent raising events, pause. */
+    pthread_mutex_t lock;
+    pthread_cond_t  wake;
+    volatile int    pause_requested;
+    volatile int    inject_pending;   /* an upcall must be injected */
+    volatile int    in_guest;         /* inside engine->run() */
+
+    /* Counters. */
+    uint64_t exits, fast_calls, parent_calls, bad_page_placements;
+};
+
+/* partition.c */
+int  partition_frame_is_guest(const struct hv_partition *p, uint64_t gpa, uint64_t len);
+uint64_t partition_clock_ns(const struct hv_partition *p);
+
+/* pagewalk.c: translate one guest-virtual address for an access. */
+#define WALK_WRITE 0x1
+#define WALK_USER  0x2
+#define WALK_FETCH 0x4
+#define PAGING_NXE 0x1
+#define PAGING_WP  0x2
+int  pagewalk(const struct hv_partition *p, uint64_t cr3, uint64_t gva,
+              uint32_t access, uint32_t paging_flags, uint64_t *gpa,
+              uint64_t *page_left);
+/* Check that [gva, gva+len) is accessible (no copy). */
+int  guest_range_ok(struct hv_vcpu *v, uint64_t gva, uint64_t len, uint32_t access);
+
+/* hypercall.c */
+int64_t hypercall_dispatch(struct hv_vcpu *v, uint64_t nr, const uint64_t args[5],
+                           struct hv_exit *exit);
+int64_t multicall_continue(struct hv_vcpu *v, struct hv_exit *exit);
+void    multicall_store_result(struct hv_vcpu *v, int64_t result);
+void    hypercall_page_place(struct hv_vcpu *v, uint64_t pfn);
+const char *hypercall_name(uint64_t nr);
+
+/* event.c */
+int  event_raise(struct hv_partition *p, uint32_t event);
+int  event_any_pending(const struct hv_partition *p);
+int  event_timer_arm(struct hv_vcpu *v, uint64_t deadline);
+/* T:530 (see event.c) the one check before every guest entry. */
+void event_before_entry(struct hv_vcpu *v);
+/* Sleep until an event is pending or a pause is requested: 0 or -HV_EAGAIN. */
+int  event_wait(struct hv_vcpu *v);
+void vcpu_kick(struct hv_vcpu *v);
+int  event_consume_kick(void);
+void vcpu_thread_setup(struct hv_vcpu *v);
+void vcpu_thread_teardown(struct hv_vcpu *v);
+
+#endif

@@ -1,0 +1,78 @@
+/*
+ * engine.h - the small interface every execution engine provides.
+ *
+ * T:400 Engines.  The core (partitions, memory, page walks, hypercalls,
+ * events, the run loop) never names KVM or Unicorn.  An engine only creates a
+ * VM, maps guest RAM (zero-copy: the engine runs on the core's own mmap),
+ * creates a vCPU, runs it until something needs attention, and gives a
+ * register view and event injection.  engine.c holds the table of engines.
+ */
+#ifndef HV_ENGINE_H
+#define HV_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "hv.h"
+
+/* Why engine->run() returned. */
+enum engine_exit_kind {
+    ENGINE_EXIT_IO = 1,       /* port I/O: port, size, write, value */
+    ENGINE_EXIT_MMIO,         /* access to guest-physical space that is not RAM */
+    ENGINE_EXIT_HLT,          /* hlt executed */
+    ENGINE_EXIT_SHUTDOWN,     /* triple fault */
+    ENGINE_EXIT_INTERRUPTED,  /* a signal arrived (a kick, the timer, or the host's) */
+    ENGINE_EXIT_WINDOW,       /* the guest can take an interrupt now */
+    ENGINE_EXIT_FAIL,         /* the engine cannot continue; detail says why */
+};
+
+struct engine_exit {
+    enum engine_exit_kind kind;
+    uint16_t port;
+    uint8_t  size;            /* 1, 2, 4 (port I/O) or 1..8 (MMIO) */
+    uint8_t  write;
+    uint64_t value;           /* written value (writes) */
+    uint64_t addr;            /* MMIO guest-physical address */
+    uint64_t detail;          /* engine-specific exit number, for crash reports */
+};
+
+struct engine_ops {
+    const char *name;
+    /* 0 if usable here; else -errno and a human reason. */
+    int  (*probe)(char *why, size_t why_len);
+    int  (*vm_create)(void **vm);
+    int  (*map_ram)(void *vm, uint64_t gpa, void *host, uint64_t size);
+    void (*vm_destroy)(void *vm);
+    /* Called on the thread that will run the vCPU (KVM wants one thread). */
+    int  (*vcpu_create)(void *vm, uint32_t id, void **vcpu);
+    void (*vcpu_destroy)(void *vcpu);
+    /* Live register view, valid between runs; call regs_dirty() after writing. */
+    struct hv_regs *(*regs)(void *vcpu);
+    void (*regs_dirty)(void *vcpu);
+    int  (*get_sregs)(void *vcpu, struct hv_sregs *s);
+    int  (*set_sregs)(void *vcpu, const struct hv_sregs *s);
+    /* 32-bit flat protected mode at entry, paging off, EBX = info (PVH). */
+    int  (*set_pvh_entry)(void *vcpu, uint32_t entry, uint32_t info);
+    /* The value an IN instruction reads, set before the next run. */
+    void (*complete_in)(void *vcpu, uint64_t value);
+    int  (*run)(void *vcpu, struct engine_exit *exit);
+    /* Event injection: can a vector be taken now (IF=1, no shadow)? */
+    int  (*interruptible)(void *vcpu);
+    int  (*inject)(void *vcpu, uint8_t vector);
+    /* Ask run() to return once the guest can take an interrupt. */
+    void (*request_window)(void *vcpu, int on);
+    /* Async-signal-safe: make the current or next run() return promptly. */
+    void (*kick_from_signal)(void *vcpu);
+};
+
+extern const struct engine_ops engine_kvm_ops;
+extern const struct engine_ops engine_tcg_ops;
+extern const struct engine_ops engine_none_ops;
+
+/* engine.c: the table, indexed by HV_ENGINE_*; NULL for an unknown number. */
+const struct engine_ops *engine_lookup(int engine);
+
+/* The CPUID leaves hv advertises (shared by every engine that answers CPUID). */
+void engine_hv_cpuid(uint32_t leaf, uint32_t *eax, uint32_t *ebx,
+                     uint32_t *ecx, uint32_t *edx);
+
+#endif /* HV_ENGINE_H */

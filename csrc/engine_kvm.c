@@ -1,0 +1,378 @@
+/*
+ * engine_kvm.c - the KVM engine (/dev/kvm).
+ *
+ * T:470 KVM runs the guest; this file only translates.  Two choices keep the
+ * hot path short: registers travel in the shared kvm_run page
+ * (KVM_CAP_SYNC_REGS: no GET/SET_REGS ioctl per exit, each of which costs
+ * microseconds), and the supported-CPUID table is fetched once per process.
+ * KVM keeps VMCALL for itself, which is why hv's hypercalls are port I/O.
+ * Interrupts use KVM's user-space irqchip: KVM_INTERRUPT when the guest can
+ * take one, request_interrupt_window otherwise (Documentation/virt/kvm/api.rst).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/kvm.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#include "engine.h"
+
+_Static_assert(sizeof(struct kvm_regs) == sizeof(struct hv_regs),
+               "hv_regs mirrors kvm_regs so the register view is zero-copy");
+
+#define SYNC_FIELDS (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS)
+#define CPUID_MAX_ENTRIES 256
+
+/* Process-wide, set up once: the /dev/kvm fd, the kvm_run size, CPUID. */
+static struct {
+    pthread_once_t once;
+    int fd;
+    int error;                  /* -errno if unusable */
+    char why[160];
+    long run_size;
+    struct kvm_cpuid2 *cpuid;
+} kvm = { .once = PTHREAD_ONCE_INIT, .fd = -1 };
+
+struct kvm_vm { int fd; };
+
+struct kvm_vcpu_state {
+    int fd;
+    struct kvm_run *run;
+    uint8_t *in_data;           /* where an IN or MMIO read wants its value */
+    uint32_t in_size;
+};
+
+static void build_cpuid(void)
+{
+    size_t bytes = sizeof(struct kvm_cpuid2) + CPUID_MAX_ENTRIES * sizeof(struct kvm_cpuid_entry2);
+    struct kvm_cpuid2 *c = calloc(1, bytes);
+    if (!c)
+        return;
+    c->nent = CPUID_MAX_ENTRIES - 3;    /* room for hv's three leaves */
+    if (ioctl(kvm.fd, KVM_GET_SUPPORTED_CPUID, c) < 0) {
+        free(c);
+        return;
+    }
+    /* Drop KVM's own paravirt leaves: 0x40000000.. belongs to hv here. */
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < c->nent; i++) {
+        struct kvm_cpuid_entry2 *e = &c->entries[i];
+        if (e->function >= 0x40000000 && e->function <= 0x4fffffff)
+            continue;
+        if (e->function == 1)
+            e->ecx |= 1u << 31;         /* "running under a hypervisor" */
+        c->entries[n++] = *e;
+    }
+    for (uint32_t leaf = HV_CPUID_BASE; leaf <= HV_CPUID_MAX_LEAF; leaf++) {
+        struct kvm_cpuid_entry2 *e = &c->entries[n++];
+        memset(e, 0, sizeof(*e));
+        e->function = leaf;
+        engine_hv_cpuid(leaf, &e->eax, &e->ebx, &e->ecx, &e->edx);
+    }
+    c->nent = n;
+    kvm.cpuid = c;
+}
+
+static void kvm_open_once(void)
+{
+    kvm.fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+    if (kvm.fd < 0) {
+        kvm.error = -errno;
+        if (errno == ENOENT)
+            snprintf(kvm.why, sizeof(kvm.why), "/dev/kvm does not exist: load the kvm module "
+                     "(kvm_intel or kvm_amd) or use --engine tcg");
+        else if (errno == EACCES || errno == EPERM)
+            snprintf(kvm.why, sizeof(kvm.why), "no permission to open /dev/kvm: add your user "
+                     "to the 'kvm' group (then log in again) or use --engine tcg");
+        else
+            snprintf(kvm.why, sizeof(kvm.why), "cannot open /dev/kvm: %s", strerror(errno));
+        return;
+    }
+    if (ioctl(kvm.fd, KVM_GET_API_VERSION, 0) != KVM_API_VERSION) {
+        kvm.error = -ENOTSUP;
+        snprintf(kvm.why, sizeof(kvm.why), "/dev/kvm speaks an unknown KVM API version");
+        return;
+    }
+    int sync = ioctl(kvm.fd, KVM_CHECK_EXTENSION, KVM_CAP_SYNC_REGS);
+    if (sync < 0 || (sync & SYNC_FIELDS) != SYNC_FIELDS) {
+        kvm.error = -ENOTSUP;
+        snprintf(kvm.why, sizeof(kvm.why), "KVM lacks KVM_CAP_SYNC_REGS (needs Linux >= 4.16)");
+        return;
+    }
+    kvm.run_size = ioctl(kvm.fd, KVM_GET_VCPU_MMAP_SIZE, 0);
+    build_cpuid();
+    if (kvm.run_size <= 0 || !kvm.cpuid) {
+        kvm.error = -ENOTSUP;
+        snprintf(kvm.why, sizeof(kvm.why), "KVM_GET_VCPU_MMAP_SIZE or KVM_GET_SUPPORTED_CPUID failed");
+    }
+}
+
+static int kvm_probe(char *why, size_t len)
+{
+    pthread_once(&kvm.once, kvm_open_once);
+    if (why && len)
+        snprintf(why, len, "%s", kvm.error ? kvm.why : "");
+    return kvm.error;
+}
+
+static int kvm_vm_create(void **out)
+{
+    int err = kvm_probe(NULL, 0);
+    if (err)
+        return err;
+    struct kvm_vm *vm = calloc(1, sizeof(*vm));
+    if (!vm)
+        return -ENOMEM;
+    vm->fd = ioctl(kvm.fd, KVM_CREATE_VM, 0);
+    if (vm->fd < 0) {
+        err = -errno;
+        free(vm);
+        return err;
+    }
+    /* Intel without unrestricted guest needs a TSS area for real mode; set it
+     * out of the way (below 4 GiB, above any RAM we map there). */
+    ioctl(vm->fd, KVM_SET_TSS_ADDR, 0xfffbd000ul);
+    *out = vm;
+    return 0;
+}
+
+static int kvm_map_ram(void *vmp, uint64_t gpa, void *host, uint64_t size)
+{
+    struct kvm_vm *vm = vmp;
+    struct kvm_userspace_memory_region region = {
+        .slot = 0, .guest_phys_addr = gpa, .memory_size = size,
+        .userspace_addr = (uint64_t)(uintptr_t)host,
+    };
+    return ioctl(vm->fd, KVM_SET_USER_MEMORY_REGION, &region) < 0 ? -errno : 0;
+}
+
+static void kvm_vm_destroy(void *vmp)
+{
+    struct kvm_vm *vm = vmp;
+    close(vm->fd);
+    free(vm);
+}
+
+static void kvm_vcpu_destroy(void *vp)
+{
+    struct kvm_vcpu_state *c = vp;
+    if (c->run)
+        munmap(c->run, (size_t)kvm.run_size);
+    if (c->fd >= 0)
+        close(c->fd);
+    free(c);
+}
+
+static int kvm_vcpu_create(void *vmp, uint32_t id, void **out)
+{
+    struct kvm_vm *vm = vmp;
+    struct kvm_vcpu_state *c = calloc(1, sizeof(*c));
+    if (!c)
+        return -ENOMEM;
+    c->fd = ioctl(vm->fd, KVM_CREATE_VCPU, (unsigned long)id);
+    int err;
+    if (c->fd < 0)
+        goto fail;
+    c->run = mmap(NULL, (size_t)kvm.run_size, PROT_READ | PROT_WRITE, MAP_SHARED, c->fd, 0);
+    if (c->run == MAP_FAILED) {
+        c->run = NULL;
+        goto fail;
+    }
+    if (ioctl(c->fd, KVM_SET_CPUID2, kvm.cpuid) < 0)
+        goto fail;
+    /* Fill the sync view once, so it is valid before the first run. */
+    if (ioctl(c->fd, KVM_GET_REGS, &c->run->s.regs.regs) < 0 ||
+        ioctl(c->fd, KVM_GET_SREGS, &c->run->s.regs.sregs) < 0)
+        goto fail;
+    c->run->kvm_valid_regs = SYNC_FIELDS;
+    *out = c;
+    return 0;
+fail:
+    err = -errno;
+    kvm_vcpu_destroy(c);
+    return err ? err : -EIO;
+}
+
+static struct hv_regs *kvm_regs(void *vp)
+{
+    return (struct hv_regs *)&((struct kvm_vcpu_state *)vp)->run->s.regs.regs;
+}
+
+static void kvm_regs_dirty(void *vp)
+{
+    ((struct kvm_vcpu_state *)vp)->run->kvm_dirty_regs |= KVM_SYNC_X86_REGS;
+}
+
+static int kvm_get_sregs(void *vp, struct hv_sregs *s)
+{
+    const struct kvm_sregs *k = &((struct kvm_vcpu_state *)vp)->run->s.regs.sregs;
+    s->cr0 = k->cr0; s->cr2 = k->cr2; s->cr3 = k->cr3; s->cr4 = k->cr4;
+    s->efer = k->efer;
+    s->idt_base = k->idt.base; s->idt_limit = k->idt.limit;
+    s->gdt_base = k->gdt.base; s->gdt_limit = k->gdt.limit;
+    s->cs = k->cs.selector; s->ss = k->ss.selector;
+    return 0;
+}
+
+/* Only the control registers: segments come from the guest's own GDT. */
+static int kvm_set_sregs(void *vp, const struct hv_sregs *s)
+{
+    struct kvm_vcpu_state *c = vp;
+    struct kvm_sregs *k = &c->run->s.regs.sregs;
+    k->cr0 = s->cr0; k->cr2 = s->cr2; k->cr3 = s->cr3; k->cr4 = s->cr4;
+    k->efer = s->efer;
+    k->idt.base = s->idt_base; k->idt.limit = s->idt_limit;
+    k->gdt.base = s->gdt_base; k->gdt.limit = s->gdt_limit;
+    c->run->kvm_dirty_regs |= KVM_SYNC_X86_SREGS;
+    return 0;
+}
+
+static struct kvm_segment flat_segment(uint16_t selector, uint8_t type)
+{
+    return (struct kvm_segment){
+        .base = 0, .limit = 0xffffffff, .selector = selector, .type = type,
+        .present = 1, .dpl = 0, .db = 1, .s = 1, .l = 0, .g = 1,
+    };
+}
+
+/* PVH entry state (Xen's docs/misc/pvh.pandoc): 32-bit flat protected mode,
+ * paging off, CS/DS/ES/SS flat, TR a 32-bit TSS, EBX = start info. */
+static int kvm_set_pvh_entry(void *vp, uint32_t entry, uint32_t info)
+{
+    struct kvm_vcpu_state *c = vp;
+    struct kvm_sregs *k = &c->run->s.regs.sregs;
+    k->cs = flat_segment(0x10, 0xb);                 /* execute/read, accessed */
+    k->ds = k->es = k->fs = k->gs = k->ss = flat_segment(0x18, 0x3);   /* read/write, accessed */
+    k->tr = (struct kvm_segment){ .limit = 0x67, .type = 0xb, .present = 1 };   /* busy 32-bit TSS */
+    k->cr0 = 0x11;                                   /* PE | ET */
+    k->cr3 = 0;
+    k->cr4 = 0;
+    k->efer = 0;
+    struct kvm_regs *r = &c->run->s.regs.regs;
+    memset(r, 0, sizeof(*r));
+    r->rip = entry;
+    r->rbx = info;
+    r->rflags = 0x2;                                 /* reserved bit 1; IF = 0 */
+    c->run->kvm_dirty_regs |= KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS;
+    return 0;
+}
+
+static void kvm_complete_in(void *vp, uint64_t value)
+{
+    struct kvm_vcpu_state *c = vp;
+    if (c->in_data)
+        memcpy(c->in_data, &value, c->in_size <= 8 ? c->in_size : 8);
+    c->in_data = NULL;
+}
+
+static int kvm_run(void *vp, struct engine_exit *exit)
+{
+    struct kvm_vcpu_state *c = vp;
+    struct kvm_run *run = c->run;
+    c->in_data = NULL;
+    int r = ioctl(c->fd, KVM_RUN, 0);
+    run->immediate_exit = 0;
+    if (r < 0) {
+        if (errno == EINTR || errno == EAGAIN) {
+            exit->kind = ENGINE_EXIT_INTERRUPTED;
+            return 0;
+        }
+        return -errno;
+    }
+    exit->detail = run->exit_reason;
+    switch (run->exit_reason) {
+    case KVM_EXIT_IO: {
+        uint8_t *data = (uint8_t *)run + run->io.data_offset;
+        exit->kind = ENGINE_EXIT_IO;
+        exit->port = run->io.port;
+        exit->size = run->io.size;
+        exit->write = run->io.direction == KVM_EXIT_IO_OUT;
+        exit->value = 0;
+        if (exit->write)
+            memcpy(&exit->value, data, run->io.size <= 8 ? run->io.size : 8);
+        else {
+            c->in_data = data;
+            c->in_size = run->io.size;
+            memset(data, 0xff, run->io.size);   /* default: empty bus */
+        }
+        break;
+    }
+    case KVM_EXIT_MMIO:
+        exit->kind = ENGINE_EXIT_MMIO;
+        exit->addr = run->mmio.phys_addr;
+        exit->size = (uint8_t)run->mmio.len;
+        exit->write = run->mmio.is_write;
+        if (exit->write)
+            memcpy(&exit->value, run->mmio.data, run->mmio.len <= 8 ? run->mmio.len : 8);
+        else {
+            c->in_data = run->mmio.data;
+            c->in_size = run->mmio.len;
+        }
+        break;
+    case KVM_EXIT_HLT:
+        exit->kind = ENGINE_EXIT_HLT;
+        break;
+    case KVM_EXIT_SHUTDOWN:
+        exit->kind = ENGINE_EXIT_SHUTDOWN;
+        break;
+    case KVM_EXIT_IRQ_WINDOW_OPEN:
+        exit->kind = ENGINE_EXIT_WINDOW;
+        break;
+    case KVM_EXIT_INTR:
+        exit->kind = ENGINE_EXIT_INTERRUPTED;
+        break;
+    default:            /* FAIL_ENTRY, INTERNAL_ERROR, anything unexpected */
+        exit->kind = ENGINE_EXIT_FAIL;
+        break;
+    }
+    return 0;
+}
+
+static int kvm_interruptible(void *vp)
+{
+    struct kvm_run *run = ((struct kvm_vcpu_state *)vp)->run;
+    return run->ready_for_interrupt_injection && run->if_flag;
+}
+
+static int kvm_inject(void *vp, uint8_t vector)
+{
+    struct kvm_interrupt irq = { .irq = vector };
+    return ioctl(((struct kvm_vcpu_state *)vp)->fd, KVM_INTERRUPT, &irq) < 0 ? -errno : 0;
+}
+
+static void kvm_request_window(void *vp, int on)
+{
+    ((struct kvm_vcpu_state *)vp)->run->request_interrupt_window = (uint8_t)on;
+}
+
+/* From the kick signal handler: KVM_RUN checks this on entry, and the signal
+ * itself interrupts a KVM_RUN in progress. */
+static void kvm_kick_from_signal(void *vp)
+{
+    ((struct kvm_vcpu_state *)vp)->run->immediate_exit = 1;
+}
+
+const struct engine_ops engine_kvm_ops = {
+    .name = "kvm",
+    .probe = kvm_probe,
+    .vm_create = kvm_vm_create,
+    .map_ram = kvm_map_ram,
+    .vm_destroy = kvm_vm_destroy,
+    .vcpu_create = kvm_vcpu_create,
+    .vcpu_destroy = kvm_vcpu_destroy,
+    .regs = kvm_regs,
+    .regs_dirty = kvm_regs_dirty,
+    .get_sregs = kvm_get_sregs,
+    .set_sregs = kvm_set_sregs,
+    .set_pvh_entry = kvm_set_pvh_entry,
+    .complete_in = kvm_complete_in,
+    .run = kvm_run,
+    .interruptible = kvm_interruptible,
+    .inject = kvm_inject,
+    .request_window = kvm_request_window,
+    .kick_from_signal = kvm_kick_from_signal,
+};

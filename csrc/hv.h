@@ -1,0 +1,136 @@
+/*
+ * hv.h - the C core's public surface: what the Python binding (hv/_build_core.py)
+ * exposes, nothing else.  Plain C, no Python.h.
+ *
+ * Ownership: Python creates a partition, fills its memory, creates its vCPU
+ * on the thread that will run it, and calls hv_vcpu_run() in a loop.  The run
+ * call finishes fast hypercalls itself and returns an exit record for the
+ * rest; the parent handles it and calls hv_vcpu_complete() before running
+ * again.  cffi releases the GIL for every call, so guests run without it.
+ *
+ * This header is parsed by cffi's cdef: keep it free of #include in the
+ * declarations below the marker, attributes, and expression macros.
+ */
+#ifndef HV_CORE_H
+#define HV_CORE_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include "hv/abi.h"
+
+/* ==== cffi-begin (everything below up to cffi-end is fed to cffi's cdef) ==== */
+
+/* Engines behind csrc/engine.h. */
+#define HV_ENGINE_KVM 0
+#define HV_ENGINE_TCG 1
+#define HV_ENGINE_NONE 2   /* runs nothing: lets tests drive the dispatcher without a host engine */
+
+/* Exit records: why hv_vcpu_run() returned to the parent. */
+#define HV_EXIT_HYPERCALL  1   /* a hypercall the parent serves; complete it */
+#define HV_EXIT_SHUTDOWN   2   /* guest called shutdown: reason, code */
+#define HV_EXIT_CRASH      3   /* triple fault, engine failure, hang with IF=0 */
+#define HV_EXIT_IO         4   /* port I/O to a port the core does not own */
+#define HV_EXIT_PAUSED     5   /* hv_vcpu_request_pause() was honoured */
+#define HV_EXIT_ERROR      6   /* host-side failure (errno in code) */
+#define HV_EXIT_SIGNAL     7   /* a host signal (e.g. Ctrl-C) for the parent to handle */
+
+/* Crash causes (struct hv_exit.code when kind == HV_EXIT_CRASH). */
+#define HV_CRASH_TRIPLE_FAULT   1
+#define HV_CRASH_HALTED         2   /* hlt with interrupts off and nothing to wake it */
+#define HV_CRASH_ENGINE         3   /* the engine reported an exit it cannot continue */
+#define HV_CRASH_BAD_STATE      4   /* e.g. entry failed */
+
+/* Where a hypercall is served. */
+#define HV_ROUTE_CORE    0
+#define HV_ROUTE_PARENT  1
+
+struct hv_exit {
+    uint32_t kind;             /* HV_EXIT_* */
+    uint32_t vcpu;
+    uint64_t code;             /* shutdown code, crash cause, errno */
+    uint64_t reason;           /* shutdown reason; engine exit number on crash */
+    uint64_t nr;               /* hypercall number (HV_EXIT_HYPERCALL) */
+    uint64_t args[5];          /* hypercall arguments, named by the dispatcher */
+    uint64_t io_port;          /* HV_EXIT_IO */
+    uint64_t io_value;
+    uint32_t io_size;
+    uint32_t io_write;
+    uint32_t data_len;         /* bytes in data[], copied once from the guest */
+    uint8_t  data[4096];       /* HV_CONSOLE_WRITE_MAX */
+};
+
+/* A register file the same for every engine (and save/restore). */
+struct hv_regs {
+    uint64_t rax, rbx, rcx, rdx, rsi, rdi, rsp, rbp;
+    uint64_t r8, r9, r10, r11, r12, r13, r14, r15;
+    uint64_t rip, rflags;
+};
+
+struct hv_sregs {
+    uint64_t cr0, cr2, cr3, cr4, efer;
+    uint64_t idt_base, gdt_base;
+    uint16_t idt_limit, gdt_limit;
+    uint16_t cs, ss;
+};
+
+struct hv_partition;
+struct hv_vcpu;
+
+/* -- Host ------------------------------------------------------------------- */
+/* 0 if the engine can run here; else -errno and a reason in why[]. */
+int  hv_engine_probe(int engine, char *why, size_t why_len);
+
+/* -- Partitions ------------------------------------------------------------ */
+int  hv_partition_create(int engine, uint64_t mem_size, struct hv_partition **out);
+void hv_partition_destroy(struct hv_partition *p);
+uint32_t hv_partition_id(const struct hv_partition *p);
+uint64_t hv_partition_mem_size(const struct hv_partition *p);
+/* Pointer to guest RAM (mem_size bytes): the parent's zero-copy view. */
+uint8_t *hv_partition_ram(struct hv_partition *p);
+/* Mark [gpa, gpa+len) as hv's own (boot info): not RAM the guest owns. */
+int  hv_partition_reserve(struct hv_partition *p, uint64_t gpa, uint64_t len);
+/* Frame owner: partition id, 0 for hv, -1 outside RAM. */
+int64_t hv_partition_frame_owner(const struct hv_partition *p, uint64_t gpa);
+/* Send a hypercall to the parent instead of the core (tracing, benchmarks). */
+int  hv_partition_set_route(struct hv_partition *p, uint64_t nr, int route);
+/* Raise an event from the parent (device completions, later). Thread-safe. */
+int  hv_partition_raise_event(struct hv_partition *p, uint32_t event);
+
+/* -- vCPUs: create and run on one thread ------------------------------------ */
+int  hv_vcpu_create(struct hv_partition *p, uint32_t id, struct hv_vcpu **out);
+void hv_vcpu_destroy(struct hv_vcpu *v);
+/* Put the vCPU at a PVH entry point: 32-bit flat protected mode, EBX = info. */
+int  hv_vcpu_set_pvh_entry(struct hv_vcpu *v, uint32_t entry, uint32_t start_info);
+int  hv_vcpu_run(struct hv_vcpu *v, struct hv_exit *exit);
+/* Finish a HV_EXIT_HYPERCALL: result goes to RAX (or the multicall entry). */
+int  hv_vcpu_complete(struct hv_vcpu *v, int64_t result);
+int  hv_vcpu_get_regs(struct hv_vcpu *v, struct hv_regs *regs);
+int  hv_vcpu_set_regs(struct hv_vcpu *v, const struct hv_regs *regs);
+int  hv_vcpu_get_sregs(struct hv_vcpu *v, struct hv_sregs *sregs);
+int  hv_vcpu_set_sregs(struct hv_vcpu *v, const struct hv_sregs *sregs);
+/* Ask a running vCPU to return HV_EXIT_PAUSED soon.  Any thread. */
+void hv_vcpu_request_pause(struct hv_vcpu *v);
+/* Counters: exits seen, hypercalls finished in C, hypercalls sent to parent. */
+void hv_vcpu_counters(struct hv_vcpu *v, uint64_t *exits, uint64_t *fast, uint64_t *slow);
+
+/* -- Guest memory through the vCPU's page tables ---------------------------- */
+int  hv_copy_from_guest(struct hv_vcpu *v, void *dst, uint64_t gva, uint64_t len);
+int  hv_copy_to_guest(struct hv_vcpu *v, uint64_t gva, const void *src, uint64_t len);
+
+/* -- Test entries (drive the core without a running guest) ------------------- */
+/* Walk page tables rooted at cr3 in the partition's RAM.  access: bit0 write,
+ * bit1 user, bit2 fetch.  paging_flags: bit0 NXE enabled, bit1 WP set.
+ * Returns 0 and *gpa, or -HV_EFAULT. */
+int  hv_test_walk(struct hv_partition *p, uint64_t cr3, uint64_t gva,
+                  uint32_t access, uint32_t paging_flags, uint64_t *gpa);
+/* Run the dispatcher on a synthetic vCPU state (no engine run): regs in,
+ * regs/exit out.  Returns 1 if the call finished in the core, 0 if it went to
+ * the parent (exit filled). */
+int  hv_test_dispatch(struct hv_vcpu *v, struct hv_regs *regs, struct hv_exit *exit);
+/* Digest of the partition's guest-visible hv state (event, timer, hypercall
+ * page), for "no state change on error" checks. */
+uint64_t hv_test_state_digest(struct hv_vcpu *v);
+
+/* ==== cffi-end ==== */
+
+#endif /* HV_CORE_H */

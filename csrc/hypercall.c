@@ -1,0 +1,236 @@
+/*
+ * hypercall.c - the dispatch table and the hypercalls finished in C.
+ *
+ * T:500 A hypercall arrives as a number and five raw argument words (vcpu.c
+ * read them from the registers in one place).  The table below maps the
+ * number to a handler; each handler names its arguments first thing and
+ * validates them completely before changing anything, so an error leaves
+ * no trace.  A handler either returns the result (>= 0 or -HV_E*), or fills
+ * the exit record and returns HC_TO_PARENT: the parent partition in Python
+ * finishes the call (console output, shutdown).
+ */
+#include <sched.h>
+#include <stddef.h>
+#include <string.h>
+#include "core.h"
+
+typedef int64_t (*hc_fn)(struct hv_vcpu *v, const uint64_t arg[5], struct hv_exit *exit);
+
+static int64_t hc_version(struct hv_vcpu *v, const uint64_t arg[5], struct hv_exit *exit)
+{
+    (void)v; (void)arg; (void)exit;
+    return ((int64_t)HV_ABI_VERSION_MAJOR << 16) | HV_ABI_VERSION_MINOR;
+}
+
+static int64_t hc_features(struct hv_vcpu *v, const uint64_t arg[5], struct hv_exit *exit)
+{
+    uint64_t index = arg[0];
+    (void)v; (void)exit;
+    if (index != 0)
+        return -HV_EINVAL;
+    return HV_FEATURE_EVENTS | HV_FEATURE_TIMER | HV_FEATURE_MULTICALL | HV_FEATURE_CLOCK;
+}
+
+/* The bytes are copied here, once; the parent writes exactly these bytes
+ * even if the guest changes its buffer meanwhile. */
+static int64_t hc_console_write(struct hv_vcpu *v, const uint64_t arg[5], struct hv_exit *exit)
+{
+    uint64_t buf = arg[0], len = arg[1];
+    if (len > HV_CONSOLE_WRITE_MAX)
+        return -HV_EINVAL;
+    if (hv_copy_from_guest(v, exit->data, buf, len))
+        return -HV_EFAULT;
+    if (len == 0)
+        return 0;
+    exit->data_len = (uint32_t)len;
+    return HC_TO_PARENT;
+}
+
+static int64_t hc_yield(struct hv_vcpu *v, const uint64_t arg[5], struct hv_exit *exit)
+{
+    (void)v; (void)arg; (void)exit;
+    sched_yield();          /* one host thread per vCPU: the host schedules */
+    return 0;
+}
+
+static int64_t hc_block(struct hv_vcpu *v, const uint64_t arg[5], struct hv_exit *exit)
+{
+    (void)arg; (void)exit;
+    if (!v->partition->event_page_gpa && !v->timer_deadline)
+        return -HV_EPERM;   /* nothing could ever wake it */
+    v->wait = WAIT_EVENT;   /* vcpu.c sleeps before re-entering the guest */
+    return 0;
+}
+
+static int64_t hc_shutdown(struct hv_vcpu *v, const uint64_t arg[5], struct hv_exit *exit)
+{
+    uint64_t reason = arg[0], code = arg[1];
+    (void)v;
+    if (reason != HV_SHUTDOWN_POWEROFF && reason != HV_SHUTDOWN_CRASH)
+        return -HV_EINVAL;
+    if (code > 255)
+        return -HV_EINVAL;
+    exit->kind = HV_EXIT_SHUTDOWN;
+    exit->reason = reason;
+    exit->code = code;
+    return HC_TO_PARENT;
+}
+
+static int64_t hc_clock_read(struct hv_vcpu *v, const uint64_t arg[5], struct hv_exit *exit)
+{
+    (void)arg; (void)exit;
+    return (int64_t)partition_clock_ns(v->partition);
+}
+
+static int64_t hc_set_timer(struct hv_vcpu *v, const uint64_t arg[5], struct hv_exit *exit)
+{
+    uint64_t deadline = arg[0];
+    (void)exit;
+    return event_timer_arm(v, deadline);
+}
+
+static int64_t hc_event_register(struct hv_vcpu *v, const uint64_t arg[5], struct hv_exit *exit)
+{
+    uint64_t page = arg[0], vector = arg[1];
+    struct hv_partition *p = v->partition;
+    (void)exit;
+    if (page % HV_PAGE_SIZE || vector < HV_VECTOR_MIN || vector > 255)
+        return -HV_EINVAL;
+    if (!partition_frame_is_guest(p, page, HV_PAGE_SIZE))
+        return -HV_EFAULT;
+    p->event_vector = (uint32_t)vector;
+    __atomic_store_n(&p->event_page_gpa, page, __ATOMIC_RELEASE);
+    return 0;
+}
+
+static int64_t hc_event_raise(struct hv_vcpu *v, const uint64_t arg[5], struct hv_exit *exit)
+{
+    uint64_t event = arg[0];
+    (void)exit;
+    if (event >= HV_EVENTS_MAX)
+        return -HV_EINVAL;
+    return event_raise(v->partition, (uint32_t)event);
+}
+
+static int64_t hc_multicall(struct hv_vcpu *v, const uint64_t arg[5], struct hv_exit *exit)
+{
+    uint64_t calls = arg[0], count = arg[1];
+    if (count > HV_MULTICALL_MAX)
+        return -HV_E2BIG;
+    /* The whole array must be readable and writable before any entry runs. */
+    uint64_t bytes = count * sizeof(struct hv_multicall_entry);
+    if (guest_range_ok(v, calls, bytes, WALK_WRITE) || guest_range_ok(v, calls, bytes, 0))
+        return -HV_EFAULT;
+    v->mc = (struct multicall_state){ .active = 1, .gva = calls, .count = count, .index = 0 };
+    return multicall_continue(v, exit);
+}
+
+/* T:510 The table.  Designated initializers: a number with no entry is
+ * simply NULL and gets -HV_ENOSYS.  Append-only, like the numbers. */
+static const struct {
+    hc_fn fn;
+    const char *name;
+} hypercalls[HV_HC_COUNT] = {
+    [HV_HC_VERSION]        = { hc_version,        "version" },
+    [HV_HC_FEATURES]       = { hc_features,       "features" },
+    [HV_HC_CONSOLE_WRITE]  = { hc_console_write,  "console_write" },
+    [HV_HC_YIELD]          = { hc_yield,          "yield" },
+    [HV_HC_BLOCK]          = { hc_block,          "block" },
+    [HV_HC_SHUTDOWN]       = { hc_shutdown,       "shutdown" },
+    [HV_HC_CLOCK_READ]     = { hc_clock_read,     "clock_read" },
+    [HV_HC_SET_TIMER]      = { hc_set_timer,      "set_timer" },
+    [HV_HC_EVENT_REGISTER] = { hc_event_register, "event_register" },
+    [HV_HC_EVENT_RAISE]    = { hc_event_raise,    "event_raise" },
+    [HV_HC_MULTICALL]      = { hc_multicall,      "multicall" },
+};
+
+int64_t hypercall_dispatch(struct hv_vcpu *v, uint64_t nr, const uint64_t args[5],
+                           struct hv_exit *exit)
+{
+    if (nr >= HV_HC_COUNT || !hypercalls[nr].fn)
+        return -HV_ENOSYS;
+    if (v->partition->route[nr] == HV_ROUTE_PARENT) {
+        /* The parent asked to serve this number itself (tracing, benches). */
+        exit->kind = HV_EXIT_HYPERCALL;
+        exit->nr = nr;
+        memcpy(exit->args, args, sizeof(exit->args));
+        return HC_TO_PARENT;
+    }
+    int64_t r = hypercalls[nr].fn(v, args, exit);
+    if (r == HC_TO_PARENT && exit->kind == 0) {
+        exit->kind = HV_EXIT_HYPERCALL;
+        exit->nr = nr;
+        memcpy(exit->args, args, sizeof(exit->args));
+    }
+    return r;
+}
+
+/* T:520 Multicall: entries run one by one; each is read from guest memory
+ * once, into a local copy.  An entry the parent must finish suspends the
+ * batch; hv_vcpu_complete() stores its result and the batch resumes here
+ * before the guest runs again. */
+int64_t multicall_continue(struct hv_vcpu *v, struct hv_exit *exit)
+{
+    struct multicall_state *mc = &v->mc;
+    while (mc->index < mc->count) {
+        struct hv_multicall_entry entry;
+        uint64_t at = mc->gva + mc->index * sizeof(entry);
+        if (hv_copy_from_guest(v, &entry, at, sizeof(entry))) {
+            mc->active = 0;
+            return -HV_EFAULT;
+        }
+        int64_t r;
+        if (entry.op == HV_HC_MULTICALL || entry.op == HV_HC_BLOCK)
+            r = -HV_EOPNOTSUPP;         /* bounded work per trap, no sleeping mid-batch */
+        else
+            r = hypercall_dispatch(v, entry.op, entry.args, exit);
+        if (r == HC_TO_PARENT)
+            return HC_TO_PARENT;        /* resumed by hv_vcpu_complete() */
+        multicall_store_result(v, r);
+        if (!mc->active)
+            return -HV_EFAULT;
+    }
+    mc->active = 0;
+    return 0;
+}
+
+void multicall_store_result(struct hv_vcpu *v, int64_t result)
+{
+    struct multicall_state *mc = &v->mc;
+    uint64_t at = mc->gva + mc->index * sizeof(struct hv_multicall_entry)
+                  + offsetof(struct hv_multicall_entry, result);
+    if (hv_copy_to_guest(v, at, &result, sizeof(result)))
+        mc->active = 0;                 /* the array was unmapped meanwhile */
+    mc->index++;
+}
+
+/* T:440 The hypercall page: one stub per number, 32 bytes apart.
+ *   b8 NN NN NN NN    mov  $nr, %eax
+ *   e6 EA             out  %al, $HV_PORT_HYPERCALL
+ *   c3                ret
+ * and int3 padding, so a jump into the middle of a stub traps. */
+void hypercall_page_place(struct hv_vcpu *v, uint64_t pfn)
+{
+    struct hv_partition *p = v->partition;
+    uint64_t gpa = pfn * HV_PAGE_SIZE;
+    if (pfn >= p->nframes || !partition_frame_is_guest(p, gpa, HV_PAGE_SIZE)) {
+        v->bad_page_placements++;
+        return;
+    }
+    uint8_t *page = p->ram + gpa;
+    memset(page, 0xcc, HV_PAGE_SIZE);
+    for (uint32_t nr = 0; nr < HV_HYPERCALL_MAX; nr++) {
+        uint8_t *stub = page + nr * HV_HYPERCALL_STUB_SIZE;
+        stub[0] = 0xb8;
+        memcpy(stub + 1, &nr, 4);
+        stub[5] = 0xe6;
+        stub[6] = HV_PORT_HYPERCALL;
+        stub[7] = 0xc3;
+    }
+    p->hypercall_page_gpa = gpa;
+}
+
+const char *hypercall_name(uint64_t nr)
+{
+    return nr < HV_HC_COUNT && hypercalls[nr].name ? hypercalls[nr].name : NULL;
+}

@@ -1,0 +1,240 @@
+/*
+ * hv/abi.h - the one contract between a guest and hv.
+ *
+ * Everything a guest, the C core and the Python parent partition agree on is
+ * here, once: how the guest finds hv, how it traps, hypercall numbers, error
+ * codes and the structs that live in shared memory.  The guest library, the
+ * core and Python (through cffi, which asks the compiler) all read this file;
+ * docs/abi.md is generated from it by tools/gen_abi_doc.
+ *
+ * Rules for editing:
+ *   - hypercall numbers are append-only; a retired number stays reserved;
+ *   - every HV_HC_* has a doc block in the format below (a test checks it);
+ *   - freestanding: stdint.h only, plain #defines with literal values (cffi
+ *     parses this file's names, so no expression macros for exported values).
+ *
+ * T:100 The ABI.  A guest learns about hv from CPUID, tells hv where to write
+ * the hypercall page with one port write, then calls page + 32 * number.
+ */
+#ifndef HV_ABI_H
+#define HV_ABI_H
+
+#include <stdint.h>
+
+/* ---- Version ----------------------------------------------------------- */
+#define HV_ABI_VERSION_MAJOR 1
+#define HV_ABI_VERSION_MINOR 0
+
+/* ---- Discovery: CPUID leaves ---------------------------------------------
+ * 0x40000000: EAX = highest hv leaf, EBX:ECX:EDX = "hvhypervisor".
+ * 0x40000001: EAX = (major << 16) | minor.
+ * 0x40000002: EAX = hypercall pages (1), EBX = hypercall trap port,
+ *             ECX = hypercall-page placement port, EDX = feature bits.
+ * CPUID.1:ECX bit 31 ("hypervisor present") is set as well.
+ * A guest that does not find the signature is not running under hv (for
+ * example under stock QEMU) and falls back to the serial port and
+ * isa-debug-exit (see guests/lib).
+ */
+#define HV_CPUID_BASE        0x40000000
+#define HV_CPUID_VERSION     0x40000001
+#define HV_CPUID_TRANSPORT   0x40000002
+#define HV_CPUID_MAX_LEAF    0x40000002
+#define HV_CPUID_SIG_EBX     0x79687668 /* "hvhy" */
+#define HV_CPUID_SIG_ECX     0x76726570 /* "perv" */
+#define HV_CPUID_SIG_EDX     0x726f7369 /* "isor" */
+
+/* ---- Transport -------------------------------------------------------------
+ * Placement: the guest writes the page frame number (guest-physical address
+ * >> 12) of a page of its own RAM as a 32-bit OUT to HV_PORT_HYPERCALL_PAGE.
+ * hv fills that page with HV_HYPERCALL_MAX stubs of HV_HYPERCALL_STUB_SIZE
+ * bytes each; unused bytes are int3.  A bad frame is ignored (the page stays
+ * as it was) and the guest sees no stubs; the guest library checks.
+ *
+ * Calling convention (the stub for number N loads RAX = N itself):
+ *   call page + 32 * N     arguments in RDI, RSI, RDX, R10, R8
+ *                          result in RAX (>= 0 success, < 0 a -HV_E* error)
+ *                          all other registers preserved.
+ * The stub traps with an 8-bit OUT to HV_PORT_HYPERCALL because KVM keeps
+ * VMCALL for its own in-kernel hypercalls; port I/O reaches user space on
+ * every engine.  The page hides the trap from the guest, so it can change.
+ */
+#define HV_PORT_HYPERCALL       0xea
+#define HV_PORT_HYPERCALL_PAGE  0xeb
+#define HV_HYPERCALL_STUB_SIZE  32
+#define HV_HYPERCALL_MAX        64      /* stubs in the page: 64 * 32 = 4096 */
+#define HV_PAGE_SIZE            4096
+
+/* ---- Errors: negative errno values, as Linux numbers them ------------------ */
+#define HV_EPERM       1   /* operation not permitted in this state */
+#define HV_ENOENT      2   /* no such object */
+#define HV_E2BIG       7   /* count too large */
+#define HV_EAGAIN     11   /* try again */
+#define HV_ENOMEM     12   /* out of memory */
+#define HV_EFAULT     14   /* a guest pointer could not be read or written */
+#define HV_EBUSY      16   /* already in use */
+#define HV_EEXIST     17   /* already exists */
+#define HV_EINVAL     22   /* bad argument */
+#define HV_ENOSYS     38   /* unknown hypercall number */
+#define HV_EOPNOTSUPP 95   /* not supported here (e.g. inside a multicall) */
+
+/* ---- Feature bits (CPUID 0x40000002 EDX and HV_HC_FEATURES word 0) ------- */
+#define HV_FEATURE_EVENTS      0x1   /* event page + vector delivery */
+#define HV_FEATURE_TIMER       0x2   /* one-shot timer */
+#define HV_FEATURE_MULTICALL   0x4   /* batched hypercalls */
+#define HV_FEATURE_CLOCK       0x8   /* HV_HC_CLOCK_READ */
+
+/* ---- Hypercalls --------------------------------------------------------------
+ * Doc block format (parsed by tools/gen_abi_doc):
+ *   HC name: one-line purpose.
+ *     args:    name: meaning; ...
+ *     returns: on success
+ *     errors:  -HV_EXXX when; ...
+ */
+
+/* HC version: Report the ABI version hv implements.
+ *   args:    none
+ *   returns: (HV_ABI_VERSION_MAJOR << 16) | HV_ABI_VERSION_MINOR
+ *   errors:  none
+ */
+#define HV_HC_VERSION          0
+
+/* HC features: Report a word of feature bits.
+ *   args:    index: which 64-bit word (only 0 exists)
+ *   returns: the HV_FEATURE_* bits of that word
+ *   errors:  -HV_EINVAL index is not 0
+ */
+#define HV_HC_FEATURES         1
+
+/* HC console_write: Write bytes to the partition's console.
+ *   args:    buf: guest virtual address of the bytes; len: byte count
+ *   returns: len (all bytes are written, or none)
+ *   errors:  -HV_EINVAL len > HV_CONSOLE_WRITE_MAX; -HV_EFAULT buf..buf+len not readable
+ */
+#define HV_HC_CONSOLE_WRITE    2
+
+/* HC yield: Give the host CPU to other runnable vCPUs, then continue.
+ *   args:    none
+ *   returns: 0
+ *   errors:  none
+ */
+#define HV_HC_YIELD            3
+
+/* HC block: Sleep until an event is pending (returns at once if one is).
+ *   args:    none
+ *   returns: 0
+ *   errors:  -HV_EPERM no event page registered and no timer armed (would sleep forever)
+ */
+#define HV_HC_BLOCK            4
+
+/* HC shutdown: Stop the partition.
+ *   args:    reason: HV_SHUTDOWN_*; code: exit status 0..255 reported to the parent
+ *   returns: does not return on success
+ *   errors:  -HV_EINVAL unknown reason or code > 255
+ */
+#define HV_HC_SHUTDOWN         5
+
+/* HC clock_read: Read the partition clock.
+ *   args:    none
+ *   returns: nanoseconds since the partition was created (monotonic)
+ *   errors:  none
+ */
+#define HV_HC_CLOCK_READ       6
+
+/* HC set_timer: Arm (or cancel) the one-shot timer; it raises HV_EVENT_TIMER.
+ *   args:    deadline: partition-clock nanoseconds, 0 cancels
+ *   returns: 0
+ *   errors:  none (a deadline in the past fires at once)
+ */
+#define HV_HC_SET_TIMER        7
+
+/* HC event_register: Register the event page and the vector events arrive on.
+ *   args:    page: guest-physical address of a page of RAM (page aligned); vector: 32..255
+ *   returns: 0
+ *   errors:  -HV_EINVAL page unaligned or vector out of range; -HV_EFAULT page not RAM owned by the partition
+ */
+#define HV_HC_EVENT_REGISTER   8
+
+/* HC event_raise: Mark one of the partition's own events pending (self-notification, tests).
+ *   args:    event: event number < HV_EVENTS_MAX
+ *   returns: 0
+ *   errors:  -HV_EINVAL event out of range; -HV_EPERM no event page registered
+ */
+#define HV_HC_EVENT_RAISE      9
+
+/* HC multicall: Run an array of hypercalls with one trap.
+ *   args:    calls: guest virtual address of struct hv_multicall_entry[count]; count: entries
+ *   returns: 0; each entry's result field holds that call's own result
+ *   errors:  -HV_E2BIG count > HV_MULTICALL_MAX; -HV_EFAULT the array is not readable and writable (checked before any entry runs)
+ */
+#define HV_HC_MULTICALL       10
+
+#define HV_HC_COUNT           11       /* numbers below this are defined */
+
+/* ---- Limits ---------------------------------------------------------------- */
+#define HV_CONSOLE_WRITE_MAX   4096
+#define HV_MULTICALL_MAX       64
+#define HV_EVENTS_MAX          512
+#define HV_EVENT_WORDS         8        /* HV_EVENTS_MAX / 64 */
+#define HV_VECTOR_MIN          32       /* vectors below are CPU exceptions */
+
+/* ---- Shutdown reasons ---------------------------------------------------- */
+#define HV_SHUTDOWN_POWEROFF   0        /* clean stop; code is the exit status */
+#define HV_SHUTDOWN_CRASH      1        /* the guest detected its own failure */
+
+/* ---- Events ------------------------------------------------------------------
+ * Events are bits.  hv sets a pending bit with an atomic OR; if the bit is not
+ * masked and upcall_pending was 0, hv sets upcall_pending = 1 and injects the
+ * registered vector as soon as the guest has interrupts enabled.  The guest's
+ * handler clears upcall_pending first, then takes pending bits with atomic
+ * exchanges, so nothing is lost between the two.
+ */
+#define HV_EVENT_TIMER         0        /* the one-shot timer fired */
+
+struct hv_event_page {
+    uint64_t pending[HV_EVENT_WORDS];   /* set by hv, cleared by the guest */
+    uint64_t masked[HV_EVENT_WORDS];    /* set by the guest: no upcall for these */
+    uint8_t  upcall_pending;            /* 1 while an upcall is outstanding */
+    uint8_t  pad[7];
+};
+
+/* ---- Multicall -------------------------------------------------------------
+ * Entries run in order.  A multicall or a block inside a multicall gets
+ * -HV_EOPNOTSUPP in its result and the batch goes on.
+ */
+struct hv_multicall_entry {
+    uint64_t op;            /* hypercall number */
+    uint64_t args[5];       /* as the registers RDI, RSI, RDX, R10, R8 */
+    int64_t  result;        /* written by hv */
+};
+
+/* ---- Boot: PVH (Xen's hvm_start_info, as QEMU supplies it) -------------------
+ * The entry point named by the ELF note XEN_ELFNOTE_PHYS32_ENTRY (type 18,
+ * owner "Xen") starts in 32-bit flat protected mode, paging off, interrupts
+ * off, with EBX = guest-physical address of this struct.
+ */
+#define HV_PVH_START_MAGIC     0x336ec578
+#define HV_PVH_NOTE_ENTRY      18
+#define HV_E820_RAM            1
+#define HV_E820_RESERVED       2
+
+struct hv_pvh_start_info {
+    uint32_t magic;             /* HV_PVH_START_MAGIC */
+    uint32_t version;           /* 1: memmap fields are valid */
+    uint32_t flags;
+    uint32_t nr_modules;
+    uint64_t modlist_paddr;
+    uint64_t cmdline_paddr;     /* NUL-terminated; 0 if none */
+    uint64_t rsdp_paddr;
+    uint64_t memmap_paddr;      /* struct hv_pvh_memmap_entry[memmap_entries] */
+    uint32_t memmap_entries;
+    uint32_t reserved;
+};
+
+struct hv_pvh_memmap_entry {
+    uint64_t addr;
+    uint64_t size;
+    uint32_t type;              /* HV_E820_* */
+    uint32_t reserved;
+};
+
+#endif /* HV_ABI_H */

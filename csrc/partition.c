@@ -1,0 +1,112 @@
+/*
+ * partition.c - create and destroy partitions.
+ *
+ * T:410 A partition is guest RAM (one anonymous mmap, zero-filled by the
+ * host), a frame ownership table, the engine's VM over that same RAM, and the
+ * guest-visible hv state (hypercall page, event page, vector).  Nothing here
+ * runs the guest; vcpu.c does.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include "core.h"
+
+static uint32_t next_partition_id = 1;      /* 0 is HV_OWNER_HV */
+
+int hv_engine_probe(int engine, char *why, size_t why_len)
+{
+    const struct engine_ops *ops = engine_lookup(engine);
+    if (!ops) {
+        if (why && why_len)
+            why[0] = '\0';
+        return -EINVAL;
+    }
+    return ops->probe(why, why_len);
+}
+
+int hv_partition_create(int engine, uint64_t mem_size, struct hv_partition **out)
+{
+    const struct engine_ops *ops = engine_lookup(engine);
+    if (!ops)
+        return -EINVAL;
+    /* Page-granular, at least 1 MiB (the boot area and a kernel), and below
+     * what a 47-bit host address space can map. */
+    if (mem_size < (1u << 20) || mem_size % HV_PAGE_SIZE || mem_size > (1ull << 46))
+        return -EINVAL;
+
+    struct hv_partition *p = calloc(1, sizeof(*p));
+    if (!p)
+        return -ENOMEM;
+    p->engine = ops;
+    p->mem_size = mem_size;
+    p->nframes = mem_size / HV_PAGE_SIZE;
+    p->id = __atomic_fetch_add(&next_partition_id, 1, __ATOMIC_RELAXED);
+    clock_gettime(CLOCK_MONOTONIC, &p->epoch);
+
+    int err = -ENOMEM;
+    /* MAP_NORESERVE: untouched guest RAM costs nothing on the host. */
+    p->ram = mmap(NULL, mem_size, PROT_READ | PROT_WRITE,
+                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p->ram == MAP_FAILED) {
+        p->ram = NULL;
+        goto fail;
+    }
+    p->frame_owner = malloc(p->nframes * sizeof(*p->frame_owner));
+    if (!p->frame_owner)
+        goto fail;
+    for (uint64_t i = 0; i < p->nframes; i++)
+        p->frame_owner[i] = p->id;
+
+    err = ops->vm_create(&p->engine_vm);
+    if (err)
+        goto fail;
+    err = ops->map_ram(p->engine_vm, 0, p->ram, mem_size);
+    if (err)
+        goto fail;
+    *out = p;
+    return 0;
+
+fail:
+    hv_partition_destroy(p);
+    return err;
+}
+
+void hv_partition_destroy(struct hv_partition *p)
+{
+    if (!p)
+        return;
+    if (p->vcpu)
+        hv_vcpu_destroy(p->vcpu);
+    if (p->engine_vm)
+        p->engine->vm_destroy(p->engine_vm);
+    if (p->ram)
+        munmap(p->ram, p->mem_size);
+    free(p->frame_owner);
+    free(p);
+}
+
+uint32_t hv_partition_id(const struct hv_partition *p) { return p->id; }
+uint64_t hv_partition_mem_size(const struct hv_partition *p) { return p->mem_size; }
+uint8_t *hv_partition_ram(struct hv_partition *p) { return p->ram; }
+
+int hv_partition_set_route(struct hv_partition *p, uint64_t nr, int route)
+{
+    if (nr >= HV_HC_COUNT || (route != HV_ROUTE_CORE && route != HV_ROUTE_PARENT))
+        return -EINVAL;
+    p->route[nr] = (uint8_t)route;
+    return 0;
+}
+
+int hv_partition_raise_event(struct hv_partition *p, uint32_t event)
+{
+    return event_raise(p, event);
+}
+
+uint64_t partition_clock_ns(const struct hv_partition *p)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (uint64_t)(now.tv_sec - p->epoch.tv_sec) * 1000000000ull
+           + (uint64_t)(now.tv_nsec - p->epoch.tv_nsec);
+}

@@ -1,0 +1,306 @@
+/*
+ * vcpu.c - the vCPU run loop.
+ *
+ * T:450 hv_vcpu_run() is the hot path.  It enters the guest through the
+ * engine and looks at why the guest stopped.  A hypercall trap is dispatched
+ * right here; if the handler finished it in C, the result goes into RAX and
+ * the guest re-enters without Python ever running.  Anything the parent
+ * partition must see (console bytes, shutdown, crashes, unknown ports) is
+ * written into an exit record and the call *returns*: Python is never called
+ * back from inside the engine.  cffi drops the GIL around this call.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include "core.h"
+
+#define RFLAGS_IF (1ull << 9)
+
+int hv_vcpu_create(struct hv_partition *p, uint32_t id, struct hv_vcpu **out)
+{
+    if (id != 0)
+        return -EINVAL;             /* one vCPU per partition until SMP */
+    if (p->vcpu)
+        return -EBUSY;
+    struct hv_vcpu *v = calloc(1, sizeof(*v));
+    if (!v)
+        return -ENOMEM;
+    v->partition = p;
+    v->id = id;
+    pthread_mutex_init(&v->lock, NULL);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);   /* matches the timer */
+    pthread_cond_init(&v->wake, &attr);
+    pthread_condattr_destroy(&attr);
+
+    int err = p->engine->vcpu_create(p->engine_vm, id, &v->engine_vcpu);
+    if (err) {
+        pthread_cond_destroy(&v->wake);
+        pthread_mutex_destroy(&v->lock);
+        free(v);
+        return err;
+    }
+    vcpu_thread_setup(v);
+    p->vcpu = v;
+    *out = v;
+    return 0;
+}
+
+void hv_vcpu_destroy(struct hv_vcpu *v)
+{
+    if (!v)
+        return;
+    vcpu_thread_teardown(v);
+    v->partition->engine->vcpu_destroy(v->engine_vcpu);
+    v->partition->vcpu = NULL;
+    pthread_cond_destroy(&v->wake);
+    pthread_mutex_destroy(&v->lock);
+    free(v);
+}
+
+int hv_vcpu_set_pvh_entry(struct hv_vcpu *v, uint32_t entry, uint32_t start_info)
+{
+    return v->partition->engine->set_pvh_entry(v->engine_vcpu, entry, start_info);
+}
+
+static void set_result(struct hv_vcpu *v, int64_t result)
+{
+    const struct engine_ops *e = v->partition->engine;
+    e->regs(v->engine_vcpu)->rax = (uint64_t)result;
+    e->regs_dirty(v->engine_vcpu);
+}
+
+/* T:460 The one place that knows which register carries what:
+ * RAX = number, RDI, RSI, RDX, R10, R8 = arguments, result in RAX.
+ * Returns 1 if the parent must finish the call. */
+static int vcpu_hypercall(struct hv_vcpu *v, struct hv_exit *exit)
+{
+    const struct hv_regs *r = v->partition->engine->regs(v->engine_vcpu);
+    uint64_t nr = r->rax;
+    uint64_t args[5] = { r->rdi, r->rsi, r->rdx, r->r10, r->r8 };
+    int64_t result = hypercall_dispatch(v, nr, args, exit);
+    if (result == HC_TO_PARENT) {
+        v->wait = WAIT_PARENT_HYPERCALL;
+        v->parent_calls++;
+        return 1;
+    }
+    v->fast_calls++;
+    set_result(v, result);
+    return 0;
+}
+
+static int crash(struct hv_exit *exit, uint64_t cause, uint64_t detail)
+{
+    exit->kind = HV_EXIT_CRASH;
+    exit->code = cause;
+    exit->reason = detail;
+    return 0;
+}
+
+/* Port I/O that is not hv's own goes to the parent, which may emulate it. */
+static int port_to_parent(struct hv_vcpu *v, const struct engine_exit *ex, struct hv_exit *exit)
+{
+    exit->kind = HV_EXIT_IO;
+    exit->io_port = ex->port;
+    exit->io_size = ex->size;
+    exit->io_write = ex->write;
+    exit->io_value = ex->value;
+    v->wait = ex->write ? WAIT_PARENT_IO_OUT : WAIT_PARENT_IO_IN;
+    return 0;
+}
+
+/* A batch suspended for the parent resumes before the guest runs again.
+ * Returns 1 if the parent must finish another entry. */
+static int multicall_resume(struct hv_vcpu *v, struct hv_exit *exit)
+{
+    int64_t result = multicall_continue(v, exit);
+    if (result == HC_TO_PARENT) {
+        v->wait = WAIT_PARENT_HYPERCALL;
+        v->parent_calls++;
+        return 1;
+    }
+    set_result(v, result);
+    return 0;
+}
+
+int hv_vcpu_run(struct hv_vcpu *v, struct hv_exit *exit)
+{
+    const struct engine_ops *e = v->partition->engine;
+    exit->kind = 0;
+    exit->vcpu = v->id;
+    exit->data_len = 0;
+    if (v->wait != WAIT_NONE && v->wait != WAIT_EVENT)
+        return -EBUSY;              /* the parent owes hv_vcpu_complete() */
+
+    for (;;) {
+        if (v->mc.active && multicall_resume(v, exit))
+            return 0;
+        if (v->wait == WAIT_EVENT) {
+            if (event_wait(v) == 0)
+                v->wait = WAIT_NONE;
+        }
+        if (v->pause_requested) {
+            v->pause_requested = 0;
+            exit->kind = HV_EXIT_PAUSED;
+            return 0;
+        }
+        event_before_entry(v);
+
+        struct engine_exit ex = {0};
+        __atomic_store_n(&v->in_guest, 1, __ATOMIC_SEQ_CST);
+        int err = e->run(v->engine_vcpu, &ex);
+        __atomic_store_n(&v->in_guest, 0, __ATOMIC_SEQ_CST);
+        v->exits++;
+        if (err) {
+            exit->kind = HV_EXIT_ERROR;
+            exit->code = (uint64_t)-err;
+            return 0;
+        }
+
+        switch (ex.kind) {
+        case ENGINE_EXIT_IO:
+            if (ex.port == HV_PORT_HYPERCALL && ex.write) {
+                if (vcpu_hypercall(v, exit))
+                    return 0;
+            } else if (ex.port == HV_PORT_HYPERCALL_PAGE && ex.write && ex.size == 4) {
+                hypercall_page_place(v, ex.value);
+            } else {
+                return port_to_parent(v, &ex, exit);
+            }
+            break;
+        case ENGINE_EXIT_MMIO:
+            /* Nothing is mapped there yet: reads see all ones, writes are
+             * dropped, as on an empty bus. */
+            if (!ex.write)
+                e->complete_in(v->engine_vcpu, ~0ull);
+            break;
+        case ENGINE_EXIT_HLT:
+            /* hlt with IF=0 can never be woken (no NMIs here): a hang. */
+            if (!(e->regs(v->engine_vcpu)->rflags & RFLAGS_IF))
+                return crash(exit, HV_CRASH_HALTED, 0);
+            v->wait = WAIT_EVENT;
+            break;
+        case ENGINE_EXIT_SHUTDOWN:
+            return crash(exit, HV_CRASH_TRIPLE_FAULT, ex.detail);
+        case ENGINE_EXIT_INTERRUPTED:
+            /* hv's kick or timer: event_before_entry() sees why.  Any other
+             * signal (Ctrl-C) is the parent's: return so Python handles it. */
+            if (!event_consume_kick()) {
+                exit->kind = HV_EXIT_SIGNAL;
+                return 0;
+            }
+            break;
+        case ENGINE_EXIT_WINDOW:
+            break;
+        case ENGINE_EXIT_FAIL:
+        default:
+            return crash(exit, HV_CRASH_ENGINE, ex.detail);
+        }
+    }
+}
+
+int hv_vcpu_complete(struct hv_vcpu *v, int64_t result)
+{
+    const struct engine_ops *e = v->partition->engine;
+    switch (v->wait) {
+    case WAIT_PARENT_HYPERCALL:
+        if (v->mc.active) {
+            multicall_store_result(v, result);   /* the batch goes on at the next run */
+            if (!v->mc.active)
+                set_result(v, -HV_EFAULT);       /* its array vanished meanwhile */
+        } else
+            set_result(v, result);
+        break;
+    case WAIT_PARENT_IO_IN:
+        e->complete_in(v->engine_vcpu, (uint64_t)result);
+        break;
+    case WAIT_PARENT_IO_OUT:
+        break;
+    default:
+        return -EINVAL;             /* nothing to complete */
+    }
+    v->wait = WAIT_NONE;
+    return 0;
+}
+
+int hv_vcpu_get_regs(struct hv_vcpu *v, struct hv_regs *regs)
+{
+    *regs = *v->partition->engine->regs(v->engine_vcpu);
+    return 0;
+}
+
+int hv_vcpu_set_regs(struct hv_vcpu *v, const struct hv_regs *regs)
+{
+    const struct engine_ops *e = v->partition->engine;
+    *e->regs(v->engine_vcpu) = *regs;
+    e->regs_dirty(v->engine_vcpu);
+    return 0;
+}
+
+int hv_vcpu_get_sregs(struct hv_vcpu *v, struct hv_sregs *sregs)
+{
+    return v->partition->engine->get_sregs(v->engine_vcpu, sregs);
+}
+
+int hv_vcpu_set_sregs(struct hv_vcpu *v, const struct hv_sregs *sregs)
+{
+    return v->partition->engine->set_sregs(v->engine_vcpu, sregs);
+}
+
+void hv_vcpu_request_pause(struct hv_vcpu *v)
+{
+    __atomic_store_n(&v->pause_requested, 1, __ATOMIC_SEQ_CST);
+    vcpu_kick(v);
+}
+
+void hv_vcpu_counters(struct hv_vcpu *v, uint64_t *exits, uint64_t *fast, uint64_t *slow)
+{
+    *exits = v->exits;
+    *fast = v->fast_calls;
+    *slow = v->parent_calls;
+}
+
+/* ---- Test entries: the same dispatcher, no guest running ---------------- */
+
+int hv_test_dispatch(struct hv_vcpu *v, struct hv_regs *regs, struct hv_exit *exit)
+{
+    const struct engine_ops *e = v->partition->engine;
+    if (v->wait != WAIT_NONE)
+        return -EBUSY;
+    exit->kind = 0;
+    exit->data_len = 0;
+    *e->regs(v->engine_vcpu) = *regs;
+    int to_parent = v->mc.active ? multicall_resume(v, exit) : vcpu_hypercall(v, exit);
+    if (!to_parent && v->wait == WAIT_EVENT)
+        v->wait = WAIT_NONE;        /* tests do not sleep */
+    *regs = *e->regs(v->engine_vcpu);
+    return !to_parent;
+}
+
+/* FNV-1a over every piece of guest-visible hv state. */
+static uint64_t fnv(uint64_t h, const void *data, size_t len)
+{
+    const uint8_t *b = data;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
+}
+
+uint64_t hv_test_state_digest(struct hv_vcpu *v)
+{
+    const struct hv_partition *p = v->partition;
+    uint64_t h = 0xcbf29ce484222325ull;
+    h = fnv(h, &p->hypercall_page_gpa, sizeof(p->hypercall_page_gpa));
+    h = fnv(h, &p->event_page_gpa, sizeof(p->event_page_gpa));
+    h = fnv(h, &p->event_vector, sizeof(p->event_vector));
+    h = fnv(h, p->route, sizeof(p->route));
+    h = fnv(h, &v->timer_deadline, sizeof(v->timer_deadline));
+    h = fnv(h, &v->mc, sizeof(v->mc));
+    h = fnv(h, &v->wait, sizeof(v->wait));
+    if (p->event_page_gpa)
+        h = fnv(h, p->ram + p->event_page_gpa, sizeof(struct hv_event_page));
+    return h;
+}

@@ -1,0 +1,92 @@
+"""The one binding seam: cffi (API mode) compiles csrc/ into hv._core.
+
+The declarations cffi sees are taken from the C headers themselves, never
+retyped: the whole of csrc/include/hv/abi.h (so every HV_* value and shared
+struct comes from the compiler) and the marked part of csrc/hv.h.  There is
+no logic here; the core's functions are called as they are.
+"""
+import os
+import re
+
+from cffi import FFI
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CSRC = os.path.join(ROOT, "csrc")
+ABI_H = os.path.join(CSRC, "include", "hv", "abi.h")
+CORE_H = os.path.join(CSRC, "hv.h")
+
+# C files of the core, in the order a reader meets them (see README).
+CORE_SOURCES = [
+    "partition.c", "memory.c", "pagewalk.c", "hypercall.c", "event.c",
+    "vcpu.c", "engine.c", "engine_kvm.c", "engine_none.c",
+]
+
+
+def _strip_preprocessor(text):
+    """Keep what cffi's cdef understands: declarations and literal #defines."""
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    text = re.sub(r"//[^\n]*", "", text)
+    keep = []
+    for line in text.splitlines():
+        s = line.strip()
+        if s.startswith("#"):
+            if re.match(r"#define\s+HV_\w+\s+\S", s):
+                keep.append(s)
+            continue
+        keep.append(line)
+    return "\n".join(keep)
+
+
+def cdef_text():
+    with open(ABI_H) as f:
+        abi = f.read()
+    with open(CORE_H) as f:
+        core = f.read()
+    core = core.split("cffi-begin", 1)[1].split("\n", 1)[1].split("/* ==== cffi-end")[0]
+    return _strip_preprocessor(abi) + "\n" + _strip_preprocessor(core)
+
+
+def unicorn_paths():
+    """Headers and library of the pinned `unicorn` wheel (see requirements)."""
+    try:
+        import unicorn
+    except ImportError:
+        return None
+    base = os.path.dirname(unicorn.__file__)
+    inc, lib = os.path.join(base, "include"), os.path.join(base, "lib")
+    if os.path.exists(os.path.join(inc, "unicorn", "unicorn.h")):
+        return inc, lib
+    return None
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(cdef_text())
+
+# The TCG engine (and with it libunicorn) is linked only when its source is
+# part of the core; loading libunicorn costs start-up time otherwise.
+_uc = unicorn_paths() if "engine_tcg.c" in CORE_SOURCES else None
+_defines = [("_GNU_SOURCE", "1")]
+_include_dirs = [CSRC, os.path.join(CSRC, "include")]
+_library_dirs, _libraries, _link_args = [], ["pthread", "rt"], []
+if _uc:
+    _defines.append(("HV_HAVE_UNICORN", "1"))
+    _include_dirs.append(_uc[0])
+    _library_dirs.append(_uc[1])
+    # libunicorn.so.2 has no unversioned symlink in the wheel: name it exactly,
+    # and find it at run time next to the installed wheel.
+    _link_args += ["-l:libunicorn.so.2", "-Wl,-rpath," + _uc[1]]
+
+ffibuilder.set_source(
+    "hv._core",
+    '#include "hv.h"\n',
+    sources=[os.path.join("csrc", s) for s in CORE_SOURCES],
+    include_dirs=_include_dirs,
+    define_macros=_defines,
+    library_dirs=_library_dirs,
+    libraries=_libraries,
+    extra_compile_args=["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
+    extra_link_args=_link_args,
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

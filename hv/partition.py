@@ -1,0 +1,286 @@
+"""A partition as the parent partition sees it: lifecycle and the slow path.
+
+T:600 Partition is the Python face of one guest.  Construction loads and
+validates the kernel *before* anything is created (a bad image starts
+nothing), then creates the C partition, copies the image into guest RAM and
+reserves hv's boot area.  The vCPU runs in run(): a loop around the C run
+call, which returns only for exits the parent must see.  EXIT_HANDLERS maps
+each exit kind to a method, and PARENT_HYPERCALLS maps the hypercalls the
+parent serves (console output) to theirs.
+"""
+import os
+import threading
+
+from hv.abi import ffi, lib
+from hv.console import Console
+from hv.loader import load_pvh
+
+ENGINES = {"kvm": lib.HV_ENGINE_KVM, "none": lib.HV_ENGINE_NONE}
+
+# Partition states, in lifecycle order.
+CREATED, RUNNING, PAUSED, SHUTDOWN, CRASHED, DESTROYED = (
+    "created", "running", "paused", "shutdown", "crashed", "destroyed")
+
+CRASH_CAUSES = {
+    lib.HV_CRASH_TRIPLE_FAULT: "triple fault",
+    lib.HV_CRASH_HALTED: "halted with interrupts disabled (hang)",
+    lib.HV_CRASH_ENGINE: "the engine could not continue",
+    lib.HV_CRASH_BAD_STATE: "invalid vCPU state",
+}
+
+
+class HostError(Exception):
+    """The host cannot run partitions (engine missing, no permission, ...)."""
+
+
+class StateError(Exception):
+    """An operation that the partition's current state does not allow."""
+
+
+def parse_size(text):
+    """'64M' -> 67108864.  Suffixes K, M, G (powers of 1024); plain bytes."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    s = str(text).strip().upper().removesuffix("B") or "?"
+    scale = units.get(s[-1], 1)
+    digits = s[:-1] if s[-1] in units else s
+    if not digits.isdigit():
+        raise ValueError(f"memory size {text!r} is not a number with an optional K/M/G suffix")
+    return int(digits) * scale
+
+
+def engine_status(engine):
+    """(usable, reason) for an engine name."""
+    if engine not in ENGINES:
+        return False, f"unknown engine {engine!r} (choose from {', '.join(sorted(ENGINES))})"
+    why = ffi.new("char[256]")
+    err = lib.hv_engine_probe(ENGINES[engine], why, 256)
+    return err == 0, ffi.string(why).decode()
+
+
+class Partition:
+    """One guest: kernel image, memory, one vCPU, a console."""
+
+    def __init__(self, kernel, mem="64M", cmdline="", engine="kvm", console=None):
+        mem_size = parse_size(mem) if isinstance(mem, str) else int(mem)
+        host_ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if mem_size > host_ram:
+            raise ValueError(f"memory size {mem_size} is larger than the host's RAM ({host_ram})")
+        # T:610 Validate first: LoadError leaves nothing behind.
+        self.image = load_pvh(kernel, mem_size, cmdline)
+        usable, why = engine_status(engine)
+        if not usable:
+            raise HostError(f"{engine} engine unavailable: {why}")
+
+        self.engine = engine
+        self.console = console or Console()
+        self.state = CREATED
+        self.exit_code = None          # guest's shutdown code
+        self.crash_report = None       # text, when state == CRASHED
+        self._parent_handlers = {}     # hypercall nr -> fn(args) for routed calls
+        self._vcpu = None
+        self._thread = None
+        self._resume = threading.Event()
+        self._vcpu_ready = threading.Event()
+        self._stop = False
+        self._lock = threading.Lock()
+
+        out = ffi.new("struct hv_partition **")
+        err = lib.hv_partition_create(ENGINES[engine], mem_size, out)
+        if err:
+            raise HostError(f"cannot create partition: {os.strerror(-err)}")
+        self._p = out[0]
+        self.id = lib.hv_partition_id(self._p)
+        self.mem_size = mem_size
+        self._write_image()
+
+    # -- construction ---------------------------------------------------
+    def _write_image(self):
+        ram = self.memory()
+        for seg in self.image.segments:
+            ram[seg.gpa:seg.gpa + len(seg.data)] = seg.data
+            # The rest up to memsz is already zero: fresh anonymous memory.
+        for gpa, length in self.image.reserved:
+            lib.hv_partition_reserve(self._p, gpa, length)
+        blob = self.image.boot_blob
+        ram[self.image.boot_gpa:self.image.boot_gpa + len(blob)] = blob
+
+    def memory(self):
+        """Guest RAM as a writable memoryview (zero-copy)."""
+        return memoryview(ffi.buffer(lib.hv_partition_ram(self._p), self.mem_size))
+
+    def serve(self, nr, handler):
+        """Serve hypercall nr in Python: handler(args) -> result (routes it to the parent)."""
+        if lib.hv_partition_set_route(self._p, nr, lib.HV_ROUTE_PARENT):
+            raise ValueError(f"no hypercall number {nr}")
+        self._parent_handlers[nr] = handler
+
+    # -- lifecycle -----------------------------------------------------
+    def run(self):
+        """Run the guest on this thread until it stops; returns the state."""
+        with self._lock:
+            if self.state != CREATED:
+                raise StateError(f"cannot run partition {self.id}: it is {self.state}")
+            self.state = RUNNING
+        try:
+            self._vcpu_loop()
+        finally:
+            if self._vcpu is not None:      # destroyed on the thread that ran it
+                lib.hv_vcpu_destroy(self._vcpu)
+                self._vcpu = None
+            self.console.flush()
+        return self.state
+
+    def start(self):
+        """Run the guest on a thread of its own."""
+        if self.state != CREATED:
+            raise StateError(f"cannot start partition {self.id}: it is {self.state}")
+        self._thread = threading.Thread(target=self.run, name=f"partition-{self.id}", daemon=True)
+        self._thread.start()
+
+    def wait(self, timeout=None):
+        if self._thread:
+            self._thread.join(timeout)
+        return self.state
+
+    def pause(self):
+        if self.state != RUNNING:
+            raise StateError(f"cannot pause partition {self.id}: it is {self.state}")
+        self._resume.clear()
+        self._vcpu_ready.wait()
+        lib.hv_vcpu_request_pause(self._vcpu)
+
+    def resume(self):
+        if self.state != PAUSED:
+            raise StateError(f"cannot resume partition {self.id}: it is {self.state}")
+        self._resume.set()
+
+    def destroy(self):
+        """Stop the guest if it runs and free everything.  Idempotent."""
+        if self.state == DESTROYED:
+            return
+        self._stop = True
+        if self._thread and self._thread.is_alive():
+            vcpu = self._vcpu
+            if vcpu is not None:
+                lib.hv_vcpu_request_pause(vcpu)
+            self._resume.set()
+            self._thread.join()
+        lib.hv_partition_destroy(self._p)
+        self._p = None
+        self.state = DESTROYED
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.destroy()
+
+
+    # -- the slow path -------------------------------------------------
+    def _vcpu_loop(self):
+        # T:620 The vCPU is created on the thread that runs it (KVM's rule).
+        out = ffi.new("struct hv_vcpu **")
+        err = lib.hv_vcpu_create(self._p, 0, out)
+        if err:
+            raise HostError(f"cannot create vCPU: {os.strerror(-err)}")
+        self._vcpu = vcpu = out[0]
+        self._vcpu_ready.set()
+        lib.hv_vcpu_set_pvh_entry(vcpu, self.image.entry, self.image.start_info_gpa)
+        exit_ = ffi.new("struct hv_exit *")
+        handlers = EXIT_HANDLERS
+        while self.state in (RUNNING, PAUSED) and not self._stop:
+            err = lib.hv_vcpu_run(vcpu, exit_)       # GIL released inside
+            if err:
+                self._crash(f"run failed: {os.strerror(-err)}")
+                break
+            handlers[exit_.kind](self, exit_)
+
+    def _on_hypercall(self, exit_):
+        served = self._parent_handlers.get(exit_.nr)
+        if served is not None:
+            result = served(tuple(exit_.args))
+        else:
+            result = PARENT_HYPERCALLS.get(exit_.nr, Partition._hc_not_served)(self, exit_)
+        lib.hv_vcpu_complete(self._vcpu, result)
+
+    def _hc_not_served(self, exit_):
+        return -lib.HV_ENOSYS
+
+    def _hc_console_write(self, exit_):
+        # The core validated the pointer and copied the bytes once.
+        self.console.write(bytes(ffi.buffer(exit_.data, exit_.data_len)))
+        return exit_.data_len
+
+    def _on_shutdown(self, exit_):
+        self.exit_code = exit_.code
+        if exit_.reason == lib.HV_SHUTDOWN_CRASH:
+            self._crash(f"the guest reported a crash (code {exit_.code})")
+        else:
+            self.state = SHUTDOWN
+
+    def _on_crash(self, exit_):
+        cause = CRASH_CAUSES.get(exit_.code, f"cause {exit_.code}")
+        self._crash(f"{cause} (engine exit {exit_.reason})")
+
+    def _on_io(self, exit_):
+        # No device lives on port I/O yet: an empty bus (reads all ones).
+        lib.hv_vcpu_complete(self._vcpu, (1 << (8 * exit_.io_size)) - 1)
+
+    def _on_paused(self, exit_):
+        if self._stop:
+            return
+        self.state = PAUSED
+        self._resume.wait()
+        if not self._stop:
+            self.state = RUNNING
+
+    def _on_signal(self, exit_):
+        pass    # a host signal (Ctrl-C): Python runs its handler on return
+
+    def _on_error(self, exit_):
+        self._crash(f"host error: {os.strerror(exit_.code)}")
+
+    def _crash(self, cause):
+        self.state = CRASHED
+        self.crash_report = f"partition {self.id} crashed: {cause}\n" + self.register_dump()
+
+    # -- inspection ----------------------------------------------------
+    def register_dump(self):
+        if self._vcpu is None:
+            return ""
+        r = ffi.new("struct hv_regs *")
+        s = ffi.new("struct hv_sregs *")
+        lib.hv_vcpu_get_regs(self._vcpu, r)
+        lib.hv_vcpu_get_sregs(self._vcpu, s)
+        names = ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
+                 "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags"]
+        cells = [f"{n:>6}={getattr(r, n):016x}" for n in names]
+        cells += [f"{n:>6}={getattr(s, n):016x}" for n in ("cr0", "cr2", "cr3", "cr4", "efer")]
+        cells += [f"{'cs':>6}={s.cs:04x}", f"{'ss':>6}={s.ss:04x}"]
+        return "\n".join("  ".join(cells[i:i + 4]) for i in range(0, len(cells), 4))
+
+    def counters(self):
+        """{'exits', 'fast_hypercalls', 'parent_hypercalls'} of the vCPU (while it exists)."""
+        if self._vcpu is None:
+            return {}
+        vals = ffi.new("uint64_t[3]")
+        lib.hv_vcpu_counters(self._vcpu, vals, vals + 1, vals + 2)
+        return {"exits": vals[0], "fast_hypercalls": vals[1], "parent_hypercalls": vals[2]}
+
+
+
+# T:630 The parent's tables.  One entry per exit kind the core can return,
+# and one per hypercall the parent (not the core) serves.
+EXIT_HANDLERS = {
+    lib.HV_EXIT_HYPERCALL: Partition._on_hypercall,
+    lib.HV_EXIT_SHUTDOWN: Partition._on_shutdown,
+    lib.HV_EXIT_CRASH: Partition._on_crash,
+    lib.HV_EXIT_IO: Partition._on_io,
+    lib.HV_EXIT_PAUSED: Partition._on_paused,
+    lib.HV_EXIT_ERROR: Partition._on_error,
+    lib.HV_EXIT_SIGNAL: Partition._on_signal,
+}
+
+PARENT_HYPERCALLS = {
+    lib.HV_HC_CONSOLE_WRITE: Partition._hc_console_write,
+}
