@@ -103,7 +103,7 @@ const char *hypercall_name(uint64_t nr);
 int  event_raise(struct hv_partition *p, uint32_t event);
 int  event_any_pending(const struct hv_partition *p);
 int  event_timer_arm(struct hv_vcpu *v, uint64_t deadline);
-/* T:530 (see event.c) the one check before every guest entry. */
+/* The one check before every guest entry (event.c). */
 void event_before_entry(struct hv_vcpu *v);
 /* Sleep until an event is pending or a pause is requested: 0 or -HV_EAGAIN. */
 int  event_wait(struct hv_vcpu *v);

@@ -177,26 +177,27 @@ void event_before_entry(struct hv_vcpu *v)
     }
 }
 
-/* Sleep until something is pending, the timer passes, or a pause. */
+/* Sleep until something is pending, the timer passes, or a pause.
+ * The checks run under v->lock and a raiser's kick takes it too, so a raise
+ * cannot slip between the check and the sleep.  timer_check() raises (and
+ * so kicks) itself: it runs with the lock dropped. */
 int event_wait(struct hv_vcpu *v)
 {
-    int result = 0;
-    pthread_mutex_lock(&v->lock);
     for (;;) {
         timer_check(v);
-        if (event_any_pending(v->partition))
-            break;
-        if (v->pause_requested) {
-            result = -HV_EAGAIN;
-            break;
+        pthread_mutex_lock(&v->lock);
+        int result = event_any_pending(v->partition) ? 0
+                   : v->pause_requested ? -HV_EAGAIN : 1;
+        if (result == 1) {
+            if (v->timer_deadline) {
+                struct timespec until = deadline_to_host(v->partition, v->timer_deadline);
+                pthread_cond_timedwait(&v->wake, &v->lock, &until);   /* CLOCK_MONOTONIC */
+            } else {
+                pthread_cond_wait(&v->wake, &v->lock);
+            }
         }
-        if (v->timer_deadline) {
-            struct timespec until = deadline_to_host(v->partition, v->timer_deadline);
-            pthread_cond_timedwait(&v->wake, &v->lock, &until);   /* CLOCK_MONOTONIC */
-        } else {
-            pthread_cond_wait(&v->wake, &v->lock);
-        }
+        pthread_mutex_unlock(&v->lock);
+        if (result != 1)
+            return result;
     }
-    pthread_mutex_unlock(&v->lock);
-    return result;
 }

@@ -176,7 +176,7 @@ int64_t multicall_continue(struct hv_vcpu *v, struct hv_exit *exit)
         struct hv_multicall_entry entry;
         uint64_t at = mc->gva + mc->index * sizeof(entry);
         if (hv_copy_from_guest(v, &entry, at, sizeof(entry))) {
-            mc->active = 0;
+            *mc = (struct multicall_state){0};
             return -HV_EFAULT;
         }
         int64_t r;
@@ -190,7 +190,7 @@ int64_t multicall_continue(struct hv_vcpu *v, struct hv_exit *exit)
         if (!mc->active)
             return -HV_EFAULT;
     }
-    mc->active = 0;
+    *mc = (struct multicall_state){0};
     return 0;
 }
 
@@ -200,8 +200,9 @@ void multicall_store_result(struct hv_vcpu *v, int64_t result)
     uint64_t at = mc->gva + mc->index * sizeof(struct hv_multicall_entry)
                   + offsetof(struct hv_multicall_entry, result);
     if (hv_copy_to_guest(v, at, &result, sizeof(result)))
-        mc->active = 0;                 /* the array was unmapped meanwhile */
-    mc->index++;
+        *mc = (struct multicall_state){0};   /* the array was unmapped meanwhile */
+    else
+        mc->index++;
 }
 
 /* T:440 The hypercall page: one stub per number, 32 bytes apart.

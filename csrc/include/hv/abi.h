@@ -187,6 +187,11 @@
  * registered vector as soon as the guest has interrupts enabled.  The guest's
  * handler clears upcall_pending first, then takes pending bits with atomic
  * exchanges, so nothing is lost between the two.
+ *
+ * Waiting: HV_HC_BLOCK looks only at the pending bits (not at IF), so a guest
+ * checks for work with interrupts off, then blocks without a race.  A HLT
+ * with IF=1 takes a pending upcall at once or sleeps until one arrives; HLT
+ * with IF=0 can never be woken and stops the partition as crashed.
  */
 #define HV_EVENT_TIMER         0        /* the one-shot timer fired */
 
