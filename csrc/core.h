@@ -71,9 +71,19 @@ struct hv_vcpu {
     volatile int    inject_pending;   /* an upcall must be injected */
     volatile int    in_guest;         /* inside engine->run() */
 
+    struct hv_exit *exit;          /* the record of the run call in progress */
+
     /* Counters. */
     uint64_t exits, fast_calls, parent_calls, bad_page_placements;
 };
+
+/* vcpu.c: handle one engine exit; 1 = return v->exit to the parent. */
+int  vcpu_handle_exit(struct hv_vcpu *v, const struct engine_exit *ex);
+
+/* idt.c: deliver a vector through the guest's IDT in software (engines
+ * without hardware injection).  0, or -1 if even a double fault cannot be
+ * delivered (the caller reports a triple fault). */
+int  idt_deliver(struct hv_vcpu *v, uint8_t vector, int exception);
 
 /* partition.c */
 int  partition_frame_is_guest(const struct hv_partition *p, uint64_t gpa, uint64_t len);
@@ -88,6 +98,8 @@ uint64_t partition_clock_ns(const struct hv_partition *p);
 int  pagewalk(const struct hv_partition *p, uint64_t cr3, uint64_t gva,
               uint32_t access, uint32_t paging_flags, uint64_t *gpa,
               uint64_t *page_left);
+/* Copy as the CPU's own implicit accesses do: supervisor, whatever the CPL. */
+int  copy_guest_system(struct hv_vcpu *v, uint64_t gva, void *buf, uint64_t len, int write);
 /* Check that [gva, gva+len) is accessible (no copy). */
 int  guest_range_ok(struct hv_vcpu *v, uint64_t gva, uint64_t len, uint32_t access);
 

@@ -5,9 +5,10 @@
 #include <stddef.h>
 #include "engine.h"
 
-/* Indexed by HV_ENGINE_*. The TCG engine joins in its own change. */
+/* Indexed by HV_ENGINE_*. */
 static const struct engine_ops *const engines[] = {
     [HV_ENGINE_KVM]  = &engine_kvm_ops,
+    [HV_ENGINE_TCG]  = &engine_tcg_ops,
     [HV_ENGINE_NONE] = &engine_none_ops,
 };
 

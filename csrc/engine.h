@@ -22,6 +22,8 @@ enum engine_exit_kind {
     ENGINE_EXIT_SHUTDOWN,     /* triple fault */
     ENGINE_EXIT_INTERRUPTED,  /* a signal arrived (a kick, the timer, or the host's) */
     ENGINE_EXIT_WINDOW,       /* the guest can take an interrupt now */
+    ENGINE_EXIT_EXCEPTION,    /* a CPU exception (vector in value) for software delivery */
+    ENGINE_EXIT_RETURN,       /* handled inside the engine; the exit record is ready */
     ENGINE_EXIT_FAIL,         /* the engine cannot continue; detail says why */
 };
 
@@ -43,21 +45,26 @@ struct engine_ops {
     int  (*map_ram)(void *vm, uint64_t gpa, void *host, uint64_t size);
     void (*vm_destroy)(void *vm);
     /* Called on the thread that will run the vCPU (KVM wants one thread). */
-    int  (*vcpu_create)(void *vm, uint32_t id, void **vcpu);
+    int  (*vcpu_create)(void *vm, uint32_t id, struct hv_vcpu *owner, void **vcpu);
     void (*vcpu_destroy)(void *vcpu);
     /* Live register view, valid between runs; call regs_dirty() after writing. */
     struct hv_regs *(*regs)(void *vcpu);
     void (*regs_dirty)(void *vcpu);
     int  (*get_sregs)(void *vcpu, struct hv_sregs *s);
     int  (*set_sregs)(void *vcpu, const struct hv_sregs *s);
-    /* 32-bit flat protected mode at entry, paging off, EBX = info (PVH). */
-    int  (*set_pvh_entry)(void *vcpu, uint32_t entry, uint32_t info);
+    /* 32-bit flat protected mode at entry, paging off, EBX = info (PVH);
+     * the GDT at gdt (selectors 0x10 code, 0x18 data) is already in RAM. */
+    int  (*set_pvh_entry)(void *vcpu, uint32_t entry, uint32_t info,
+                          uint32_t gdt, uint16_t gdt_limit);
     /* The value an IN instruction reads, set before the next run. */
     void (*complete_in)(void *vcpu, uint64_t value);
     int  (*run)(void *vcpu, struct engine_exit *exit);
     /* Event injection: can a vector be taken now (IF=1, no shadow)? */
     int  (*interruptible)(void *vcpu);
+    /* NULL: the core delivers through the guest IDT itself (idt.c). */
     int  (*inject)(void *vcpu, uint8_t vector);
+    /* Software delivery only: load CS and SS from the guest's GDT. */
+    int  (*load_segments)(void *vcpu, uint16_t cs, uint16_t ss);
     /* Ask run() to return once the guest can take an interrupt. */
     void (*request_window)(void *vcpu, int on);
     /* Async-signal-safe: make the current or next run() return promptly. */

@@ -167,8 +167,9 @@ static void kvm_vcpu_destroy(void *vp)
     free(c);
 }
 
-static int kvm_vcpu_create(void *vmp, uint32_t id, void **out)
+static int kvm_vcpu_create(void *vmp, uint32_t id, struct hv_vcpu *owner, void **out)
 {
+    (void)owner;
     struct kvm_vm *vm = vmp;
     struct kvm_vcpu_state *c = calloc(1, sizeof(*c));
     if (!c)
@@ -214,6 +215,7 @@ static int kvm_get_sregs(void *vp, struct hv_sregs *s)
     s->efer = k->efer;
     s->idt_base = k->idt.base; s->idt_limit = k->idt.limit;
     s->gdt_base = k->gdt.base; s->gdt_limit = k->gdt.limit;
+    s->tr_base = k->tr.base;
     s->cs = k->cs.selector; s->ss = k->ss.selector;
     return 0;
 }
@@ -241,13 +243,16 @@ static struct kvm_segment flat_segment(uint16_t selector, uint8_t type)
 
 /* PVH entry state (Xen's docs/misc/pvh.pandoc): 32-bit flat protected mode,
  * paging off, CS/DS/ES/SS flat, TR a 32-bit TSS, EBX = start info. */
-static int kvm_set_pvh_entry(void *vp, uint32_t entry, uint32_t info)
+static int kvm_set_pvh_entry(void *vp, uint32_t entry, uint32_t info,
+                             uint32_t gdt, uint16_t gdt_limit)
 {
     struct kvm_vcpu_state *c = vp;
     struct kvm_sregs *k = &c->run->s.regs.sregs;
     k->cs = flat_segment(0x10, 0xb);                 /* execute/read, accessed */
     k->ds = k->es = k->fs = k->gs = k->ss = flat_segment(0x18, 0x3);   /* read/write, accessed */
     k->tr = (struct kvm_segment){ .limit = 0x67, .type = 0xb, .present = 1 };   /* busy 32-bit TSS */
+    k->gdt.base = gdt;
+    k->gdt.limit = gdt_limit;
     k->cr0 = 0x11;                                   /* PE | ET */
     k->cr3 = 0;
     k->cr4 = 0;
@@ -373,6 +378,7 @@ const struct engine_ops engine_kvm_ops = {
     .run = kvm_run,
     .interruptible = kvm_interruptible,
     .inject = kvm_inject,
+    .load_segments = NULL,          /* KVM delivers vectors itself */
     .request_window = kvm_request_window,
     .kick_from_signal = kvm_kick_from_signal,
 };

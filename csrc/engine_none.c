@@ -27,9 +27,9 @@ static int none_map_ram(void *vm, uint64_t gpa, void *host, uint64_t size)
 { (void)vm; (void)gpa; (void)host; (void)size; return 0; }
 static void none_vm_destroy(void *vm) { (void)vm; }
 
-static int none_vcpu_create(void *vm, uint32_t id, void **out)
+static int none_vcpu_create(void *vm, uint32_t id, struct hv_vcpu *owner, void **out)
 {
-    (void)vm; (void)id;
+    (void)vm; (void)id; (void)owner;
     struct none_vcpu *c = calloc(1, sizeof(*c));
     if (!c)
         return -ENOMEM;
@@ -46,7 +46,8 @@ static int none_get_sregs(void *vcpu, struct hv_sregs *s)
 static int none_set_sregs(void *vcpu, const struct hv_sregs *s)
 { ((struct none_vcpu *)vcpu)->sregs = *s; return 0; }
 
-static int none_set_pvh_entry(void *vcpu, uint32_t entry, uint32_t info)
+static int none_set_pvh_entry(void *vcpu, uint32_t entry, uint32_t info,
+                              uint32_t gdt, uint16_t gdt_limit)
 {
     struct none_vcpu *c = vcpu;
     memset(c, 0, sizeof(*c));
@@ -54,6 +55,8 @@ static int none_set_pvh_entry(void *vcpu, uint32_t entry, uint32_t info)
     c->regs.rbx = info;
     c->regs.rflags = 2;
     c->sregs.cr0 = 0x11;
+    c->sregs.gdt_base = gdt;
+    c->sregs.gdt_limit = gdt_limit;
     return 0;
 }
 
@@ -65,6 +68,13 @@ static int none_interruptible(void *vcpu)
 static int none_inject(void *vcpu, uint8_t vector) { (void)vcpu; (void)vector; return 0; }
 static void none_request_window(void *vcpu, int on) { (void)vcpu; (void)on; }
 static void none_kick(void *vcpu) { (void)vcpu; }
+static int none_load_segments(void *vcpu, uint16_t cs, uint16_t ss)
+{
+    struct none_vcpu *c = vcpu;
+    c->sregs.cs = cs;
+    c->sregs.ss = ss;
+    return 0;
+}
 
 const struct engine_ops engine_none_ops = {
     .name = "none",
@@ -83,6 +93,7 @@ const struct engine_ops engine_none_ops = {
     .run = none_run,
     .interruptible = none_interruptible,
     .inject = none_inject,
+    .load_segments = none_load_segments,
     .request_window = none_request_window,
     .kick_from_signal = none_kick,
 };

@@ -171,7 +171,11 @@ void event_before_entry(struct hv_vcpu *v)
     if (e->interruptible(v->engine_vcpu)) {
         __atomic_store_n(&v->inject_pending, 0, __ATOMIC_SEQ_CST);
         e->request_window(v->engine_vcpu, 0);
-        e->inject(v->engine_vcpu, (uint8_t)v->partition->event_vector);
+        uint8_t vector = (uint8_t)v->partition->event_vector;
+        if (e->inject)
+            e->inject(v->engine_vcpu, vector);
+        else if (idt_deliver(v, vector, 0))
+            v->inject_pending = 1;          /* IDT unusable now; retried next entry */
     } else {
         e->request_window(v->engine_vcpu, 1);   /* exit when IF becomes 1 */
     }

@@ -68,7 +68,7 @@ struct hv_regs {
 
 struct hv_sregs {
     uint64_t cr0, cr2, cr3, cr4, efer;
-    uint64_t idt_base, gdt_base;
+    uint64_t idt_base, gdt_base, tr_base;
     uint16_t idt_limit, gdt_limit;
     uint16_t cs, ss;
 };

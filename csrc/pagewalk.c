@@ -95,7 +95,7 @@ struct paging {
     uint32_t user;
 };
 
-static int vcpu_paging(struct hv_vcpu *v, struct paging *pg)
+static int vcpu_paging(struct hv_vcpu *v, struct paging *pg, int system)
 {
     struct hv_sregs s;
     if (v->partition->engine->get_sregs(v->engine_vcpu, &s))
@@ -103,7 +103,9 @@ static int vcpu_paging(struct hv_vcpu *v, struct paging *pg)
     pg->enabled = !!(s.cr0 & CR0_PG);
     pg->cr3 = s.cr3;
     pg->flags = ((s.efer & EFER_NXE) ? PAGING_NXE : 0) | ((s.cr0 & CR0_WP) ? PAGING_WP : 0);
-    pg->user = (s.cs & 3) == 3 ? WALK_USER : 0;    /* the caller's privilege */
+    /* The caller's privilege; the CPU's own accesses (IDT, TSS, the
+     * interrupt stack) are supervisor accesses whatever the CPL. */
+    pg->user = !system && (s.cs & 3) == 3 ? WALK_USER : 0;
     /* Only long mode's 4-level paging is walked; 32-bit, PAE-legacy and
      * 5-level guests get -HV_EFAULT for every pointer (documented). */
     if (pg->enabled && (!(s.efer & EFER_LMA) || !(s.cr4 & CR4_PAE) || (s.cr4 & CR4_LA57)))
@@ -129,12 +131,12 @@ static int translate(struct hv_vcpu *v, const struct paging *pg, uint64_t gva,
 
 /* Walk every page of the range; with buf, also copy (in or out). */
 static int guest_range(struct hv_vcpu *v, uint64_t gva, uint64_t len,
-                       uint32_t access, uint8_t *buf)
+                       uint32_t access, uint8_t *buf, int system)
 {
     struct paging pg;
     if (gva + len < gva)
         return -HV_EFAULT;              /* wraps around */
-    if (vcpu_paging(v, &pg))
+    if (vcpu_paging(v, &pg, system))
         return -HV_EFAULT;
     while (len) {
         uint64_t gpa, chunk;
@@ -155,19 +157,29 @@ static int guest_range(struct hv_vcpu *v, uint64_t gva, uint64_t len,
 
 int guest_range_ok(struct hv_vcpu *v, uint64_t gva, uint64_t len, uint32_t access)
 {
-    return guest_range(v, gva, len, access, NULL);
+    return guest_range(v, gva, len, access, NULL, 0);
 }
 
 /* Both copies check the whole range before moving a byte, so a fault leaves
  * the destination untouched (no partial state change). */
+static int copy_guest(struct hv_vcpu *v, uint64_t gva, void *buf, uint64_t len,
+                      uint32_t access, int system)
+{
+    int err = guest_range(v, gva, len, access, NULL, system);
+    return err ? err : guest_range(v, gva, len, access, buf, system);
+}
+
 int hv_copy_from_guest(struct hv_vcpu *v, void *dst, uint64_t gva, uint64_t len)
 {
-    int err = guest_range(v, gva, len, 0, NULL);
-    return err ? err : guest_range(v, gva, len, 0, dst);
+    return copy_guest(v, gva, dst, len, 0, 0);
 }
 
 int hv_copy_to_guest(struct hv_vcpu *v, uint64_t gva, const void *src, uint64_t len)
 {
-    int err = guest_range(v, gva, len, WALK_WRITE, NULL);
-    return err ? err : guest_range(v, gva, len, WALK_WRITE, (uint8_t *)src);
+    return copy_guest(v, gva, (void *)src, len, WALK_WRITE, 0);
+}
+
+int copy_guest_system(struct hv_vcpu *v, uint64_t gva, void *buf, uint64_t len, int write)
+{
+    return copy_guest(v, gva, buf, len, write ? WALK_WRITE : 0, 1);
 }

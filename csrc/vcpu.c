@@ -36,7 +36,7 @@ int hv_vcpu_create(struct hv_partition *p, uint32_t id, struct hv_vcpu **out)
     pthread_cond_init(&v->wake, &attr);
     pthread_condattr_destroy(&attr);
 
-    int err = p->engine->vcpu_create(p->engine_vm, id, &v->engine_vcpu);
+    int err = p->engine->vcpu_create(p->engine_vm, id, v, &v->engine_vcpu);
     if (err) {
         pthread_cond_destroy(&v->wake);
         pthread_mutex_destroy(&v->lock);
@@ -61,9 +61,25 @@ void hv_vcpu_destroy(struct hv_vcpu *v)
     free(v);
 }
 
+/* T:415 The PVH entry state, the same on every engine: a flat 32-bit code
+ * segment (selector 0x10) and data segment (0x18) described by a small GDT
+ * that hv writes into its own reserved page 0; the guest loads its own GDT
+ * before it reloads a segment register. */
+#define PVH_BOOT_GDT_GPA 0x500
+static const uint64_t pvh_boot_gdt[4] = {
+    0, 0,
+    0x00cf9b000000ffffull,      /* 0x10: code, base 0, limit 4 GiB, 32-bit */
+    0x00cf93000000ffffull,      /* 0x18: data, base 0, limit 4 GiB */
+};
+
 int hv_vcpu_set_pvh_entry(struct hv_vcpu *v, uint32_t entry, uint32_t start_info)
 {
-    return v->partition->engine->set_pvh_entry(v->engine_vcpu, entry, start_info);
+    struct hv_partition *p = v->partition;
+    if (hv_partition_frame_owner(p, PVH_BOOT_GDT_GPA) != HV_OWNER_HV)
+        return -EINVAL;         /* page 0 must be reserved for hv */
+    memcpy(p->ram + PVH_BOOT_GDT_GPA, pvh_boot_gdt, sizeof(pvh_boot_gdt));
+    return p->engine->set_pvh_entry(v->engine_vcpu, entry, start_info, PVH_BOOT_GDT_GPA,
+                                    sizeof(pvh_boot_gdt) - 1);
 }
 
 static void set_result(struct hv_vcpu *v, int64_t result)
@@ -97,7 +113,7 @@ static int crash(struct hv_exit *exit, uint64_t cause, uint64_t detail)
     exit->kind = HV_EXIT_CRASH;
     exit->code = cause;
     exit->reason = detail;
-    return 0;
+    return 1;
 }
 
 /* Port I/O that is not hv's own goes to the parent, which may emulate it. */
@@ -109,7 +125,7 @@ static int port_to_parent(struct hv_vcpu *v, const struct engine_exit *ex, struc
     exit->io_write = ex->write;
     exit->io_value = ex->value;
     v->wait = ex->write ? WAIT_PARENT_IO_OUT : WAIT_PARENT_IO_IN;
-    return 0;
+    return 1;
 }
 
 /* A batch suspended for the parent resumes before the guest runs again.
@@ -126,6 +142,61 @@ static int multicall_resume(struct hv_vcpu *v, struct hv_exit *exit)
     return 0;
 }
 
+/* T:455 One exit, whatever the engine.  Returns 0 to re-enter the guest, 1
+ * when v->exit is filled for the parent.  KVM's run() returns each exit and
+ * hv_vcpu_run() calls this; the TCG engine calls it from inside its
+ * instruction hooks, so a fast hypercall never leaves the emulator. */
+int vcpu_handle_exit(struct hv_vcpu *v, const struct engine_exit *ex)
+{
+    const struct engine_ops *e = v->partition->engine;
+    struct hv_exit *exit = v->exit;
+    v->exits++;
+    switch (ex->kind) {
+    case ENGINE_EXIT_IO:
+        if (ex->port == HV_PORT_HYPERCALL && ex->write)
+            return vcpu_hypercall(v, exit);
+        if (ex->port == HV_PORT_HYPERCALL_PAGE && ex->write && ex->size == 4) {
+            hypercall_page_place(v, ex->value);
+            return 0;
+        }
+        return port_to_parent(v, ex, exit);
+    case ENGINE_EXIT_MMIO:
+        /* Nothing is mapped there yet: reads see all ones, writes are
+         * dropped, as on an empty bus. */
+        if (!ex->write)
+            e->complete_in(v->engine_vcpu, ~0ull);
+        return 0;
+    case ENGINE_EXIT_HLT:
+        /* hlt with IF=0 can never be woken (no NMIs here): a hang. */
+        if (!(e->regs(v->engine_vcpu)->rflags & RFLAGS_IF))
+            return crash(exit, HV_CRASH_HALTED, 0);
+        v->wait = WAIT_EVENT;
+        return 0;
+    case ENGINE_EXIT_EXCEPTION:
+        /* An engine without hardware delivery (TCG) hands CPU exceptions
+         * to the core, which delivers them through the guest's IDT. */
+        if (idt_deliver(v, (uint8_t)ex->value, 1))
+            return crash(exit, HV_CRASH_TRIPLE_FAULT, ex->value);
+        return 0;
+    case ENGINE_EXIT_SHUTDOWN:
+        return crash(exit, HV_CRASH_TRIPLE_FAULT, ex->detail);
+    case ENGINE_EXIT_INTERRUPTED:
+        /* hv's kick or timer: event_before_entry() sees why.  Any other
+         * signal (Ctrl-C) is the parent's: return so Python handles it. */
+        if (!event_consume_kick()) {
+            exit->kind = HV_EXIT_SIGNAL;
+            return 1;
+        }
+        return 0;
+    case ENGINE_EXIT_WINDOW:
+        return 0;
+    case ENGINE_EXIT_RETURN:
+    case ENGINE_EXIT_FAIL:
+    default:
+        return crash(exit, HV_CRASH_ENGINE, ex->detail);
+    }
+}
+
 int hv_vcpu_run(struct hv_vcpu *v, struct hv_exit *exit)
 {
     const struct engine_ops *e = v->partition->engine;
@@ -134,6 +205,7 @@ int hv_vcpu_run(struct hv_vcpu *v, struct hv_exit *exit)
     exit->data_len = 0;
     if (v->wait != WAIT_NONE && v->wait != WAIT_EVENT)
         return -EBUSY;              /* the parent owes hv_vcpu_complete() */
+    v->exit = exit;
 
     for (;;) {
         if (v->mc.active && multicall_resume(v, exit))
@@ -153,52 +225,15 @@ int hv_vcpu_run(struct hv_vcpu *v, struct hv_exit *exit)
         __atomic_store_n(&v->in_guest, 1, __ATOMIC_SEQ_CST);
         int err = e->run(v->engine_vcpu, &ex);
         __atomic_store_n(&v->in_guest, 0, __ATOMIC_SEQ_CST);
-        v->exits++;
         if (err) {
             exit->kind = HV_EXIT_ERROR;
             exit->code = (uint64_t)-err;
             return 0;
         }
-
-        switch (ex.kind) {
-        case ENGINE_EXIT_IO:
-            if (ex.port == HV_PORT_HYPERCALL && ex.write) {
-                if (vcpu_hypercall(v, exit))
-                    return 0;
-            } else if (ex.port == HV_PORT_HYPERCALL_PAGE && ex.write && ex.size == 4) {
-                hypercall_page_place(v, ex.value);
-            } else {
-                return port_to_parent(v, &ex, exit);
-            }
-            break;
-        case ENGINE_EXIT_MMIO:
-            /* Nothing is mapped there yet: reads see all ones, writes are
-             * dropped, as on an empty bus. */
-            if (!ex.write)
-                e->complete_in(v->engine_vcpu, ~0ull);
-            break;
-        case ENGINE_EXIT_HLT:
-            /* hlt with IF=0 can never be woken (no NMIs here): a hang. */
-            if (!(e->regs(v->engine_vcpu)->rflags & RFLAGS_IF))
-                return crash(exit, HV_CRASH_HALTED, 0);
-            v->wait = WAIT_EVENT;
-            break;
-        case ENGINE_EXIT_SHUTDOWN:
-            return crash(exit, HV_CRASH_TRIPLE_FAULT, ex.detail);
-        case ENGINE_EXIT_INTERRUPTED:
-            /* hv's kick or timer: event_before_entry() sees why.  Any other
-             * signal (Ctrl-C) is the parent's: return so Python handles it. */
-            if (!event_consume_kick()) {
-                exit->kind = HV_EXIT_SIGNAL;
-                return 0;
-            }
-            break;
-        case ENGINE_EXIT_WINDOW:
-            break;
-        case ENGINE_EXIT_FAIL:
-        default:
-            return crash(exit, HV_CRASH_ENGINE, ex.detail);
-        }
+        if (ex.kind == ENGINE_EXIT_RETURN)     /* handled inside the engine */
+            return 0;
+        if (vcpu_handle_exit(v, &ex))
+            return 0;
     }
 }
 
@@ -272,6 +307,7 @@ int hv_test_dispatch(struct hv_vcpu *v, struct hv_regs *regs, struct hv_exit *ex
         return -EBUSY;
     exit->kind = 0;
     exit->data_len = 0;
+    v->exit = exit;
     *e->regs(v->engine_vcpu) = *regs;
     int to_parent = v->mc.active ? multicall_resume(v, exit) : vcpu_hypercall(v, exit);
     if (!to_parent && v->wait == WAIT_EVENT)

@@ -18,7 +18,7 @@ CORE_H = os.path.join(CSRC, "hv.h")
 # C files of the core, in the order a reader meets them (see README).
 CORE_SOURCES = [
     "partition.c", "memory.c", "pagewalk.c", "hypercall.c", "event.c",
-    "vcpu.c", "engine.c", "engine_kvm.c", "engine_none.c",
+    "vcpu.c", "idt.c", "engine.c", "engine_kvm.c", "engine_tcg.c", "engine_none.c",
 ]
 
 
@@ -62,19 +62,16 @@ def unicorn_paths():
 ffibuilder = FFI()
 ffibuilder.cdef(cdef_text())
 
-# The TCG engine (and with it libunicorn) is linked only when its source is
-# part of the core; loading libunicorn costs start-up time otherwise.
-_uc = unicorn_paths() if "engine_tcg.c" in CORE_SOURCES else None
+_uc = unicorn_paths()
+if _uc is None:
+    raise SystemExit("hv needs the pinned `unicorn` wheel for its TCG engine: "
+                     "pip install -r requirements.txt")
 _defines = [("_GNU_SOURCE", "1")]
-_include_dirs = [CSRC, os.path.join(CSRC, "include")]
-_library_dirs, _libraries, _link_args = [], ["pthread", "rt"], []
-if _uc:
-    _defines.append(("HV_HAVE_UNICORN", "1"))
-    _include_dirs.append(_uc[0])
-    _library_dirs.append(_uc[1])
-    # libunicorn.so.2 has no unversioned symlink in the wheel: name it exactly,
-    # and find it at run time next to the installed wheel.
-    _link_args += ["-l:libunicorn.so.2", "-Wl,-rpath," + _uc[1]]
+_include_dirs = [CSRC, os.path.join(CSRC, "include"), _uc[0]]
+_library_dirs, _libraries = [_uc[1]], ["pthread", "rt"]
+# libunicorn.so.2 has no unversioned symlink in the wheel: name it exactly,
+# and find it at run time next to the installed wheel.
+_link_args = ["-l:libunicorn.so.2", "-Wl,-rpath," + _uc[1]]
 
 ffibuilder.set_source(
     "hv._core",

@@ -15,7 +15,7 @@ from hv.abi import ffi, lib
 from hv.console import Console
 from hv.loader import load_pvh
 
-ENGINES = {"kvm": lib.HV_ENGINE_KVM, "none": lib.HV_ENGINE_NONE}
+ENGINES = {"kvm": lib.HV_ENGINE_KVM, "tcg": lib.HV_ENGINE_TCG, "none": lib.HV_ENGINE_NONE}
 
 # Partition states, in lifecycle order.
 CREATED, RUNNING, PAUSED, SHUTDOWN, CRASHED, DESTROYED = (
@@ -185,7 +185,9 @@ class Partition:
             raise HostError(f"cannot create vCPU: {os.strerror(-err)}")
         self._vcpu = vcpu = out[0]
         self._vcpu_ready.set()
-        lib.hv_vcpu_set_pvh_entry(vcpu, self.image.entry, self.image.start_info_gpa)
+        err = lib.hv_vcpu_set_pvh_entry(vcpu, self.image.entry, self.image.start_info_gpa)
+        if err:
+            raise HostError(f"cannot set the PVH entry state: {os.strerror(-err)}")
         exit_ = ffi.new("struct hv_exit *")
         handlers = EXIT_HANDLERS
         while self.state in (RUNNING, PAUSED) and not self._stop:

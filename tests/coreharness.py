@@ -33,7 +33,8 @@ class Core:
         self.v = vv[0]
         self.mem_size = mem_size
         self.ram = memoryview(ffi.buffer(lib.hv_partition_ram(self.p), mem_size))
-        lib.hv_vcpu_set_pvh_entry(self.v, 0x100000, 0x1000)   # paging off: gva == gpa
+        lib.hv_partition_reserve(self.p, 0, 0x1000)           # page 0: the boot GDT
+        assert lib.hv_vcpu_set_pvh_entry(self.v, 0x100000, 0x1000) == 0   # paging off: gva == gpa
         self.regs = ffi.new("struct hv_regs *")
         self.exit = ffi.new("struct hv_exit *")
 

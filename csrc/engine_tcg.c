@@ -1,0 +1,406 @@
+/*
+ * engine_tcg.c - QEMU's TCG through Unicorn's C API.
+ *
+ * T:480 The software engine.  Unicorn translates guest code to host code
+ * (~1 G simple instructions/s here, against ~1-2 M for ring-0 code on this
+ * machine's software KVM).  Guest RAM is the core's own mmap, handed over
+ * with uc_mem_map_ptr (zero-copy).  Two differences from KVM shape this file:
+ *
+ *  - Port I/O arrives as a hook *inside* the emulator.  The hook calls the
+ *    core's vcpu_handle_exit() on the spot, so a fast hypercall is finished
+ *    without leaving uc_emu_start(); only exits for the parent stop it.
+ *    A stop takes effect at the end of the translation block, which for a
+ *    hypercall-page stub is its `ret`: the guest cannot tell.
+ *  - Unicorn has no interrupt controller and reports CPU exceptions to a
+ *    hook instead of the guest IDT: inject is NULL, and the core delivers
+ *    both through the guest's IDT itself (idt.c).
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unicorn/unicorn.h>
+#include "core.h"
+
+/* Register ids in struct hv_regs order. */
+static const int reg_ids[] = {
+    UC_X86_REG_RAX, UC_X86_REG_RBX, UC_X86_REG_RCX, UC_X86_REG_RDX,
+    UC_X86_REG_RSI, UC_X86_REG_RDI, UC_X86_REG_RSP, UC_X86_REG_RBP,
+    UC_X86_REG_R8,  UC_X86_REG_R9,  UC_X86_REG_R10, UC_X86_REG_R11,
+    UC_X86_REG_R12, UC_X86_REG_R13, UC_X86_REG_R14, UC_X86_REG_R15,
+    UC_X86_REG_RIP, UC_X86_REG_RFLAGS,
+};
+#define NREGS (sizeof(reg_ids) / sizeof(reg_ids[0]))
+_Static_assert(NREGS * 8 == sizeof(struct hv_regs), "one id per hv_regs field");
+
+#define MSR_EFER 0xc0000080
+
+enum tcg_stop {
+    STOP_NONE = 0,
+    STOP_RETURN,        /* the core filled an exit record for the parent */
+    STOP_LOOP,          /* the core must look at pending work (block, events) */
+    STOP_EXCEPTION,     /* a CPU exception for software delivery */
+    STOP_UNMAPPED,      /* access outside RAM */
+};
+
+struct tcg_vm {
+    void *ram;
+    uint64_t size;
+};
+
+struct tcg_vcpu {
+    uc_engine *uc;
+    struct hv_vcpu *owner;
+    struct hv_regs regs;        /* the view the core reads and writes */
+    struct hv_regs synced;      /* what Unicorn holds, for write-back of changes */
+    int regs_valid;
+    enum tcg_stop stop;
+    uint32_t exception;
+    uint64_t bad_address;
+    volatile sig_atomic_t kicked;
+};
+
+static int tcg_probe(char *why, size_t len)
+{
+    if (why && len)
+        why[0] = '\0';
+    return 0;           /* Unicorn is linked in: always usable */
+}
+
+static int tcg_vm_create(void **out)
+{
+    struct tcg_vm *vm = calloc(1, sizeof(*vm));
+    if (!vm)
+        return -ENOMEM;
+    *out = vm;
+    return 0;
+}
+
+/* Unicorn binds memory to its single CPU instance: keep it for vcpu_create. */
+static int tcg_map_ram(void *vmp, uint64_t gpa, void *host, uint64_t size)
+{
+    struct tcg_vm *vm = vmp;
+    if (gpa != 0 || vm->ram)
+        return -EINVAL;
+    vm->ram = host;
+    vm->size = size;
+    return 0;
+}
+
+static void tcg_vm_destroy(void *vmp) { free(vmp); }
+
+/* ---- The register view ----------------------------------------------------- */
+
+static struct hv_regs *tcg_regs(void *vp)
+{
+    struct tcg_vcpu *c = vp;
+    if (!c->regs_valid) {
+        void *ptrs[NREGS];
+        uint64_t *fields = (uint64_t *)&c->regs;
+        for (size_t i = 0; i < NREGS; i++)
+            ptrs[i] = &fields[i];
+        uc_reg_read_batch(c->uc, reg_ids, ptrs, NREGS);
+        c->synced = c->regs;
+        c->regs_valid = 1;
+    }
+    return &c->regs;
+}
+
+/* Write back only what changed: in a hook, rewriting RIP would restart the
+ * translation block. */
+static void tcg_regs_dirty(void *vp)
+{
+    struct tcg_vcpu *c = vp;
+    const uint64_t *now = (const uint64_t *)&c->regs, *was = (const uint64_t *)&c->synced;
+    for (size_t i = 0; i < NREGS; i++)
+        if (now[i] != was[i])
+            uc_reg_write(c->uc, reg_ids[i], &now[i]);
+    c->synced = c->regs;
+}
+
+static uint64_t read_reg(uc_engine *uc, int id)
+{
+    uint64_t value = 0;
+    uc_reg_read(uc, id, &value);
+    return value;
+}
+
+static uint64_t read_msr(uc_engine *uc, uint32_t index)
+{
+    uc_x86_msr msr = { .rid = index };
+    uc_reg_read(uc, UC_X86_REG_MSR, &msr);
+    return msr.value;
+}
+
+static int tcg_get_sregs(void *vp, struct hv_sregs *s)
+{
+    uc_engine *uc = ((struct tcg_vcpu *)vp)->uc;
+    uc_x86_mmr idtr = {0}, gdtr = {0}, tr = {0};
+    uc_reg_read(uc, UC_X86_REG_IDTR, &idtr);
+    uc_reg_read(uc, UC_X86_REG_GDTR, &gdtr);
+    uc_reg_read(uc, UC_X86_REG_TR, &tr);
+    s->cr0 = read_reg(uc, UC_X86_REG_CR0);
+    s->cr2 = read_reg(uc, UC_X86_REG_CR2);
+    s->cr3 = read_reg(uc, UC_X86_REG_CR3);
+    s->cr4 = read_reg(uc, UC_X86_REG_CR4);
+    s->efer = read_msr(uc, MSR_EFER);
+    s->idt_base = idtr.base; s->idt_limit = (uint16_t)idtr.limit;
+    s->gdt_base = gdtr.base; s->gdt_limit = (uint16_t)gdtr.limit;
+    s->tr_base = tr.base;
+    s->cs = (uint16_t)read_reg(uc, UC_X86_REG_CS);
+    s->ss = (uint16_t)read_reg(uc, UC_X86_REG_SS);
+    return 0;
+}
+
+static int tcg_set_sregs(void *vp, const struct hv_sregs *s)
+{
+    struct tcg_vcpu *c = vp;
+    uc_x86_mmr idtr = { .base = s->idt_base, .limit = s->idt_limit };
+    uc_x86_mmr gdtr = { .base = s->gdt_base, .limit = s->gdt_limit };
+    uc_x86_msr efer = { .rid = MSR_EFER, .value = s->efer };
+    uc_reg_write(c->uc, UC_X86_REG_IDTR, &idtr);
+    uc_reg_write(c->uc, UC_X86_REG_GDTR, &gdtr);
+    uc_reg_write(c->uc, UC_X86_REG_MSR, &efer);
+    uc_reg_write(c->uc, UC_X86_REG_CR4, &s->cr4);
+    uc_reg_write(c->uc, UC_X86_REG_CR3, &s->cr3);
+    uc_reg_write(c->uc, UC_X86_REG_CR0, &s->cr0);
+    c->regs_valid = 0;
+    return 0;
+}
+
+/* Segment loads go through the guest GDT, as a far jump would. */
+static int tcg_load_segments(void *vp, uint16_t cs, uint16_t ss)
+{
+    struct tcg_vcpu *c = vp;
+    uint64_t cs64 = cs, ss64 = ss;
+    if (uc_reg_write(c->uc, UC_X86_REG_CS, &cs64) || uc_reg_write(c->uc, UC_X86_REG_SS, &ss64))
+        return -EFAULT;
+    c->regs_valid = 0;
+    return 0;
+}
+
+static int tcg_set_pvh_entry(void *vp, uint32_t entry, uint32_t info,
+                             uint32_t gdt, uint16_t gdt_limit)
+{
+    struct tcg_vcpu *c = vp;
+    /* Unicorn starts a 64-bit engine in long mode without paging.  EFER.LMA
+     * is read-only and QEMU clears it only when CR0.PG goes from 1 to 0, so
+     * pass through PG=1 (legacy paging: LME is already 0) on the way to
+     * 32-bit protected mode with paging off.  Then load the flat segments
+     * from hv's boot GDT (engine_kvm.c sets the same state directly). */
+    struct hv_sregs s = { .cr0 = 0x80000011, .gdt_base = gdt, .gdt_limit = gdt_limit };
+    tcg_set_sregs(vp, &s);
+    s.cr0 = 0x11;
+    tcg_set_sregs(vp, &s);
+    const int data[] = { UC_X86_REG_DS, UC_X86_REG_ES, UC_X86_REG_FS, UC_X86_REG_GS };
+    uint64_t data_sel = 0x18;
+    if (tcg_load_segments(vp, 0x10, 0x18))
+        return -EINVAL;
+    for (size_t i = 0; i < sizeof(data) / sizeof(data[0]); i++)
+        if (uc_reg_write(c->uc, data[i], &data_sel))
+            return -EINVAL;
+    struct hv_regs *r = tcg_regs(vp);
+    memset(r, 0, sizeof(*r));
+    r->rip = entry;
+    r->rbx = info;
+    r->rflags = 0x2;
+    tcg_regs_dirty(vp);
+    return 0;
+}
+
+/* ---- Hooks: called from inside uc_emu_start() ------------------------------ */
+
+/* After the core handled an exit in a hook: keep emulating, or stop so the
+ * run loop sees what is now pending (a parent exit, block, an upcall). */
+static void after_inline_exit(struct tcg_vcpu *c, int to_parent)
+{
+    struct hv_vcpu *v = c->owner;
+    if (to_parent)
+        c->stop = STOP_RETURN;
+    else if (v->wait != WAIT_NONE || v->mc.active || v->pause_requested || v->inject_pending)
+        c->stop = STOP_LOOP;
+    else
+        return;
+    uc_emu_stop(c->uc);
+}
+
+static void tcg_on_out(uc_engine *uc, uint32_t port, int size, uint32_t value, void *user)
+{
+    struct tcg_vcpu *c = user;
+    (void)uc;
+    c->regs_valid = 0;
+    struct engine_exit ex = { .kind = ENGINE_EXIT_IO, .port = (uint16_t)port,
+                              .size = (uint8_t)size, .write = 1, .value = value };
+    after_inline_exit(c, vcpu_handle_exit(c->owner, &ex));
+    c->regs_valid = 0;              /* the guest runs on and changes them */
+}
+
+/* No port devices exist; a read sees an empty bus, as the parent answers on
+ * KVM (hv/partition.py: _on_io). */
+static uint32_t tcg_on_in(uc_engine *uc, uint32_t port, int size, void *user)
+{
+    (void)uc; (void)port; (void)user;
+    return size == 4 ? 0xffffffffu : size == 2 ? 0xffffu : 0xffu;
+}
+
+static int tcg_on_cpuid(uc_engine *uc, void *user)
+{
+    (void)user;
+    uint64_t leaf = read_reg(uc, UC_X86_REG_RAX) & 0xffffffffu;
+    if (leaf < 0x40000000 || leaf > 0x4fffffff)
+        return 0;                   /* Unicorn's own CPU model answers */
+    uint32_t r[4];
+    engine_hv_cpuid((uint32_t)leaf, &r[0], &r[1], &r[2], &r[3]);
+    const int ids[4] = { UC_X86_REG_RAX, UC_X86_REG_RBX, UC_X86_REG_RCX, UC_X86_REG_RDX };
+    for (int i = 0; i < 4; i++) {
+        uint64_t v = r[i];
+        uc_reg_write(uc, ids[i], &v);
+    }
+    return 1;                       /* skip the instruction: we answered */
+}
+
+static void tcg_on_interrupt(uc_engine *uc, uint32_t intno, void *user)
+{
+    struct tcg_vcpu *c = user;
+    c->stop = STOP_EXCEPTION;
+    c->exception = intno;
+    uc_emu_stop(uc);
+}
+
+static bool tcg_on_unmapped(uc_engine *uc, uc_mem_type type, uint64_t address,
+                            int size, int64_t value, void *user)
+{
+    struct tcg_vcpu *c = user;
+    (void)uc; (void)type; (void)size; (void)value;
+    c->stop = STOP_UNMAPPED;
+    c->bad_address = address;
+    return false;                   /* stop: no MMIO devices exist yet */
+}
+
+static void tcg_vcpu_destroy(void *vp)
+{
+    struct tcg_vcpu *c = vp;
+    if (c->uc)
+        uc_close(c->uc);
+    free(c);
+}
+
+static int tcg_vcpu_create(void *vmp, uint32_t id, struct hv_vcpu *owner, void **out)
+{
+    struct tcg_vm *vm = vmp;
+    (void)id;
+    struct tcg_vcpu *c = calloc(1, sizeof(*c));
+    if (!c)
+        return -ENOMEM;
+    c->owner = owner;
+    uc_hook h;
+    if (uc_open(UC_ARCH_X86, UC_MODE_64, &c->uc) != UC_ERR_OK)
+        goto fail;
+    if (uc_mem_map_ptr(c->uc, 0, vm->size, UC_PROT_ALL, vm->ram) != UC_ERR_OK ||
+        uc_hook_add(c->uc, &h, UC_HOOK_INSN, (void *)tcg_on_out, c, 1, 0, UC_X86_INS_OUT) ||
+        uc_hook_add(c->uc, &h, UC_HOOK_INSN, (void *)tcg_on_in, c, 1, 0, UC_X86_INS_IN) ||
+        uc_hook_add(c->uc, &h, UC_HOOK_INSN, (void *)tcg_on_cpuid, c, 1, 0, UC_X86_INS_CPUID) ||
+        uc_hook_add(c->uc, &h, UC_HOOK_INTR, (void *)tcg_on_interrupt, c, 1, 0) ||
+        uc_hook_add(c->uc, &h, UC_HOOK_MEM_UNMAPPED, (void *)tcg_on_unmapped, c, 1, 0))
+        goto fail;
+    *out = c;
+    return 0;
+fail:
+    tcg_vcpu_destroy(c);
+    return -EIO;
+}
+
+static void tcg_complete_in(void *vp, uint64_t value) { (void)vp; (void)value; }
+
+static int tcg_run(void *vp, struct engine_exit *exit)
+{
+    struct tcg_vcpu *c = vp;
+    if (c->kicked) {                /* a kick that came before entry */
+        c->kicked = 0;
+        exit->kind = ENGINE_EXIT_INTERRUPTED;
+        return 0;
+    }
+    uint64_t rip = tcg_regs(vp)->rip;
+    c->stop = STOP_NONE;
+    c->regs_valid = 0;
+    uc_err err = uc_emu_start(c->uc, rip, UINT64_MAX, 0, 0);
+    c->regs_valid = 0;
+    switch (c->stop) {
+    case STOP_RETURN:
+        exit->kind = ENGINE_EXIT_RETURN;
+        return 0;
+    case STOP_LOOP:
+        exit->kind = ENGINE_EXIT_WINDOW;    /* nothing to do but look again */
+        return 0;
+    case STOP_EXCEPTION:
+        exit->kind = ENGINE_EXIT_EXCEPTION;
+        exit->value = c->exception;
+        return 0;
+    case STOP_UNMAPPED:
+        exit->kind = ENGINE_EXIT_FAIL;
+        exit->addr = c->bad_address;
+        exit->detail = err;
+        return 0;
+    case STOP_NONE:
+        break;
+    }
+    if (c->kicked) {
+        c->kicked = 0;
+        exit->kind = ENGINE_EXIT_INTERRUPTED;
+        return 0;
+    }
+    if (err != UC_ERR_OK) {
+        exit->kind = ENGINE_EXIT_FAIL;
+        exit->detail = err;
+        return 0;
+    }
+    /* Unicorn returns without a reason after executing hlt. */
+    uint8_t insn = 0;
+    uint64_t now = tcg_regs(vp)->rip;
+    if (copy_guest_system(c->owner, now - 1, &insn, 1, 0) == 0 && insn == 0xf4) {
+        exit->kind = ENGINE_EXIT_HLT;
+        return 0;
+    }
+    exit->kind = ENGINE_EXIT_FAIL;
+    return 0;
+}
+
+static int tcg_interruptible(void *vp)
+{
+    return !!(tcg_regs(vp)->rflags & (1u << 9));
+}
+
+static void tcg_request_window(void *vp, int on)
+{
+    (void)vp; (void)on;             /* IF is checked before every entry anyway */
+}
+
+static void tcg_kick_from_signal(void *vp)
+{
+    struct tcg_vcpu *c = vp;
+    c->kicked = 1;
+    uc_emu_stop(c->uc);             /* sets QEMU's exit request: signal-safe */
+}
+
+const struct engine_ops engine_tcg_ops = {
+    .name = "tcg",
+    .probe = tcg_probe,
+    .vm_create = tcg_vm_create,
+    .map_ram = tcg_map_ram,
+    .vm_destroy = tcg_vm_destroy,
+    .vcpu_create = tcg_vcpu_create,
+    .vcpu_destroy = tcg_vcpu_destroy,
+    .regs = tcg_regs,
+    .regs_dirty = tcg_regs_dirty,
+    .get_sregs = tcg_get_sregs,
+    .set_sregs = tcg_set_sregs,
+    .set_pvh_entry = tcg_set_pvh_entry,
+    .complete_in = tcg_complete_in,
+    .run = tcg_run,
+    .interruptible = tcg_interruptible,
+    .inject = NULL,                 /* the core delivers through the IDT */
+    .load_segments = tcg_load_segments,
+    .request_window = tcg_request_window,
+    .kick_from_signal = tcg_kick_from_signal,
+};
