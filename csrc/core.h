@@ -16,6 +16,12 @@
 /* Sentinel a handler returns when the parent partition finishes the call. */
 #define HC_TO_PARENT INT64_MIN
 
+struct trace_ring {
+    struct hv_trace_record *ring;   /* NULL = tracing off */
+    uint32_t capacity;
+    uint64_t head, tail, seq;
+};
+
 struct hv_partition {
     uint32_t id;
     const struct engine_ops *engine;
@@ -33,6 +39,8 @@ struct hv_partition {
     uint32_t event_vector;
 
     struct hv_vcpu *vcpu;      /* one vCPU for now; SMP adds an array */
+    struct trace_ring trace;
+    int deterministic;         /* clock = guest instructions (TCG) */
 };
 
 /* What a vCPU is waiting on between run calls. */
@@ -75,6 +83,7 @@ struct hv_vcpu {
 
     /* Counters. */
     uint64_t exits, fast_calls, parent_calls, bad_page_placements;
+    uint64_t instructions;         /* deterministic mode: the virtual clock */
 };
 
 /* vcpu.c: handle one engine exit; 1 = return v->exit to the parent. */
@@ -84,6 +93,13 @@ int  vcpu_handle_exit(struct hv_vcpu *v, const struct engine_exit *ex);
  * without hardware injection).  0, or -1 if even a double fault cannot be
  * delivered (the caller reports a triple fault). */
 int  idt_deliver(struct hv_vcpu *v, uint8_t vector, int exception);
+
+/* trace.c: append a record when tracing is on (check p->trace.ring first). */
+void trace_record(struct hv_vcpu *v, uint32_t kind, uint64_t nr,
+                  const uint64_t args[5], int64_t result);
+void trace_free(struct hv_partition *p);
+#define TRACE(v, kind, nr, args, result) \
+    do { if ((v)->partition->trace.ring) trace_record((v), (kind), (nr), (args), (result)); } while (0)
 
 /* partition.c */
 int  partition_frame_is_guest(const struct hv_partition *p, uint64_t gpa, uint64_t len);

@@ -67,6 +67,9 @@ struct engine_ops {
     int  (*load_segments)(void *vcpu, uint16_t cs, uint16_t ss);
     /* Ask run() to return once the guest can take an interrupt. */
     void (*request_window)(void *vcpu, int on);
+    /* Deterministic mode (NULL if unsupported): count every guest
+     * instruction into *counter and stop when it reaches *deadline (0 = none). */
+    int  (*count_instructions)(void *vcpu, uint64_t *counter, const uint64_t *deadline);
     /* Async-signal-safe: make the current or next run() return promptly. */
     void (*kick_from_signal)(void *vcpu);
 };

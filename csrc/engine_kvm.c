@@ -380,5 +380,6 @@ const struct engine_ops engine_kvm_ops = {
     .inject = kvm_inject,
     .load_segments = NULL,          /* KVM delivers vectors itself */
     .request_window = kvm_request_window,
+    .count_instructions = NULL,
     .kick_from_signal = kvm_kick_from_signal,
 };

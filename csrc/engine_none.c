@@ -95,5 +95,6 @@ const struct engine_ops engine_none_ops = {
     .inject = none_inject,
     .load_segments = none_load_segments,
     .request_window = none_request_window,
+    .count_instructions = NULL,
     .kick_from_signal = none_kick,
 };

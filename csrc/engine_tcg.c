@@ -59,6 +59,8 @@ struct tcg_vcpu {
     uint32_t exception;
     uint64_t bad_address;
     volatile sig_atomic_t kicked;
+    uint64_t *icount;               /* deterministic mode */
+    const uint64_t *icount_deadline;
 };
 
 static int tcg_probe(char *why, size_t len)
@@ -278,6 +280,28 @@ static bool tcg_on_unmapped(uc_engine *uc, uc_mem_type type, uint64_t address,
     return false;                   /* stop: no MMIO devices exist yet */
 }
 
+/* Deterministic mode: every instruction counts one nanosecond of virtual
+ * time; the timer stops the guest at an exact instruction. */
+static void tcg_on_instruction(uc_engine *uc, uint64_t address, uint32_t size, void *user)
+{
+    struct tcg_vcpu *c = user;
+    (void)address; (void)size;
+    uint64_t now = ++*c->icount, deadline = *c->icount_deadline;
+    if (deadline && now >= deadline && c->stop == STOP_NONE) {
+        c->stop = STOP_LOOP;
+        uc_emu_stop(uc);
+    }
+}
+
+static int tcg_count_instructions(void *vp, uint64_t *counter, const uint64_t *deadline)
+{
+    struct tcg_vcpu *c = vp;
+    uc_hook h;
+    c->icount = counter;
+    c->icount_deadline = deadline;
+    return uc_hook_add(c->uc, &h, UC_HOOK_CODE, (void *)tcg_on_instruction, c, 1, 0) ? -EIO : 0;
+}
+
 static void tcg_vcpu_destroy(void *vp)
 {
     struct tcg_vcpu *c = vp;
@@ -402,5 +426,6 @@ const struct engine_ops engine_tcg_ops = {
     .inject = NULL,                 /* the core delivers through the IDT */
     .load_segments = tcg_load_segments,
     .request_window = tcg_request_window,
+    .count_instructions = tcg_count_instructions,
     .kick_from_signal = tcg_kick_from_signal,
 };

@@ -144,7 +144,7 @@ int event_timer_arm(struct hv_vcpu *v, uint64_t deadline)
     if (deadline > (1ull << 62))
         deadline = 1ull << 62;      /* ~146 years: keeps the timespec math in range */
     v->timer_deadline = deadline;
-    if (!v->host_timer_ok)
+    if (!v->host_timer_ok || v->partition->deterministic)
         return 0;               /* checked at every entry and wait anyway */
     struct itimerspec its;
     memset(&its, 0, sizeof(its));
@@ -172,6 +172,7 @@ void event_before_entry(struct hv_vcpu *v)
         __atomic_store_n(&v->inject_pending, 0, __ATOMIC_SEQ_CST);
         e->request_window(v->engine_vcpu, 0);
         uint8_t vector = (uint8_t)v->partition->event_vector;
+        TRACE(v, HV_TRACE_INJECT, vector, NULL, 0);
         if (e->inject)
             e->inject(v->engine_vcpu, vector);
         else if (idt_deliver(v, vector, 0))
@@ -192,6 +193,13 @@ int event_wait(struct hv_vcpu *v)
         pthread_mutex_lock(&v->lock);
         int result = event_any_pending(v->partition) ? 0
                    : v->pause_requested ? -HV_EAGAIN : 1;
+        if (result == 1 && v->partition->deterministic && v->timer_deadline) {
+            /* Virtual time: an idle guest skips ahead to its deadline. */
+            if (v->instructions < v->timer_deadline)
+                v->instructions = v->timer_deadline;
+            pthread_mutex_unlock(&v->lock);
+            continue;
+        }
         if (result == 1) {
             if (v->timer_deadline) {
                 struct timespec until = deadline_to_host(v->partition, v->timer_deadline);

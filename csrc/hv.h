@@ -73,6 +73,30 @@ struct hv_sregs {
     uint16_t cs, ss;
 };
 
+/* Trace records (hv_partition_trace_*): what happened, in order. */
+#define HV_TRACE_HYPERCALL   1   /* finished in the core: nr, args, result */
+#define HV_TRACE_TO_PARENT   2   /* handed to the parent: nr, args */
+#define HV_TRACE_COMPLETE    3   /* the parent finished it: result */
+#define HV_TRACE_INJECT      4   /* a vector was delivered: nr = vector */
+#define HV_TRACE_EXIT        5   /* an engine exit the core handled: nr = kind, args[0] = detail */
+#define HV_TRACE_PAGE        6   /* the hypercall page was placed: args[0] = gpa */
+
+struct hv_trace_record {
+    uint64_t seq;              /* per partition, from 0; gaps = dropped records */
+    uint64_t time_ns;          /* partition clock (virtual when deterministic) */
+    uint32_t vcpu;
+    uint32_t kind;             /* HV_TRACE_* */
+    uint64_t nr;
+    uint64_t args[5];
+    int64_t  result;
+};
+
+/* Engine exit kinds as traced (HV_TRACE_EXIT's nr). */
+#define HV_TRACE_EXIT_HLT        1
+#define HV_TRACE_EXIT_EXCEPTION  2
+#define HV_TRACE_EXIT_PORT       3
+#define HV_TRACE_EXIT_MMIO       4
+
 struct hv_partition;
 struct hv_vcpu;
 
@@ -93,6 +117,14 @@ int  hv_partition_reserve(struct hv_partition *p, uint64_t gpa, uint64_t len);
 int64_t hv_partition_frame_owner(const struct hv_partition *p, uint64_t gpa);
 /* Send a hypercall to the parent instead of the core (tracing, benchmarks). */
 int  hv_partition_set_route(struct hv_partition *p, uint64_t nr, int route);
+/* Start recording trace records into a ring of `capacity` records. */
+int  hv_partition_trace_enable(struct hv_partition *p, uint32_t capacity);
+/* Move up to max records out of the ring; returns how many. */
+uint32_t hv_partition_trace_read(struct hv_partition *p, struct hv_trace_record *out, uint32_t max);
+/* Deterministic execution (TCG only; before the vCPU is created): the
+ * partition clock counts guest instructions (1 ns each) and the timer fires
+ * at an exact instruction. */
+int  hv_partition_set_deterministic(struct hv_partition *p);
 /* Raise an event from the parent (device completions, later). Thread-safe. */
 int  hv_partition_raise_event(struct hv_partition *p, uint32_t event);
 

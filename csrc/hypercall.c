@@ -71,6 +71,8 @@ static int64_t hc_shutdown(struct hv_vcpu *v, const uint64_t arg[5], struct hv_e
     if (code > 255)
         return -HV_EINVAL;
     exit->kind = HV_EXIT_SHUTDOWN;
+    exit->nr = HV_HC_SHUTDOWN;
+    memcpy(exit->args, arg, sizeof(exit->args));
     exit->reason = reason;
     exit->code = code;
     return HC_TO_PARENT;
@@ -157,6 +159,7 @@ int64_t hypercall_dispatch(struct hv_vcpu *v, uint64_t nr, const uint64_t args[5
         return HC_TO_PARENT;
     }
     int64_t r = hypercalls[nr].fn(v, args, exit);
+    /* A nested dispatch (a multicall entry) has filled the record already. */
     if (r == HC_TO_PARENT && exit->kind == 0) {
         exit->kind = HV_EXIT_HYPERCALL;
         exit->nr = nr;
@@ -184,8 +187,11 @@ int64_t multicall_continue(struct hv_vcpu *v, struct hv_exit *exit)
             r = -HV_EOPNOTSUPP;         /* bounded work per trap, no sleeping mid-batch */
         else
             r = hypercall_dispatch(v, entry.op, entry.args, exit);
-        if (r == HC_TO_PARENT)
+        if (r == HC_TO_PARENT) {
+            TRACE(v, HV_TRACE_TO_PARENT, entry.op, entry.args, 0);
             return HC_TO_PARENT;        /* resumed by hv_vcpu_complete() */
+        }
+        TRACE(v, HV_TRACE_HYPERCALL, entry.op, entry.args, r);
         multicall_store_result(v, r);
         if (!mc->active)
             return -HV_EFAULT;
@@ -229,6 +235,7 @@ void hypercall_page_place(struct hv_vcpu *v, uint64_t pfn)
         stub[7] = 0xc3;
     }
     p->hypercall_page_gpa = gpa;
+    TRACE(v, HV_TRACE_PAGE, 0, ((uint64_t[5]){ gpa }), 0);
 }
 
 const char *hypercall_name(uint64_t nr)

@@ -82,6 +82,7 @@ void hv_partition_destroy(struct hv_partition *p)
         p->engine->vm_destroy(p->engine_vm);
     if (p->ram)
         munmap(p->ram, p->mem_size);
+    trace_free(p);
     free(p->frame_owner);
     free(p);
 }
@@ -103,8 +104,20 @@ int hv_partition_raise_event(struct hv_partition *p, uint32_t event)
     return event_raise(p, event);
 }
 
+int hv_partition_set_deterministic(struct hv_partition *p)
+{
+    if (!p->engine->count_instructions)
+        return -EOPNOTSUPP;     /* KVM cannot count guest instructions */
+    if (p->vcpu)
+        return -EBUSY;
+    p->deterministic = 1;
+    return 0;
+}
+
 uint64_t partition_clock_ns(const struct hv_partition *p)
 {
+    if (p->deterministic)
+        return p->vcpu ? p->vcpu->instructions : 0;
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
     return (uint64_t)(now.tv_sec - p->epoch.tv_sec) * 1000000000ull

@@ -43,6 +43,14 @@ int hv_vcpu_create(struct hv_partition *p, uint32_t id, struct hv_vcpu **out)
         free(v);
         return err;
     }
+    if (p->deterministic) {
+        err = p->engine->count_instructions(v->engine_vcpu, &v->instructions, &v->timer_deadline);
+        if (err) {
+            p->engine->vcpu_destroy(v->engine_vcpu);
+            free(v);
+            return err;
+        }
+    }
     vcpu_thread_setup(v);
     p->vcpu = v;
     *out = v;
@@ -99,10 +107,12 @@ static int vcpu_hypercall(struct hv_vcpu *v, struct hv_exit *exit)
     uint64_t args[5] = { r->rdi, r->rsi, r->rdx, r->r10, r->r8 };
     int64_t result = hypercall_dispatch(v, nr, args, exit);
     if (result == HC_TO_PARENT) {
+        TRACE(v, HV_TRACE_TO_PARENT, nr, args, 0);
         v->wait = WAIT_PARENT_HYPERCALL;
         v->parent_calls++;
         return 1;
     }
+    TRACE(v, HV_TRACE_HYPERCALL, nr, args, result);
     v->fast_calls++;
     set_result(v, result);
     return 0;
@@ -159,20 +169,28 @@ int vcpu_handle_exit(struct hv_vcpu *v, const struct engine_exit *ex)
             hypercall_page_place(v, ex->value);
             return 0;
         }
+        TRACE(v, HV_TRACE_EXIT, HV_TRACE_EXIT_PORT,
+              ((uint64_t[5]){ ex->port, ex->value, ex->size, ex->write }), 0);
         return port_to_parent(v, ex, exit);
     case ENGINE_EXIT_MMIO:
+        TRACE(v, HV_TRACE_EXIT, HV_TRACE_EXIT_MMIO,
+              ((uint64_t[5]){ ex->addr, ex->value, ex->size, ex->write }), 0);
         /* Nothing is mapped there yet: reads see all ones, writes are
          * dropped, as on an empty bus. */
         if (!ex->write)
             e->complete_in(v->engine_vcpu, ~0ull);
         return 0;
     case ENGINE_EXIT_HLT:
+        TRACE(v, HV_TRACE_EXIT, HV_TRACE_EXIT_HLT,
+              ((uint64_t[5]){ e->regs(v->engine_vcpu)->rip }), 0);
         /* hlt with IF=0 can never be woken (no NMIs here): a hang. */
         if (!(e->regs(v->engine_vcpu)->rflags & RFLAGS_IF))
             return crash(exit, HV_CRASH_HALTED, 0);
         v->wait = WAIT_EVENT;
         return 0;
     case ENGINE_EXIT_EXCEPTION:
+        TRACE(v, HV_TRACE_EXIT, HV_TRACE_EXIT_EXCEPTION,
+              ((uint64_t[5]){ ex->value, e->regs(v->engine_vcpu)->rip }), 0);
         /* An engine without hardware delivery (TCG) hands CPU exceptions
          * to the core, which delivers them through the guest's IDT. */
         if (idt_deliver(v, (uint8_t)ex->value, 1))
@@ -242,6 +260,7 @@ int hv_vcpu_complete(struct hv_vcpu *v, int64_t result)
     const struct engine_ops *e = v->partition->engine;
     switch (v->wait) {
     case WAIT_PARENT_HYPERCALL:
+        TRACE(v, HV_TRACE_COMPLETE, v->exit->nr, NULL, result);
         if (v->mc.active) {
             multicall_store_result(v, result);   /* the batch goes on at the next run */
             if (!v->mc.active)

@@ -9,16 +9,17 @@ WRITE, USER, FETCH = 1, 2, 4          # access bits, as hv_test_walk takes them
 NXE, WP = 1, 2                        # paging flags
 
 
-def walk(read_qword, ram_size, cr3, gva, access, flags):
+def walk(read_qword, is_guest_ram, cr3, gva, access, flags):
     """Return the guest-physical address, or None for a fault.
-    read_qword(gpa) reads 8 bytes of guest RAM (tables must lie in RAM)."""
+    read_qword(gpa) reads 8 bytes of guest RAM; is_guest_ram(gpa) says whether
+    hv lets the walk read a table entry there (RAM the partition owns)."""
     if (gva >> 47) not in (0, 0x1FFFF):
         return None                                   # non-canonical
     table, writable, user, executable = cr3 & ADDR, True, True, True
     for level in (4, 3, 2, 1):
         shift = 12 + 9 * (level - 1)
         at = table + ((gva >> shift) & 511) * 8
-        if at + 8 > ram_size:
+        if not is_guest_ram(at):
             return None
         entry = read_qword(at)
         if not entry & P:
