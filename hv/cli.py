@@ -27,7 +27,8 @@ def _parser():
     run.add_argument("kernel", help="ELF image with a PVH entry note")
     run.add_argument("--mem", default="64M", help="guest RAM, e.g. 64M (default), 1G")
     run.add_argument("--cmdline", default="", help="kernel command line")
-    run.add_argument("--engine", default="kvm", help="execution engine: kvm")
+    run.add_argument("--engine", default="auto",
+                     help="execution engine: auto (default: KVM if hardware-accelerated, else TCG), kvm, tcg")
     run.add_argument("--console", metavar="FILE", help="write the console to FILE instead of stdout")
     run.add_argument("-v", "--verbose", action="store_true", help="report engine and exit details")
     sub.add_parser("info", help="host capabilities: engines, ABI version")
@@ -55,11 +56,12 @@ def cmd_run(args):
         return _error(str(e))
     try:
         if args.verbose:
-            print(f"hv: partition {part.id}: engine {part.engine}, {part.mem_size >> 20} MiB, "
-                  f"entry {part.image.entry:#x}", file=sys.stderr)
+            print(f"hv: partition {part.id}: engine {part.engine} ({part.engine_reason}), "
+                  f"{part.mem_size >> 20} MiB, entry {part.image.entry:#x}", file=sys.stderr)
         state = part.run()
         if args.verbose:
-            print(f"hv: partition {part.id}: {state}, {part.counters() or ''}", file=sys.stderr)
+            counts = ", ".join(f"{k} {v}" for k, v in part.last_counters.items())
+            print(f"hv: partition {part.id}: {state}; {counts}", file=sys.stderr)
         if state == CRASHED:
             print(f"hv: {part.crash_report}", file=sys.stderr)
             return EXIT_CRASHED
@@ -74,7 +76,7 @@ def cmd_run(args):
 
 def cmd_info(args):
     from hv.abi import lib
-    from hv.partition import ENGINES, engine_status
+    from hv.partition import ENGINES, choose_engine, engine_status
 
     print(f"hv ABI version {lib.HV_ABI_VERSION_MAJOR}.{lib.HV_ABI_VERSION_MINOR}")
     for name in ENGINES:
@@ -82,6 +84,8 @@ def cmd_info(args):
             continue
         ok, why = engine_status(name)
         print(f"engine {name}: {'available' if ok else 'unavailable: ' + why}")
+    name, why = choose_engine("auto")
+    print(f"engine auto: picks {name} ({why})")
     return 0
 
 

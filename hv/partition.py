@@ -51,22 +51,57 @@ def parse_size(text):
 def engine_status(engine):
     """(usable, reason) for an engine name."""
     if engine not in ENGINES:
-        return False, f"unknown engine {engine!r} (choose from {', '.join(sorted(ENGINES))})"
+        return False, f"unknown engine {engine!r} (choose from auto, {', '.join(sorted(ENGINES))})"
     why = ffi.new("char[256]")
     err = lib.hv_engine_probe(ENGINES[engine], why, 256)
     return err == 0, ffi.string(why).decode()
 
 
+def _kvm_is_software():
+    """Why /dev/kvm is not hardware-accelerated, or None if it is.
+
+    kvm_pvm (the PVM software backend) serves /dev/kvm without VMX/SVM: ring-0
+    guest code is emulated at ~1-2 M instructions/s, far below TCG's ~1 G."""
+    if os.path.exists("/sys/module/kvm_pvm"):
+        return "/dev/kvm is kvm_pvm, a software KVM (ring-0 guest code is emulated)"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = line.split()
+                    if "vmx" not in flags and "svm" not in flags:
+                        return "the CPU has no VMX/SVM: /dev/kvm cannot be hardware-accelerated"
+                    break
+    except OSError:
+        pass
+    return None
+
+
+def choose_engine(engine="auto"):
+    """(engine name, reason).  'auto' picks KVM when it is hardware-accelerated,
+    TCG otherwise; an explicit name is taken as given."""
+    if engine != "auto":
+        return engine, "chosen explicitly"
+    ok, why = engine_status("kvm")
+    if not ok:
+        return "tcg", f"KVM unavailable: {why}"
+    software = _kvm_is_software()
+    if software:
+        return "tcg", software
+    return "kvm", "hardware-accelerated KVM"
+
+
 class Partition:
     """One guest: kernel image, memory, one vCPU, a console."""
 
-    def __init__(self, kernel, mem="64M", cmdline="", engine="kvm", console=None):
+    def __init__(self, kernel, mem="64M", cmdline="", engine="auto", console=None):
         mem_size = parse_size(mem) if isinstance(mem, str) else int(mem)
         host_ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         if mem_size > host_ram:
             raise ValueError(f"memory size {mem_size} is larger than the host's RAM ({host_ram})")
         # T:610 Validate first: LoadError leaves nothing behind.
         self.image = load_pvh(kernel, mem_size, cmdline)
+        engine, self.engine_reason = choose_engine(engine)
         usable, why = engine_status(engine)
         if not usable:
             raise HostError(f"{engine} engine unavailable: {why}")
@@ -76,6 +111,7 @@ class Partition:
         self.state = CREATED
         self.exit_code = None          # guest's shutdown code
         self.crash_report = None       # text, when state == CRASHED
+        self.last_counters = {}        # the vCPU's counters when it stopped
         self._parent_handlers = {}     # hypercall nr -> fn(args) for routed calls
         self._vcpu = None
         self._thread = None
@@ -125,6 +161,7 @@ class Partition:
             self._vcpu_loop()
         finally:
             if self._vcpu is not None:      # destroyed on the thread that ran it
+                self.last_counters = self.counters()
                 lib.hv_vcpu_destroy(self._vcpu)
                 self._vcpu = None
             self.console.flush()

@@ -53,6 +53,8 @@ def scenarios(draw):
             if not entry & model.P or (entry & model.PS and level in (2, 3)) or level == 1:
                 break
             table = (entry & model.ADDR) >> 12
+            if table >= FRAMES:
+                break                                  # points past RAM: the walk faults there
         walks.append((gva, draw(st.integers(0, 7)), draw(st.integers(0, 3))))
     for table, index, target, flags, low in draw(st.lists(entries, max_size=20)):
         entries_at[(table, index)] = ((target << 12) & model.ADDR) | flags | (low << 3 & 0x18)
