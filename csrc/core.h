@@ -27,6 +27,7 @@ struct hv_partition {
     const struct engine_ops *engine;
     void    *engine_vm;
     uint8_t *ram;              /* mmap'd guest RAM, [0, mem_size) */
+    int      ram_taken;        /* the parent frees it (hv_partition_take_ram) */
     uint64_t mem_size;
     uint64_t nframes;
     uint32_t *frame_owner;     /* per 4 KiB frame: partition id or HV_OWNER_HV */
@@ -125,7 +126,6 @@ int64_t hypercall_dispatch(struct hv_vcpu *v, uint64_t nr, const uint64_t args[5
 int64_t multicall_continue(struct hv_vcpu *v, struct hv_exit *exit);
 void    multicall_store_result(struct hv_vcpu *v, int64_t result);
 void    hypercall_page_place(struct hv_vcpu *v, uint64_t pfn);
-const char *hypercall_name(uint64_t nr);
 
 /* event.c */
 int  event_raise(struct hv_partition *p, uint32_t event);

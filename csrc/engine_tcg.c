@@ -16,6 +16,7 @@
  *    both through the guest's IDT itself (idt.c).
  */
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -302,6 +303,76 @@ static int tcg_count_instructions(void *vp, uint64_t *counter, const uint64_t *d
     return uc_hook_add(c->uc, &h, UC_HOOK_CODE, (void *)tcg_on_instruction, c, 1, 0) ? -EIO : 0;
 }
 
+/* QEMU remembers the last CPU exception (env->old_exception) to turn a
+ * second fault into a double fault, and forgets it only when it delivers an
+ * exception through the IDT itself -- which Unicorn never does.  Left alone,
+ * every exception after the first contributory or page fault would arrive
+ * as #DF.  The field is not in Unicorn's API, so find it once in the saved
+ * CPU context: the one 32-bit word that goes from -1 to 0 when a divide
+ * error (vector 0) is raised, and write -1 back before each entry. */
+static long old_exception_offset = -2;      /* -2: not searched, -1: not found */
+
+static void on_calibration_fault(uc_engine *uc, uint32_t intno, void *user)
+{
+    (void)intno; (void)user;
+    uc_emu_stop(uc);
+}
+
+static void find_old_exception_offset(void)
+{
+    static const uint8_t divide_by_zero[] = { 0x31, 0xc0, 0xf7, 0xf0 };  /* xor eax,eax; div eax */
+    uc_engine *uc;
+    uc_context *before = NULL, *after = NULL;
+    uc_hook h;
+    old_exception_offset = -1;
+    if (uc_open(UC_ARCH_X86, UC_MODE_64, &uc) != UC_ERR_OK)
+        return;
+    if (uc_mem_map(uc, 0x1000, 0x1000, UC_PROT_ALL) == UC_ERR_OK &&
+        uc_mem_write(uc, 0x1000, divide_by_zero, sizeof(divide_by_zero)) == UC_ERR_OK &&
+        uc_hook_add(uc, &h, UC_HOOK_INTR, (void *)on_calibration_fault, NULL, 1, 0) == UC_ERR_OK &&
+        uc_context_alloc(uc, &before) == UC_ERR_OK && uc_context_alloc(uc, &after) == UC_ERR_OK) {
+        uc_context_save(uc, before);
+        uc_emu_start(uc, 0x1000, 0x1000 + sizeof(divide_by_zero), 0, 0);
+        uc_context_save(uc, after);
+        size_t size = uc_context_size(uc);
+        long found = -1;
+        int candidates = 0;
+        for (size_t at = 0; at + 4 <= size; at += 4) {
+            int32_t was, now;
+            memcpy(&was, (uint8_t *)before + at, 4);
+            memcpy(&now, (uint8_t *)after + at, 4);
+            if (was == -1 && now == 0) {
+                found = (long)at;
+                candidates++;
+            }
+        }
+        if (candidates == 1)
+            old_exception_offset = found;
+    }
+    if (before)
+        uc_context_free(before);
+    if (after)
+        uc_context_free(after);
+    uc_close(uc);
+}
+
+static void forget_old_exception(struct tcg_vcpu *c)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, find_old_exception_offset);
+    if (old_exception_offset < 0)
+        return;                     /* not found: double faults may be spurious */
+    uc_context *ctx;
+    if (uc_context_alloc(c->uc, &ctx) != UC_ERR_OK)
+        return;
+    const int32_t none = -1;
+    uc_context_save(c->uc, ctx);
+    memcpy((uint8_t *)ctx + old_exception_offset, &none, 4);
+    uc_context_restore(c->uc, ctx);
+    uc_context_free(ctx);
+    c->regs_valid = 0;
+}
+
 static void tcg_vcpu_destroy(void *vp)
 {
     struct tcg_vcpu *c = vp;
@@ -345,6 +416,9 @@ static int tcg_run(void *vp, struct engine_exit *exit)
         exit->kind = ENGINE_EXIT_INTERRUPTED;
         return 0;
     }
+    /* Faults QEMU took without delivering them (ours are delivered by the
+     * core) must not turn the next one into a double fault. */
+    forget_old_exception(c);
     uint64_t rip = tcg_regs(vp)->rip;
     c->stop = STOP_NONE;
     c->regs_valid = 0;
@@ -372,6 +446,11 @@ static int tcg_run(void *vp, struct engine_exit *exit)
     if (c->kicked) {
         c->kicked = 0;
         exit->kind = ENGINE_EXIT_INTERRUPTED;
+        return 0;
+    }
+    if (err == UC_ERR_INSN_INVALID) {     /* what the CPU reports as #UD */
+        exit->kind = ENGINE_EXIT_EXCEPTION;
+        exit->value = 6;
         return 0;
     }
     if (err != UC_ERR_OK) {

@@ -101,6 +101,8 @@ struct hv_partition;
 struct hv_vcpu;
 
 /* -- Host ------------------------------------------------------------------- */
+/* Name and comma-separated argument names of a hypercall; NULL if unknown. */
+const char *hv_hypercall_info(uint64_t nr, const char **args);
 /* 0 if the engine can run here; else -errno and a reason in why[]. */
 int  hv_engine_probe(int engine, char *why, size_t why_len);
 
@@ -111,6 +113,10 @@ uint32_t hv_partition_id(const struct hv_partition *p);
 uint64_t hv_partition_mem_size(const struct hv_partition *p);
 /* Pointer to guest RAM (mem_size bytes): the parent's zero-copy view. */
 uint8_t *hv_partition_ram(struct hv_partition *p);
+/* Hand RAM's lifetime to the parent: destroy no longer unmaps it, and the
+ * parent calls hv_ram_free() once nothing refers to it any more. */
+uint8_t *hv_partition_take_ram(struct hv_partition *p);
+void hv_ram_free(uint8_t *ram, uint64_t size);
 /* Mark [gpa, gpa+len) as hv's own (boot info): not RAM the guest owns. */
 int  hv_partition_reserve(struct hv_partition *p, uint64_t gpa, uint64_t len);
 /* Frame owner: partition id, 0 for hv, -1 outside RAM. */

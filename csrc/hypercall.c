@@ -128,22 +128,24 @@ static int64_t hc_multicall(struct hv_vcpu *v, const uint64_t arg[5], struct hv_
 }
 
 /* T:510 The table.  Designated initializers: a number with no entry is
- * simply NULL and gets -HV_ENOSYS.  Append-only, like the numbers. */
+ * simply NULL and gets -HV_ENOSYS.  Append-only, like the numbers.  The
+ * argument names (as in abi.h's doc blocks) are for traces. */
 static const struct {
     hc_fn fn;
     const char *name;
+    const char *args;
 } hypercalls[HV_HC_COUNT] = {
-    [HV_HC_VERSION]        = { hc_version,        "version" },
-    [HV_HC_FEATURES]       = { hc_features,       "features" },
-    [HV_HC_CONSOLE_WRITE]  = { hc_console_write,  "console_write" },
-    [HV_HC_YIELD]          = { hc_yield,          "yield" },
-    [HV_HC_BLOCK]          = { hc_block,          "block" },
-    [HV_HC_SHUTDOWN]       = { hc_shutdown,       "shutdown" },
-    [HV_HC_CLOCK_READ]     = { hc_clock_read,     "clock_read" },
-    [HV_HC_SET_TIMER]      = { hc_set_timer,      "set_timer" },
-    [HV_HC_EVENT_REGISTER] = { hc_event_register, "event_register" },
-    [HV_HC_EVENT_RAISE]    = { hc_event_raise,    "event_raise" },
-    [HV_HC_MULTICALL]      = { hc_multicall,      "multicall" },
+    [HV_HC_VERSION]        = { hc_version,        "version",        "" },
+    [HV_HC_FEATURES]       = { hc_features,       "features",       "index" },
+    [HV_HC_CONSOLE_WRITE]  = { hc_console_write,  "console_write",  "buf,len" },
+    [HV_HC_YIELD]          = { hc_yield,          "yield",          "" },
+    [HV_HC_BLOCK]          = { hc_block,          "block",          "" },
+    [HV_HC_SHUTDOWN]       = { hc_shutdown,       "shutdown",       "reason,code" },
+    [HV_HC_CLOCK_READ]     = { hc_clock_read,     "clock_read",     "" },
+    [HV_HC_SET_TIMER]      = { hc_set_timer,      "set_timer",      "deadline" },
+    [HV_HC_EVENT_REGISTER] = { hc_event_register, "event_register", "page,vector" },
+    [HV_HC_EVENT_RAISE]    = { hc_event_raise,    "event_raise",    "event" },
+    [HV_HC_MULTICALL]      = { hc_multicall,      "multicall",      "calls,count" },
 };
 
 int64_t hypercall_dispatch(struct hv_vcpu *v, uint64_t nr, const uint64_t args[5],
@@ -238,7 +240,11 @@ void hypercall_page_place(struct hv_vcpu *v, uint64_t pfn)
     TRACE(v, HV_TRACE_PAGE, 0, ((uint64_t[5]){ gpa }), 0);
 }
 
-const char *hypercall_name(uint64_t nr)
+const char *hv_hypercall_info(uint64_t nr, const char **args)
 {
-    return nr < HV_HC_COUNT && hypercalls[nr].name ? hypercalls[nr].name : NULL;
+    if (nr >= HV_HC_COUNT || !hypercalls[nr].fn)
+        return NULL;
+    if (args)
+        *args = hypercalls[nr].args;
+    return hypercalls[nr].name;
 }

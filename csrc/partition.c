@@ -80,7 +80,7 @@ void hv_partition_destroy(struct hv_partition *p)
         hv_vcpu_destroy(p->vcpu);
     if (p->engine_vm)
         p->engine->vm_destroy(p->engine_vm);
-    if (p->ram)
+    if (p->ram && !p->ram_taken)
         munmap(p->ram, p->mem_size);
     trace_free(p);
     free(p->frame_owner);
@@ -90,6 +90,17 @@ void hv_partition_destroy(struct hv_partition *p)
 uint32_t hv_partition_id(const struct hv_partition *p) { return p->id; }
 uint64_t hv_partition_mem_size(const struct hv_partition *p) { return p->mem_size; }
 uint8_t *hv_partition_ram(struct hv_partition *p) { return p->ram; }
+
+uint8_t *hv_partition_take_ram(struct hv_partition *p)
+{
+    p->ram_taken = 1;
+    return p->ram;
+}
+
+void hv_ram_free(uint8_t *ram, uint64_t size)
+{
+    munmap(ram, size);
+}
 
 int hv_partition_set_route(struct hv_partition *p, uint64_t nr, int route)
 {

@@ -9,7 +9,8 @@ import re
 
 from hv._core import ffi, lib
 
-__all__ = ["ffi", "lib", "HYPERCALL_NAMES", "ERROR_NAMES", "error_name", "hypercall_name"]
+__all__ = ["ffi", "lib", "HYPERCALL_NAMES", "ERROR_NAMES", "error_name", "hypercall_name",
+           "hypercall_args"]
 
 
 def _table(pattern, skip=()):
@@ -28,6 +29,15 @@ ERROR_NAMES = _table(r"HV_(E[A-Z0-9]+)")
 
 def hypercall_name(nr):
     return HYPERCALL_NAMES.get(nr, f"#{nr}")
+
+
+def hypercall_args(nr):
+    """Argument names of hypercall nr, from the core's dispatch table."""
+    names = ffi.new("char *[1]")
+    if lib.hv_hypercall_info(nr, ffi.cast("const char **", names)) == ffi.NULL:
+        return ()
+    text = ffi.string(names[0]).decode()
+    return tuple(text.split(",")) if text else ()
 
 
 def error_name(result):

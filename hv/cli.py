@@ -10,19 +10,29 @@ Exit statuses of `hv run`:
   125                             the partition crashed (triple fault, hang,
                                   a crash the guest reported); a register dump
                                   goes to stderr
+  74                              the console's output failed (e.g. disk full):
+                                  guest output was lost
   130                             interrupted (Ctrl-C)
 """
 import argparse
 import sys
 
 EXIT_USAGE = 2
+EXIT_CONSOLE_FAILED = 74        # EX_IOERR
 EXIT_CRASHED = 125
 EXIT_INTERRUPTED = 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (`hv: error: ...`) and exit 2."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"hv: error: {message} (see hv --help)\n")
+
+
 def _parser():
-    p = argparse.ArgumentParser(prog="hv", description="hv: a paravirtualizing hypervisor")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="hv", description="hv: a paravirtualizing hypervisor")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="boot a PVH kernel in a new partition")
     run.add_argument("kernel", help="ELF image with a PVH entry note")
     run.add_argument("--mem", default="64M", help="guest RAM, e.g. 64M (default), 1G")
@@ -65,6 +75,8 @@ def cmd_run(args):
         if state == CRASHED:
             print(f"hv: {part.crash_report}", file=sys.stderr)
             return EXIT_CRASHED
+        if part.console_failed:
+            return EXIT_CONSOLE_FAILED
         return part.exit_code
     except KeyboardInterrupt:
         print("hv: interrupted", file=sys.stderr)
@@ -80,8 +92,6 @@ def cmd_info(args):
 
     print(f"hv ABI version {lib.HV_ABI_VERSION_MAJOR}.{lib.HV_ABI_VERSION_MINOR}")
     for name in ENGINES:
-        if name == "none":
-            continue
         ok, why = engine_status(name)
         print(f"engine {name}: {'available' if ok else 'unavailable: ' + why}")
     name, why = choose_engine("auto")

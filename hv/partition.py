@@ -9,13 +9,15 @@ each exit kind to a method, and PARENT_HYPERCALLS maps the hypercalls the
 parent serves (console output) to theirs.
 """
 import os
+import sys
 import threading
 
 from hv.abi import ffi, lib
 from hv.console import Console
 from hv.loader import load_pvh
 
-ENGINES = {"kvm": lib.HV_ENGINE_KVM, "tcg": lib.HV_ENGINE_TCG, "none": lib.HV_ENGINE_NONE}
+# Engines that run guests (the core's "none" engine runs nothing; tests use it).
+ENGINES = {"kvm": lib.HV_ENGINE_KVM, "tcg": lib.HV_ENGINE_TCG}
 
 # Partition states, in lifecycle order.
 CREATED, RUNNING, PAUSED, SHUTDOWN, CRASHED, DESTROYED = (
@@ -92,15 +94,24 @@ def choose_engine(engine="auto"):
 
 
 class Partition:
-    """One guest: kernel image, memory, one vCPU, a console."""
+    """One guest: kernel image, memory, one vCPU, a console.
 
-    def __init__(self, kernel, mem="64M", cmdline="", engine="auto", console=None):
+    Lifecycle: created -> running <-> paused -> shutdown | crashed -> destroyed.
+    run() runs the vCPU on the calling thread; start() on a thread of its own.
+    pause(), resume() and destroy() may be called from any other thread and
+    return once the partition is in the new state.
+    """
+
+    def __init__(self, kernel, mem="64M", cmdline="", engine="auto", console=None,
+                 deterministic=False, trace=None):
         mem_size = parse_size(mem) if isinstance(mem, str) else int(mem)
         host_ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         if mem_size > host_ram:
             raise ValueError(f"memory size {mem_size} is larger than the host's RAM ({host_ram})")
         # T:610 Validate first: LoadError leaves nothing behind.
         self.image = load_pvh(kernel, mem_size, cmdline)
+        if deterministic and engine == "auto":
+            engine = "tcg"          # only TCG counts instructions
         engine, self.engine_reason = choose_engine(engine)
         usable, why = engine_status(engine)
         if not usable:
@@ -112,13 +123,16 @@ class Partition:
         self.exit_code = None          # guest's shutdown code
         self.crash_report = None       # text, when state == CRASHED
         self.last_counters = {}        # the vCPU's counters when it stopped
+        self.console_failed = False    # a console write failed: output was lost
+        self.tracer = trace            # hv.trace.Tracer or None
         self._parent_handlers = {}     # hypercall nr -> fn(args) for routed calls
         self._vcpu = None
         self._thread = None
-        self._resume = threading.Event()
-        self._vcpu_ready = threading.Event()
+        self._run_thread = None
+        self._finished = False
         self._stop = False
-        self._lock = threading.Lock()
+        self._resume = threading.Event()
+        self._cond = threading.Condition()   # guards state, _vcpu, _finished
 
         out = ffi.new("struct hv_partition **")
         err = lib.hv_partition_create(ENGINES[engine], mem_size, out)
@@ -127,6 +141,15 @@ class Partition:
         self._p = out[0]
         self.id = lib.hv_partition_id(self._p)
         self.mem_size = mem_size
+        # Guest RAM outlives the partition while Python still holds a view of
+        # it: the mapping is freed when the last reference goes.
+        self._ram = ffi.gc(lib.hv_partition_take_ram(self._p),
+                           lambda ram, size=mem_size: lib.hv_ram_free(ram, size))
+        if deterministic and lib.hv_partition_set_deterministic(self._p):
+            self.destroy()
+            raise HostError(f"--deterministic needs the tcg engine, not {engine}")
+        if trace is not None:
+            trace.attach(self)
         self._write_image()
 
     # -- construction ---------------------------------------------------
@@ -140,30 +163,50 @@ class Partition:
         blob = self.image.boot_blob
         ram[self.image.boot_gpa:self.image.boot_gpa + len(blob)] = blob
 
+    def _live(self):
+        if self._p is None:
+            raise StateError(f"partition {self.id} is destroyed")
+        return self._p
+
     def memory(self):
-        """Guest RAM as a writable memoryview (zero-copy)."""
-        return memoryview(ffi.buffer(lib.hv_partition_ram(self._p), self.mem_size))
+        """Guest RAM as a writable memoryview (zero-copy).  Stays valid, if
+        detached from the guest, after destroy()."""
+        self._live()
+        return memoryview(ffi.buffer(self._ram, self.mem_size))
 
     def serve(self, nr, handler):
         """Serve hypercall nr in Python: handler(args) -> result (routes it to the parent)."""
-        if lib.hv_partition_set_route(self._p, nr, lib.HV_ROUTE_PARENT):
+        if lib.hv_partition_set_route(self._live(), nr, lib.HV_ROUTE_PARENT):
             raise ValueError(f"no hypercall number {nr}")
         self._parent_handlers[nr] = handler
 
     # -- lifecycle -----------------------------------------------------
+    def _set_state(self, state):
+        with self._cond:
+            self.state = state
+            self._cond.notify_all()
+
     def run(self):
         """Run the guest on this thread until it stops; returns the state."""
-        with self._lock:
+        with self._cond:
             if self.state != CREATED:
                 raise StateError(f"cannot run partition {self.id}: it is {self.state}")
             self.state = RUNNING
+            self._run_thread = threading.get_ident()
         try:
             self._vcpu_loop()
+        except Exception as e:          # a fault in the parent stops this guest only
+            self._crash(f"parent partition error: {type(e).__name__}: {e}")
         finally:
-            if self._vcpu is not None:      # destroyed on the thread that ran it
-                self.last_counters = self.counters()
-                lib.hv_vcpu_destroy(self._vcpu)
-                self._vcpu = None
+            with self._cond:
+                if self._vcpu is not None:      # destroyed on the thread that ran it
+                    self.last_counters = self.counters()
+                    lib.hv_vcpu_destroy(self._vcpu)
+                    self._vcpu = None
+                self._finished = True
+                self._cond.notify_all()
+            if self.tracer is not None:
+                self.tracer.finish()
             self.console.flush()
         return self.state
 
@@ -175,43 +218,60 @@ class Partition:
         self._thread.start()
 
     def wait(self, timeout=None):
-        if self._thread:
-            self._thread.join(timeout)
+        """Wait until the guest stops (shutdown, crash); returns the state."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._finished or self.state == DESTROYED, timeout)
         return self.state
 
-    def pause(self):
-        if self.state != RUNNING:
-            raise StateError(f"cannot pause partition {self.id}: it is {self.state}")
-        self._resume.clear()
-        self._vcpu_ready.wait()
-        lib.hv_vcpu_request_pause(self._vcpu)
+    def _kick_until(self, done, timeout):
+        """Ask the vCPU to stop running guest code until done() holds.  The
+        request is repeated: a kick can land just before the engine enters."""
+        with self._cond:
+            ok = self._cond.wait_for(lambda: done() or self._vcpu is not None or self._finished,
+                                     timeout)
+            while ok and not done() and not self._finished:
+                lib.hv_vcpu_request_pause(self._vcpu)
+                self._cond.wait(0.01)
+            return done()
+
+    def pause(self, timeout=10):
+        with self._cond:
+            if self.state != RUNNING:
+                raise StateError(f"cannot pause partition {self.id}: it is {self.state}")
+            self._resume.clear()
+        if not self._kick_until(lambda: self.state != RUNNING, timeout):
+            raise StateError(f"partition {self.id} did not pause within {timeout} s")
 
     def resume(self):
-        if self.state != PAUSED:
-            raise StateError(f"cannot resume partition {self.id}: it is {self.state}")
-        self._resume.set()
+        with self._cond:
+            if self.state != PAUSED:
+                raise StateError(f"cannot resume partition {self.id}: it is {self.state}")
+            self._resume.set()
+            self._cond.wait_for(lambda: self.state != PAUSED)
 
     def destroy(self):
         """Stop the guest if it runs and free everything.  Idempotent."""
-        if self.state == DESTROYED:
-            return
-        self._stop = True
-        if self._thread and self._thread.is_alive():
-            vcpu = self._vcpu
-            if vcpu is not None:
-                lib.hv_vcpu_request_pause(vcpu)
+        with self._cond:
+            if self.state == DESTROYED:
+                return
+            running = self.state in (RUNNING, PAUSED) and not self._finished
+            if running and threading.get_ident() == self._run_thread:
+                raise StateError(f"partition {self.id} cannot be destroyed from its own vCPU thread")
+            self._stop = True
             self._resume.set()
-            self._thread.join()
-        lib.hv_partition_destroy(self._p)
-        self._p = None
-        self.state = DESTROYED
+        if running:
+            self._kick_until(lambda: self._finished, None)
+        with self._cond:
+            lib.hv_partition_destroy(self._p)
+            self._p = None
+            self.state = DESTROYED
+            self._cond.notify_all()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.destroy()
-
 
     # -- the slow path -------------------------------------------------
     def _vcpu_loop(self):
@@ -220,15 +280,19 @@ class Partition:
         err = lib.hv_vcpu_create(self._p, 0, out)
         if err:
             raise HostError(f"cannot create vCPU: {os.strerror(-err)}")
-        self._vcpu = vcpu = out[0]
-        self._vcpu_ready.set()
+        with self._cond:
+            self._vcpu = vcpu = out[0]
+            self._cond.notify_all()
         err = lib.hv_vcpu_set_pvh_entry(vcpu, self.image.entry, self.image.start_info_gpa)
         if err:
             raise HostError(f"cannot set the PVH entry state: {os.strerror(-err)}")
         exit_ = ffi.new("struct hv_exit *")
         handlers = EXIT_HANDLERS
+        tracer = self.tracer
         while self.state in (RUNNING, PAUSED) and not self._stop:
             err = lib.hv_vcpu_run(vcpu, exit_)       # GIL released inside
+            if tracer is not None:
+                tracer.drain()
             if err:
                 self._crash(f"run failed: {os.strerror(-err)}")
                 break
@@ -247,7 +311,18 @@ class Partition:
 
     def _hc_console_write(self, exit_):
         # The core validated the pointer and copied the bytes once.
-        self.console.write(bytes(ffi.buffer(exit_.data, exit_.data_len)))
+        data = bytes(ffi.buffer(exit_.data, exit_.data_len))
+        if self.tracer is not None:
+            self.tracer.console(data)
+        try:
+            self.console.write(data)
+        except OSError as e:
+            # The guest loses its console, nothing else; it hears why.
+            if not self.console_failed:
+                self.console_failed = True
+                print(f"hv: partition {self.id}: console output failed: {e.strerror}",
+                      file=sys.stderr)
+            return -lib.HV_EIO
         return exit_.data_len
 
     def _on_shutdown(self, exit_):
@@ -255,7 +330,7 @@ class Partition:
         if exit_.reason == lib.HV_SHUTDOWN_CRASH:
             self._crash(f"the guest reported a crash (code {exit_.code})")
         else:
-            self.state = SHUTDOWN
+            self._set_state(SHUTDOWN)
 
     def _on_crash(self, exit_):
         cause = CRASH_CAUSES.get(exit_.code, f"cause {exit_.code}")
@@ -268,10 +343,10 @@ class Partition:
     def _on_paused(self, exit_):
         if self._stop:
             return
-        self.state = PAUSED
+        self._set_state(PAUSED)
         self._resume.wait()
         if not self._stop:
-            self.state = RUNNING
+            self._set_state(RUNNING)
 
     def _on_signal(self, exit_):
         pass    # a host signal (Ctrl-C): Python runs its handler on return
@@ -280,8 +355,8 @@ class Partition:
         self._crash(f"host error: {os.strerror(exit_.code)}")
 
     def _crash(self, cause):
-        self.state = CRASHED
         self.crash_report = f"partition {self.id} crashed: {cause}\n" + self.register_dump()
+        self._set_state(CRASHED)
 
     # -- inspection ----------------------------------------------------
     def register_dump(self):

@@ -67,6 +67,7 @@
 /* ---- Errors: negative errno values, as Linux numbers them ------------------ */
 #define HV_EPERM       1   /* operation not permitted in this state */
 #define HV_ENOENT      2   /* no such object */
+#define HV_EIO         5   /* the backend failed (e.g. the console's output) */
 #define HV_E2BIG       7   /* count too large */
 #define HV_EAGAIN     11   /* try again */
 #define HV_ENOMEM     12   /* out of memory */
@@ -108,7 +109,7 @@
 /* HC console_write: Write bytes to the partition's console.
  *   args:    buf: guest virtual address of the bytes; len: byte count
  *   returns: len (all bytes are written, or none)
- *   errors:  -HV_EINVAL len > HV_CONSOLE_WRITE_MAX; -HV_EFAULT buf..buf+len not readable
+ *   errors:  -HV_EINVAL len > HV_CONSOLE_WRITE_MAX; -HV_EFAULT buf..buf+len not readable; -HV_EIO the console's output failed
  */
 #define HV_HC_CONSOLE_WRITE    2
 

@@ -1,0 +1,305 @@
+"""The hv command, as a user runs it: `python -m hv ...` in a subprocess.
+
+cli.py's promises: every error is ONE line on stderr starting "hv: error:",
+nothing on stdout, exit status 2, and nothing started; a guest's shutdown
+code becomes the exit status; a crash exits 125 with a register dump on
+stderr.
+"""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, guest, needs_kvm
+from resultline import RESULT_CODES, parse_result
+
+HELLO_LINE = "Hello from an hv guest!"
+
+
+def _engine_missing(name):
+    from hv.partition import ENGINES, engine_status
+    if name not in ENGINES:
+        return f"hv has no {name} engine"
+    ok, why = engine_status(name)
+    return None if ok else why
+
+
+def _no_engine():
+    from hv.partition import ENGINES
+    usable = [n for n in ENGINES if n != "none" and _engine_missing(n) is None]
+    return None if usable else "no usable engine (KVM or TCG) on this host"
+
+
+# Most tests run `hv run` as a user does, with the default engine (whatever
+# hv picks here); the crash tests also name each engine.
+needs_engine = pytest.mark.skipif(_no_engine() is not None, reason=str(_no_engine()))
+ENGINE_ARGS = [
+    pytest.param([], id="default-engine", marks=needs_engine),
+    pytest.param(["--engine", "kvm"], id="kvm", marks=needs_kvm),
+    pytest.param(["--engine", "tcg"], id="tcg",
+                 marks=pytest.mark.skipif(_engine_missing("tcg") is not None,
+                                          reason=f"TCG unavailable: {_engine_missing('tcg')}")),
+]
+EXIT_USAGE = 2
+EXIT_CRASHED = 125
+
+
+def hv(*args, timeout=60):
+    """Run `python -m hv ARGS` from the repository root; CompletedProcess (text)."""
+    return subprocess.run([sys.executable, "-m", "hv", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def assert_one_line_error(proc, *, contains=None):
+    """The CLI's error contract."""
+    detail = f"exit {proc.returncode}\nstdout: {proc.stdout!r}\nstderr: {proc.stderr!r}"
+    assert proc.returncode == EXIT_USAGE, detail
+    assert proc.stdout == "", detail
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, detail
+    assert lines[0].startswith("hv: error: "), detail
+    assert "Traceback" not in proc.stderr, detail
+    if contains:
+        assert re.search(contains, lines[0]), detail
+
+
+# ---- booting ---------------------------------------------------------------
+
+@needs_engine
+def test_run_hello():
+    proc = hv("run", guest("hello"))
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, HELLO_LINE + "\n", "")
+
+
+@needs_engine
+def test_run_relative_path():
+    proc = hv("run", os.path.relpath(guest("hello"), ROOT))
+    assert (proc.returncode, proc.stdout) == (0, HELLO_LINE + "\n"), proc.stderr
+
+
+@needs_engine
+def test_run_hcall_selftest():
+    proc = hv("run", guest("hcall-selftest"))
+    verdict, detail = parse_result(proc.stdout)
+    assert verdict == "SUCCESS", f"guest {verdict}: {detail}\n{proc.stdout}{proc.stderr}"
+    assert proc.returncode == RESULT_CODES["SUCCESS"] == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "SUCCESS"
+
+
+@needs_engine
+@pytest.mark.parametrize("verdict", ["SKIP", "ERROR", "FAILURE"])
+def test_run_exit_status_is_result_code(verdict):
+    proc = hv("run", guest("verdict"), "--cmdline", verdict.lower())
+    assert parse_result(proc.stdout)[0] == verdict
+    assert proc.returncode == RESULT_CODES[verdict], proc.stderr
+
+
+@needs_engine
+def test_run_plain_kernel_exit_status():
+    proc = hv("run", guest("verdict"), "--cmdline", "return=42")
+    assert (proc.returncode, proc.stdout) == (42, "returning 42\n"), proc.stderr
+
+
+@needs_engine
+def test_run_cmdline():
+    proc = hv("run", guest("cmdline-echo"), "--cmdline", "root=/dev/hv0 quiet")
+    assert (proc.returncode, proc.stdout) == (0, "cmdline: [root=/dev/hv0 quiet]\n"), proc.stderr
+
+
+@needs_engine
+@pytest.mark.parametrize("mem", ["2M", "64M", "64m", "256M", "1G", "2097152", "4096K"])
+def test_run_good_mem(mem):
+    proc = hv("run", guest("hello"), "--mem", mem)
+    assert (proc.returncode, proc.stdout) == (0, HELLO_LINE + "\n"), proc.stderr
+
+
+@needs_engine
+def test_verbose_reports_on_stderr():
+    proc = hv("run", guest("hello"), "-v")
+    assert (proc.returncode, proc.stdout) == (0, HELLO_LINE + "\n")
+    assert re.search(r"engine \w+", proc.stderr) and "shutdown" in proc.stderr, proc.stderr
+
+
+# ---- bad kernels -------------------------------------------------------------
+
+def _bad_kernel(kind, tmp_path):
+    data = open(guest("hello"), "rb").read()
+    path = tmp_path / f"{kind}.elf"
+    if kind == "truncated-header":
+        path.write_bytes(data[:40])
+    elif kind == "truncated-half":
+        path.write_bytes(data[:len(data) // 2])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "flipped-magic":
+        path.write_bytes(b"\x7fELG" + data[4:])
+    elif kind == "elf32-class":
+        path.write_bytes(data[:4] + b"\x01" + data[5:])
+    elif kind == "text":
+        path.write_text("#!/bin/sh\necho this is not a kernel\n")
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "nonexistent":
+        pass
+    elif kind == "no-permission":
+        path.write_bytes(data)
+        path.chmod(0)
+        if os.access(path, os.R_OK):
+            pytest.skip("running as root: a mode-0 file is still readable")
+    return path
+
+
+BAD_KERNELS = ["truncated-header", "truncated-half", "empty", "flipped-magic", "elf32-class",
+               "text", "directory", "nonexistent", "no-permission"]
+
+
+@pytest.mark.parametrize("kind", BAD_KERNELS)
+def test_bad_kernel(kind, tmp_path):
+    assert_one_line_error(hv("run", _bad_kernel(kind, tmp_path)))
+
+
+def test_device_as_kernel():
+    assert_one_line_error(hv("run", "/dev/zero", timeout=30), contains="not a regular file")
+
+
+def test_bad_kernel_with_console_file(tmp_path):
+    """Nothing is started: the guest's console stays empty."""
+    out = tmp_path / "console.txt"
+    assert_one_line_error(hv("run", _bad_kernel("text", tmp_path), "--console", out))
+    assert not out.exists() or out.read_bytes() == b""
+
+
+# ---- bad options ---------------------------------------------------------------
+
+def _host_ram_gib():
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") >> 30
+
+
+@pytest.mark.parametrize("mem", ["0", "-1", "12345", "1T", "abc", "", "4K", "1.5M", "0x4000000",
+                                 "64MM", "M", "huge"])
+def test_bad_mem(mem):
+    assert_one_line_error(hv("run", guest("hello"), f"--mem={mem}"))
+
+
+def test_mem_larger_than_host():
+    assert_one_line_error(hv("run", guest("hello"), "--mem", f"{_host_ram_gib() * 2 + 2}G"),
+                          contains="host")
+
+
+@pytest.mark.parametrize("mem", ["1M", "1020K"])
+def test_mem_too_small(mem):
+    """1 MiB is hv's minimum, but the kernel is linked at 1 MiB: it does not fit."""
+    assert_one_line_error(hv("run", guest("hello"), "--mem", mem))
+
+
+@pytest.mark.parametrize("engine", ["bogus", "", "KVM", " kvm", "kvm,tcg"])
+def test_bad_engine(engine):
+    assert_one_line_error(hv("run", guest("hello"), "--engine", engine), contains="engine")
+
+
+def test_engine_none_is_not_a_run_engine():
+    """'none' runs nothing (it exists for dispatcher tests): `hv run` must
+    refuse it as bad input (exit 2, one line), not start a guest that
+    'crashes' with ENOSYS (exit 125)."""
+    assert_one_line_error(hv("run", guest("hello"), "--engine", "none"), contains="engine")
+
+
+def test_cmdline_too_long():
+    assert_one_line_error(hv("run", guest("cmdline-echo"), "--cmdline", "x" * 5000),
+                          contains="cmdline")
+
+
+@pytest.mark.parametrize("args", [
+    ["run"],                                  # no kernel
+    ["run", "k.elf", "--bogus-option"],
+    ["frobnicate"],                           # unknown command
+])
+def test_usage_errors_are_one_line(args):
+    """cli.py: 'Every error is one line on stderr'; argparse's usage block
+    must not break that."""
+    assert_one_line_error(hv(*args))
+
+
+def test_console_file_unwritable(tmp_path):
+    assert_one_line_error(hv("run", guest("hello"), "--console", tmp_path / "no" / "such" / "dir"),
+                          contains="console")
+    assert_one_line_error(hv("run", guest("hello"), "--console", tmp_path), contains="console")
+
+
+@needs_engine
+def test_console_write_failure_is_reported():
+    """A console that fails mid-run (disk full) is one hv: line on stderr,
+    not a Python traceback."""
+    proc = hv("run", guest("hello"), "--console", "/dev/full")
+    detail = f"exit {proc.returncode}\nstderr: {proc.stderr!r}"
+    assert "Traceback" not in proc.stderr, detail
+    lines = proc.stderr.splitlines()
+    assert lines and all(line.startswith(("hv:", " ")) for line in lines), detail
+    assert proc.returncode not in (0, 1), detail
+
+
+# ---- crashes -----------------------------------------------------------------
+
+@pytest.mark.parametrize("engine", ENGINE_ARGS)
+@pytest.mark.parametrize("mode", ["triple-fault", "halt", "exception", "page-fault"])
+def test_crash_exits_125_with_register_dump(mode, engine):
+    proc = hv("run", guest("crash"), "--cmdline", mode, *engine)
+    detail = f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
+    assert proc.returncode == EXIT_CRASHED, detail
+    assert re.search(r"^hv: partition \d+ crashed: ", proc.stderr, re.M), detail
+    assert re.search(r"rip=[0-9a-f]{16}", proc.stderr), detail
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout.startswith("crash: "), detail       # the guest's own output
+    if mode in ("exception", "page-fault"):
+        vector = {"exception": "0x6", "page-fault": "0xe"}[mode]
+        assert f"EXCEPTION vector={vector} " in proc.stdout, detail
+        assert parse_result(proc.stdout)[0] == "FAILURE", detail
+
+
+@needs_kvm
+def test_crash_report_to_stderr_console_to_file(tmp_path):
+    out = tmp_path / "console.txt"
+    proc = hv("run", guest("crash"), "--cmdline", "exception", "--console", out,
+              "--engine", "kvm")
+    assert proc.returncode == EXIT_CRASHED
+    assert proc.stdout == ""
+    assert "EXCEPTION vector=0x6" in out.read_text()
+    assert "rip=" in proc.stderr and "EXCEPTION" not in proc.stderr
+
+
+# ---- info and --console ---------------------------------------------------------
+
+def test_info():
+    from hv.abi import lib
+    from hv.partition import engine_status
+    proc = hv("info")
+    assert proc.returncode == 0, proc.stderr
+    assert f"hv ABI version {lib.HV_ABI_VERSION_MAJOR}.{lib.HV_ABI_VERSION_MINOR}" in proc.stdout
+    from hv.partition import ENGINES
+    lines = proc.stdout.splitlines()
+    assert any(line.startswith("engine kvm: ") for line in lines), proc.stdout
+    for name in ENGINES:
+        if name == "none":              # a test engine, not listed
+            continue
+        ok, why = engine_status(name)
+        expected = f"engine {name}: available" if ok else f"engine {name}: unavailable: {why}"
+        assert expected in lines, proc.stdout
+
+
+@needs_engine
+def test_console_file(tmp_path):
+    out = tmp_path / "console.txt"
+    proc = hv("run", guest("hello"), "--console", out)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+    assert out.read_text() == HELLO_LINE + "\n"
+
+
+@needs_engine
+def test_console_file_selftest(tmp_path):
+    out = tmp_path / "console.txt"
+    proc = hv("run", guest("hcall-selftest"), "--console", out)
+    assert (proc.returncode, proc.stdout) == (0, ""), proc.stderr
+    assert parse_result(out.read_text()) == ("SUCCESS", "")
