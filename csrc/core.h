@@ -79,6 +79,7 @@ struct hv_vcpu {
     volatile int    pause_requested;
     volatile int    inject_pending;   /* an upcall must be injected */
     volatile int    in_guest;         /* inside engine->run() */
+    int             trace_drain;      /* the trace ring wants the parent to read it */
 
     struct hv_exit *exit;          /* the record of the run call in progress */
 

@@ -221,7 +221,8 @@ static void after_inline_exit(struct tcg_vcpu *c, int to_parent)
     struct hv_vcpu *v = c->owner;
     if (to_parent)
         c->stop = STOP_RETURN;
-    else if (v->wait != WAIT_NONE || v->mc.active || v->pause_requested || v->inject_pending)
+    else if (v->wait != WAIT_NONE || v->mc.active || v->pause_requested || v->inject_pending ||
+             v->trace_drain)
         c->stop = STOP_LOOP;
     else
         return;
@@ -287,11 +288,17 @@ static void tcg_on_instruction(uc_engine *uc, uint64_t address, uint32_t size, v
 {
     struct tcg_vcpu *c = user;
     (void)address; (void)size;
-    uint64_t now = ++*c->icount, deadline = *c->icount_deadline;
-    if (deadline && now >= deadline && c->stop == STOP_NONE) {
+    /* A stop requested in a hook takes effect before this instruction
+     * executes; it will be counted when the guest runs again. */
+    if (c->stop != STOP_NONE)
+        return;
+    uint64_t deadline = *c->icount_deadline;
+    if (deadline && *c->icount >= deadline) {
         c->stop = STOP_LOOP;
         uc_emu_stop(uc);
+        return;
     }
+    ++*c->icount;
 }
 
 static int tcg_count_instructions(void *vp, uint64_t *counter, const uint64_t *deadline)

@@ -33,6 +33,7 @@
 #define HV_EXIT_PAUSED     5   /* hv_vcpu_request_pause() was honoured */
 #define HV_EXIT_ERROR      6   /* host-side failure (errno in code) */
 #define HV_EXIT_SIGNAL     7   /* a host signal (e.g. Ctrl-C) for the parent to handle */
+#define HV_EXIT_TRACE      8   /* the trace ring is half full: drain it, run again */
 
 /* Crash causes (struct hv_exit.code when kind == HV_EXIT_CRASH). */
 #define HV_CRASH_TRIPLE_FAULT   1

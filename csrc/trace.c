@@ -49,6 +49,10 @@ void trace_record(struct hv_vcpu *v, uint32_t kind, uint64_t nr,
         memset(r->args, 0, sizeof(r->args));
     r->result = result;
     __atomic_store_n(&t->head, head + 1, __ATOMIC_RELEASE);
+    /* Half full: have the run loop return so the parent drains it, long
+     * before a record could be lost. */
+    if (head + 1 - t->tail >= t->capacity / 2)
+        v->trace_drain = 1;
 }
 
 uint32_t hv_partition_trace_read(struct hv_partition *p, struct hv_trace_record *out, uint32_t max)

@@ -237,6 +237,11 @@ int hv_vcpu_run(struct hv_vcpu *v, struct hv_exit *exit)
             exit->kind = HV_EXIT_PAUSED;
             return 0;
         }
+        if (v->trace_drain) {
+            v->trace_drain = 0;
+            exit->kind = HV_EXIT_TRACE;
+            return 0;
+        }
         event_before_entry(v);
 
         struct engine_exit ex = {0};

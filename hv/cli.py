@@ -30,17 +30,31 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"hv: error: {message} (see hv --help)\n")
 
 
-def _parser():
-    p = _Parser(prog="hv", description="hv: a paravirtualizing hypervisor")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    run = sub.add_parser("run", help="boot a PVH kernel in a new partition")
+def _add_run_options(run):
     run.add_argument("kernel", help="ELF image with a PVH entry note")
     run.add_argument("--mem", default="64M", help="guest RAM, e.g. 64M (default), 1G")
     run.add_argument("--cmdline", default="", help="kernel command line")
     run.add_argument("--engine", default="auto",
                      help="execution engine: auto (default: KVM if hardware-accelerated, else TCG), kvm, tcg")
-    run.add_argument("--console", metavar="FILE", help="write the console to FILE instead of stdout")
+    run.add_argument("--deterministic", action="store_true",
+                     help="TCG only: the clock counts guest instructions, so runs repeat exactly")
     run.add_argument("-v", "--verbose", action="store_true", help="report engine and exit details")
+
+
+def _parser():
+    p = _Parser(prog="hv", description="hv: a paravirtualizing hypervisor")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="boot a PVH kernel in a new partition")
+    _add_run_options(run)
+    run.add_argument("--console", metavar="FILE", help="write the console to FILE instead of stdout")
+    run.add_argument("--trace", metavar="FILE", help="write a decoded trace to FILE ('-' = stderr)")
+    trace = sub.add_parser("trace", help="boot a kernel and print the decoded trace of what it did")
+    _add_run_options(trace)
+    trace.add_argument("--hypercall", action="append", metavar="NAME",
+                       help="only these hypercalls (repeatable)")
+    trace.add_argument("--vcpu", action="append", type=int, metavar="N", help="only this vCPU")
+    trace.add_argument("--partition", action="append", type=int, metavar="ID",
+                       help="only this partition")
     sub.add_parser("info", help="host capabilities: engines, ABI version")
     return p
 
@@ -50,20 +64,26 @@ def _error(message):
     return EXIT_USAGE
 
 
-def cmd_run(args):
+def cmd_run(args, tracer=None):
     from hv.console import Console
     from hv.loader import LoadError
     from hv.partition import CRASHED, HostError, Partition
 
     try:
-        console = Console(path=args.console)
-    except OSError as e:
-        return _error(f"cannot open console file: {e.strerror}: {args.console}")
-    try:
-        part = Partition(args.kernel, mem=args.mem, cmdline=args.cmdline,
-                         engine=args.engine, console=console)
+        part = Partition(args.kernel, mem=args.mem, cmdline=args.cmdline, engine=args.engine,
+                         deterministic=args.deterministic, trace=tracer)
     except (LoadError, ValueError, HostError) as e:
         return _error(str(e))
+    # The console file is opened only once the kernel is known good.
+    console = part.console
+    try:
+        if getattr(args, "console", None):
+            console = part.console = Console(path=args.console)
+        elif args.command == "trace":
+            console = part.console = Console(stream=sys.stderr.buffer)
+    except OSError as e:
+        part.destroy()
+        return _error(f"cannot open console file: {e.strerror}: {args.console}")
     try:
         if args.verbose:
             print(f"hv: partition {part.id}: engine {part.engine} ({part.engine_reason}), "
@@ -99,7 +119,32 @@ def cmd_info(args):
     return 0
 
 
-COMMANDS = {"run": cmd_run, "info": cmd_info}
+def cmd_run_traced(args):
+    """`hv run --trace FILE`, or `hv trace` (trace on stdout, console on stderr)."""
+    from hv.trace import Tracer
+
+    if args.command == "trace":
+        tracer = Tracer(sys.stdout, hypercalls=args.hypercall, vcpus=args.vcpu,
+                        partitions=args.partition, keep=False)
+        return cmd_run(args, tracer)
+    try:
+        out = sys.stderr if args.trace == "-" else open(args.trace, "w")
+    except OSError as e:
+        return _error(f"cannot open trace file: {e.strerror}: {args.trace}")
+    try:
+        return cmd_run(args, Tracer(out, keep=False))
+    finally:
+        if out is not sys.stderr:
+            out.close()
+
+
+def _run_command(args):
+    if args.command == "trace" or args.trace:
+        return cmd_run_traced(args)
+    return cmd_run(args)
+
+
+COMMANDS = {"run": _run_command, "trace": _run_command, "info": cmd_info}
 
 
 def main(argv=None):

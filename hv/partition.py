@@ -118,6 +118,7 @@ class Partition:
             raise HostError(f"{engine} engine unavailable: {why}")
 
         self.engine = engine
+        self.deterministic = bool(deterministic)
         self.console = console or Console()
         self.state = CREATED
         self.exit_code = None          # guest's shutdown code
@@ -351,6 +352,9 @@ class Partition:
     def _on_signal(self, exit_):
         pass    # a host signal (Ctrl-C): Python runs its handler on return
 
+    def _on_trace(self, exit_):
+        pass    # the loop drains the trace after every return
+
     def _on_error(self, exit_):
         self._crash(f"host error: {os.strerror(exit_.code)}")
 
@@ -393,6 +397,7 @@ EXIT_HANDLERS = {
     lib.HV_EXIT_PAUSED: Partition._on_paused,
     lib.HV_EXIT_ERROR: Partition._on_error,
     lib.HV_EXIT_SIGNAL: Partition._on_signal,
+    lib.HV_EXIT_TRACE: Partition._on_trace,
 }
 
 PARENT_HYPERCALLS = {
