@@ -13,6 +13,6 @@ setup(
     python_requires=">=3.11",
     setup_requires=["cffi>=1.15"],
     cffi_modules=["hv/_build_core.py:ffibuilder"],
-    install_requires=["cffi>=1.15", "pyelftools==0.33"],
+    install_requires=["cffi>=1.15", "unicorn==2.1.4"],
     entry_points={"console_scripts": ["hv = hv.cli:main"]},
 )

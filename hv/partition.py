@@ -84,12 +84,12 @@ def choose_engine(engine="auto"):
     TCG otherwise; an explicit name is taken as given."""
     if engine != "auto":
         return engine, "chosen explicitly"
+    software = _kvm_is_software()       # cheap: no /dev/kvm ioctls
+    if software:
+        return "tcg", software
     ok, why = engine_status("kvm")
     if not ok:
         return "tcg", f"KVM unavailable: {why}"
-    software = _kvm_is_software()
-    if software:
-        return "tcg", software
     return "kvm", "hardware-accelerated KVM"
 
 

@@ -6,6 +6,7 @@ validation rule of the loader has a test, and a Hypothesis property test
 mutates a good image at random: the loader either returns an image that
 still satisfies every invariant, or raises LoadError -- nothing else.
 """
+import io
 import os
 import struct
 
@@ -100,6 +101,14 @@ def ref_phdrs(image):
     return [PHDR.unpack_from(image, phoff + i * PHDR.size) for i in range(phnum)]
 
 
+def elftools_segments(image):
+    """(gpa, file bytes, memsz) of every PT_LOAD, as pyelftools reads them."""
+    from elftools.elf.elffile import ELFFile
+    elf = ELFFile(io.BytesIO(image))
+    return sorted((seg["p_paddr"], seg.data(), seg["p_memsz"])
+                  for seg in elf.iter_segments() if seg["p_type"] == "PT_LOAD")
+
+
 def check_invariants(image, boot, mem_size, cmdline=""):
     segs = boot.segments
     assert segs and all(isinstance(s, loader.Segment) for s in segs)
@@ -113,6 +122,8 @@ def check_invariants(image, boot, mem_size, cmdline=""):
                and image[off:off + fsz] in [s.data for s in segs]
                for t, f, off, _, pa, fsz, _, _ in ref_phdrs(image))
     assert boot.entry < 1 << 32
+    # pyelftools, an independent ELF reader, sees the same PT_LOAD segments.
+    assert elftools_segments(image) == sorted((s.gpa, s.data, s.memsz) for s in segs)
     assert boot.boot_gpa == boot.start_info_gpa == BOOT_GPA
     assert boot.reserved == ((0, RESERVED_END),)
     check_blob(boot.boot_blob, mem_size, cmdline)
