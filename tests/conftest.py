@@ -28,24 +28,32 @@ needs_kvm = pytest.mark.skipif(kvm_missing_reason() is not None,
                                reason=f"KVM unavailable: {kvm_missing_reason()}")
 
 
-def run_isolated(fn, *args, timeout=300):
-    """Run fn(*args) in a forked child, so a crash of the C core (a signal)
-    or a hang is reported as a test failure instead of ending the suite.
-    Exceptions in the child are re-raised here with their traceback text."""
+def engine_missing(name):
+    """None if hv's engine `name` can run here, else why not."""
+    from hv.partition import ENGINES, engine_status
+    if name not in ENGINES:
+        return f"hv has no {name} engine"
+    ok, why = engine_status(name)
+    return None if ok else why
+
+
+def fork_call(fn, *args, timeout=300):
+    """Call fn(*args) in a forked child, so a crash of the C core (a signal)
+    or a hang cannot end the test process.  Returns ("ok", value),
+    ("exc", traceback text) or ("crash", signal name [+ " (timeout)"])."""
     rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:                                # child
         os.close(rfd)
-        status, payload = 0, None
         try:
-            fn(*args)
+            payload = ("ok", fn(*args))
         except BaseException as e:              # noqa: BLE001 - report everything
-            status, payload = 1, (type(e).__name__, "".join(traceback.format_exc()))
+            payload = ("exc", f"{type(e).__name__}:\n{traceback.format_exc()}")
         with os.fdopen(wfd, "wb") as w:
             pickle.dump(payload, w)
-        os._exit(status)
+        os._exit(0)
     os.close(wfd)
-    signal.signal(signal.SIGALRM, lambda *_: os.kill(pid, signal.SIGKILL))
+    old = signal.signal(signal.SIGALRM, lambda *_: os.kill(pid, signal.SIGKILL))
     signal.alarm(timeout)
     try:
         with os.fdopen(rfd, "rb") as r:
@@ -53,9 +61,19 @@ def run_isolated(fn, *args, timeout=300):
         _, status = os.waitpid(pid, 0)
     finally:
         signal.alarm(0)
-    if os.WIFSIGNALED(status):
-        sig = signal.Signals(os.WTERMSIG(status)).name
-        pytest.fail(f"CRASH: the child died by {sig}" + (" (timeout)" if sig == "SIGKILL" else ""))
-    payload = pickle.loads(data) if data else None
-    if payload:
-        pytest.fail(f"{payload[0]} in isolated child:\n{payload[1]}", pytrace=False)
+        signal.signal(signal.SIGALRM, old)
+    if os.WIFSIGNALED(status) or not data:
+        sig = signal.Signals(os.WTERMSIG(status)).name if os.WIFSIGNALED(status) else "exit"
+        return "crash", sig + (" (timeout)" if sig == "SIGKILL" else "")
+    return pickle.loads(data)
+
+
+def run_isolated(fn, *args, timeout=300):
+    """fn(*args) in a forked child (see fork_call); a crash, hang or
+    exception there fails the test with what happened.  Returns fn's value."""
+    kind, value = fork_call(fn, *args, timeout=timeout)
+    if kind == "crash":
+        pytest.fail(f"CRASH: the child died by {value}")
+    if kind == "exc":
+        pytest.fail(f"in isolated child: {value}", pytrace=False)
+    return value

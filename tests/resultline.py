@@ -143,36 +143,10 @@ def boot_isolated(name, cmdline="", mem="64M", engine="kvm", timeout=60):
     A child killed by a signal or by the watchdog raises RuntimeError naming
     it (XTF's CRASH), so the caller's test fails with a clear message.
     """
-    import pickle
-    import signal
-    import traceback
-
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:                                    # child
-        os.close(rfd)
-        try:
-            payload = ("ok", boot(name, cmdline=cmdline, mem=mem, engine=engine))
-        except BaseException as e:                  # noqa: BLE001 - report everything
-            payload = ("exc", f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
-        with os.fdopen(wfd, "wb") as w:
-            pickle.dump(payload, w)
-        os._exit(0)
-    os.close(wfd)
-    old = signal.signal(signal.SIGALRM, lambda *_: os.kill(pid, signal.SIGKILL))
-    signal.alarm(timeout)
-    try:
-        with os.fdopen(rfd, "rb") as r:
-            data = r.read()
-        _, status = os.waitpid(pid, 0)
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-    if os.WIFSIGNALED(status):
-        sig = signal.Signals(os.WTERMSIG(status)).name
-        raise RuntimeError(f"CRASH: booting {name} killed the parent process by {sig}"
-                           + (" (watchdog timeout)" if sig == "SIGKILL" else ""))
-    kind, value = pickle.loads(data)
+    from conftest import fork_call
+    kind, value = fork_call(boot, name, cmdline, mem, engine, timeout=timeout)
+    if kind == "crash":
+        raise RuntimeError(f"CRASH: booting {name} killed the parent process by {value}")
     if kind == "exc":
         raise RuntimeError(f"booting {name} raised in the child:\n{value}")
     return value

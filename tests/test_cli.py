@@ -12,23 +12,17 @@ import sys
 
 import pytest
 
-from conftest import ROOT, guest, needs_kvm
+from conftest import ROOT, engine_missing, guest, needs_kvm
 from resultline import RESULT_CODES, parse_result
 
 HELLO_LINE = "Hello from an hv guest!"
 
 
-def _engine_missing(name):
-    from hv.partition import ENGINES, engine_status
-    if name not in ENGINES:
-        return f"hv has no {name} engine"
-    ok, why = engine_status(name)
-    return None if ok else why
 
 
 def _no_engine():
     from hv.partition import ENGINES
-    usable = [n for n in ENGINES if n != "none" and _engine_missing(n) is None]
+    usable = [n for n in ENGINES if n != "none" and engine_missing(n) is None]
     return None if usable else "no usable engine (KVM or TCG) on this host"
 
 
@@ -39,8 +33,8 @@ ENGINE_ARGS = [
     pytest.param([], id="default-engine", marks=needs_engine),
     pytest.param(["--engine", "kvm"], id="kvm", marks=needs_kvm),
     pytest.param(["--engine", "tcg"], id="tcg",
-                 marks=pytest.mark.skipif(_engine_missing("tcg") is not None,
-                                          reason=f"TCG unavailable: {_engine_missing('tcg')}")),
+                 marks=pytest.mark.skipif(engine_missing("tcg") is not None,
+                                          reason=f"TCG unavailable: {engine_missing('tcg')}")),
 ]
 EXIT_USAGE = 2
 EXIT_CRASHED = 125

@@ -19,27 +19,21 @@ import time
 
 import pytest
 
-from conftest import guest, needs_kvm, run_isolated
+from conftest import engine_missing, guest, needs_kvm, run_isolated
 from resultline import (CODE_VERDICTS, RESULT_CODES, VERDICTS, GuestRun, boot, boot_isolated,
                         parse_result, parse_result_codes, RESULT_H)
 
 HELLO_LINE = "Hello from an hv guest!"
 
 
-def _engine_missing(name):
-    from hv.partition import ENGINES, engine_status
-    if name not in ENGINES:
-        return f"hv has no {name} engine"
-    ok, why = engine_status(name)
-    return None if ok else why
 
 
 # The lifecycle tests run on KVM (the brief: end to end on KVM); the boot and
 # crash tests run on every engine hv has, each skipped with its reason.
 ENGINES = [
     pytest.param("kvm", marks=needs_kvm),
-    pytest.param("tcg", marks=pytest.mark.skipif(_engine_missing("tcg") is not None,
-                                                 reason=f"TCG unavailable: {_engine_missing('tcg')}")),
+    pytest.param("tcg", marks=pytest.mark.skipif(engine_missing("tcg") is not None,
+                                                 reason=f"TCG unavailable: {engine_missing('tcg')}")),
 ]
 REGISTER_DUMP = re.compile(r"rip=[0-9a-f]{16}")
 
