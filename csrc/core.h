@@ -16,6 +16,8 @@
 /* Sentinel a handler returns when the parent partition finishes the call. */
 #define HC_TO_PARENT INT64_MIN
 
+struct virtio_dev;
+
 struct trace_ring {
     struct hv_trace_record *ring;   /* NULL = tracing off */
     uint32_t capacity;
@@ -42,6 +44,7 @@ struct hv_partition {
     struct hv_vcpu *vcpu;      /* one vCPU for now; SMP adds an array */
     struct trace_ring trace;
     int deterministic;         /* clock = guest instructions (TCG) */
+    struct virtio_dev *virtio[HV_VIRTIO_MMIO_SLOTS];   /* virtio_mmio.c */
 };
 
 /* What a vCPU is waiting on between run calls. */
@@ -102,6 +105,11 @@ void trace_record(struct hv_vcpu *v, uint32_t kind, uint64_t nr,
 void trace_free(struct hv_partition *p);
 #define TRACE(v, kind, nr, args, result) \
     do { if ((v)->partition->trace.ring) trace_record((v), (kind), (nr), (args), (result)); } while (0)
+
+/* virtio_mmio.c: a guest access to the device window (0 = handled). */
+int  virtio_mmio_access(struct hv_partition *p, uint64_t addr, uint32_t size,
+                        int write, uint64_t *value);
+void virtio_free(struct hv_partition *p);
 
 /* partition.c */
 int  partition_frame_is_guest(const struct hv_partition *p, uint64_t gpa, uint64_t len);

@@ -44,6 +44,9 @@ struct engine_ops {
     int  (*vm_create)(void **vm);
     int  (*map_ram)(void *vm, uint64_t gpa, void *host, uint64_t size);
     void (*vm_destroy)(void *vm);
+    /* Optional: a 4-byte write of `match` to `addr` signals `fd` without
+     * leaving the kernel (KVM ioeventfd).  NULL: the core signals it. */
+    int  (*add_ioeventfd)(void *vm, uint64_t addr, uint32_t len, uint64_t match, int fd);
     /* Called on the thread that will run the vCPU (KVM wants one thread). */
     int  (*vcpu_create)(void *vm, uint32_t id, struct hv_vcpu *owner, void **vcpu);
     void (*vcpu_destroy)(void *vcpu);

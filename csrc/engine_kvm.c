@@ -149,6 +149,16 @@ static int kvm_map_ram(void *vmp, uint64_t gpa, void *host, uint64_t size)
     return ioctl(vm->fd, KVM_SET_USER_MEMORY_REGION, &region) < 0 ? -errno : 0;
 }
 
+static int kvm_add_ioeventfd(void *vmp, uint64_t addr, uint32_t len, uint64_t match, int fd)
+{
+    struct kvm_vm *vm = vmp;
+    struct kvm_ioeventfd io = {
+        .datamatch = match, .addr = addr, .len = len, .fd = fd,
+        .flags = KVM_IOEVENTFD_FLAG_DATAMATCH,
+    };
+    return ioctl(vm->fd, KVM_IOEVENTFD, &io) < 0 ? -errno : 0;
+}
+
 static void kvm_vm_destroy(void *vmp)
 {
     struct kvm_vm *vm = vmp;
@@ -373,6 +383,7 @@ const struct engine_ops engine_kvm_ops = {
     .vm_create = kvm_vm_create,
     .map_ram = kvm_map_ram,
     .vm_destroy = kvm_vm_destroy,
+    .add_ioeventfd = kvm_add_ioeventfd,
     .vcpu_create = kvm_vcpu_create,
     .vcpu_destroy = kvm_vcpu_destroy,
     .regs = kvm_regs,

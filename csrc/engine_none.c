@@ -82,6 +82,7 @@ const struct engine_ops engine_none_ops = {
     .vm_create = none_vm_create,
     .map_ram = none_map_ram,
     .vm_destroy = none_vm_destroy,
+    .add_ioeventfd = NULL,
     .vcpu_create = none_vcpu_create,
     .vcpu_destroy = none_vcpu_destroy,
     .regs = none_regs,

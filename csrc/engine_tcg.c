@@ -380,6 +380,24 @@ static void forget_old_exception(struct tcg_vcpu *c)
     c->regs_valid = 0;
 }
 
+/* The virtio window: Unicorn calls these in the middle of an instruction;
+ * the core's register file answers at once. */
+static uint64_t tcg_mmio_read(uc_engine *uc, uint64_t offset, unsigned size, void *user)
+{
+    struct tcg_vcpu *c = user;
+    uint64_t value = 0;
+    (void)uc;
+    virtio_mmio_access(c->owner->partition, HV_VIRTIO_MMIO_BASE + offset, size, 0, &value);
+    return value;
+}
+
+static void tcg_mmio_write(uc_engine *uc, uint64_t offset, unsigned size, uint64_t value, void *user)
+{
+    struct tcg_vcpu *c = user;
+    (void)uc;
+    virtio_mmio_access(c->owner->partition, HV_VIRTIO_MMIO_BASE + offset, size, 1, &value);
+}
+
 static void tcg_vcpu_destroy(void *vp)
 {
     struct tcg_vcpu *c = vp;
@@ -400,6 +418,9 @@ static int tcg_vcpu_create(void *vmp, uint32_t id, struct hv_vcpu *owner, void *
     if (uc_open(UC_ARCH_X86, UC_MODE_64, &c->uc) != UC_ERR_OK)
         goto fail;
     if (uc_mem_map_ptr(c->uc, 0, vm->size, UC_PROT_ALL, vm->ram) != UC_ERR_OK ||
+        (vm->size <= HV_VIRTIO_MMIO_BASE &&
+         uc_mmio_map(c->uc, HV_VIRTIO_MMIO_BASE, HV_VIRTIO_MMIO_SLOTS * HV_VIRTIO_MMIO_SLOT,
+                     tcg_mmio_read, c, tcg_mmio_write, c) != UC_ERR_OK) ||
         uc_hook_add(c->uc, &h, UC_HOOK_INSN, (void *)tcg_on_out, c, 1, 0, UC_X86_INS_OUT) ||
         uc_hook_add(c->uc, &h, UC_HOOK_INSN, (void *)tcg_on_in, c, 1, 0, UC_X86_INS_IN) ||
         uc_hook_add(c->uc, &h, UC_HOOK_INSN, (void *)tcg_on_cpuid, c, 1, 0, UC_X86_INS_CPUID) ||
@@ -499,6 +520,7 @@ const struct engine_ops engine_tcg_ops = {
     .vm_create = tcg_vm_create,
     .map_ram = tcg_map_ram,
     .vm_destroy = tcg_vm_destroy,
+    .add_ioeventfd = NULL,          /* the MMIO callback signals the eventfd */
     .vcpu_create = tcg_vcpu_create,
     .vcpu_destroy = tcg_vcpu_destroy,
     .regs = tcg_regs,

@@ -98,6 +98,29 @@ struct hv_trace_record {
 #define HV_TRACE_EXIT_PORT       3
 #define HV_TRACE_EXIT_MMIO       4
 
+/* Virtio-mmio transports: the register file lives in the core (both
+ * engines reach it without Python); the parent's backends process queues. */
+#define HV_VIRTIO_QUEUES_MAX 8
+#define HV_VIRTIO_CONFIG_MAX 256
+
+struct hv_virtio_queue {
+    uint32_t num_max;          /* set by the parent */
+    uint32_t num, ready;       /* set by the driver */
+    uint64_t desc, avail, used;
+};
+
+struct hv_virtio_state {
+    uint32_t device_id, vendor_id;
+    uint64_t device_features;  /* offered (parent) */
+    uint64_t driver_features;  /* accepted (driver) */
+    uint32_t status, interrupt_status, config_generation, queue_sel;
+    uint32_t nqueues, event;
+    uint32_t features_sel, driver_features_sel;
+    struct hv_virtio_queue queue[HV_VIRTIO_QUEUES_MAX];
+    uint32_t config_len;
+    uint8_t  config[HV_VIRTIO_CONFIG_MAX];
+};
+
 struct hv_partition;
 struct hv_vcpu;
 
@@ -134,6 +157,25 @@ uint32_t hv_partition_trace_read(struct hv_partition *p, struct hv_trace_record 
 int  hv_partition_set_deterministic(struct hv_partition *p);
 /* Raise an event from the parent (device completions, later). Thread-safe. */
 int  hv_partition_raise_event(struct hv_partition *p, uint32_t event);
+
+/* -- Virtio-mmio devices ------------------------------------------------------ */
+/* Put a device in a slot.  Driver kicks (QueueNotify writes) to queue q are
+ * signalled by writing 1 to queue_fds[q] (an eventfd; on KVM also wired as
+ * an ioeventfd, so a kick costs no exit to user space); status changes by
+ * the driver (features, DRIVER_OK, reset) are signalled on control_fd. */
+int  hv_virtio_add(struct hv_partition *p, uint32_t slot, uint32_t device_id,
+                   uint64_t features, uint32_t nqueues, uint32_t queue_max,
+                   const uint8_t *config, uint32_t config_len,
+                   const int *queue_fds, int control_fd);
+/* A consistent copy of the device's registers. */
+int  hv_virtio_state(struct hv_partition *p, uint32_t slot, struct hv_virtio_state *out);
+/* Device side: set interrupt bits (1 = used buffer, 2 = config change) and
+ * raise the device's event. */
+int  hv_virtio_interrupt(struct hv_partition *p, uint32_t slot, uint32_t bits);
+/* Replace config space (bumps the generation; a config-change interrupt). */
+int  hv_virtio_set_config(struct hv_partition *p, uint32_t slot, const uint8_t *config, uint32_t len);
+/* Mark the device broken (DEVICE_NEEDS_RESET) after a bad request. */
+int  hv_virtio_needs_reset(struct hv_partition *p, uint32_t slot);
 
 /* -- vCPUs: create and run on one thread ------------------------------------ */
 int  hv_vcpu_create(struct hv_partition *p, uint32_t id, struct hv_vcpu **out);

@@ -78,6 +78,7 @@ void hv_partition_destroy(struct hv_partition *p)
         return;
     if (p->vcpu)
         hv_vcpu_destroy(p->vcpu);
+    virtio_free(p);
     if (p->engine_vm)
         p->engine->vm_destroy(p->engine_vm);
     if (p->ram && !p->ram_taken)

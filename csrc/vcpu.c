@@ -172,14 +172,18 @@ int vcpu_handle_exit(struct hv_vcpu *v, const struct engine_exit *ex)
         TRACE(v, HV_TRACE_EXIT, HV_TRACE_EXIT_PORT,
               ((uint64_t[5]){ ex->port, ex->value, ex->size, ex->write }), 0);
         return port_to_parent(v, ex, exit);
-    case ENGINE_EXIT_MMIO:
+    case ENGINE_EXIT_MMIO: {
         TRACE(v, HV_TRACE_EXIT, HV_TRACE_EXIT_MMIO,
               ((uint64_t[5]){ ex->addr, ex->value, ex->size, ex->write }), 0);
-        /* Nothing is mapped there yet: reads see all ones, writes are
-         * dropped, as on an empty bus. */
+        /* The virtio window is answered in C; elsewhere an empty bus:
+         * reads see all ones, writes are dropped. */
+        uint64_t value = ex->value;
+        if (virtio_mmio_access(v->partition, ex->addr, ex->size, ex->write, &value))
+            value = ~0ull;
         if (!ex->write)
-            e->complete_in(v->engine_vcpu, ~0ull);
+            e->complete_in(v->engine_vcpu, value);
         return 0;
+    }
     case ENGINE_EXIT_HLT:
         TRACE(v, HV_TRACE_EXIT, HV_TRACE_EXIT_HLT,
               ((uint64_t[5]){ e->regs(v->engine_vcpu)->rip }), 0);

@@ -213,6 +213,19 @@ struct hv_multicall_entry {
     int64_t  result;        /* written by hv */
 };
 
+/* ---- Devices: virtio-mmio (virtio 1.x, modern interface only) ------------
+ * Devices sit in 512-byte slots from HV_VIRTIO_MMIO_BASE, where QEMU's
+ * microvm machine puts its own, so one guest image finds its devices under
+ * both.  hv also lists each device on the kernel command line in microvm's
+ * format, `virtio_mmio.device=512@0xfeb00000:EVENT`, where the last number
+ * is the hv event that signals the device's interrupt (under QEMU it is an
+ * IOAPIC pin).  A slot whose DeviceID register reads 0 is empty.
+ */
+#define HV_VIRTIO_MMIO_BASE    0xfeb00000
+#define HV_VIRTIO_MMIO_SLOT    0x200
+#define HV_VIRTIO_MMIO_SLOTS   32
+#define HV_VIRTIO_EVENT_BASE   32       /* device in slot s signals event 32 + s */
+
 /* ---- Boot: PVH (Xen's hvm_start_info, as QEMU supplies it) -------------------
  * The entry point named by the ELF note XEN_ELFNOTE_PHYS32_ENTRY (type 18,
  * owner "Xen") starts in 32-bit flat protected mode, paging off, interrupts

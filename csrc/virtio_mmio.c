@@ -1,0 +1,292 @@
+/*
+ * virtio_mmio.c - the virtio-mmio register file of each device (virtio 1.x,
+ * section 4.2.2, version 2 "modern" registers only).
+ *
+ * T:570 Why registers live in C: a driver touches them dozens of times per
+ * device, and on TCG an MMIO access happens inside the emulator, where
+ * Python cannot be called.  So the core answers every register access on
+ * both engines, and the parent partition sees only what it must act on:
+ * a kick (QueueNotify) on a queue's eventfd, and driver status changes on a
+ * control eventfd.  The parent's backend then walks the queue in guest
+ * memory, and signals completion with hv_virtio_interrupt(), which raises
+ * the device's hv event.  On KVM a kick is an ioeventfd: no exit at all.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "core.h"
+
+/* Register offsets (virtio 1.x, table "MMIO Device Register Layout"). */
+enum {
+    REG_MAGIC = 0x000, REG_VERSION = 0x004, REG_DEVICE_ID = 0x008, REG_VENDOR_ID = 0x00c,
+    REG_DEVICE_FEATURES = 0x010, REG_DEVICE_FEATURES_SEL = 0x014,
+    REG_DRIVER_FEATURES = 0x020, REG_DRIVER_FEATURES_SEL = 0x024,
+    REG_QUEUE_SEL = 0x030, REG_QUEUE_NUM_MAX = 0x034, REG_QUEUE_NUM = 0x038,
+    REG_QUEUE_READY = 0x044, REG_QUEUE_NOTIFY = 0x050,
+    REG_INTERRUPT_STATUS = 0x060, REG_INTERRUPT_ACK = 0x064, REG_STATUS = 0x070,
+    REG_QUEUE_DESC_LOW = 0x080, REG_QUEUE_DESC_HIGH = 0x084,
+    REG_QUEUE_DRIVER_LOW = 0x090, REG_QUEUE_DRIVER_HIGH = 0x094,
+    REG_QUEUE_DEVICE_LOW = 0x0a0, REG_QUEUE_DEVICE_HIGH = 0x0a4,
+    REG_CONFIG_GENERATION = 0x0fc, REG_CONFIG = 0x100,
+};
+
+#define VIRTIO_MAGIC          0x74726976    /* "virt" */
+#define VIRTIO_VENDOR_HV      0x00007668    /* "hv" */
+#define STATUS_FEATURES_OK    8
+#define STATUS_NEEDS_RESET    64
+#define VIRTIO_F_VERSION_1    (1ull << 32)
+
+struct virtio_dev {
+    pthread_mutex_t lock;
+    struct hv_virtio_state s;
+    int queue_fds[HV_VIRTIO_QUEUES_MAX];
+    int control_fd;
+};
+
+static void signal_fd(int fd)
+{
+    uint64_t one = 1;
+    if (fd >= 0 && write(fd, &one, sizeof(one)) < 0) {
+        /* An eventfd only fails when its counter would overflow: the
+         * backend has that many kicks pending already. */
+    }
+}
+
+static struct virtio_dev *device(struct hv_partition *p, uint32_t slot)
+{
+    return slot < HV_VIRTIO_MMIO_SLOTS ? p->virtio[slot] : NULL;
+}
+
+int hv_virtio_add(struct hv_partition *p, uint32_t slot, uint32_t device_id,
+                  uint64_t features, uint32_t nqueues, uint32_t queue_max,
+                  const uint8_t *config, uint32_t config_len,
+                  const int *queue_fds, int control_fd)
+{
+    if (slot >= HV_VIRTIO_MMIO_SLOTS || p->virtio[slot] || device_id == 0 ||
+        nqueues == 0 || nqueues > HV_VIRTIO_QUEUES_MAX || queue_max == 0 ||
+        queue_max > 32768 || (queue_max & (queue_max - 1)) ||
+        config_len > HV_VIRTIO_CONFIG_MAX || !(features & VIRTIO_F_VERSION_1))
+        return -EINVAL;
+    if (p->mem_size > HV_VIRTIO_MMIO_BASE)
+        return -ERANGE;             /* RAM would cover the device window */
+    if (p->vcpu)
+        return -EBUSY;              /* devices are fixed before the guest runs */
+    struct virtio_dev *d = calloc(1, sizeof(*d));
+    if (!d)
+        return -ENOMEM;
+    pthread_mutex_init(&d->lock, NULL);
+    d->s.device_id = device_id;
+    d->s.vendor_id = VIRTIO_VENDOR_HV;
+    d->s.device_features = features;
+    d->s.nqueues = nqueues;
+    d->s.event = HV_VIRTIO_EVENT_BASE + slot;
+    for (uint32_t q = 0; q < nqueues; q++) {
+        d->s.queue[q].num_max = queue_max;
+        d->queue_fds[q] = queue_fds[q];
+    }
+    d->s.config_len = config_len;
+    memcpy(d->s.config, config, config_len);
+    d->control_fd = control_fd;
+
+    /* On KVM a QueueNotify write signals the queue's eventfd in the kernel. */
+    uint64_t notify = HV_VIRTIO_MMIO_BASE + (uint64_t)slot * HV_VIRTIO_MMIO_SLOT + REG_QUEUE_NOTIFY;
+    if (p->engine->add_ioeventfd)
+        for (uint32_t q = 0; q < nqueues; q++)
+            p->engine->add_ioeventfd(p->engine_vm, notify, 4, q, queue_fds[q]);
+    p->virtio[slot] = d;
+    return 0;
+}
+
+void virtio_free(struct hv_partition *p)
+{
+    for (uint32_t slot = 0; slot < HV_VIRTIO_MMIO_SLOTS; slot++) {
+        struct virtio_dev *d = p->virtio[slot];
+        if (!d)
+            continue;
+        pthread_mutex_destroy(&d->lock);
+        free(d);
+        p->virtio[slot] = NULL;
+    }
+}
+
+int hv_virtio_state(struct hv_partition *p, uint32_t slot, struct hv_virtio_state *out)
+{
+    struct virtio_dev *d = device(p, slot);
+    if (!d)
+        return -ENOENT;
+    pthread_mutex_lock(&d->lock);
+    *out = d->s;
+    pthread_mutex_unlock(&d->lock);
+    return 0;
+}
+
+int hv_virtio_interrupt(struct hv_partition *p, uint32_t slot, uint32_t bits)
+{
+    struct virtio_dev *d = device(p, slot);
+    if (!d || bits == 0 || bits > 3)
+        return -EINVAL;
+    pthread_mutex_lock(&d->lock);
+    d->s.interrupt_status |= bits;
+    uint32_t event = d->s.event;
+    pthread_mutex_unlock(&d->lock);
+    /* No event page: the guest polls its used rings; nothing to raise. */
+    int err = event_raise(p, event);
+    return err == -HV_EPERM ? 0 : err;
+}
+
+int hv_virtio_set_config(struct hv_partition *p, uint32_t slot, const uint8_t *config, uint32_t len)
+{
+    struct virtio_dev *d = device(p, slot);
+    if (!d || len > HV_VIRTIO_CONFIG_MAX)
+        return -EINVAL;
+    pthread_mutex_lock(&d->lock);
+    memcpy(d->s.config, config, len);
+    d->s.config_len = len;
+    d->s.config_generation++;
+    pthread_mutex_unlock(&d->lock);
+    return hv_virtio_interrupt(p, slot, 2);
+}
+
+int hv_virtio_needs_reset(struct hv_partition *p, uint32_t slot)
+{
+    struct virtio_dev *d = device(p, slot);
+    if (!d)
+        return -ENOENT;
+    pthread_mutex_lock(&d->lock);
+    d->s.status |= STATUS_NEEDS_RESET;
+    pthread_mutex_unlock(&d->lock);
+    return hv_virtio_interrupt(p, slot, 2);     /* spec 2.1.2: a config-change interrupt */
+}
+
+/* Reset (status 0): the driver starts over; the device forgets it all. */
+static void reset_locked(struct virtio_dev *d)
+{
+    d->s.status = 0;
+    d->s.driver_features = 0;
+    d->s.interrupt_status = 0;
+    d->s.queue_sel = d->s.features_sel = d->s.driver_features_sel = 0;
+    for (uint32_t q = 0; q < d->s.nqueues; q++) {
+        struct hv_virtio_queue *vq = &d->s.queue[q];
+        vq->num = vq->ready = 0;
+        vq->desc = vq->avail = vq->used = 0;
+    }
+}
+
+static uint32_t half(uint64_t value, uint32_t sel)
+{
+    return sel == 0 ? (uint32_t)value : sel == 1 ? (uint32_t)(value >> 32) : 0;
+}
+
+static void set_half(uint64_t *field, int high, uint32_t value)
+{
+    *field = high ? (*field & 0xffffffffull) | ((uint64_t)value << 32)
+                  : (*field & ~0xffffffffull) | value;
+}
+
+static uint64_t read_reg(struct virtio_dev *d, uint32_t off)
+{
+    struct hv_virtio_state *s = &d->s;
+    struct hv_virtio_queue *vq = s->queue_sel < s->nqueues ? &s->queue[s->queue_sel] : NULL;
+    switch (off) {
+    case REG_MAGIC:             return VIRTIO_MAGIC;
+    case REG_VERSION:           return 2;
+    case REG_DEVICE_ID:         return s->device_id;
+    case REG_VENDOR_ID:         return s->vendor_id;
+    case REG_DEVICE_FEATURES:   return half(s->device_features, s->features_sel);
+    case REG_QUEUE_NUM_MAX:     return vq ? vq->num_max : 0;    /* 0: no such queue */
+    case REG_QUEUE_READY:       return vq ? vq->ready : 0;
+    case REG_INTERRUPT_STATUS:  return s->interrupt_status;
+    case REG_STATUS:            return s->status;
+    case REG_CONFIG_GENERATION: return s->config_generation;
+    default:                    return 0;   /* write-only or reserved */
+    }
+}
+
+/* Returns the fd to signal after the lock is dropped, or -1. */
+static int write_reg(struct virtio_dev *d, uint32_t off, uint32_t value)
+{
+    struct hv_virtio_state *s = &d->s;
+    struct hv_virtio_queue *vq = s->queue_sel < s->nqueues ? &s->queue[s->queue_sel] : NULL;
+    /* Queue registers are frozen while the queue is ready (spec 4.2.2.2). */
+    int queue_writable = vq && !vq->ready;
+    switch (off) {
+    case REG_DEVICE_FEATURES_SEL: s->features_sel = value; break;
+    case REG_DRIVER_FEATURES_SEL: s->driver_features_sel = value; break;
+    case REG_DRIVER_FEATURES:
+        if (s->driver_features_sel < 2 && !(s->status & STATUS_FEATURES_OK))
+            set_half(&s->driver_features, (int)s->driver_features_sel, value);
+        break;
+    case REG_QUEUE_SEL:         s->queue_sel = value; break;
+    case REG_QUEUE_NUM:
+        if (queue_writable)
+            vq->num = value;
+        break;
+    case REG_QUEUE_READY:
+        if (vq && (value & 1) && !vq->ready)
+            vq->ready = 1;
+        else if (vq && !(value & 1))
+            vq->ready = 0;
+        return d->control_fd;
+    case REG_QUEUE_NOTIFY:
+        return value < s->nqueues ? d->queue_fds[value] : -1;
+    case REG_INTERRUPT_ACK:     s->interrupt_status &= ~value; break;
+    case REG_STATUS:
+        if (value == 0) {
+            reset_locked(d);
+        } else {
+            /* FEATURES_OK only for a subset of what was offered, with
+             * VERSION_1: the driver reads it back (spec 3.1.1). */
+            if ((value & STATUS_FEATURES_OK) && !(s->status & STATUS_FEATURES_OK) &&
+                ((s->driver_features & ~s->device_features) ||
+                 !(s->driver_features & VIRTIO_F_VERSION_1)))
+                value &= ~STATUS_FEATURES_OK;
+            s->status = (s->status & STATUS_NEEDS_RESET) | value;
+        }
+        return d->control_fd;
+    case REG_QUEUE_DESC_LOW:    if (queue_writable) set_half(&vq->desc, 0, value); break;
+    case REG_QUEUE_DESC_HIGH:   if (queue_writable) set_half(&vq->desc, 1, value); break;
+    case REG_QUEUE_DRIVER_LOW:  if (queue_writable) set_half(&vq->avail, 0, value); break;
+    case REG_QUEUE_DRIVER_HIGH: if (queue_writable) set_half(&vq->avail, 1, value); break;
+    case REG_QUEUE_DEVICE_LOW:  if (queue_writable) set_half(&vq->used, 0, value); break;
+    case REG_QUEUE_DEVICE_HIGH: if (queue_writable) set_half(&vq->used, 1, value); break;
+    default: break;             /* read-only or reserved: ignored */
+    }
+    return -1;
+}
+
+/* T:575 Every guest access to the device window lands here (KVM's MMIO
+ * exits, TCG's MMIO callbacks).  Returns 0 if handled; reads of empty slots
+ * and bad widths see zeros, writes to them are dropped. */
+int virtio_mmio_access(struct hv_partition *p, uint64_t addr, uint32_t size,
+                       int write, uint64_t *value)
+{
+    if (addr < HV_VIRTIO_MMIO_BASE ||
+        addr - HV_VIRTIO_MMIO_BASE >= (uint64_t)HV_VIRTIO_MMIO_SLOTS * HV_VIRTIO_MMIO_SLOT)
+        return -1;
+    uint32_t slot = (uint32_t)((addr - HV_VIRTIO_MMIO_BASE) / HV_VIRTIO_MMIO_SLOT);
+    uint32_t off = (uint32_t)((addr - HV_VIRTIO_MMIO_BASE) % HV_VIRTIO_MMIO_SLOT);
+    struct virtio_dev *d = p->virtio[slot];
+    if (!write)
+        *value = 0;
+    if (!d || size == 0 || size > 8 || off + size > HV_VIRTIO_MMIO_SLOT)
+        return 0;
+    int fd = -1;
+    pthread_mutex_lock(&d->lock);
+    if (off >= REG_CONFIG) {
+        /* Config space: any width, bytes beyond config_len read as zero;
+         * drivers do not write the config of the devices hv offers. */
+        uint32_t at = off - REG_CONFIG;
+        if (!write)
+            for (uint32_t i = 0; i < size && at + i < d->s.config_len; i++)
+                *value |= (uint64_t)d->s.config[at + i] << (8 * i);
+    } else if (size == 4 && off % 4 == 0) {
+        if (write)
+            fd = write_reg(d, off, (uint32_t)*value);
+        else
+            *value = read_reg(d, off);
+    }
+    pthread_mutex_unlock(&d->lock);
+    signal_fd(fd);
+    return 0;
+}
