@@ -1,0 +1,1 @@
+"""Device backends the parent partition serves to guests (virtio)."""

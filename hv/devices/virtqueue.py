@@ -1,0 +1,273 @@
+"""The device side of a virtio split virtqueue (virtio 1.2, section 2.7).
+
+The driver (the guest) owns the descriptor table and the available ring; the
+device owns the used ring.  Everything the guest wrote is untrusted, so:
+
+- pop() reads avail.idx once, each descriptor once and each readable buffer
+  once, and hands the device a Chain built from those copies (XSA-155);
+- every index is checked against its table, every buffer range against guest
+  RAM, and every walk is bounded: at most `size` descriptors in the
+  descriptor table and at most `size` in one indirect table, so a loop ends;
+- the device's own indices (last_avail, used_idx) live here and are never
+  read back from guest memory.
+
+Error rule: every guest mistake raises QueueError -- a guest range outside
+RAM too (the GuestMemoryError is its __cause__) -- and halts the queue: every
+later call raises QueueError until the transport resets the device (it sets
+DEVICE_NEEDS_RESET, 2.1.2) and builds a new SplitQueue (XSA-229: a bogus
+producer index halts the ring, it is not processed).  A failing pop() writes
+nothing to guest memory and consumes nothing.  Mistakes of the calling
+device (a head >= size, more bytes than the chain holds) raise ValueError.
+
+Use from a device, for one kick (2.7.10, notification suppression):
+
+    q.disable_kicks()
+    while True:
+        while (chain := q.pop()) is not None:
+            q.push(chain, q.write(chain, serve(chain.readable)))
+        if not q.enable_kicks():        # re-check: buffers added meanwhile?
+            break
+    if q.should_notify():
+        interrupt the guest
+"""
+import struct
+from collections import namedtuple
+from contextlib import contextmanager
+
+from hv.devices.guestmem import GuestMemoryError
+
+DESC = struct.Struct("<QIHH")          # struct virtq_desc: addr, len, flags, next (2.7.5)
+USED_ELEM = struct.Struct("<II")       # struct virtq_used_elem: id, len (2.7.8)
+DESC_F_NEXT, DESC_F_WRITE, DESC_F_INDIRECT = 1, 2, 4
+AVAIL_F_NO_INTERRUPT = 1               # avail.flags: driver needs no interrupt (2.7.7)
+USED_F_NO_NOTIFY = 1                   # used.flags: device needs no kick (2.7.10)
+MAX_QUEUE_SIZE = 32768                 # 2.7: a power of 2, at most 32768
+MAX_CHAIN_BYTES = 1 << 32              # 2.7.5.2: no chain longer than 2^32 bytes
+MAX_READABLE = 16 << 20                # default bound on bytes one pop() copies (XSA-392)
+
+Chain = namedtuple("Chain", "head readable writable writable_len")
+Chain.__doc__ = """One popped request: the head descriptor index (its id in
+the used ring), the readable bytes as copied once, the writable buffers as
+((gpa, len), ...) in chain order, and their total length."""
+
+
+class QueueError(ValueError):
+    """The guest broke the ring; the queue is halted until reset."""
+
+
+def vring_need_event(event, new, old):
+    """True if `event` lies in [old, new) modulo 2^16: the index moved from
+    old to new and crossed the one the other side asked about (2.7.7, 2.7.10)."""
+    return (new - event - 1) & 0xFFFF < (new - old) & 0xFFFF
+
+
+class SplitQueue:
+    """The device's view of one split virtqueue at guest-physical desc/avail/used."""
+
+    def __init__(self, mem, size, desc, avail, used, event_idx=False, indirect=False,
+                 last_avail=0, used_idx=0, max_readable=MAX_READABLE):
+        """mem is a GuestMemory; size, desc, avail and used come from the
+        guest (virtio-mmio QueueNum/QueueDesc/QueueDriver/QueueDevice) and are
+        checked here (QueueError).  last_avail and used_idx are 0 after a
+        reset; other values restore a saved queue."""
+        if not 0 < size <= MAX_QUEUE_SIZE or size & (size - 1):
+            raise QueueError(f"queue size {size} is not a power of 2 up to {MAX_QUEUE_SIZE}")
+        # 2.7: part, alignment, size in bytes (the avail and used rings end
+        # with used_event and avail_event, present whether EVENT_IDX is on or not).
+        for name, gpa, align, length in (("descriptor table", desc, 16, DESC.size * size),
+                                         ("available ring", avail, 2, 6 + 2 * size),
+                                         ("used ring", used, 4, 6 + USED_ELEM.size * size)):
+            if gpa % align:
+                raise QueueError(f"{name} at {gpa:#x} is not {align}-byte aligned")
+            try:
+                mem.check(gpa, length)
+            except GuestMemoryError as e:
+                raise QueueError(f"{name}: {e}") from e
+        self.mem, self.size = mem, size
+        self.desc, self.avail, self.used = desc, avail, used
+        self.event_idx, self.indirect = event_idx, indirect
+        self.max_readable = max_readable
+        self.last_avail = last_avail & 0xFFFF    # next avail.ring entry to consume
+        self.used_idx = used_idx & 0xFFFF        # what we last stored in used.idx
+        self._seen_avail = self.last_avail       # avail.idx as last read
+        self._signalled = self.used_idx          # used_idx at the last should_notify()
+        self.halted = None                       # why, once the guest broke the ring
+
+    # -- the four places in guest memory the device reads or writes --------
+    def _used_event(self):
+        return self.avail + 4 + 2 * self.size    # after avail.ring[size] (2.7.6)
+
+    def _avail_event(self):
+        return self.used + 4 + USED_ELEM.size * self.size   # after used.ring[size] (2.7.8)
+
+    @contextmanager
+    def _guest_access(self):
+        """Every public operation runs in here: a halted queue refuses work,
+        and any guest fault halts it."""
+        if self.halted:
+            raise QueueError(f"queue halted: {self.halted}")
+        try:
+            yield
+        except GuestMemoryError as e:
+            self.halted = str(e)
+            raise QueueError(str(e)) from e
+        except QueueError as e:
+            self.halted = str(e)
+            raise
+
+    # -- taking requests ---------------------------------------------------
+    def pop(self):
+        """The next available Chain, or None if the driver has offered none."""
+        with self._guest_access():
+            avail_idx = self.mem.read_u16(self.avail + 2)         # read once (2.7.6)
+            pending = (avail_idx - self.last_avail) & 0xFFFF
+            seen = (self._seen_avail - self.last_avail) & 0xFFFF
+            # The driver only moves avail.idx forward, and never more than `size`
+            # ahead of us: the ring has `size` entries (2.7.6).  Else it is bogus.
+            if pending > self.size or pending < seen:
+                raise QueueError(f"avail.idx {avail_idx} is bogus: last seen {self._seen_avail}, "
+                                 f"consumed up to {self.last_avail}, queue size {self.size}")
+            if pending == 0:
+                return None
+            head = self.mem.read_u16(self.avail + 4 + 2 * (self.last_avail % self.size))
+            chain = self._walk(head)
+            self._seen_avail = avail_idx
+            self.last_avail = (self.last_avail + 1) & 0xFFFF
+            return chain
+
+    def _walk(self, head):
+        """Follow the chain at `head`, check it whole, then copy its readable bytes."""
+        buffers = []                                              # (gpa, len, writable)
+        for addr, length, flags in self._follow(head, self.size, self._read_desc):
+            if flags & DESC_F_INDIRECT:
+                # Last in the chain (_indirect_table refuses NEXT); its entries
+                # chain from entry 0, with indices into the table (2.7.5.3).
+                table = self._indirect_table(addr, length, flags)
+                for entry in self._follow(0, len(table) // DESC.size,
+                                          lambda i: DESC.unpack_from(table, i * DESC.size)):
+                    if entry[2] & DESC_F_INDIRECT:
+                        raise QueueError("an indirect table holds an INDIRECT descriptor (2.7.5.3.1)")
+                    buffers.append((entry[0], entry[1], entry[2] & DESC_F_WRITE))
+            else:
+                buffers.append((addr, length, flags & DESC_F_WRITE))
+        readable, writable, total = [], [], 0
+        for addr, length, is_writable in buffers:
+            self.mem.check(addr, length)
+            total += length
+            if is_writable:
+                writable.append((addr, length))
+            elif writable:
+                raise QueueError("a readable descriptor follows a writable one (2.7.4.2)")
+            else:
+                readable.append((addr, length))
+        if total > MAX_CHAIN_BYTES:
+            raise QueueError(f"chain of {total} bytes is longer than 2^32 (2.7.5.2)")
+        readable_len = sum(length for _, length in readable)
+        if readable_len > self.max_readable:
+            raise QueueError(f"chain has {readable_len} readable bytes, more than {self.max_readable}")
+        data = b"".join(self.mem.read(addr, length) for addr, length in readable)
+        return Chain(head, data, tuple(writable), total - readable_len)
+
+    def _read_desc(self, i):
+        return DESC.unpack(self.mem.read(self.desc + i * DESC.size, DESC.size))
+
+    @staticmethod
+    def _follow(i, count, read):
+        """Yield (addr, len, flags) along NEXT links from entry i of a table of
+        `count` descriptors, reading each visited entry once.  A chain can
+        hold at most `count` descriptors, so one more is a loop (2.7.5.2)."""
+        for _ in range(count):
+            if i >= count:
+                raise QueueError(f"descriptor index {i} is outside a table of {count}")
+            addr, length, flags, nxt = read(i)
+            yield addr, length, flags
+            if not flags & DESC_F_NEXT:
+                return
+            i = nxt
+        raise QueueError(f"descriptor chain longer than {count} (a loop?)")
+
+    def _indirect_table(self, addr, length, flags):
+        """Copy an indirect table once: a nonzero multiple of 16 bytes, at most
+        `size` entries, never combined with NEXT; its WRITE flag means
+        nothing (2.7.5.3.1, 2.7.5.3.2)."""
+        if not self.indirect:
+            raise QueueError("INDIRECT descriptor without VIRTIO_F_INDIRECT_DESC")
+        if flags & DESC_F_NEXT:
+            raise QueueError("INDIRECT descriptor with NEXT (2.7.5.3.1)")
+        if length == 0 or length % DESC.size or length > DESC.size * self.size:
+            raise QueueError(f"indirect table of {length} bytes: not 16..{DESC.size * self.size} "
+                             "in multiples of 16")
+        return self.mem.read(addr, length)
+
+    # -- completing requests -----------------------------------------------
+    def write(self, chain, data, offset=0):
+        """Scatter data into the chain's writable buffers, starting `offset`
+        bytes in; never past their end.  Returns the number of bytes written.
+        Every range is checked before the first byte moves: a fault writes nothing."""
+        if offset < 0:
+            raise ValueError(f"offset {offset} is negative")
+        with self._guest_access():
+            pieces, done = [], 0
+            for gpa, length in chain.writable:
+                skip = min(offset, length)
+                offset -= skip
+                piece = data[done:done + length - skip]
+                if piece:
+                    pieces.append((gpa + skip, piece))
+                    done += len(piece)
+            for gpa, piece in pieces:
+                self.mem.check(gpa, len(piece))
+            for gpa, piece in pieces:
+                self.mem.write(gpa, piece)
+            return done
+
+    def push(self, chain_or_head, written):
+        """Give a chain back: used.ring[used.idx % size] = (head, written),
+        then used.idx + 1 -- the element before the index (2.7.8.2)."""
+        head = chain_or_head.head if isinstance(chain_or_head, Chain) else chain_or_head
+        if not 0 <= head < self.size:
+            raise ValueError(f"head {head} is outside a queue of {self.size}")
+        limit = chain_or_head.writable_len if isinstance(chain_or_head, Chain) else 0xFFFFFFFF
+        if not 0 <= written <= min(limit, 0xFFFFFFFF):
+            raise ValueError(f"{written} bytes written, but the chain holds {limit}")
+        with self._guest_access():
+            slot = self.used + 4 + USED_ELEM.size * (self.used_idx % self.size)
+            self.mem.write(slot, USED_ELEM.pack(head, written))
+            # x86 keeps stores in order; a C port needs a write barrier here.
+            new_idx = (self.used_idx + 1) & 0xFFFF
+            self.mem.write_u16(self.used + 2, new_idx)
+            self.used_idx = new_idx
+
+    # -- notification suppression ----------------------------------------
+    def should_notify(self):
+        """After push()es: must the device interrupt the driver?  (2.7.7.2)
+        Call once per batch; it compares used.idx with its value at the last call."""
+        with self._guest_access():
+            old, new = self._signalled, self.used_idx
+            self._signalled = new
+            if self.event_idx:
+                # avail.flags is ignored; notify if used.idx crossed used_event.
+                return vring_need_event(self.mem.read_u16(self._used_event()), new, old)
+            return new != old and not self.mem.read_u16(self.avail) & AVAIL_F_NO_INTERRUPT
+
+    def disable_kicks(self):
+        """Advise the driver not to notify us of new buffers; a hint (2.7.10)."""
+        with self._guest_access():
+            if self.event_idx:
+                # The driver kicks when avail.idx crosses avail_event; one
+                # behind what we consumed lies behind every index it can reach.
+                self.mem.write_u16(self._avail_event(), (self.last_avail - 1) & 0xFFFF)
+            else:
+                self.mem.write_u16(self.used, USED_F_NO_NOTIFY)
+
+    def enable_kicks(self):
+        """Ask for kicks again, then look once more: the driver may have added
+        buffers while kicks were off, and will not kick for them.  Returns
+        True if buffers are pending (pop them rather than wait for a kick)."""
+        with self._guest_access():
+            if self.event_idx:
+                self.mem.write_u16(self._avail_event(), self.last_avail)   # kick at the next one
+            else:
+                self.mem.write_u16(self.used, 0)
+            # A C port needs a full barrier here: the store above before the load below.
+            return self.mem.read_u16(self.avail + 2) != self.last_avail
