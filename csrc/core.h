@@ -13,6 +13,13 @@
 
 #define HV_OWNER_HV 0          /* frame owner id meaning "hv itself" */
 
+/* Registers by their position in struct hv_regs (engine read_regs/write_reg). */
+enum hv_reg_index {
+    HVREG_RAX, HVREG_RBX, HVREG_RCX, HVREG_RDX, HVREG_RSI, HVREG_RDI, HVREG_RSP, HVREG_RBP,
+    HVREG_R8, HVREG_R9, HVREG_R10, HVREG_R11, HVREG_R12, HVREG_R13, HVREG_R14, HVREG_R15,
+    HVREG_RIP, HVREG_RFLAGS,
+};
+
 /* Sentinel a handler returns when the parent partition finishes the call. */
 #define HC_TO_PARENT INT64_MIN
 

@@ -53,6 +53,11 @@ struct engine_ops {
     /* Live register view, valid between runs; call regs_dirty() after writing. */
     struct hv_regs *(*regs)(void *vcpu);
     void (*regs_dirty)(void *vcpu);
+    /* Optional, for engines whose full view is costly (TCG): read a few
+     * registers by their index in struct hv_regs, write one.  NULL: the
+     * core uses the view. */
+    void (*read_regs)(void *vcpu, const uint8_t *index, unsigned n, uint64_t *out);
+    void (*write_reg)(void *vcpu, uint8_t index, uint64_t value);
     int  (*get_sregs)(void *vcpu, struct hv_sregs *s);
     int  (*set_sregs)(void *vcpu, const struct hv_sregs *s);
     /* 32-bit flat protected mode at entry, paging off, EBX = info (PVH);

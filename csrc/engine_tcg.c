@@ -60,9 +60,16 @@ struct tcg_vcpu {
     uint32_t exception;
     uint64_t bad_address;
     volatile sig_atomic_t kicked;
+    /* Port writes made after a stop was requested, in the same translation
+     * block: they are handled one by one before the guest runs again. */
+    struct engine_exit queued[8];
+    unsigned nqueued, queue_head;
+    int queue_overflow;
     uint64_t *icount;               /* deterministic mode */
     const uint64_t *icount_deadline;
 };
+
+static void patch_cpu_state(struct tcg_vcpu *c, int forget_exception, int cpl);
 
 static int tcg_probe(char *why, size_t len)
 {
@@ -122,6 +129,33 @@ static void tcg_regs_dirty(void *vp)
     c->synced = c->regs;
 }
 
+/* A hypercall needs six registers, not eighteen: read just those. */
+static void tcg_read_regs(void *vp, const uint8_t *index, unsigned n, uint64_t *out)
+{
+    struct tcg_vcpu *c = vp;
+    if (c->regs_valid) {
+        const uint64_t *view = (const uint64_t *)&c->regs;
+        for (unsigned i = 0; i < n; i++)
+            out[i] = view[index[i]];
+        return;
+    }
+    int ids[NREGS];
+    void *ptrs[NREGS];
+    for (unsigned i = 0; i < n && i < NREGS; i++) {
+        ids[i] = reg_ids[index[i]];
+        ptrs[i] = &out[i];
+    }
+    uc_reg_read_batch(c->uc, ids, ptrs, (int)n);
+}
+
+static void tcg_write_reg(void *vp, uint8_t index, uint64_t value)
+{
+    struct tcg_vcpu *c = vp;
+    uc_reg_write(c->uc, reg_ids[index], &value);
+    if (c->regs_valid)
+        ((uint64_t *)&c->regs)[index] = ((uint64_t *)&c->synced)[index] = value;
+}
+
 static uint64_t read_reg(uc_engine *uc, int id)
 {
     uint64_t value = 0;
@@ -172,11 +206,15 @@ static int tcg_set_sregs(void *vp, const struct hv_sregs *s)
     return 0;
 }
 
-/* Segment loads go through the guest GDT, as a far jump would. */
+/* Segment loads go through the guest GDT, as a far jump would.  A change of
+ * privilege (an interrupt taken in ring 3) sets QEMU's CPL first, because
+ * Unicorn checks the loads against it. */
 static int tcg_load_segments(void *vp, uint16_t cs, uint16_t ss)
 {
     struct tcg_vcpu *c = vp;
-    uint64_t cs64 = cs, ss64 = ss;
+    uint64_t cs64 = cs, ss64 = ss, old_cs = read_reg(c->uc, UC_X86_REG_CS);
+    if ((old_cs & 3) != (cs & 3))
+        patch_cpu_state(c, 0, cs & 3);
     if (uc_reg_write(c->uc, UC_X86_REG_CS, &cs64) || uc_reg_write(c->uc, UC_X86_REG_SS, &ss64))
         return -EFAULT;
     c->regs_valid = 0;
@@ -236,6 +274,15 @@ static void tcg_on_out(uc_engine *uc, uint32_t port, int size, uint32_t value, v
     c->regs_valid = 0;
     struct engine_exit ex = { .kind = ENGINE_EXIT_IO, .port = (uint16_t)port,
                               .size = (uint8_t)size, .write = 1, .value = value };
+    if (c->stop != STOP_NONE) {
+        /* The block runs on to its end after a stop: keep this write for
+         * the run loop instead of overwriting the exit being returned. */
+        if (c->nqueued < sizeof(c->queued) / sizeof(c->queued[0]))
+            c->queued[(c->queue_head + c->nqueued++) % 8] = ex;
+        else
+            c->queue_overflow = 1;
+        return;
+    }
     after_inline_exit(c, vcpu_handle_exit(c->owner, &ex));
     c->regs_valid = 0;              /* the guest runs on and changes them */
 }
@@ -363,21 +410,106 @@ static void find_old_exception_offset(void)
     uc_close(uc);
 }
 
-static void forget_old_exception(struct tcg_vcpu *c)
+/* Likewise the privilege level: QEMU keeps the CPL in env->hflags and
+ * changes it only through its own far transfers and interrupt delivery.
+ * Loading CS and SS through Unicorn's API is checked against the *current*
+ * CPL, so delivering an interrupt from ring 3 to ring 0 in software needs
+ * the CPL set first.  Found like old_exception: the word whose low two bits
+ * go from 0 to 3 (and nothing else) when a scratch CPU irets to ring 3. */
+static long hflags_offset = -2;
+
+static void find_hflags_offset(void)
 {
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    static const uint64_t gdt[] = {
+        0, 0x00af9b000000ffffull, 0x00cf93000000ffffull,    /* null, kernel code64, data */
+        0x00cff3000000ffffull, 0x00affb000000ffffull,       /* user data 0x18, code64 0x20 */
+    };
+    static const uint8_t to_ring3[] = {
+        0x6a, 0x1b,                         /* push $0x1b (SS) */
+        0x68, 0x00, 0x0f, 0x00, 0x00,       /* push $0xf00 (RSP) */
+        0x6a, 0x02,                         /* push $2 (RFLAGS) */
+        0x6a, 0x23,                         /* push $0x23 (CS) */
+        0x68, 0x00, 0x11, 0x00, 0x00,       /* push $0x1100 (RIP) */
+        0x48, 0xcf,                         /* iretq */
+    };
+    static const uint8_t privileged = 0xf4;  /* hlt at CPL 3: #GP stops the run */
+    uc_engine *uc;
+    uc_context *before = NULL, *after = NULL;
+    uc_hook h;
+    hflags_offset = -1;
+    if (uc_open(UC_ARCH_X86, UC_MODE_64, &uc) != UC_ERR_OK)
+        return;
+    uc_x86_mmr gdtr = { .base = 0x3000, .limit = sizeof(gdt) - 1 };
+    uint64_t rsp = 0x2000;
+    if (uc_mem_map(uc, 0, 0x10000, UC_PROT_ALL) == UC_ERR_OK &&
+        uc_mem_write(uc, 0x3000, gdt, sizeof(gdt)) == UC_ERR_OK &&
+        uc_mem_write(uc, 0x1000, to_ring3, sizeof(to_ring3)) == UC_ERR_OK &&
+        uc_mem_write(uc, 0x1100, &privileged, 1) == UC_ERR_OK &&
+        uc_reg_write(uc, UC_X86_REG_GDTR, &gdtr) == UC_ERR_OK &&
+        uc_reg_write(uc, UC_X86_REG_RSP, &rsp) == UC_ERR_OK &&
+        uc_hook_add(uc, &h, UC_HOOK_INTR, (void *)on_calibration_fault, NULL, 1, 0) == UC_ERR_OK &&
+        uc_context_alloc(uc, &before) == UC_ERR_OK && uc_context_alloc(uc, &after) == UC_ERR_OK) {
+        uc_context_save(uc, before);
+        uc_emu_start(uc, 0x1000, 0x1101, 0, 0);
+        uc_context_save(uc, after);
+        uint64_t cs = 0;
+        uc_reg_read(uc, UC_X86_REG_CS, &cs);
+        size_t size = uc_context_size(uc);
+        long found = -1;
+        int candidates = 0;
+        for (size_t at = 0; cs == 0x23 && at + 4 <= size; at += 4) {
+            uint32_t was, now;
+            memcpy(&was, (uint8_t *)before + at, 4);
+            memcpy(&now, (uint8_t *)after + at, 4);
+            if (was != 0 && (was & 3) == 0 && now == (was | 3)) {
+                found = (long)at;
+                candidates++;
+            }
+        }
+        if (candidates == 1)
+            hflags_offset = found;
+    }
+    if (before)
+        uc_context_free(before);
+    if (after)
+        uc_context_free(after);
+    uc_close(uc);
+}
+
+/* Patch QEMU state the API does not reach: forget a pending exception
+ * and/or set the CPL (cpl < 0: leave it). */
+static void patch_cpu_state(struct tcg_vcpu *c, int forget_exception, int cpl)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT, once_hflags = PTHREAD_ONCE_INIT;
     pthread_once(&once, find_old_exception_offset);
-    if (old_exception_offset < 0)
-        return;                     /* not found: double faults may be spurious */
+    if (cpl >= 0)
+        pthread_once(&once_hflags, find_hflags_offset);
+    int exception = forget_exception && old_exception_offset >= 0;
+    int privilege = cpl >= 0 && hflags_offset >= 0;
+    if (!exception && !privilege)
+        return;                     /* not found: see docs/engines.md */
     uc_context *ctx;
     if (uc_context_alloc(c->uc, &ctx) != UC_ERR_OK)
         return;
-    const int32_t none = -1;
     uc_context_save(c->uc, ctx);
-    memcpy((uint8_t *)ctx + old_exception_offset, &none, 4);
+    if (exception) {
+        const int32_t none = -1;
+        memcpy((uint8_t *)ctx + old_exception_offset, &none, 4);
+    }
+    if (privilege) {
+        uint32_t hflags;
+        memcpy(&hflags, (uint8_t *)ctx + hflags_offset, 4);
+        hflags = (hflags & ~3u) | (uint32_t)cpl;
+        memcpy((uint8_t *)ctx + hflags_offset, &hflags, 4);
+    }
     uc_context_restore(c->uc, ctx);
     uc_context_free(ctx);
     c->regs_valid = 0;
+}
+
+static void forget_old_exception(struct tcg_vcpu *c)
+{
+    patch_cpu_state(c, 1, -1);
 }
 
 /* The virtio window: Unicorn calls these in the middle of an instruction;
@@ -439,6 +571,17 @@ static void tcg_complete_in(void *vp, uint64_t value) { (void)vp; (void)value; }
 static int tcg_run(void *vp, struct engine_exit *exit)
 {
     struct tcg_vcpu *c = vp;
+    if (c->nqueued) {               /* writes left over from the last block */
+        *exit = c->queued[c->queue_head];
+        c->queue_head = (c->queue_head + 1) % 8;
+        c->nqueued--;
+        return 0;
+    }
+    if (c->queue_overflow) {        /* more port writes in one block than kept */
+        c->queue_overflow = 0;
+        exit->kind = ENGINE_EXIT_FAIL;
+        return 0;
+    }
     if (c->kicked) {                /* a kick that came before entry */
         c->kicked = 0;
         exit->kind = ENGINE_EXIT_INTERRUPTED;
@@ -525,6 +668,8 @@ const struct engine_ops engine_tcg_ops = {
     .vcpu_destroy = tcg_vcpu_destroy,
     .regs = tcg_regs,
     .regs_dirty = tcg_regs_dirty,
+    .read_regs = tcg_read_regs,
+    .write_reg = tcg_write_reg,
     .get_sregs = tcg_get_sregs,
     .set_sregs = tcg_set_sregs,
     .set_pvh_entry = tcg_set_pvh_entry,

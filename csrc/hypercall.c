@@ -56,8 +56,8 @@ static int64_t hc_yield(struct hv_vcpu *v, const uint64_t arg[5], struct hv_exit
 static int64_t hc_block(struct hv_vcpu *v, const uint64_t arg[5], struct hv_exit *exit)
 {
     (void)arg; (void)exit;
-    if (!v->partition->event_page_gpa && !v->timer_deadline)
-        return -HV_EPERM;   /* nothing could ever wake it */
+    if (!v->partition->event_page_gpa)
+        return -HV_EPERM;   /* no event could ever be delivered: it would sleep forever */
     v->wait = WAIT_EVENT;   /* vcpu.c sleeps before re-entering the guest */
     return 0;
 }

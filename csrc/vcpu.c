@@ -93,6 +93,10 @@ int hv_vcpu_set_pvh_entry(struct hv_vcpu *v, uint32_t entry, uint32_t start_info
 static void set_result(struct hv_vcpu *v, int64_t result)
 {
     const struct engine_ops *e = v->partition->engine;
+    if (e->write_reg) {
+        e->write_reg(v->engine_vcpu, HVREG_RAX, (uint64_t)result);
+        return;
+    }
     e->regs(v->engine_vcpu)->rax = (uint64_t)result;
     e->regs_dirty(v->engine_vcpu);
 }
@@ -100,14 +104,25 @@ static void set_result(struct hv_vcpu *v, int64_t result)
 /* T:460 The one place that knows which register carries what:
  * RAX = number, RDI, RSI, RDX, R10, R8 = arguments, result in RAX.
  * Returns 1 if the parent must finish the call. */
+static const uint8_t hypercall_regs[6] = { HVREG_RAX, HVREG_RDI, HVREG_RSI, HVREG_RDX, HVREG_R10, HVREG_R8 };
+
 static int vcpu_hypercall(struct hv_vcpu *v, struct hv_exit *exit)
 {
-    const struct hv_regs *r = v->partition->engine->regs(v->engine_vcpu);
-    uint64_t nr = r->rax;
-    uint64_t args[5] = { r->rdi, r->rsi, r->rdx, r->r10, r->r8 };
+    const struct engine_ops *e = v->partition->engine;
+    uint64_t r[6];
+    if (e->read_regs) {
+        e->read_regs(v->engine_vcpu, hypercall_regs, 6, r);
+    } else {
+        const uint64_t *view = (const uint64_t *)e->regs(v->engine_vcpu);
+        for (int i = 0; i < 6; i++)
+            r[i] = view[hypercall_regs[i]];
+    }
+    uint64_t nr = r[0];
+    const uint64_t *args = &r[1];
     int64_t result = hypercall_dispatch(v, nr, args, exit);
     if (result == HC_TO_PARENT) {
-        TRACE(v, HV_TRACE_TO_PARENT, nr, args, 0);
+        if (!v->mc.active)          /* a suspended batch traced its entry itself */
+            TRACE(v, HV_TRACE_TO_PARENT, nr, args, 0);
         v->wait = WAIT_PARENT_HYPERCALL;
         v->parent_calls++;
         return 1;
@@ -142,12 +157,14 @@ static int port_to_parent(struct hv_vcpu *v, const struct engine_exit *ex, struc
  * Returns 1 if the parent must finish another entry. */
 static int multicall_resume(struct hv_vcpu *v, struct hv_exit *exit)
 {
+    uint64_t batch[5] = { v->mc.gva, v->mc.count };
     int64_t result = multicall_continue(v, exit);
     if (result == HC_TO_PARENT) {
         v->wait = WAIT_PARENT_HYPERCALL;
         v->parent_calls++;
         return 1;
     }
+    TRACE(v, HV_TRACE_HYPERCALL, HV_HC_MULTICALL, batch, result);
     set_result(v, result);
     return 0;
 }

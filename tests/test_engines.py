@@ -586,7 +586,7 @@ def test_replayed_hypercalls_match_the_dispatcher(program):
     isolated(_replay, program)
 
 
-# ---- known hv bugs, found by the replay (strict xfail: fixing one shows up) ----
+# ---- regressions: hv bugs the replay found (fixed) ----
 
 def _block_with_timer_but_no_page():
     run = boot_traced(REPLAY, "calls=7:100000;4", deterministic=True, mem=REPLAY_MEM)
@@ -594,11 +594,6 @@ def _block_with_timer_but_no_page():
     assert re.search(rb"^r1=(-1|0)$", run.console, re.M), run.describe()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "hv bug: block with a timer armed but no event page returns 0 and sleeps for "
-    "ever -- the timer's event_raise fails with -EPERM (no page), so nothing is "
-    "ever pending (csrc/hypercall.c hc_block, csrc/event.c event_wait); abi.h "
-    "promises -HV_EPERM when the sleep could not end"))
 def test_block_with_a_timer_but_no_event_page():
     isolated(_block_with_timer_but_no_page, timeout=5)
 
@@ -615,11 +610,5 @@ def _multicall_trace_pairs_parent_entries():
                          (lib.HV_TRACE_HYPERCALL, lib.HV_HC_MULTICALL, 0)], kinds[:4]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "hv bug: a multicall whose entry goes to the parent is traced TO_PARENT twice "
-    "(the entry in csrc/hypercall.c multicall_continue, then the multicall in "
-    "csrc/vcpu.c vcpu_hypercall), and its own result is never traced "
-    "(vcpu.c multicall_resume); hv/trace.py then prints the entry's result and "
-    "bytes as the multicall's"))
 def test_multicall_with_a_parent_entry_is_traced_once():
     isolated(_multicall_trace_pairs_parent_entries)

@@ -123,7 +123,7 @@
 /* HC block: Sleep until an event is pending (returns at once if one is).
  *   args:    none
  *   returns: 0
- *   errors:  -HV_EPERM no event page registered and no timer armed (would sleep forever)
+ *   errors:  -HV_EPERM no event page registered (no event, the timer's included, could wake it)
  */
 #define HV_HC_BLOCK            4
 
