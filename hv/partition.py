@@ -103,11 +103,20 @@ class Partition:
     """
 
     def __init__(self, kernel, mem="64M", cmdline="", engine="auto", console=None,
-                 deterministic=False, trace=None):
+                 deterministic=False, trace=None, devices=()):
         mem_size = parse_size(mem) if isinstance(mem, str) else int(mem)
         host_ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         if mem_size > host_ram:
             raise ValueError(f"memory size {mem_size} is larger than the host's RAM ({host_ram})")
+        # Devices take slots in order and are listed on the command line the
+        # way QEMU's microvm lists its own.
+        self.devices = list(devices)
+        if len(self.devices) > lib.HV_VIRTIO_MMIO_SLOTS:
+            raise ValueError(f"at most {lib.HV_VIRTIO_MMIO_SLOTS} devices per partition")
+        if self.devices:
+            from hv.devices.virtio import VirtioDevice
+            entries = [VirtioDevice.cmdline_entry(slot) for slot in range(len(self.devices))]
+            cmdline = " ".join(filter(None, [cmdline] + entries))
         # T:610 Validate first: LoadError leaves nothing behind.
         self.image = load_pvh(kernel, mem_size, cmdline)
         if deterministic and engine == "auto":
@@ -152,6 +161,13 @@ class Partition:
         if trace is not None:
             trace.attach(self)
         self._write_image()
+        self._device_host = None
+        try:
+            for slot, device in enumerate(self.devices):
+                device.attach(self, slot)
+        except ValueError:
+            self.destroy()
+            raise
 
     # -- construction ---------------------------------------------------
     def _write_image(self):
@@ -194,6 +210,10 @@ class Partition:
                 raise StateError(f"cannot run partition {self.id}: it is {self.state}")
             self.state = RUNNING
             self._run_thread = threading.get_ident()
+        if self.devices:
+            from hv.devices.virtio import DeviceHost
+            self._device_host = DeviceHost(self, self.devices)
+            self._device_host.start()
         try:
             self._vcpu_loop()
         except Exception as e:          # a fault in the parent stops this guest only
@@ -206,6 +226,8 @@ class Partition:
                     self._vcpu = None
                 self._finished = True
                 self._cond.notify_all()
+            if self._device_host is not None:
+                self._device_host.stop()
             if self.tracer is not None:
                 self.tracer.finish()
             self.console.flush()
@@ -263,6 +285,8 @@ class Partition:
         if running:
             self._kick_until(lambda: self._finished, None)
         with self._cond:
+            for device in self.devices:
+                device.close()
             lib.hv_partition_destroy(self._p)
             self._p = None
             self.state = DESTROYED

@@ -1,0 +1,213 @@
+"""The parent partition's side of virtio-mmio: the device skeleton every
+backend shares, and the thread that serves a partition's devices.
+
+T:660 The register file lives in the C core (csrc/virtio_mmio.c): the guest
+never waits for Python to read a register.  What reaches Python is a kick
+(an eventfd per queue; on KVM written by the kernel itself, an ioeventfd)
+and driver status changes (one more eventfd).  DeviceHost waits on all of
+them with one selector; a kick calls the device's serve(queue), which pops
+requests from the split virtqueue in guest memory (hv/devices/virtqueue.py),
+handles them, pushes the results and interrupts the guest.
+
+Every backend has the same skeleton: class attributes DEVICE_ID, FEATURES,
+QUEUES, QUEUE_MAX; config() -> bytes; serve(index, queue); reset().  A
+guest that breaks a ring (QueueError) or sends a bad request it cannot be
+answered for loses that device until it resets it (DEVICE_NEEDS_RESET),
+with one log line and a counter; nothing else is touched.
+"""
+import os
+import selectors
+import sys
+import threading
+
+from hv.abi import ffi, lib
+from hv.devices.guestmem import GuestMemory
+from hv.devices.virtqueue import QueueError, SplitQueue
+
+# Feature bits (virtio 1.2, section 6) every hv device offers.
+VIRTIO_F_RING_INDIRECT_DESC = 1 << 28
+VIRTIO_F_RING_EVENT_IDX = 1 << 29
+VIRTIO_F_VERSION_1 = 1 << 32
+TRANSPORT_FEATURES = VIRTIO_F_VERSION_1 | VIRTIO_F_RING_INDIRECT_DESC | VIRTIO_F_RING_EVENT_IDX
+
+# Device status bits (2.1).
+STATUS_DRIVER_OK = 4
+STATUS_NEEDS_RESET = 64
+INTERRUPT_USED_BUFFER = 1
+
+
+class VirtioDevice:
+    """A virtio device served by the parent partition.  Subclasses set the
+    class attributes and implement serve() (and config(), reset())."""
+
+    DEVICE_ID = 0
+    FEATURES = 0            # device-specific bits; the transport adds its own
+    QUEUES = 1
+    QUEUE_MAX = 256
+
+    def __init__(self, name):
+        self.name = name
+        self.partition = None
+        self.slot = None
+        self.errors = 0             # bad requests and broken rings seen
+        self.requests = 0           # requests served
+        self._queues = {}           # index -> SplitQueue, built when the driver is ready
+        self._mem = None
+
+    # -- set-up (before the guest runs) --------------------------------------
+    def config(self):
+        """The device's configuration space (little-endian bytes)."""
+        return b""
+
+    def attach(self, partition, slot):
+        self.partition, self.slot = partition, slot
+        self._mem = GuestMemory(partition.memory())
+        flags = os.EFD_CLOEXEC | os.EFD_NONBLOCK
+        self.queue_fds = [os.eventfd(0, flags) for _ in range(self.QUEUES)]
+        self.control_fd = os.eventfd(0, flags)
+        cfg = self.config()
+        err = lib.hv_virtio_add(partition._live(), slot, self.DEVICE_ID,
+                                self.FEATURES | TRANSPORT_FEATURES, self.QUEUES,
+                                self.QUEUE_MAX, cfg, len(cfg),
+                                ffi.new("int[]", self.queue_fds), self.control_fd)
+        if err:
+            self.close()
+            raise ValueError(f"cannot add {self.name} in slot {slot}: {os.strerror(-err)}")
+
+    @staticmethod
+    def cmdline_entry(slot):
+        """How the guest learns of the device in `slot` (QEMU microvm's format)."""
+        base = lib.HV_VIRTIO_MMIO_BASE + slot * lib.HV_VIRTIO_MMIO_SLOT
+        return f"virtio_mmio.device={lib.HV_VIRTIO_MMIO_SLOT}@{base:#x}:{lib.HV_VIRTIO_EVENT_BASE + slot}"
+
+    def close(self):
+        for fd in getattr(self, "queue_fds", []) + [getattr(self, "control_fd", -1)]:
+            if fd >= 0:
+                os.close(fd)
+        self.queue_fds, self.control_fd = [], -1
+
+    # -- the device thread ----------------------------------------------------
+    def state(self):
+        s = ffi.new("struct hv_virtio_state *")
+        lib.hv_virtio_state(self.partition._p, self.slot, s)
+        return s
+
+    def on_control(self):
+        """The driver changed status or readied a queue: rebuild our view."""
+        s = self.state()
+        if s.status == 0:
+            self._queues.clear()
+            self.reset()
+            return
+        if not s.status & STATUS_DRIVER_OK:
+            return
+        for index in range(self.QUEUES):
+            q = s.queue[index]
+            if q.ready and index not in self._queues:
+                self._queues[index] = self._make_queue(s, q)
+
+    def _make_queue(self, s, q):
+        try:
+            return SplitQueue(self._mem, q.num, q.desc, q.avail, q.used,
+                              event_idx=bool(s.driver_features & VIRTIO_F_RING_EVENT_IDX),
+                              indirect=bool(s.driver_features & VIRTIO_F_RING_INDIRECT_DESC))
+        except QueueError as e:
+            self.fail(f"queue set-up: {e}")
+            return None
+
+    def on_kick(self, index):
+        queue = self._queues.get(index)
+        if queue is None:           # the kick may be seen before the status change
+            self.on_control()
+            queue = self._queues.get(index)
+        if queue is None:
+            return                  # not ready, or halted: the driver must reset
+        try:
+            queue.disable_kicks()
+            while True:
+                self.serve(index, queue)
+                if not queue.enable_kicks():
+                    break
+            if queue.should_notify():
+                self.interrupt()
+        except QueueError as e:
+            self.fail(str(e))
+
+    def interrupt(self):
+        lib.hv_virtio_interrupt(self.partition._p, self.slot, INTERRUPT_USED_BUFFER)
+
+    def fail(self, why):
+        """The guest broke this device: it needs a reset; nothing else is affected."""
+        self.errors += 1
+        self._queues.clear()
+        print(f"hv: partition {self.partition.id}: {self.name}: {why}; device needs reset",
+              file=sys.stderr)
+        lib.hv_virtio_needs_reset(self.partition._p, self.slot)
+
+    # -- what backends implement ------------------------------------------------
+    def serve(self, index, queue):
+        """Pop and answer every request available on queue `index`."""
+        raise NotImplementedError
+
+    def reset(self):
+        """The driver reset the device: forget per-driver state."""
+
+    def notify_host(self):
+        """Called when host-side input may be ready (e.g. a frame arrived)."""
+
+
+class DeviceHost:
+    """One thread that serves every device of a partition: it waits on their
+    eventfds (and a wake-up fd for host-side input) and dispatches."""
+
+    def __init__(self, partition, devices):
+        self.partition = partition
+        self.devices = list(devices)
+        self._selector = selectors.DefaultSelector()
+        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._selector.register(self._wake, selectors.EVENT_READ, None)
+        for dev in self.devices:
+            self._selector.register(dev.control_fd, selectors.EVENT_READ, (dev, None))
+            for index, fd in enumerate(dev.queue_fds):
+                self._selector.register(fd, selectors.EVENT_READ, (dev, index))
+        self._host_work = []            # devices with host-side input pending
+        self._lock = threading.Lock()
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, daemon=True,
+                                        name=f"devices-{partition.id}")
+
+    def start(self):
+        self._thread.start()
+
+    def wake(self, device):
+        """From any thread: `device` has host-side input (net frames, console input)."""
+        with self._lock:
+            self._host_work.append(device)
+        os.eventfd_write(self._wake, 1)
+
+    def stop(self):
+        self._stop = True
+        os.eventfd_write(self._wake, 1)
+        if self._thread.is_alive():
+            self._thread.join()
+        self._selector.close()
+        os.close(self._wake)
+
+    def _loop(self):
+        while not self._stop:
+            for key, _ in self._selector.select():
+                try:
+                    os.eventfd_read(key.fd)
+                except BlockingIOError:
+                    continue
+                if key.data is None:
+                    with self._lock:
+                        work, self._host_work = self._host_work, []
+                    for dev in work:
+                        dev.notify_host()
+                    continue
+                dev, index = key.data
+                if index is None:
+                    dev.on_control()
+                else:
+                    dev.on_kick(index)
