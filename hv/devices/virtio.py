@@ -125,8 +125,11 @@ class VirtioDevice:
         try:
             queue.disable_kicks()
             while True:
+                before = queue.last_avail
                 self.serve(index, queue)
-                if not queue.enable_kicks():
+                # Buffers added while kicks were off are served now; a queue
+                # whose buffers wait for host data (net receive) is left be.
+                if not queue.enable_kicks() or queue.last_avail == before:
                     break
             if queue.should_notify():
                 self.interrupt()

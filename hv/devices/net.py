@@ -1,0 +1,98 @@
+"""virtio-net (virtio 1.2, section 5.1) attached to a virtual switch.
+
+Queue 1 (transmitq) carries frames from the guest, each behind a 12-byte
+virtio_net_hdr; hv needs no offloads, so the header is ignored and the frame
+goes to the switch.  Frames for the guest wait in a bounded backlog until
+the driver posts receive buffers on queue 0 (receiveq); a guest that never
+posts any loses frames, not the parent's memory.
+"""
+import collections
+import struct
+
+from hv.devices.virtio import VirtioDevice
+
+RECEIVEQ, TRANSMITQ = 0, 1
+F_MAC = 5
+NET_HDR = struct.Struct("<BBHHHHH")      # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, num_buffers
+BACKLOG_MAX = 256                        # frames waiting for receive buffers
+
+
+class NetDevice(VirtioDevice):
+    DEVICE_ID = 1
+    FEATURES = 1 << F_MAC
+    QUEUES = 2
+    QUEUE_MAX = 256
+
+    def __init__(self, switch, mac, name=None):
+        super().__init__(name or f"net({mac_text(mac)})")
+        self.switch = switch
+        self.mac = bytes(mac)
+        self.backlog = collections.deque()
+        self.rx_dropped = 0
+        switch.connect(self)
+
+    def config(self):
+        return self.mac + struct.pack("<H", 1)      # mac, status: link up
+
+    def serve(self, index, queue):
+        if index == TRANSMITQ:
+            while (chain := queue.pop()) is not None:
+                frame = chain.readable[NET_HDR.size:]
+                queue.push(chain, 0)
+                self.requests += 1
+                self.switch.send(self, frame)
+        else:
+            self._receive(queue)
+
+    # -- frames for this guest --------------------------------------------------
+    def deliver(self, frame):
+        """From the switch (any thread): queue the frame; our device thread
+        copies it into the guest."""
+        if len(self.backlog) >= BACKLOG_MAX:
+            self.rx_dropped += 1
+            return
+        self.backlog.append(frame)
+        host = self.partition and self.partition._device_host
+        if host is not None:
+            host.wake(self)
+
+    def notify_host(self):
+        queue = self._queues.get(RECEIVEQ)
+        if queue is None:
+            self.on_control()
+            queue = self._queues.get(RECEIVEQ)
+        if queue is not None:
+            self._receive(queue)
+            if queue.should_notify():
+                self.interrupt()
+
+    def _receive(self, queue):
+        header = NET_HDR.pack(0, 0, 0, 0, 0, 0, 1)
+        while self.backlog and (chain := queue.pop()) is not None:
+            frame = self.backlog.popleft()
+            if chain.writable_len < len(header) + len(frame):
+                self.rx_dropped += 1         # the buffer is too small: drop this frame
+                queue.push(chain, 0)
+                continue
+            queue.push(chain, queue.write(chain, header + frame))
+
+    def close(self):
+        self.switch.disconnect(self)
+        super().close()
+
+
+def mac_text(mac):
+    return ":".join(f"{b:02x}" for b in mac)
+
+
+def parse_mac(text):
+    parts = text.split(":")
+    if len(parts) != 6 or not all(len(p) == 2 for p in parts):
+        raise ValueError(f"bad MAC address {text!r} (want xx:xx:xx:xx:xx:xx)")
+    try:
+        mac = bytes(int(p, 16) for p in parts)
+    except ValueError:
+        raise ValueError(f"bad MAC address {text!r} (want xx:xx:xx:xx:xx:xx)") from None
+    if mac[0] & 1:
+        raise ValueError(f"MAC address {text} is a multicast address")
+    return mac
