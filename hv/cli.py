@@ -15,6 +15,7 @@ Exit statuses of `hv run`:
   130                             interrupted (Ctrl-C)
 """
 import argparse
+import os
 import sys
 
 EXIT_USAGE = 2
@@ -39,6 +40,31 @@ def _add_run_options(run):
     run.add_argument("--deterministic", action="store_true",
                      help="TCG only: the clock counts guest instructions, so runs repeat exactly")
     run.add_argument("-v", "--verbose", action="store_true", help="report engine and exit details")
+    run.add_argument("--disk", action="append", default=[], metavar="IMAGE[,ro]",
+                     help="a virtio-blk disk on a raw image file (repeatable)")
+    run.add_argument("--rng", action="store_true", help="a virtio-rng entropy device")
+    run.add_argument("--vconsole", metavar="FILE|-|unix:PATH",
+                     help="a virtio-console: to FILE, stdout (-), or a Unix socket for `hv console`")
+    run.add_argument("--net", metavar="MAC", action="append", default=[],
+                     help="a virtio-net NIC on the partition's switch (repeatable)")
+
+
+def _device_specs(args):
+    """The same device dicts a config file holds (hv/config.py)."""
+    specs = []
+    for disk in args.disk:
+        path, _, flag = disk.partition(",")
+        if flag not in ("", "ro"):
+            raise ValueError(f"bad --disk option {flag!r} (only ro)")
+        specs.append({"type": "blk", "path": path, "readonly": flag == "ro"})
+    if args.rng:
+        specs.append({"type": "rng"})
+    if args.vconsole:
+        where = args.vconsole
+        specs.append({"type": "console", "socket": where[5:]} if where.startswith("unix:")
+                     else {"type": "console", "output": where})
+    specs += [{"type": "net", "switch": "default", "mac": mac} for mac in args.net]
+    return specs
 
 
 def _parser():
@@ -55,6 +81,11 @@ def _parser():
     trace.add_argument("--vcpu", action="append", type=int, metavar="N", help="only this vCPU")
     trace.add_argument("--partition", action="append", type=int, metavar="ID",
                        help="only this partition")
+    up = sub.add_parser("up", help="start the partitions a TOML file describes, in one process")
+    up.add_argument("config", help="TOML file with [[partition]] tables (see hv/config.py)")
+    up.add_argument("-v", "--verbose", action="store_true")
+    con = sub.add_parser("console", help="attach to a virtio-console's Unix socket")
+    con.add_argument("socket", help="the socket path given to --vconsole unix:PATH or `socket =`")
     sub.add_parser("info", help="host capabilities: engines, ABI version")
     return p
 
@@ -65,14 +96,23 @@ def _error(message):
 
 
 def cmd_run(args, tracer=None):
+    from hv.config import check_device, make_devices
     from hv.console import Console
+    from hv.devices.blk import DiskError
     from hv.loader import LoadError
     from hv.partition import CRASHED, HostError, Partition
 
+    devices = []
     try:
+        specs = _device_specs(args)
+        for spec in specs:
+            check_device(spec, "hv run")
+        devices = make_devices(specs, {})
         part = Partition(args.kernel, mem=args.mem, cmdline=args.cmdline, engine=args.engine,
-                         deterministic=args.deterministic, trace=tracer)
-    except (LoadError, ValueError, HostError) as e:
+                         deterministic=args.deterministic, trace=tracer, devices=devices)
+    except (LoadError, ValueError, HostError, DiskError, OSError) as e:
+        for device in devices:
+            device.close()
         return _error(str(e))
     # The console file is opened only once the kernel is known good.
     console = part.console
@@ -144,7 +184,115 @@ def _run_command(args):
     return cmd_run(args)
 
 
-COMMANDS = {"run": _run_command, "trace": _run_command, "info": cmd_info}
+def cmd_up(args):
+    """Start every partition of a config file; wait for all; the exit
+    status is the first non-zero one (125 for a crash)."""
+    from hv.config import ConfigError, load, make_devices
+    from hv.devices.blk import DiskError
+    from hv.loader import LoadError
+    from hv.partition import CRASHED, HostError, Partition
+
+    parts, switches = [], {}
+    try:
+        specs = load(args.config)
+        for spec in specs:
+            devices = make_devices(spec["devices"], switches)
+            try:
+                parts.append(Partition(spec["kernel"], mem=spec.get("mem", "64M"),
+                                       cmdline=spec.get("cmdline", ""),
+                                       engine=spec.get("engine", "auto"),
+                                       deterministic=spec.get("deterministic", False),
+                                       console=PrefixConsole(spec["name"]), devices=devices))
+            except BaseException:
+                for device in devices:
+                    device.close()
+                raise
+            parts[-1].name = spec["name"]
+    except (ConfigError, LoadError, ValueError, HostError, DiskError, OSError) as e:
+        for part in parts:
+            part.destroy()
+        return _error(str(e))
+    status = 0
+    try:
+        for part in parts:
+            part.start()
+        for part in parts:
+            state = part.wait()
+            if args.verbose:
+                print(f"hv: {part.name}: {state}", file=sys.stderr)
+            if state == CRASHED:
+                print(f"hv: {part.name}: {part.crash_report}", file=sys.stderr)
+                status = status or EXIT_CRASHED
+            elif part.exit_code:
+                status = status or part.exit_code
+    except KeyboardInterrupt:
+        status = EXIT_INTERRUPTED
+    finally:
+        for part in parts:
+            part.destroy()
+    return status
+
+
+class PrefixConsole:
+    """Console output of one of several partitions: each line tagged."""
+
+    def __init__(self, name, stream=None):
+        self.prefix = f"[{name}] ".encode()
+        self.out = stream or sys.stdout.buffer
+        self._partial = b""
+
+    def write(self, data):
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        if lines:
+            self.out.write(b"".join(self.prefix + line + b"\n" for line in lines))
+            self.out.flush()
+
+    def flush(self):
+        if self._partial:
+            self.out.write(self.prefix + self._partial + b"\n")
+            self._partial = b""
+        self.out.flush()
+
+    def close(self):
+        pass
+
+
+def cmd_console(args):
+    """Relay a virtio-console socket to this terminal until it closes."""
+    import selectors
+    import socket
+
+    try:
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.connect(args.socket)
+    except OSError as e:
+        return _error(f"cannot attach to {args.socket}: {e.strerror}")
+    sel = selectors.DefaultSelector()
+    sel.register(conn, selectors.EVENT_READ)
+    stdin_open = True
+    try:
+        sel.register(sys.stdin, selectors.EVENT_READ)
+    except (ValueError, PermissionError, OSError):
+        stdin_open = False
+    while True:
+        for key, _ in sel.select():
+            if key.fileobj is conn:
+                data = conn.recv(4096)
+                if not data:
+                    return 0
+                sys.stdout.buffer.write(data)
+                sys.stdout.buffer.flush()
+            elif stdin_open:
+                data = os.read(sys.stdin.fileno(), 4096)
+                if not data:
+                    sel.unregister(sys.stdin)
+                    stdin_open = False
+                else:
+                    conn.sendall(data)
+
+
+COMMANDS = {"run": _run_command, "trace": _run_command, "up": cmd_up,
+            "console": cmd_console, "info": cmd_info}
 
 
 def main(argv=None):

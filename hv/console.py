@@ -31,6 +31,7 @@ class CaptureConsole(Console):
     """Keeps the output in memory (tests, benchmarks)."""
 
     def __init__(self):
+        self._owned = False
         self.chunks = []
 
     def write(self, data):

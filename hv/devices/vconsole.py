@@ -4,6 +4,10 @@ Queue 1 (transmitq) carries the guest's output to a host sink: a binary
 stream or file (hv.console.Console), or a Unix socket that `hv console NAME`
 attaches to.  Queue 0 (receiveq) takes host input when there is some.
 """
+import os
+import socket
+import threading
+
 from hv.devices.virtio import VirtioDevice
 
 RECEIVEQ, TRANSMITQ = 0, 1
@@ -17,7 +21,11 @@ class ConsoleDevice(VirtioDevice):
     def __init__(self, output, name="vconsole"):
         super().__init__(name)
         self.output = output            # has write(bytes) and flush()
-        self._input = bytearray()
+        self._input = bytearray()       # host input waiting for receive buffers
+        self._pending = bytearray()     # host input not yet taken by the device thread
+        self._lock = threading.Lock()
+        if hasattr(output, "device"):
+            output.device = self
 
     def config(self):
         return bytes(12)                # cols, rows, max_nr_ports, emerg_wr: unused
@@ -31,17 +39,96 @@ class ConsoleDevice(VirtioDevice):
         elif index == RECEIVEQ:
             self._deliver(queue)
 
-    def feed(self, data):
-        """Host input for the guest (from the device thread)."""
-        self._input += data
+    def feed_from_host(self, data):
+        """Host input (any thread): handed to the device thread."""
+        with self._lock:
+            self._pending += data
+        host = self.partition and self.partition._device_host
+        if host is not None:
+            host.wake(self)
+
+    def notify_host(self):
+        with self._lock:
+            self._input += self._pending
+            self._pending.clear()
         queue = self._queues.get(RECEIVEQ)
         if queue is not None:
             self._deliver(queue)
             if queue.should_notify():
                 self.interrupt()
 
+    def close(self):
+        super().close()
+        if hasattr(self.output, "close"):
+            self.output.close()
+
     def _deliver(self, queue):
         while self._input and (chain := queue.pop()) is not None:
             n = queue.write(chain, bytes(self._input[:chain.writable_len]))
             del self._input[:n]
             queue.push(chain, n)
+
+
+class SocketConsole:
+    """A console sink on a Unix socket that `hv console PATH` attaches to.
+
+    Output goes to every attached client; what arrived before anyone
+    attached is kept (the last BACKLOG bytes) and replayed to the first
+    client.  Input from a client is fed to the guest (feed_from_host)."""
+
+    BACKLOG = 64 << 10
+
+    def __init__(self, path):
+        self.path = path
+        self.device = None              # set by ConsoleDevice when attached
+        self._clients = []
+        self._backlog = bytearray()
+        self._lock = threading.Lock()
+        if os.path.exists(path):
+            os.unlink(path)
+        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._server.bind(path)
+        self._server.listen(4)
+        threading.Thread(target=self._accept, daemon=True, name=f"console-{path}").start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return                  # closed
+            with self._lock:
+                if self._backlog:
+                    client.sendall(bytes(self._backlog))
+                    self._backlog.clear()
+                self._clients.append(client)
+            threading.Thread(target=self._read, args=(client,), daemon=True).start()
+
+    def _read(self, client):
+        while (data := client.recv(4096)):
+            if self.device is not None:
+                self.device.feed_from_host(data)
+        with self._lock:
+            if client in self._clients:
+                self._clients.remove(client)
+
+    def write(self, data):
+        with self._lock:
+            if not self._clients:
+                self._backlog += data
+                del self._backlog[:-self.BACKLOG]
+            for client in list(self._clients):
+                try:
+                    client.sendall(data)
+                except OSError:
+                    self._clients.remove(client)
+
+    def flush(self):
+        pass
+
+    def close(self):
+        self._server.close()
+        for client in self._clients:
+            client.close()
+        if os.path.exists(self.path):
+            os.unlink(self.path)

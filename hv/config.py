@@ -1,0 +1,147 @@
+"""Several partitions in one hv process, from a small declarative file.
+
+T:710 `hv up FILE.toml` reads a file like this, checks all of it, and only
+then starts anything:
+
+    [[partition]]
+    name = "pong"
+    kernel = "guests/build/net-ping.elf"
+    mem = "32M"
+    cmdline = "role=pong"
+    devices = [{ type = "net", switch = "lan", mac = "52:54:00:00:00:02" }]
+
+    [[partition]]
+    name = "ping"
+    kernel = "guests/build/net-ping.elf"
+    cmdline = "role=ping count=32"
+    devices = [{ type = "net", switch = "lan", mac = "52:54:00:00:00:01" },
+               { type = "blk", path = "disk.img", readonly = false },
+               { type = "rng" },
+               { type = "console", output = "ping-vcon.txt" }]
+
+Switches are made by name on first use and shared by every NIC naming them.
+Device specs are the same dicts `hv run --disk/--rng/--vconsole/--net` build.
+"""
+import os
+
+PARTITION_KEYS = {"name", "kernel", "mem", "cmdline", "engine", "deterministic", "devices"}
+DEVICE_KEYS = {
+    "blk": {"type", "path", "readonly"},
+    "rng": {"type"},
+    "console": {"type", "output", "socket"},
+    "net": {"type", "switch", "mac"},
+}
+
+
+class ConfigError(ValueError):
+    """One line naming the problem."""
+
+
+def load(path):
+    """The parsed, checked list of partition specs (dicts)."""
+    import tomllib
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    base = os.path.dirname(os.path.abspath(path))
+    unknown = set(data) - {"partition"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key {sorted(unknown)[0]!r}")
+    specs = data.get("partition")
+    if not isinstance(specs, list) or not specs:
+        raise ConfigError(f"{path}: no [[partition]] tables")
+    names, macs, disks = set(), set(), set()
+    for i, spec in enumerate(specs):
+        where = f"{path}: partition {i + 1}"
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where}: not a table")
+        extra = set(spec) - PARTITION_KEYS
+        if extra:
+            raise ConfigError(f"{where}: unknown key {sorted(extra)[0]!r}")
+        name = spec.setdefault("name", f"p{i + 1}")
+        if not isinstance(name, str) or not name or name in names:
+            raise ConfigError(f"{where}: name {name!r} is empty, not text, or used twice")
+        names.add(name)
+        where = f"{path}: partition {name!r}"
+        if not isinstance(spec.get("kernel"), str):
+            raise ConfigError(f"{where}: kernel (a path) is required")
+        spec["kernel"] = os.path.join(base, spec["kernel"])
+        for key, kind in (("mem", str), ("cmdline", str), ("engine", str), ("deterministic", bool)):
+            if key in spec and not isinstance(spec[key], kind):
+                raise ConfigError(f"{where}: {key} must be {kind.__name__}")
+        devices = spec.setdefault("devices", [])
+        if not isinstance(devices, list):
+            raise ConfigError(f"{where}: devices must be a list of tables")
+        for dev in devices:
+            check_device(dev, where, base)
+            if dev["type"] == "net":
+                if dev["mac"] in macs:
+                    raise ConfigError(f"{where}: MAC {dev['mac']} is used twice")
+                macs.add(dev["mac"])
+            if dev["type"] == "blk" and not dev.get("readonly"):
+                if dev["path"] in disks:
+                    raise ConfigError(f"{where}: disk {dev['path']} is attached read-write twice")
+                disks.add(dev["path"])
+    return specs
+
+
+def check_device(dev, where, base="."):
+    if not isinstance(dev, dict) or dev.get("type") not in DEVICE_KEYS:
+        raise ConfigError(f"{where}: a device needs type = one of {', '.join(DEVICE_KEYS)}")
+    extra = set(dev) - DEVICE_KEYS[dev["type"]]
+    if extra:
+        raise ConfigError(f"{where}: {dev['type']} device: unknown key {sorted(extra)[0]!r}")
+    if dev["type"] == "blk":
+        if not isinstance(dev.get("path"), str):
+            raise ConfigError(f"{where}: blk device: path is required")
+        dev["path"] = os.path.join(base, dev["path"])
+    if dev["type"] == "net":
+        from hv.devices.net import parse_mac
+        dev.setdefault("switch", "default")
+        if not isinstance(dev.get("mac"), str):
+            raise ConfigError(f"{where}: net device: mac is required")
+        try:
+            parse_mac(dev["mac"])
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
+    for key in ("output", "socket"):
+        if key in dev:
+            dev[key] = os.path.join(base, dev[key]) if dev[key] != "-" else "-"
+
+
+def make_devices(specs, switches):
+    """Device objects for a partition's specs; switches: name -> Switch (filled in)."""
+    from hv.console import Console
+    from hv.devices.blk import BlkDevice
+    from hv.devices.net import NetDevice, parse_mac
+    from hv.devices.rng import RngDevice
+    from hv.devices.switch import Switch
+    from hv.devices.vconsole import ConsoleDevice, SocketConsole
+
+    devices = []
+    try:
+        for dev in specs:
+            kind = dev["type"]
+            if kind == "blk":
+                devices.append(BlkDevice(dev["path"], readonly=bool(dev.get("readonly"))))
+            elif kind == "rng":
+                devices.append(RngDevice())
+            elif kind == "console":
+                if "socket" in dev:
+                    sink = SocketConsole(dev["socket"])
+                else:
+                    output = dev.get("output", "-")
+                    sink = Console() if output == "-" else Console(path=output)
+                devices.append(ConsoleDevice(sink))
+            elif kind == "net":
+                switch = switches.setdefault(dev["switch"], Switch(dev["switch"]))
+                devices.append(NetDevice(switch, parse_mac(dev["mac"])))
+    except BaseException:
+        for d in devices:
+            d.close()
+        raise
+    return devices
