@@ -81,13 +81,19 @@ int event_consume_kick(void)
     return kicked;
 }
 
-/* Make the vCPU notice new work: wake it if it sleeps, interrupt it if it
- * runs guest code.  Any thread. */
-void vcpu_kick(struct hv_vcpu *v)
+/* Wake the vCPU if it sleeps in block or hlt.  Any thread. */
+static void vcpu_wake(struct hv_vcpu *v)
 {
     pthread_mutex_lock(&v->lock);
     pthread_cond_broadcast(&v->wake);
     pthread_mutex_unlock(&v->lock);
+}
+
+/* Make the vCPU notice new work: wake it if it sleeps, interrupt it if it
+ * runs guest code.  Any thread. */
+void vcpu_kick(struct hv_vcpu *v)
+{
+    vcpu_wake(v);
     if (v->in_guest && v->tid && v->tid != (pid_t)syscall(SYS_gettid))
         syscall(SYS_tgkill, getpid(), v->tid, KICK_SIGNAL);
 }
@@ -109,13 +115,15 @@ int event_raise(struct hv_partition *p, uint32_t event)
     unsigned word = event / 64;
     __atomic_fetch_or(&page->pending[word], bit, __ATOMIC_SEQ_CST);
     int masked = !!(__atomic_load_n(&page->masked[word], __ATOMIC_SEQ_CST) & bit);
+    struct hv_vcpu *v = p->vcpu;
+    if (!v)
+        return 0;
     /* Only the 0 -> 1 edge of upcall_pending injects: one upcall at a time. */
     if (!masked && __atomic_exchange_n(&page->upcall_pending, 1, __ATOMIC_SEQ_CST) == 0) {
-        struct hv_vcpu *v = p->vcpu;
-        if (v) {
-            __atomic_store_n(&v->inject_pending, 1, __ATOMIC_SEQ_CST);
-            vcpu_kick(v);
-        }
+        __atomic_store_n(&v->inject_pending, 1, __ATOMIC_SEQ_CST);
+        vcpu_kick(v);
+    } else {
+        vcpu_wake(v);       /* block waits for any pending bit, masked ones too */
     }
     return 0;
 }

@@ -1,0 +1,215 @@
+/*
+ * blk-bench - virtio-blk throughput measured inside the guest.
+ *
+ * Four timed phases over a region of the disk, one request in flight at a
+ * time (the guest library's synchronous driver):
+ *
+ *   seq_write   passes= times over the region, seq_size= bytes per request
+ *   seq_read    the same, reading
+ *   rand_read   rand_ops= requests of rand_size= bytes at random aligned offsets
+ *   rand_write  rand_ops= more, at the same offsets
+ *
+ * plus one FLUSH after each write phase, timed apart.
+ *
+ * Command line: start= (first sector, default 2048), region= (bytes, default
+ * 4M, at most 8M), passes= (default 1), seq_size= (default 64K, at most the
+ * device's size_max), rand_ops= (default 256), rand_size= (default 4K),
+ * seed= (default 1).  Sizes take K/M suffixes.
+ *
+ * Time: the TSC, read with rdtsc around each phase, because it works the
+ * same under hv (both engines) and under QEMU, which has no hv clock.  The
+ * host converts cycles with its own TSC rate.  Under hv each phase is also
+ * timed with HV_HC_CLOCK_READ (hv_ns=), so the host can check the TSC rate
+ * the guest really sees; the absolute TSC at the end of each phase
+ * (tsc_end=) lets the host check it against the arrival time of the lines.
+ * One line per phase:
+ *
+ *   blk-bench: phase=seq_write ops=64 bytes=4194304 tsc=123 tsc_end=456 hv_ns=789
+ *
+ * Data: sector s of the region holds, as 64-bit words, stamp(s, seed) at
+ * word 0, ~stamp at word 63 and zeros elsewhere; the random writes use
+ * seed + 1.  Buffers are stamped before the clock starts (ring-0 code is
+ * slow on a software KVM), reads are checked after it stops (words 0 and
+ * 63 of every sector), and the host checks the image file byte for byte.
+ */
+#include "events.h"
+#include "hv.h"
+#include "kernel.h"
+#include "printf.h"
+#include "test.h"
+#include "virtio_blk.h"
+#include "virtio_cmdline.h"
+
+#define SECTOR          VIRTIO_BLK_SECTOR
+#define WORDS           (SECTOR / 8)
+#define REGION_MAX      (8u << 20)
+#define PAGE            4096
+
+static struct virtio_blk blk;
+static uint64_t seq_buf[REGION_MAX / 8] __attribute__((aligned(PAGE)));   /* seq writes */
+static uint64_t rand_buf[REGION_MAX / 8] __attribute__((aligned(PAGE)));  /* rand writes */
+static uint64_t read_buf[REGION_MAX / 8] __attribute__((aligned(PAGE)));  /* all reads */
+static uint64_t offsets[REGION_MAX / PAGE];     /* random offsets in bytes */
+
+/* Also in tools/bench (blk_stamp): what word 0 of sector s holds. */
+static uint64_t stamp(uint64_t sector, uint64_t seed)
+{
+    return ((seed << 40) ^ sector) * 0x9e3779b97f4a7c15ull;
+}
+
+/* Also in tools/bench (blk_offsets): xorshift64*, seeded. */
+static uint64_t rng_state;
+
+static uint64_t rng_next(void)
+{
+    rng_state ^= rng_state >> 12;
+    rng_state ^= rng_state << 25;
+    rng_state ^= rng_state >> 27;
+    return rng_state * 0x2545f4914f6cdd1dull;
+}
+
+static inline uint64_t rdtsc(void)
+{
+    uint32_t lo, hi;
+
+    asm volatile("lfence; rdtsc" : "=a"(lo), "=d"(hi) :: "memory");
+    return (uint64_t)hi << 32 | lo;
+}
+
+static void check(int r, const char *what)
+{
+    if (r < 0)
+        test_failure("blk-bench: %s: %s", what, virtio_strerror(r));
+}
+
+/* `bytes` at `buf` as sectors first..: stamped words 0 and 63, zeros between. */
+static void stamp_sectors(uint64_t *buf, uint64_t first, uint64_t bytes, uint64_t seed)
+{
+    for (uint64_t i = 0; i < bytes / SECTOR; i++) {
+        buf[i * WORDS] = stamp(first + i, seed);
+        buf[i * WORDS + WORDS - 1] = ~stamp(first + i, seed);
+    }
+}
+
+static void verify_sectors(const uint64_t *buf, uint64_t first, uint64_t bytes, uint64_t seed,
+                           const char *phase)
+{
+    for (uint64_t i = 0; i < bytes / SECTOR; i++)
+        if (buf[i * WORDS] != stamp(first + i, seed) ||
+            buf[i * WORDS + WORDS - 1] != ~stamp(first + i, seed))
+            test_failure("blk-bench: %s: sector %lu reads back wrong (%lx)", phase, first + i,
+                         buf[i * WORDS]);
+}
+
+/* First touch of a page costs an exit on KVM: pay it before the clock runs. */
+static void touch(uint64_t *buf, uint64_t bytes)
+{
+    for (uint64_t off = 0; off < bytes; off += PAGE)
+        ((volatile uint64_t *)buf)[off / 8] = 0;
+}
+
+struct clock {
+    uint64_t tsc, hv_ns;
+};
+
+static struct clock clock_start(void)
+{
+    struct clock c = { 0, 0 };
+
+    if (hv_hypercalls_ready())
+        c.hv_ns = hv_clock_read();
+    c.tsc = rdtsc();
+    return c;
+}
+
+static void report(const char *phase, struct clock c, uint64_t ops, uint64_t bytes)
+{
+    uint64_t tsc = rdtsc();
+    uint64_t hv_ns = hv_hypercalls_ready() ? hv_clock_read() - c.hv_ns : 0;
+
+    printf("blk-bench: phase=%s ops=%lu bytes=%lu tsc=%lu tsc_end=%lu hv_ns=%lu\n", phase, ops,
+           bytes, tsc - c.tsc, tsc, hv_ns);
+}
+
+int main(void)
+{
+    uint64_t start = cmdline_uint("start", 2048), region = cmdline_uint("region", 4u << 20);
+    uint64_t passes = cmdline_uint("passes", 1), seq_size = cmdline_uint("seq_size", 64u << 10);
+    uint64_t rand_ops = cmdline_uint("rand_ops", 256), rand_size = cmdline_uint("rand_size", 4096);
+    uint64_t seed = cmdline_uint("seed", 1);
+    uint64_t region_sectors = region / SECTOR, seq_ops = passes * (region / seq_size);
+    struct clock c;
+    int r = virtio_blk_init(&blk, 0);
+
+    if (r == -VIRTIO_ENODEV)
+        test_skip("no virtio-blk device");
+    check(r, "init");
+    if (virtio_blk_read_only(&blk))
+        test_skip("blk-bench: the device is read-only");
+    if (region == 0 || region > REGION_MAX || seq_size == 0 || seq_size % SECTOR ||
+        region % seq_size || seq_size > (uint64_t)blk.chunk_sectors * SECTOR ||
+        rand_size == 0 || rand_size % SECTOR || region % rand_size ||
+        rand_ops * rand_size > REGION_MAX || rand_ops > REGION_MAX / PAGE || passes == 0)
+        test_error("blk-bench: region=%lu seq_size=%lu (<= %u) rand_size=%lu rand_ops=%lu "
+                   "passes=%lu do not fit", region, seq_size, blk.chunk_sectors * SECTOR,
+                   rand_size, rand_ops, passes);
+    if (start > blk.capacity || region_sectors > blk.capacity - start)
+        test_error("blk-bench: sectors %lu..%lu do not fit a disk of %lu", start,
+                   start + region_sectors, blk.capacity);
+    printf("blk-bench: region %lu bytes at sector %lu, %lu x %lu sequential, %lu x %lu "
+           "random, queue size %u, features %lx\n", region, start, seq_ops, seq_size, rand_ops,
+           rand_size, blk.vq.size, blk.dev.features);
+
+    /* Untimed set-up: pages touched, write buffers stamped, offsets drawn. */
+    touch(seq_buf, region);
+    touch(read_buf, region);
+    touch(rand_buf, rand_ops * rand_size);
+    stamp_sectors(seq_buf, start, region, seed);
+    rng_state = seed * 0x9e3779b97f4a7c15ull + 1;
+    for (uint64_t i = 0; i < rand_ops; i++) {
+        offsets[i] = rng_next() % (region / rand_size) * rand_size;
+        stamp_sectors(&rand_buf[i * rand_size / 8], start + offsets[i] / SECTOR, rand_size,
+                      seed + 1);
+    }
+
+    c = clock_start();
+    for (uint64_t i = 0; i < seq_ops; i++) {
+        uint64_t off = i * seq_size % region;
+
+        check(virtio_blk_write(&blk, start + off / SECTOR, &seq_buf[off / 8], seq_size / SECTOR),
+              "seq write");
+    }
+    report("seq_write", c, seq_ops, seq_ops * seq_size);
+    c = clock_start();
+    check(virtio_blk_flush(&blk), "flush");
+    report("flush", c, 1, 0);
+
+    c = clock_start();
+    for (uint64_t i = 0; i < seq_ops; i++) {
+        uint64_t off = i * seq_size % region;
+
+        check(virtio_blk_read(&blk, start + off / SECTOR, &read_buf[off / 8], seq_size / SECTOR),
+              "seq read");
+    }
+    report("seq_read", c, seq_ops, seq_ops * seq_size);
+    verify_sectors(read_buf, start, region, seed, "seq_read");
+
+    c = clock_start();
+    for (uint64_t i = 0; i < rand_ops; i++)
+        check(virtio_blk_read(&blk, start + offsets[i] / SECTOR, &read_buf[i * rand_size / 8],
+                              rand_size / SECTOR), "random read");
+    report("rand_read", c, rand_ops, rand_ops * rand_size);
+    for (uint64_t i = 0; i < rand_ops; i++)
+        verify_sectors(&read_buf[i * rand_size / 8], start + offsets[i] / SECTOR, rand_size,
+                       seed, "rand_read");
+
+    c = clock_start();
+    for (uint64_t i = 0; i < rand_ops; i++)
+        check(virtio_blk_write(&blk, start + offsets[i] / SECTOR, &rand_buf[i * rand_size / 8],
+                               rand_size / SECTOR), "random write");
+    report("rand_write", c, rand_ops, rand_ops * rand_size);
+    c = clock_start();
+    check(virtio_blk_flush(&blk), "flush");
+    report("flush", c, 1, 0);
+    test_success();
+}
