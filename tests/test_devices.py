@@ -358,11 +358,11 @@ def test_vcon_socket_client_sees_eof_after_destroy(engine, tmp_path):
     attached client (`hv console`) sees end-of-file and exits, also when the
     hv process goes on (hv up with other partitions, the API)."""
     r, client, data = _vcon_over_socket_api(engine, str(tmp_path / "api.sock"))
-    client.settimeout(5)
+    client.settimeout(2)
     try:
         rest = client.recv(4096)
     except TimeoutError:
-        pytest.fail("the client got no end-of-file within 5 s of destroy(): "
+        pytest.fail("the client got no end-of-file within 2 s of destroy(): "
                     "SocketConsole.close() closed the connection under its reader "
                     "thread's blocking recv() without shutdown()")
     finally:

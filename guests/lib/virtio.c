@@ -486,11 +486,13 @@ static bool sleep_on_event(struct virtq *vq)
 
 /*
  * Poll the used ring; check the clock only every 64 polls, since under hv
- * each clock read is an exit.  PAUSE tells the CPU (and a host) we spin.
+ * each clock read is an exit -- and start the clock only when the first 64
+ * polls missed, so a request the device finishes at once costs no clock
+ * read at all.  PAUSE tells the CPU (and a host) we spin.
  */
 int virtq_wait(struct virtq *vq, void **token, uint32_t *len, uint64_t timeout)
 {
-    uint64_t start = virtio_now();
+    uint64_t start = 0;
 
     for (unsigned polls = 1;; polls++) {
         int r = virtq_get(vq, token, len);
@@ -499,8 +501,13 @@ int virtq_wait(struct virtq *vq, void **token, uint32_t *len, uint64_t timeout)
             return r < 0 ? r : 0;
         if (vq->use_event && !sleep_on_event(vq))
             vq->use_event = false;
-        if (polls % 64 == 0 && virtio_now() - start > timeout)
-            return -VIRTIO_ETIMEOUT;
+        if (polls % 64 == 0) {
+            uint64_t now = virtio_now();
+            if (start == 0)
+                start = now;
+            else if (now - start > timeout)
+                return -VIRTIO_ETIMEOUT;
+        }
         asm volatile("pause");
     }
 }

@@ -9,6 +9,7 @@ posts any loses frames, not the parent's memory.
 import collections
 import struct
 
+from hv.devices.virtqueue import QueueError
 from hv.devices.virtio import VirtioDevice
 
 RECEIVEQ, TRANSMITQ = 0, 1
@@ -46,25 +47,36 @@ class NetDevice(VirtioDevice):
 
     # -- frames for this guest --------------------------------------------------
     def deliver(self, frame):
-        """From the switch (any thread): queue the frame; our device thread
-        copies it into the guest."""
+        """From the switch, on the sender's thread: copy the frame into our
+        guest at once if our device thread is not busy with this device (no
+        thread hop), else leave it in the backlog and wake that thread."""
         if len(self.backlog) >= BACKLOG_MAX:
             self.rx_dropped += 1
             return
         self.backlog.append(frame)
+        if self.lock.acquire(blocking=False):
+            try:
+                self.notify_host()
+            finally:
+                self.lock.release()
+            return
         host = self.partition and self.partition._device_host
         if host is not None:
             host.wake(self)
 
     def notify_host(self):
-        queue = self._queues.get(RECEIVEQ)
-        if queue is None:
-            self.on_control()
+        with self.lock:
             queue = self._queues.get(RECEIVEQ)
-        if queue is not None:
-            self._receive(queue)
-            if queue.should_notify():
-                self.interrupt()
+            if queue is None:
+                self._on_control()
+                queue = self._queues.get(RECEIVEQ)
+            if queue is not None:
+                try:
+                    self._receive(queue)
+                    if queue.should_notify():
+                        self.interrupt()
+                except QueueError as e:
+                    self.fail(str(e))
 
     def _receive(self, queue):
         header = NET_HDR.pack(0, 0, 0, 0, 0, 0, 1)

@@ -51,11 +51,12 @@ class ConsoleDevice(VirtioDevice):
         with self._lock:
             self._input += self._pending
             self._pending.clear()
-        queue = self._queues.get(RECEIVEQ)
-        if queue is not None:
-            self._deliver(queue)
-            if queue.should_notify():
-                self.interrupt()
+        with self.lock:
+            queue = self._queues.get(RECEIVEQ)
+            if queue is not None:
+                self._deliver(queue)
+                if queue.should_notify():
+                    self.interrupt()
 
     def close(self):
         super().close()

@@ -53,6 +53,9 @@ class VirtioDevice:
         self.requests = 0           # requests served
         self._queues = {}           # index -> SplitQueue, built when the driver is ready
         self._mem = None
+        # Held while the device's queues are worked on: the device thread
+        # holds it, and so may a peer's thread that hands over data directly.
+        self.lock = threading.RLock()
 
     # -- set-up (before the guest runs) --------------------------------------
     def config(self):
@@ -94,6 +97,10 @@ class VirtioDevice:
 
     def on_control(self):
         """The driver changed status or readied a queue: rebuild our view."""
+        with self.lock:
+            self._on_control()
+
+    def _on_control(self):
         s = self.state()
         if s.status == 0:
             self._queues.clear()
@@ -116,9 +123,13 @@ class VirtioDevice:
             return None
 
     def on_kick(self, index):
+        with self.lock:
+            self._on_kick(index)
+
+    def _on_kick(self, index):
         queue = self._queues.get(index)
         if queue is None:           # the kick may be seen before the status change
-            self.on_control()
+            self._on_control()
             queue = self._queues.get(index)
         if queue is None:
             return                  # not ready, or halted: the driver must reset
