@@ -115,6 +115,7 @@ struct hv_virtio_state {
     uint64_t driver_features;  /* accepted (driver) */
     uint32_t status, interrupt_status, config_generation, queue_sel;
     uint32_t nqueues, event;
+    uint32_t resets;           /* driver resets so far: the parent may see several at once */
     uint32_t features_sel, driver_features_sel;
     struct hv_virtio_queue queue[HV_VIRTIO_QUEUES_MAX];
     uint32_t config_len;

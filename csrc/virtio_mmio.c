@@ -162,6 +162,7 @@ int hv_virtio_needs_reset(struct hv_partition *p, uint32_t slot)
 /* Reset (status 0): the driver starts over; the device forgets it all. */
 static void reset_locked(struct virtio_dev *d)
 {
+    d->s.resets++;
     d->s.status = 0;
     d->s.driver_features = 0;
     d->s.interrupt_status = 0;

@@ -79,9 +79,11 @@ def load(path):
         for dev in devices:
             check_device(dev, where, base)
             if dev["type"] == "net":
-                if dev["mac"] in macs:
+                from hv.devices.net import parse_mac
+                mac = parse_mac(dev["mac"])
+                if mac in macs:
                     raise ConfigError(f"{where}: MAC {dev['mac']} is used twice")
-                macs.add(dev["mac"])
+                macs.add(mac)
             if dev["type"] == "blk" and not dev.get("readonly"):
                 if dev["path"] in disks:
                     raise ConfigError(f"{where}: disk {dev['path']} is attached read-write twice")

@@ -41,7 +41,7 @@ from resultline import RESULT_CODES, parse_result
 SECTOR = 512
 MAGIC = 0x42525544
 HEAD = struct.Struct("<IIQII")          # magic, run, block, index, bsize
-STALL_S = 3                             # no `flushed` line for this long: stuck
+STALL_S = 5                             # no `flushed` line for this long: stuck
 
 ENGINES = [
     pytest.param(name, marks=pytest.mark.skipif(engine_missing(name) is not None,

@@ -68,9 +68,8 @@ class BlkDevice(VirtioDevice):
         while (chain := queue.pop()) is not None:
             status, data = self._request(chain)
             written = queue.write(chain, data) if data else 0
-            if chain.writable_len == 0:
-                self.errors += 1            # no room even for the status byte
-                queue.push(chain, 0)
+            if chain.writable_len == 0:     # no room even for the status byte
+                queue.push(chain, 0)        # (counted by _request)
                 continue
             queue.write(chain, bytes([status]), offset=chain.writable_len - 1)
             queue.push(chain, written + 1)

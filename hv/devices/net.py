@@ -23,6 +23,7 @@ class NetDevice(VirtioDevice):
     FEATURES = 1 << F_MAC
     QUEUES = 2
     QUEUE_MAX = 256
+    HOST_FED_QUEUES = frozenset({RECEIVEQ})
 
     def __init__(self, switch, mac, name=None):
         super().__init__(name or f"net({mac_text(mac)})")

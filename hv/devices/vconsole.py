@@ -17,6 +17,7 @@ class ConsoleDevice(VirtioDevice):
     DEVICE_ID = 3
     QUEUES = 2
     QUEUE_MAX = 64
+    HOST_FED_QUEUES = frozenset({RECEIVEQ})
 
     def __init__(self, output, name="vconsole"):
         super().__init__(name)
@@ -130,6 +131,10 @@ class SocketConsole:
     def close(self):
         self._server.close()
         for client in self._clients:
+            try:
+                client.shutdown(socket.SHUT_RDWR)   # the client sees end-of-file
+            except OSError:
+                pass
             client.close()
         if os.path.exists(self.path):
             os.unlink(self.path)

@@ -44,6 +44,9 @@ class VirtioDevice:
     FEATURES = 0            # device-specific bits; the transport adds its own
     QUEUES = 1
     QUEUE_MAX = 256
+    # Queues whose buffers wait for host data (a NIC's receive queue): a kick
+    # only says buffers were added; they are filled when data arrives.
+    HOST_FED_QUEUES = frozenset()
 
     def __init__(self, name):
         self.name = name
@@ -52,6 +55,8 @@ class VirtioDevice:
         self.errors = 0             # bad requests and broken rings seen
         self.requests = 0           # requests served
         self._queues = {}           # index -> SplitQueue, built when the driver is ready
+        self._broken = False        # fail()ed: nothing is served until the driver resets
+        self._resets = 0            # driver resets seen (the core counts them)
         self._mem = None
         # Held while the device's queues are worked on: the device thread
         # holds it, and so may a peer's thread that hands over data directly.
@@ -102,11 +107,14 @@ class VirtioDevice:
 
     def _on_control(self):
         s = self.state()
-        if s.status == 0:
+        if s.resets != self._resets:
+            # The driver reset the device, perhaps more than once and perhaps
+            # already set it up again since: start over from this state.
+            self._resets = s.resets
             self._queues.clear()
+            self._broken = False
             self.reset()
-            return
-        if not s.status & STATUS_DRIVER_OK:
+        if self._broken or not s.status & STATUS_DRIVER_OK:
             return
         for index in range(self.QUEUES):
             q = s.queue[index]
@@ -134,14 +142,15 @@ class VirtioDevice:
         if queue is None:
             return                  # not ready, or halted: the driver must reset
         try:
-            queue.disable_kicks()
-            while True:
-                before = queue.last_avail
-                self.serve(index, queue)
-                # Buffers added while kicks were off are served now; a queue
-                # whose buffers wait for host data (net receive) is left be.
-                if not queue.enable_kicks() or queue.last_avail == before:
-                    break
+            if index in self.HOST_FED_QUEUES:
+                self.serve(index, queue)        # fill what host data there is
+            else:
+                queue.disable_kicks()
+                while True:
+                    self.serve(index, queue)
+                    # Buffers added while kicks were off are served now (2.7.10).
+                    if not queue.enable_kicks():
+                        break
             if queue.should_notify():
                 self.interrupt()
         except QueueError as e:
@@ -154,6 +163,7 @@ class VirtioDevice:
         """The guest broke this device: it needs a reset; nothing else is affected."""
         self.errors += 1
         self._queues.clear()
+        self._broken = True
         print(f"hv: partition {self.partition.id}: {self.name}: {why}; device needs reset",
               file=sys.stderr)
         lib.hv_virtio_needs_reset(self.partition._p, self.slot)
