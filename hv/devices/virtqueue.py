@@ -32,7 +32,6 @@ Use from a device, for one kick (2.7.10, notification suppression):
 """
 import struct
 from collections import namedtuple
-from contextlib import contextmanager
 
 from hv.devices.guestmem import GuestMemoryError
 
@@ -100,20 +99,25 @@ class SplitQueue:
     def _avail_event(self):
         return self.used + 4 + USED_ELEM.size * self.size   # after used.ring[size] (2.7.8)
 
-    @contextmanager
     def _guest_access(self):
         """Every public operation runs in here: a halted queue refuses work,
         and any guest fault halts it."""
         if self.halted:
             raise QueueError(f"queue halted: {self.halted}")
-        try:
-            yield
-        except GuestMemoryError as e:
-            self.halted = str(e)
-            raise QueueError(str(e)) from e
-        except QueueError as e:
-            self.halted = str(e)
-            raise
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb):
+        # A plain class rather than @contextmanager: this runs several times
+        # per request, and a generator per call costs more than the checks.
+        if isinstance(error, GuestMemoryError):
+            self.halted = str(error)
+            raise QueueError(str(error)) from error
+        if isinstance(error, QueueError):
+            self.halted = str(error)
+        return False
 
     # -- taking requests ---------------------------------------------------
     def pop(self):
