@@ -264,6 +264,12 @@ class SplitQueue:
             else:
                 self.mem.write_u16(self.used, USED_F_NO_NOTIFY)
 
+    def pending(self):
+        """Has the driver offered buffers we have not popped?  (Reads avail.idx
+        only; pop() does the checking.)"""
+        with self._guest_access():
+            return self.mem.read_u16(self.avail + 2) != self.last_avail
+
     def enable_kicks(self):
         """Ask for kicks again, then look once more: the driver may have added
         buffers while kicks were off, and will not kick for them.  Returns
