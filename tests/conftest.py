@@ -1,6 +1,7 @@
 """Shared test helpers: where things are, what the host has, crash isolation."""
 import os
 import pickle
+import shutil
 import signal
 import traceback
 
@@ -26,6 +27,26 @@ def kvm_missing_reason():
 
 needs_kvm = pytest.mark.skipif(kvm_missing_reason() is not None,
                                reason=f"KVM unavailable: {kvm_missing_reason()}")
+
+
+# ---- QEMU, the peer that boots the same guest images ----------------------
+QEMU = shutil.which("qemu-system-x86_64")
+
+
+def _qemu_kvm_missing():
+    if not os.path.exists("/dev/kvm"):
+        return "no /dev/kvm"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "no permission to open /dev/kvm"
+    return None
+
+
+#: QEMU accelerators to run a test on; KVM skipped, with the reason, if absent.
+ACCELS = [
+    pytest.param("kvm", marks=pytest.mark.skipif(_qemu_kvm_missing() is not None,
+                                                 reason=f"QEMU KVM: {_qemu_kvm_missing()}")),
+    "tcg",
+]
 
 
 def engine_missing(name):

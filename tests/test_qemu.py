@@ -4,34 +4,16 @@ QEMU's microvm loads the PVH entry note like hv does.  Without hv's CPUID
 signature the guest library falls back to COM1 for the console and to
 isa-debug-exit for the shutdown code, so QEMU exits with (code << 1) | 1.
 """
-import os
-import shutil
 import subprocess
 
 import pytest
 
-from conftest import guest
+from conftest import ACCELS, QEMU, guest
 from resultline import RESULT_CODES, parse_result, qemu_exit_status
 
-QEMU = shutil.which("qemu-system-x86_64")
 HELLO_LINE = "Hello from an hv guest!"
 
 pytestmark = pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed")
-
-
-def _kvm_usable():
-    if not os.path.exists("/dev/kvm"):
-        return "no /dev/kvm"
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return "no permission to open /dev/kvm"
-    return None
-
-
-ACCELS = [
-    pytest.param("kvm", marks=pytest.mark.skipif(_kvm_usable() is not None,
-                                                 reason=f"QEMU KVM: {_kvm_usable()}")),
-    "tcg",
-]
 
 
 def qemu(kernel, accel, append=None, timeout=60):

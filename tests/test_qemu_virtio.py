@@ -8,38 +8,20 @@ parses; with ACPI on the guest probes the 32 slots instead.
 ``virtio-mmio.force-legacy=false`` selects the virtio 1.x register layout
 (version 2), the only one the guests drive.
 """
-import os
 import re
-import shutil
 import socket
 import subprocess
 import time
 
 import pytest
 
-from conftest import guest
+from conftest import ACCELS, QEMU, guest
 from resultline import RESULT_CODES, parse_result, qemu_exit_status
 
-QEMU = shutil.which("qemu-system-x86_64")
 TIMEOUT = 30            # seconds per QEMU run; each takes well under one here
 SECTOR = 512
 
 pytestmark = pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed")
-
-
-def _kvm_usable():
-    if not os.path.exists("/dev/kvm"):
-        return "no /dev/kvm"
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return "no permission to open /dev/kvm"
-    return None
-
-
-ACCELS = [
-    pytest.param("kvm", marks=pytest.mark.skipif(_kvm_usable() is not None,
-                                                 reason=f"QEMU KVM: {_kvm_usable()}")),
-    "tcg",
-]
 
 
 def qemu_cmd(kernel, accel, devices=(), append="", machine="microvm,acpi=off"):
