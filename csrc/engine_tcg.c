@@ -365,6 +365,7 @@ static int tcg_count_instructions(void *vp, uint64_t *counter, const uint64_t *d
  * CPU context: the one 32-bit word that goes from -1 to 0 when a divide
  * error (vector 0) is raised, and write -1 back before each entry. */
 static long old_exception_offset = -2;      /* -2: not searched, -1: not found */
+static long hflags_offset = -2;
 
 static void on_calibration_fault(uc_engine *uc, uint32_t intno, void *user)
 {
@@ -372,51 +373,77 @@ static void on_calibration_fault(uc_engine *uc, uint32_t intno, void *user)
     uc_emu_stop(uc);
 }
 
-static void find_old_exception_offset(void)
+/* Run `code` at 0x1000 on a scratch CPU (a GDT at 0x3000 if given, stack at
+ * 0x2000) until it faults, and return the offset of the one 32-bit word of
+ * the saved context that changed as `changed(was, now)` says; -1 if none
+ * or several did. */
+static long find_context_word(const uint8_t *code, size_t code_len,
+                              const uint64_t *gdt, size_t gdt_len,
+                              int (*changed)(uint32_t was, uint32_t now))
 {
-    static const uint8_t divide_by_zero[] = { 0x31, 0xc0, 0xf7, 0xf0 };  /* xor eax,eax; div eax */
     uc_engine *uc;
     uc_context *before = NULL, *after = NULL;
     uc_hook h;
-    old_exception_offset = -1;
+    long found = -1;
     if (uc_open(UC_ARCH_X86, UC_MODE_64, &uc) != UC_ERR_OK)
-        return;
-    if (uc_mem_map(uc, 0x1000, 0x1000, UC_PROT_ALL) == UC_ERR_OK &&
-        uc_mem_write(uc, 0x1000, divide_by_zero, sizeof(divide_by_zero)) == UC_ERR_OK &&
+        return -1;
+    uc_x86_mmr gdtr = { .base = 0x3000, .limit = (uint32_t)gdt_len - 1 };
+    uint64_t rsp = 0x2000;
+    if (uc_mem_map(uc, 0, 0x10000, UC_PROT_ALL) == UC_ERR_OK &&
+        uc_mem_write(uc, 0x1000, code, code_len) == UC_ERR_OK &&
+        (!gdt || (uc_mem_write(uc, 0x3000, gdt, gdt_len) == UC_ERR_OK &&
+                  uc_reg_write(uc, UC_X86_REG_GDTR, &gdtr) == UC_ERR_OK)) &&
+        uc_reg_write(uc, UC_X86_REG_RSP, &rsp) == UC_ERR_OK &&
         uc_hook_add(uc, &h, UC_HOOK_INTR, (void *)on_calibration_fault, NULL, 1, 0) == UC_ERR_OK &&
         uc_context_alloc(uc, &before) == UC_ERR_OK && uc_context_alloc(uc, &after) == UC_ERR_OK) {
         uc_context_save(uc, before);
-        uc_emu_start(uc, 0x1000, 0x1000 + sizeof(divide_by_zero), 0, 0);
+        uc_emu_start(uc, 0x1000, 0x1000 + code_len + 0x1000, 0, 0);
         uc_context_save(uc, after);
         size_t size = uc_context_size(uc);
-        long found = -1;
         int candidates = 0;
         for (size_t at = 0; at + 4 <= size; at += 4) {
-            int32_t was, now;
+            uint32_t was, now;
             memcpy(&was, (uint8_t *)before + at, 4);
             memcpy(&now, (uint8_t *)after + at, 4);
-            if (was == -1 && now == 0) {
+            if (changed(was, now)) {
                 found = (long)at;
                 candidates++;
             }
         }
-        if (candidates == 1)
-            old_exception_offset = found;
+        if (candidates != 1)
+            found = -1;
     }
     if (before)
         uc_context_free(before);
     if (after)
         uc_context_free(after);
     uc_close(uc);
+    return found;
+}
+
+/* old_exception: -1 before, 0 after a divide error (vector 0). */
+static int old_exception_changed(uint32_t was, uint32_t now)
+{
+    return was == 0xffffffffu && now == 0;
+}
+
+static void find_old_exception_offset(void)
+{
+    static const uint8_t divide_by_zero[] = { 0x31, 0xc0, 0xf7, 0xf0 };  /* xor eax,eax; div eax */
+    old_exception_offset = find_context_word(divide_by_zero, sizeof(divide_by_zero),
+                                             NULL, 0, old_exception_changed);
 }
 
 /* Likewise the privilege level: QEMU keeps the CPL in env->hflags and
  * changes it only through its own far transfers and interrupt delivery.
  * Loading CS and SS through Unicorn's API is checked against the *current*
  * CPL, so delivering an interrupt from ring 3 to ring 0 in software needs
- * the CPL set first.  Found like old_exception: the word whose low two bits
- * go from 0 to 3 (and nothing else) when a scratch CPU irets to ring 3. */
-static long hflags_offset = -2;
+ * the CPL set first.  hflags is the word whose low two bits go from 0 to 3
+ * (and nothing else) when a scratch CPU irets to ring 3. */
+static int hflags_changed(uint32_t was, uint32_t now)
+{
+    return was != 0 && (was & 3) == 0 && now == (was | 3);
+}
 
 static void find_hflags_offset(void)
 {
@@ -424,56 +451,17 @@ static void find_hflags_offset(void)
         0, 0x00af9b000000ffffull, 0x00cf93000000ffffull,    /* null, kernel code64, data */
         0x00cff3000000ffffull, 0x00affb000000ffffull,       /* user data 0x18, code64 0x20 */
     };
-    static const uint8_t to_ring3[] = {
+    static const uint8_t to_ring3[0x101] = {
         0x6a, 0x1b,                         /* push $0x1b (SS) */
         0x68, 0x00, 0x0f, 0x00, 0x00,       /* push $0xf00 (RSP) */
         0x6a, 0x02,                         /* push $2 (RFLAGS) */
         0x6a, 0x23,                         /* push $0x23 (CS) */
         0x68, 0x00, 0x11, 0x00, 0x00,       /* push $0x1100 (RIP) */
         0x48, 0xcf,                         /* iretq */
+        [0x100] = 0xf4,                     /* at 0x1100: hlt at CPL 3 -> #GP stops the run */
     };
-    static const uint8_t privileged = 0xf4;  /* hlt at CPL 3: #GP stops the run */
-    uc_engine *uc;
-    uc_context *before = NULL, *after = NULL;
-    uc_hook h;
-    hflags_offset = -1;
-    if (uc_open(UC_ARCH_X86, UC_MODE_64, &uc) != UC_ERR_OK)
-        return;
-    uc_x86_mmr gdtr = { .base = 0x3000, .limit = sizeof(gdt) - 1 };
-    uint64_t rsp = 0x2000;
-    if (uc_mem_map(uc, 0, 0x10000, UC_PROT_ALL) == UC_ERR_OK &&
-        uc_mem_write(uc, 0x3000, gdt, sizeof(gdt)) == UC_ERR_OK &&
-        uc_mem_write(uc, 0x1000, to_ring3, sizeof(to_ring3)) == UC_ERR_OK &&
-        uc_mem_write(uc, 0x1100, &privileged, 1) == UC_ERR_OK &&
-        uc_reg_write(uc, UC_X86_REG_GDTR, &gdtr) == UC_ERR_OK &&
-        uc_reg_write(uc, UC_X86_REG_RSP, &rsp) == UC_ERR_OK &&
-        uc_hook_add(uc, &h, UC_HOOK_INTR, (void *)on_calibration_fault, NULL, 1, 0) == UC_ERR_OK &&
-        uc_context_alloc(uc, &before) == UC_ERR_OK && uc_context_alloc(uc, &after) == UC_ERR_OK) {
-        uc_context_save(uc, before);
-        uc_emu_start(uc, 0x1000, 0x1101, 0, 0);
-        uc_context_save(uc, after);
-        uint64_t cs = 0;
-        uc_reg_read(uc, UC_X86_REG_CS, &cs);
-        size_t size = uc_context_size(uc);
-        long found = -1;
-        int candidates = 0;
-        for (size_t at = 0; cs == 0x23 && at + 4 <= size; at += 4) {
-            uint32_t was, now;
-            memcpy(&was, (uint8_t *)before + at, 4);
-            memcpy(&now, (uint8_t *)after + at, 4);
-            if (was != 0 && (was & 3) == 0 && now == (was | 3)) {
-                found = (long)at;
-                candidates++;
-            }
-        }
-        if (candidates == 1)
-            hflags_offset = found;
-    }
-    if (before)
-        uc_context_free(before);
-    if (after)
-        uc_context_free(after);
-    uc_close(uc);
+    hflags_offset = find_context_word(to_ring3, sizeof(to_ring3), gdt, sizeof(gdt),
+                                      hflags_changed);
 }
 
 /* Patch QEMU state the API does not reach: forget a pending exception
