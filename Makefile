@@ -42,9 +42,8 @@ $(CORE): .stamp-deps $(CSRC)
 guests: .stamp-system
 	$(MAKE) -s -C guests
 
-bench: build guests                       ## tools/bench all
-	$(PY) tools/bench hypercall
-	$(PY) tools/bench boot
+bench: build guests                       ## every benchmark, one JSON line per figure
+	$(PY) tools/bench all
 
 docs: build                               ## regenerate docs/abi.md and docs/tour.md
 	$(PY) tools/gen_abi_doc
