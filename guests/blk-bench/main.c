@@ -39,6 +39,7 @@
 #include "test.h"
 #include "virtio_blk.h"
 #include "virtio_cmdline.h"
+#include "x86.h"
 
 #define SECTOR          VIRTIO_BLK_SECTOR
 #define WORDS           (SECTOR / 8)
@@ -66,14 +67,6 @@ static uint64_t rng_next(void)
     rng_state ^= rng_state << 25;
     rng_state ^= rng_state >> 27;
     return rng_state * 0x2545f4914f6cdd1dull;
-}
-
-static inline uint64_t rdtsc(void)
-{
-    uint32_t lo, hi;
-
-    asm volatile("lfence; rdtsc" : "=a"(lo), "=d"(hi) :: "memory");
-    return (uint64_t)hi << 32 | lo;
 }
 
 static void check(int r, const char *what)

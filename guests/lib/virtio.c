@@ -8,6 +8,7 @@
 #include "printf.h"
 #include "virtio.h"
 #include "virtio_cmdline.h"
+#include "x86.h"
 
 /* ---- Registers ----------------------------------------------------------- */
 
@@ -430,12 +431,7 @@ broken:
 
 uint64_t virtio_now(void)
 {
-    uint32_t lo, hi;
-
-    if (hv_hypercalls_ready())
-        return hv_clock_read();
-    asm volatile("rdtsc" : "=a"(lo), "=d"(hi));
-    return (uint64_t)hi << 32 | lo;
+    return hv_hypercalls_ready() ? hv_clock_read() : rdtsc();
 }
 
 const char *virtio_now_unit(void)

@@ -65,6 +65,16 @@ static inline void cpuid(uint32_t leaf, uint32_t r[4])
                  : "a"(leaf), "c"(0));
 }
 
+/* The time-stamp counter; LFENCE keeps it from being read early
+ * (SDM vol. 2, RDTSC), so it brackets the work before it. */
+static inline uint64_t rdtsc(void)
+{
+    uint32_t lo, hi;
+
+    asm volatile("lfence; rdtsc" : "=a"(lo), "=d"(hi) :: "memory");
+    return (uint64_t)hi << 32 | lo;
+}
+
 static inline void cli(void) { asm volatile("cli" : : : "memory"); }
 static inline void sti(void) { asm volatile("sti" : : : "memory"); }
 static inline void hlt(void) { asm volatile("hlt" : : : "memory"); }

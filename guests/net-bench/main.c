@@ -33,6 +33,7 @@
 #include "events.h"
 #include "hv.h"
 #include "kernel.h"
+#include "x86.h"
 #include "printf.h"
 #include "test.h"
 #include "virtio_cmdline.h"
@@ -81,14 +82,6 @@ static struct tx_slot *free_slots;
 static unsigned tx_busy;
 static uint8_t peer[ETH_ALEN] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff };
 static uint64_t rtt[LAT_MAX];
-
-static inline uint64_t rdtsc(void)
-{
-    uint32_t lo, hi;
-
-    asm volatile("lfence; rdtsc" : "=a"(lo), "=d"(hi) :: "memory");
-    return (uint64_t)hi << 32 | lo;
-}
 
 static void check(int r, const char *what)
 {
