@@ -209,6 +209,8 @@ int  hv_test_walk(struct hv_partition *p, uint64_t cr3, uint64_t gva,
  * regs/exit out.  Returns 1 if the call finished in the core, 0 if it went to
  * the parent (exit filled). */
 int  hv_test_dispatch(struct hv_vcpu *v, struct hv_regs *regs, struct hv_exit *exit);
+/* A guest access to the device window, as the engines make it (tests). */
+int  hv_test_mmio(struct hv_partition *p, uint64_t addr, uint32_t size, int write, uint64_t *value);
 /* Digest of the partition's guest-visible hv state (event, timer, hypercall
  * page), for "no state change on error" checks. */
 uint64_t hv_test_state_digest(struct hv_vcpu *v);

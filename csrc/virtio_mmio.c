@@ -256,6 +256,11 @@ static int write_reg(struct virtio_dev *d, uint32_t off, uint32_t value)
     return -1;
 }
 
+int hv_test_mmio(struct hv_partition *p, uint64_t addr, uint32_t size, int write, uint64_t *value)
+{
+    return virtio_mmio_access(p, addr, size, write, value);
+}
+
 /* T:575 Every guest access to the device window lands here (KVM's MMIO
  * exits, TCG's MMIO callbacks).  Returns 0 if handled; reads of empty slots
  * and bad widths see zeros, writes to them are dropped. */
