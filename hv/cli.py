@@ -128,7 +128,11 @@ def cmd_run(args, tracer=None):
         if args.verbose:
             print(f"hv: partition {part.id}: engine {part.engine} ({part.engine_reason}), "
                   f"{part.mem_size >> 20} MiB, entry {part.image.entry:#x}", file=sys.stderr)
-        state = part.run()
+        # The vCPU runs on a thread of its own and this thread waits, so that
+        # Ctrl-C reaches Python at once even while a TCG guest spins without
+        # exits (Python runs signal handlers only on the main thread).
+        part.start()
+        state = part.wait()
         if args.verbose:
             counts = ", ".join(f"{k} {v}" for k, v in part.last_counters.items())
             print(f"hv: partition {part.id}: {state}; {counts}", file=sys.stderr)

@@ -297,3 +297,23 @@ def test_console_file_selftest(tmp_path):
     proc = hv("run", guest("hcall-selftest"), "--console", out)
     assert (proc.returncode, proc.stdout) == (0, ""), proc.stderr
     assert parse_result(out.read_text()) == ("SUCCESS", "")
+
+
+@pytest.mark.parametrize("engine_args", ENGINE_ARGS)
+def test_ctrl_c_stops_a_spinning_guest(engine_args):
+    """SIGINT ends `hv run` promptly with status 130, even while a TCG guest
+    spins without a single exit."""
+    import signal
+    import time
+    proc = subprocess.Popen([sys.executable, "-m", "hv", "run", *engine_args,
+                             "--cmdline", "spin", guest("crash")],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline().startswith(b"crash: spinning")
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert err.decode().strip().splitlines()[-1] == "hv: interrupted"
