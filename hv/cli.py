@@ -43,8 +43,9 @@ def _add_run_options(run):
     run.add_argument("--disk", action="append", default=[], metavar="IMAGE[,ro]",
                      help="a virtio-blk disk on a raw image file (repeatable)")
     run.add_argument("--rng", action="store_true", help="a virtio-rng entropy device")
-    run.add_argument("--vconsole", metavar="FILE|-|unix:PATH",
-                     help="a virtio-console: to FILE, stdout (-), or a Unix socket for `hv console`")
+    run.add_argument("--vconsole", metavar="FILE|-|unix:NAME|unix:PATH",
+                     help="a virtio-console: to FILE, stdout (-), or a Unix socket that "
+                          "`hv console NAME` (or PATH) attaches to")
     run.add_argument("--net", metavar="MAC", action="append", default=[],
                      help="a virtio-net NIC on the partition's switch (repeatable)")
 
@@ -85,7 +86,8 @@ def _parser():
     up.add_argument("config", help="TOML file with [[partition]] tables (see hv/config.py)")
     up.add_argument("-v", "--verbose", action="store_true")
     con = sub.add_parser("console", help="attach to a virtio-console's Unix socket")
-    con.add_argument("socket", help="the socket path given to --vconsole unix:PATH or `socket =`")
+    con.add_argument("socket", metavar="NAME|PATH",
+                     help="a console name (--vconsole unix:NAME, `socket = \"NAME\"`) or a socket path")
     sub.add_parser("info", help="host capabilities: engines, ABI version")
     return p
 
@@ -266,11 +268,14 @@ def cmd_console(args):
     import selectors
     import socket
 
+    from hv.devices.vconsole import console_socket_path
+
+    path = console_socket_path(args.socket)
     try:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        conn.connect(args.socket)
+        conn.connect(path)
     except OSError as e:
-        return _error(f"cannot attach to {args.socket}: {e.strerror}")
+        return _error(f"cannot attach to console {args.socket} ({path}): {e.strerror}")
     sel = selectors.DefaultSelector()
     sel.register(conn, selectors.EVENT_READ)
     stdin_open = True

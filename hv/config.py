@@ -110,9 +110,15 @@ def check_device(dev, where, base="."):
             parse_mac(dev["mac"])
         except ValueError as e:
             raise ConfigError(f"{where}: {e}") from None
-    for key in ("output", "socket"):
-        if key in dev:
-            dev[key] = os.path.join(base, dev[key]) if dev[key] != "-" else "-"
+    if "output" in dev and dev["output"] != "-":
+        dev["output"] = os.path.join(base, dev["output"])
+    if "socket" in dev:
+        # A path (with a /) is relative to the config file; a bare word is a
+        # console name that `hv console NAME` finds.
+        if not isinstance(dev["socket"], str) or not dev["socket"]:
+            raise ConfigError(f"{where}: console socket must be a path or a name")
+        if "/" in dev["socket"]:
+            dev["socket"] = os.path.join(base, dev["socket"])
 
 
 def make_devices(specs, switches):
@@ -122,7 +128,7 @@ def make_devices(specs, switches):
     from hv.devices.net import NetDevice, parse_mac
     from hv.devices.rng import RngDevice
     from hv.devices.switch import Switch
-    from hv.devices.vconsole import ConsoleDevice, SocketConsole
+    from hv.devices.vconsole import ConsoleDevice, SocketConsole, console_socket_path
 
     devices = []
     try:
@@ -134,7 +140,7 @@ def make_devices(specs, switches):
                 devices.append(RngDevice())
             elif kind == "console":
                 if "socket" in dev:
-                    sink = SocketConsole(dev["socket"])
+                    sink = SocketConsole(console_socket_path(dev["socket"]))
                 else:
                     output = dev.get("output", "-")
                     sink = Console() if output == "-" else Console(path=output)

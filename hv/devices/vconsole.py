@@ -71,6 +71,18 @@ class ConsoleDevice(VirtioDevice):
             queue.push(chain, n)
 
 
+def console_socket_path(name):
+    """Where the console called `name` listens: a path (anything with a /)
+    as given, or a name in the user's runtime directory, so that
+    `hv console NAME` finds it."""
+    if "/" in name:
+        return name
+    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/hv-{os.getuid()}"
+    directory = os.path.join(base, "hv")
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    return os.path.join(directory, f"{name}.sock")
+
+
 class SocketConsole:
     """A console sink on a Unix socket that `hv console PATH` attaches to.
 
