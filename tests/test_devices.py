@@ -646,3 +646,26 @@ def test_kick_round_serves_buffers_posted_while_kicks_were_off():
         "request 1 was neither served nor kicked for: hv/devices/virtio.py on_kick() "
         "breaks out when enable_kicks() reports pending buffers but this round consumed "
         "none (`queue.last_avail == before`)")
+
+
+def test_named_console_is_found_by_hv_console(tmp_path):
+    """`--vconsole unix:NAME` listens in the runtime directory and
+    `hv console NAME` finds it: a line typed there comes back from the guest."""
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path))
+    run = subprocess.Popen([sys.executable, "-m", "hv", "run", "--engine", "tcg",
+                            "--vconsole", "unix:echo-test", guest("vcon-echo")],
+                           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        sock = tmp_path / "hv" / "echo-test.sock"
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        con = subprocess.run([sys.executable, "-m", "hv", "console", "echo-test"], cwd=ROOT,
+                             env=env, input=b"hello there\n", capture_output=True, timeout=20)
+        out, err = run.communicate(timeout=20)
+    finally:
+        run.kill()
+    assert con.returncode == 0, con.stderr
+    assert b"hello there" in con.stdout
+    assert run.returncode == 0, err
+    assert parse_result(out.decode())[0] == "SUCCESS"
