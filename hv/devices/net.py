@@ -24,6 +24,7 @@ class NetDevice(VirtioDevice):
     QUEUES = 2
     QUEUE_MAX = 256
     HOST_FED_QUEUES = frozenset({RECEIVEQ})
+    POLL_NS = 0             # transmit polling holds the GIL the peer's thread needs
 
     def __init__(self, switch, mac, name=None):
         super().__init__(name or f"net({mac_text(mac)})")
