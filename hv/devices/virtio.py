@@ -242,10 +242,16 @@ class DeviceHost:
                     with self._lock:
                         work, self._host_work = self._host_work, []
                     for dev in work:
-                        dev.notify_host()
+                        try:
+                            dev.notify_host()
+                        except Exception as e:
+                            dev.fail(f"backend error: {type(e).__name__}: {e}")
                     continue
                 dev, index = key.data
-                if index is None:
-                    dev.on_control()
-                else:
-                    dev.on_kick(index)
+                try:
+                    if index is None:
+                        dev.on_control()
+                    else:
+                        dev.on_kick(index)
+                except Exception as e:      # a backend's own bug costs only that device
+                    dev.fail(f"backend error: {type(e).__name__}: {e}")
