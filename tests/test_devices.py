@@ -669,3 +669,29 @@ def test_named_console_is_found_by_hv_console(tmp_path):
     assert b"hello there" in con.stdout
     assert run.returncode == 0, err
     assert parse_result(out.decode())[0] == "SUCCESS"
+
+
+def test_a_backend_bug_costs_only_that_device():
+    """A backend that raises is failed (NEEDS_RESET, one log line); the
+    device thread, the partition and its other devices go on."""
+    from hv.console import CaptureConsole
+    from hv.devices.blk import BlkDevice
+    from hv.devices.rng import RngDevice
+    from hv.partition import Partition
+
+    class BrokenRng(RngDevice):
+        def serve(self, index, queue):
+            raise RuntimeError("backend bug")
+
+    import tempfile
+    with tempfile.NamedTemporaryFile() as disk:
+        disk.truncate(1 << 20)
+        broken = BrokenRng()
+        p = Partition(guest("rng-test"), engine="tcg", console=CaptureConsole(),
+                      devices=[broken, BlkDevice(disk.name)])
+        try:
+            assert p.run() == "shutdown"        # the guest reports, hv stays up
+            assert broken.errors == 1
+            assert "FAILURE" in p.console.text() or "ERROR" in p.console.text()
+        finally:
+            p.destroy()

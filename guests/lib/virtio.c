@@ -40,6 +40,7 @@ const char *virtio_strerror(int err)
         [VIRTIO_EIO] = "I/O error",
         [VIRTIO_EUNSUPP] = "unsupported request",
         [VIRTIO_ERANGE] = "out of range",
+        [VIRTIO_ENEEDS_RESET] = "device needs a reset",
     };
     unsigned e = (unsigned)(err < 0 ? -err : err);
 
@@ -498,6 +499,9 @@ int virtq_wait(struct virtq *vq, void **token, uint32_t *len, uint64_t timeout)
         if (vq->use_event && !sleep_on_event(vq))
             vq->use_event = false;
         if (polls % 64 == 0) {
+            /* A device that gave up on us (2.1.2) will not answer: stop. */
+            if (rd32(vq->dev, VIRTIO_MMIO_STATUS) & VIRTIO_STATUS_NEEDS_RESET)
+                return -VIRTIO_ENEEDS_RESET;
             uint64_t now = virtio_now();
             if (start == 0)
                 start = now;

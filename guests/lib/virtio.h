@@ -171,6 +171,7 @@ struct virtio_dev {
 #define VIRTIO_EIO      7       /* the device reported an I/O error */
 #define VIRTIO_EUNSUPP  8       /* the device does not support the request */
 #define VIRTIO_ERANGE   9       /* request outside the device (e.g. sectors) */
+#define VIRTIO_ENEEDS_RESET 10  /* the device set DEVICE_NEEDS_RESET (2.1.2) */
 
 const char *virtio_strerror(int err);
 
