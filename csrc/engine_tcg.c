@@ -23,6 +23,7 @@
 #include <string.h>
 #include <unicorn/unicorn.h>
 #include "core.h"
+#include "engine_tcg.h"
 
 /* Register ids in struct hv_regs order. */
 static const int reg_ids[] = {
@@ -68,8 +69,6 @@ struct tcg_vcpu {
     uint64_t *icount;               /* deterministic mode */
     const uint64_t *icount_deadline;
 };
-
-static void patch_cpu_state(struct tcg_vcpu *c, int forget_exception, int cpl);
 
 static int tcg_probe(char *why, size_t len)
 {
@@ -213,8 +212,10 @@ static int tcg_load_segments(void *vp, uint16_t cs, uint16_t ss)
 {
     struct tcg_vcpu *c = vp;
     uint64_t cs64 = cs, ss64 = ss, old_cs = read_reg(c->uc, UC_X86_REG_CS);
-    if ((old_cs & 3) != (cs & 3))
-        patch_cpu_state(c, 0, cs & 3);
+    if ((old_cs & 3) != (cs & 3)) {
+        tcg_patch_cpu_state(c->uc, 0, cs & 3);
+        c->regs_valid = 0;
+    }
     if (uc_reg_write(c->uc, UC_X86_REG_CS, &cs64) || uc_reg_write(c->uc, UC_X86_REG_SS, &ss64))
         return -EFAULT;
     c->regs_valid = 0;
@@ -357,148 +358,6 @@ static int tcg_count_instructions(void *vp, uint64_t *counter, const uint64_t *d
     return uc_hook_add(c->uc, &h, UC_HOOK_CODE, (void *)tcg_on_instruction, c, 1, 0) ? -EIO : 0;
 }
 
-/* QEMU remembers the last CPU exception (env->old_exception) to turn a
- * second fault into a double fault, and forgets it only when it delivers an
- * exception through the IDT itself -- which Unicorn never does.  Left alone,
- * every exception after the first contributory or page fault would arrive
- * as #DF.  The field is not in Unicorn's API, so find it once in the saved
- * CPU context: the one 32-bit word that goes from -1 to 0 when a divide
- * error (vector 0) is raised, and write -1 back before each entry. */
-static long old_exception_offset = -2;      /* -2: not searched, -1: not found */
-static long hflags_offset = -2;
-
-static void on_calibration_fault(uc_engine *uc, uint32_t intno, void *user)
-{
-    (void)intno; (void)user;
-    uc_emu_stop(uc);
-}
-
-/* Run `code` at 0x1000 on a scratch CPU (a GDT at 0x3000 if given, stack at
- * 0x2000) until it faults, and return the offset of the one 32-bit word of
- * the saved context that changed as `changed(was, now)` says; -1 if none
- * or several did. */
-static long find_context_word(const uint8_t *code, size_t code_len,
-                              const uint64_t *gdt, size_t gdt_len,
-                              int (*changed)(uint32_t was, uint32_t now))
-{
-    uc_engine *uc;
-    uc_context *before = NULL, *after = NULL;
-    uc_hook h;
-    long found = -1;
-    if (uc_open(UC_ARCH_X86, UC_MODE_64, &uc) != UC_ERR_OK)
-        return -1;
-    uc_x86_mmr gdtr = { .base = 0x3000, .limit = (uint32_t)gdt_len - 1 };
-    uint64_t rsp = 0x2000;
-    if (uc_mem_map(uc, 0, 0x10000, UC_PROT_ALL) == UC_ERR_OK &&
-        uc_mem_write(uc, 0x1000, code, code_len) == UC_ERR_OK &&
-        (!gdt || (uc_mem_write(uc, 0x3000, gdt, gdt_len) == UC_ERR_OK &&
-                  uc_reg_write(uc, UC_X86_REG_GDTR, &gdtr) == UC_ERR_OK)) &&
-        uc_reg_write(uc, UC_X86_REG_RSP, &rsp) == UC_ERR_OK &&
-        uc_hook_add(uc, &h, UC_HOOK_INTR, (void *)on_calibration_fault, NULL, 1, 0) == UC_ERR_OK &&
-        uc_context_alloc(uc, &before) == UC_ERR_OK && uc_context_alloc(uc, &after) == UC_ERR_OK) {
-        uc_context_save(uc, before);
-        uc_emu_start(uc, 0x1000, 0x1000 + code_len + 0x1000, 0, 0);
-        uc_context_save(uc, after);
-        size_t size = uc_context_size(uc);
-        int candidates = 0;
-        for (size_t at = 0; at + 4 <= size; at += 4) {
-            uint32_t was, now;
-            memcpy(&was, (uint8_t *)before + at, 4);
-            memcpy(&now, (uint8_t *)after + at, 4);
-            if (changed(was, now)) {
-                found = (long)at;
-                candidates++;
-            }
-        }
-        if (candidates != 1)
-            found = -1;
-    }
-    if (before)
-        uc_context_free(before);
-    if (after)
-        uc_context_free(after);
-    uc_close(uc);
-    return found;
-}
-
-/* old_exception: -1 before, 0 after a divide error (vector 0). */
-static int old_exception_changed(uint32_t was, uint32_t now)
-{
-    return was == 0xffffffffu && now == 0;
-}
-
-static void find_old_exception_offset(void)
-{
-    static const uint8_t divide_by_zero[] = { 0x31, 0xc0, 0xf7, 0xf0 };  /* xor eax,eax; div eax */
-    old_exception_offset = find_context_word(divide_by_zero, sizeof(divide_by_zero),
-                                             NULL, 0, old_exception_changed);
-}
-
-/* Likewise the privilege level: QEMU keeps the CPL in env->hflags and
- * changes it only through its own far transfers and interrupt delivery.
- * Loading CS and SS through Unicorn's API is checked against the *current*
- * CPL, so delivering an interrupt from ring 3 to ring 0 in software needs
- * the CPL set first.  hflags is the word whose low two bits go from 0 to 3
- * (and nothing else) when a scratch CPU irets to ring 3. */
-static int hflags_changed(uint32_t was, uint32_t now)
-{
-    return was != 0 && (was & 3) == 0 && now == (was | 3);
-}
-
-static void find_hflags_offset(void)
-{
-    static const uint64_t gdt[] = {
-        0, 0x00af9b000000ffffull, 0x00cf93000000ffffull,    /* null, kernel code64, data */
-        0x00cff3000000ffffull, 0x00affb000000ffffull,       /* user data 0x18, code64 0x20 */
-    };
-    static const uint8_t to_ring3[0x101] = {
-        0x6a, 0x1b,                         /* push $0x1b (SS) */
-        0x68, 0x00, 0x0f, 0x00, 0x00,       /* push $0xf00 (RSP) */
-        0x6a, 0x02,                         /* push $2 (RFLAGS) */
-        0x6a, 0x23,                         /* push $0x23 (CS) */
-        0x68, 0x00, 0x11, 0x00, 0x00,       /* push $0x1100 (RIP) */
-        0x48, 0xcf,                         /* iretq */
-        [0x100] = 0xf4,                     /* at 0x1100: hlt at CPL 3 -> #GP stops the run */
-    };
-    hflags_offset = find_context_word(to_ring3, sizeof(to_ring3), gdt, sizeof(gdt),
-                                      hflags_changed);
-}
-
-/* Patch QEMU state the API does not reach: forget a pending exception
- * and/or set the CPL (cpl < 0: leave it). */
-static void patch_cpu_state(struct tcg_vcpu *c, int forget_exception, int cpl)
-{
-    static pthread_once_t once = PTHREAD_ONCE_INIT, once_hflags = PTHREAD_ONCE_INIT;
-    pthread_once(&once, find_old_exception_offset);
-    if (cpl >= 0)
-        pthread_once(&once_hflags, find_hflags_offset);
-    int exception = forget_exception && old_exception_offset >= 0;
-    int privilege = cpl >= 0 && hflags_offset >= 0;
-    if (!exception && !privilege)
-        return;                     /* not found: see docs/engines.md */
-    uc_context *ctx;
-    if (uc_context_alloc(c->uc, &ctx) != UC_ERR_OK)
-        return;
-    uc_context_save(c->uc, ctx);
-    if (exception) {
-        const int32_t none = -1;
-        memcpy((uint8_t *)ctx + old_exception_offset, &none, 4);
-    }
-    if (privilege) {
-        uint32_t hflags;
-        memcpy(&hflags, (uint8_t *)ctx + hflags_offset, 4);
-        hflags = (hflags & ~3u) | (uint32_t)cpl;
-        memcpy((uint8_t *)ctx + hflags_offset, &hflags, 4);
-    }
-    uc_context_restore(c->uc, ctx);
-    uc_context_free(ctx);
-    c->regs_valid = 0;
-}
-
-static void forget_old_exception(struct tcg_vcpu *c)
-{
-    patch_cpu_state(c, 1, -1);
-}
 
 /* The virtio window: Unicorn calls these in the middle of an instruction;
  * the core's register file answers at once. */
@@ -577,7 +436,8 @@ static int tcg_run(void *vp, struct engine_exit *exit)
     }
     /* Faults QEMU took without delivering them (ours are delivered by the
      * core) must not turn the next one into a double fault. */
-    forget_old_exception(c);
+    tcg_patch_cpu_state(c->uc, 1, -1);
+    c->regs_valid = 0;
     uint64_t rip = tcg_regs(vp)->rip;
     c->stop = STOP_NONE;
     c->regs_valid = 0;
