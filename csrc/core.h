@@ -51,6 +51,7 @@ struct hv_partition {
     struct hv_vcpu *vcpu;      /* one vCPU for now; SMP adds an array */
     struct trace_ring trace;
     int deterministic;         /* clock = guest instructions (TCG) */
+    uint64_t insn_trace_start, insn_trace_end;   /* end 0: no instruction trace */
     struct virtio_dev *virtio[HV_VIRTIO_MMIO_SLOTS];   /* virtio_mmio.c */
 };
 
@@ -110,6 +111,7 @@ int  idt_deliver(struct hv_vcpu *v, uint8_t vector, int exception);
 void trace_record(struct hv_vcpu *v, uint32_t kind, uint64_t nr,
                   const uint64_t args[5], int64_t result);
 void trace_free(struct hv_partition *p);
+void trace_insn(struct hv_vcpu *v, uint64_t rip, uint32_t size);
 #define TRACE(v, kind, nr, args, result) \
     do { if ((v)->partition->trace.ring) trace_record((v), (kind), (nr), (args), (result)); } while (0)
 

@@ -78,6 +78,9 @@ struct engine_ops {
     /* Deterministic mode (NULL if unsupported): count every guest
      * instruction into *counter and stop when it reaches *deadline (0 = none). */
     int  (*count_instructions)(void *vcpu, uint64_t *counter, const uint64_t *deadline);
+    /* Optional: call trace_insn(owner, rip, size) before each instruction in
+     * [start, end] (TCG: a code hook on that range). */
+    int  (*trace_code)(void *vcpu, uint64_t start, uint64_t end);
     /* Async-signal-safe: make the current or next run() return promptly. */
     void (*kick_from_signal)(void *vcpu);
 };

@@ -400,5 +400,6 @@ const struct engine_ops engine_kvm_ops = {
     .load_segments = NULL,          /* KVM delivers vectors itself */
     .request_window = kvm_request_window,
     .count_instructions = NULL,
+    .trace_code = NULL,
     .kick_from_signal = kvm_kick_from_signal,
 };

@@ -99,5 +99,6 @@ const struct engine_ops engine_none_ops = {
     .load_segments = none_load_segments,
     .request_window = none_request_window,
     .count_instructions = NULL,
+    .trace_code = NULL,
     .kick_from_signal = none_kick,
 };

@@ -349,6 +349,23 @@ static void tcg_on_instruction(uc_engine *uc, uint64_t address, uint32_t size, v
     ++*c->icount;
 }
 
+/* hv trace --insn: record each instruction in the range (a student's view
+ * of what the guest did). */
+static void tcg_on_traced_instruction(uc_engine *uc, uint64_t address, uint32_t size, void *user)
+{
+    struct tcg_vcpu *c = user;
+    (void)uc;
+    trace_insn(c->owner, address, size);
+}
+
+static int tcg_trace_code(void *vp, uint64_t start, uint64_t end)
+{
+    struct tcg_vcpu *c = vp;
+    uc_hook h;
+    return uc_hook_add(c->uc, &h, UC_HOOK_CODE, (void *)tcg_on_traced_instruction, c, start, end)
+           ? -EIO : 0;
+}
+
 static int tcg_count_instructions(void *vp, uint64_t *counter, const uint64_t *deadline)
 {
     struct tcg_vcpu *c = vp;
@@ -528,5 +545,6 @@ const struct engine_ops engine_tcg_ops = {
     .load_segments = tcg_load_segments,
     .request_window = tcg_request_window,
     .count_instructions = tcg_count_instructions,
+    .trace_code = tcg_trace_code,
     .kick_from_signal = tcg_kick_from_signal,
 };

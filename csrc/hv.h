@@ -81,6 +81,7 @@ struct hv_sregs {
 #define HV_TRACE_INJECT      4   /* a vector was delivered: nr = vector */
 #define HV_TRACE_EXIT        5   /* an engine exit the core handled: nr = kind, args[0] = detail */
 #define HV_TRACE_PAGE        6   /* the hypercall page was placed: args[0] = gpa */
+#define HV_TRACE_INSN        7   /* an instruction executed (TCG): nr = rip, args[0..1] = bytes, result = length */
 
 struct hv_trace_record {
     uint64_t seq;              /* per partition, from 0; gaps = dropped records */
@@ -156,6 +157,9 @@ uint32_t hv_partition_trace_read(struct hv_partition *p, struct hv_trace_record 
  * partition clock counts guest instructions (1 ns each) and the timer fires
  * at an exact instruction. */
 int  hv_partition_set_deterministic(struct hv_partition *p);
+/* Trace every instruction executed in [start, end] (TCG only; tracing on;
+ * before the vCPU is created). */
+int  hv_partition_trace_instructions(struct hv_partition *p, uint64_t start, uint64_t end);
 /* Raise an event from the parent (device completions, later). Thread-safe. */
 int  hv_partition_raise_event(struct hv_partition *p, uint32_t event);
 

@@ -126,6 +126,19 @@ int hv_partition_set_deterministic(struct hv_partition *p)
     return 0;
 }
 
+int hv_partition_trace_instructions(struct hv_partition *p, uint64_t start, uint64_t end)
+{
+    if (!p->engine->trace_code)
+        return -EOPNOTSUPP;     /* KVM runs guest code without us seeing it */
+    if (!p->trace.ring || start > end)
+        return -EINVAL;
+    if (p->vcpu)
+        return -EBUSY;
+    p->insn_trace_start = start;
+    p->insn_trace_end = end;
+    return 0;
+}
+
 uint64_t partition_clock_ns(const struct hv_partition *p)
 {
     if (p->deterministic)

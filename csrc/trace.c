@@ -55,6 +55,22 @@ void trace_record(struct hv_vcpu *v, uint32_t kind, uint64_t nr,
         v->trace_drain = 1;
 }
 
+/* One executed instruction: its address and bytes, read as the CPU fetched
+ * them (through the guest's page tables), and whether long mode was on
+ * (args[2], so the decoder knows 32- from 64-bit code). */
+void trace_insn(struct hv_vcpu *v, uint64_t rip, uint32_t size)
+{
+    uint64_t words[5] = { 0 };
+    struct hv_sregs s;
+    if (size > 16)
+        size = 16;
+    if (copy_guest_system(v, rip, words, size, 0))
+        size = 0;
+    if (v->partition->engine->get_sregs(v->engine_vcpu, &s) == 0)
+        words[2] = !!(s.efer & (1ull << 10));           /* EFER.LMA */
+    trace_record(v, HV_TRACE_INSN, rip, words, size);
+}
+
 uint32_t hv_partition_trace_read(struct hv_partition *p, struct hv_trace_record *out, uint32_t max)
 {
     struct trace_ring *t = &p->trace;

@@ -37,19 +37,19 @@ int hv_vcpu_create(struct hv_partition *p, uint32_t id, struct hv_vcpu **out)
     pthread_condattr_destroy(&attr);
 
     int err = p->engine->vcpu_create(p->engine_vm, id, v, &v->engine_vcpu);
+    /* The engine's optional watchers: an instruction trace, the
+     * deterministic clock. */
+    if (!err && p->insn_trace_end)
+        err = p->engine->trace_code(v->engine_vcpu, p->insn_trace_start, p->insn_trace_end);
+    if (!err && p->deterministic)
+        err = p->engine->count_instructions(v->engine_vcpu, &v->instructions, &v->timer_deadline);
     if (err) {
+        if (v->engine_vcpu)
+            p->engine->vcpu_destroy(v->engine_vcpu);
         pthread_cond_destroy(&v->wake);
         pthread_mutex_destroy(&v->lock);
         free(v);
         return err;
-    }
-    if (p->deterministic) {
-        err = p->engine->count_instructions(v->engine_vcpu, &v->instructions, &v->timer_deadline);
-        if (err) {
-            p->engine->vcpu_destroy(v->engine_vcpu);
-            free(v);
-            return err;
-        }
     }
     vcpu_thread_setup(v);
     p->vcpu = v;

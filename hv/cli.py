@@ -82,6 +82,9 @@ def _parser():
     trace.add_argument("--vcpu", action="append", type=int, metavar="N", help="only this vCPU")
     trace.add_argument("--partition", action="append", type=int, metavar="ID",
                        help="only this partition")
+    trace.add_argument("--insn", metavar="START:END",
+                       help="TCG: also every instruction executed in [START, END] (hex), "
+                            "disassembled with capstone if installed")
     up = sub.add_parser("up", help="start the partitions a TOML file describes, in one process")
     up.add_argument("config", help="TOML file with [[partition]] tables (see hv/config.py)")
     up.add_argument("-v", "--verbose", action="store_true")
@@ -170,8 +173,17 @@ def cmd_run_traced(args):
     from hv.trace import Tracer
 
     if args.command == "trace":
+        instructions = None
+        if args.insn:
+            try:
+                start, end = (int(x, 16) for x in args.insn.split(":"))
+            except ValueError:
+                return _error(f"bad --insn {args.insn!r} (want START:END in hex)")
+            instructions = (start, end)
+            if args.engine == "auto":
+                args.engine = "tcg"             # only TCG sees each instruction
         tracer = Tracer(sys.stdout, hypercalls=args.hypercall, vcpus=args.vcpu,
-                        partitions=args.partition, keep=False)
+                        partitions=args.partition, keep=False, instructions=instructions)
         return cmd_run(args, tracer)
     try:
         out = sys.stderr if args.trace == "-" else open(args.trace, "w")

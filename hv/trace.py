@@ -30,13 +30,15 @@ class Tracer:
     numbers; partitions, a set of partition ids."""
 
     def __init__(self, out=None, hypercalls=None, vcpus=None, partitions=None,
-                 capacity=1 << 16, keep=True):
+                 capacity=1 << 16, keep=True, instructions=None):
         self.out = out
         self.hypercalls = set(hypercalls) if hypercalls else None
         self.vcpus = set(vcpus) if vcpus else None
         self.partitions = set(partitions) if partitions else None
         self.capacity = capacity
         self.keep = keep
+        self.instructions = instructions   # (start, end) guest addresses, TCG only
+        self._disassembler = None
         self.records = []          # (kind, vcpu, nr, args tuple, result, time_ns)
         self.lines = []            # decoded lines, without the time column
         self.dropped = 0
@@ -50,6 +52,10 @@ class Tracer:
         err = lib.hv_partition_trace_enable(partition._p, self.capacity)
         if err:
             raise ValueError(f"cannot enable tracing: error {err}")
+        if self.instructions is not None:
+            start, end = self.instructions
+            if lib.hv_partition_trace_instructions(partition._p, start, end):
+                raise ValueError("an instruction trace needs the tcg engine and start <= end")
         self._partition = partition
         self.deterministic = getattr(partition, "deterministic", False)
 
@@ -100,6 +106,24 @@ class Tracer:
             self._emit(t, vcpu, None, f"hypercall page placed at {args[0]:#x}")
         elif kind == lib.HV_TRACE_EXIT:
             self._emit(t, vcpu, None, self._exit(r.nr, args))
+        elif kind == lib.HV_TRACE_INSN:
+            code = (args[0].to_bytes(8, "little") + args[1].to_bytes(8, "little"))[:r.result]
+            self._emit(t, vcpu, None, f"{r.nr:#x}: {self._disassemble(code, r.nr, bool(args[2]))}")
+
+    def _disassemble(self, code, address, long_mode):
+        """capstone (pip install capstone) if it is there; the bytes if not."""
+        if self._disassembler is None:
+            try:
+                import capstone
+                self._disassembler = {
+                    True: capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64),
+                    False: capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)}
+            except ImportError:
+                self._disassembler = False
+        if self._disassembler:
+            for insn in self._disassembler[long_mode].disasm(code, address):
+                return f"{insn.mnemonic} {insn.op_str}".strip()
+        return code.hex(" ")
 
     @staticmethod
     def _call(nr, args):
