@@ -156,8 +156,14 @@ int event_timer_arm(struct hv_vcpu *v, uint64_t deadline)
         return 0;               /* checked at every entry and wait anyway */
     struct itimerspec its;
     memset(&its, 0, sizeof(its));
-    if (deadline)
+    if (deadline) {
         its.it_value = deadline_to_host(v->partition, deadline);
+        /* Repeat every millisecond until the deadline is consumed: a kick
+         * can land just before an engine enters (Unicorn clears its stop
+         * request on entry), and a guest spinning without exits must not
+         * miss its timer for good. */
+        its.it_interval.tv_nsec = 1000000;
+    }
     timer_settime(v->host_timer, TIMER_ABSTIME, &its, NULL);
     return 0;
 }
@@ -165,7 +171,7 @@ int event_timer_arm(struct hv_vcpu *v, uint64_t deadline)
 static void timer_check(struct hv_vcpu *v)
 {
     if (v->timer_deadline && partition_clock_ns(v->partition) >= v->timer_deadline) {
-        v->timer_deadline = 0;
+        event_timer_arm(v, 0);          /* consumed: stop the repeats */
         event_raise(v->partition, HV_EVENT_TIMER);
     }
 }
