@@ -49,6 +49,7 @@ struct hv_partition {
     uint32_t event_vector;
 
     struct hv_vcpu *vcpu;      /* one vCPU for now; SMP adds an array */
+    pthread_mutex_t vcpu_lock; /* other threads (device interrupts) use vcpu under it */
     struct trace_ring trace;
     int deterministic;         /* clock = guest instructions (TCG) */
     uint64_t insn_trace_start, insn_trace_end;   /* end 0: no instruction trace */

@@ -115,16 +115,19 @@ int event_raise(struct hv_partition *p, uint32_t event)
     unsigned word = event / 64;
     __atomic_fetch_or(&page->pending[word], bit, __ATOMIC_SEQ_CST);
     int masked = !!(__atomic_load_n(&page->masked[word], __ATOMIC_SEQ_CST) & bit);
+    /* The vCPU may be going away on its own thread: hold it while we kick. */
+    pthread_mutex_lock(&p->vcpu_lock);
     struct hv_vcpu *v = p->vcpu;
-    if (!v)
-        return 0;
-    /* Only the 0 -> 1 edge of upcall_pending injects: one upcall at a time. */
-    if (!masked && __atomic_exchange_n(&page->upcall_pending, 1, __ATOMIC_SEQ_CST) == 0) {
-        __atomic_store_n(&v->inject_pending, 1, __ATOMIC_SEQ_CST);
-        vcpu_kick(v);
-    } else {
-        vcpu_wake(v);       /* block waits for any pending bit, masked ones too */
+    if (v) {
+        /* Only the 0 -> 1 edge of upcall_pending injects: one upcall at a time. */
+        if (!masked && __atomic_exchange_n(&page->upcall_pending, 1, __ATOMIC_SEQ_CST) == 0) {
+            __atomic_store_n(&v->inject_pending, 1, __ATOMIC_SEQ_CST);
+            vcpu_kick(v);
+        } else {
+            vcpu_wake(v);   /* block waits for any pending bit, masked ones too */
+        }
     }
+    pthread_mutex_unlock(&p->vcpu_lock);
     return 0;
 }
 

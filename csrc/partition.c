@@ -39,6 +39,7 @@ int hv_partition_create(int engine, uint64_t mem_size, struct hv_partition **out
     if (!p)
         return -ENOMEM;
     p->engine = ops;
+    pthread_mutex_init(&p->vcpu_lock, NULL);
     p->mem_size = mem_size;
     p->nframes = mem_size / HV_PAGE_SIZE;
     p->id = __atomic_fetch_add(&next_partition_id, 1, __ATOMIC_RELAXED);
@@ -85,6 +86,7 @@ void hv_partition_destroy(struct hv_partition *p)
         munmap(p->ram, p->mem_size);
     trace_free(p);
     free(p->frame_owner);
+    pthread_mutex_destroy(&p->vcpu_lock);
     free(p);
 }
 

@@ -52,7 +52,9 @@ int hv_vcpu_create(struct hv_partition *p, uint32_t id, struct hv_vcpu **out)
         return err;
     }
     vcpu_thread_setup(v);
+    pthread_mutex_lock(&p->vcpu_lock);
     p->vcpu = v;
+    pthread_mutex_unlock(&p->vcpu_lock);
     *out = v;
     return 0;
 }
@@ -61,9 +63,13 @@ void hv_vcpu_destroy(struct hv_vcpu *v)
 {
     if (!v)
         return;
+    /* Unpublish first: a device interrupt on another thread may be about
+     * to kick this vCPU. */
+    pthread_mutex_lock(&v->partition->vcpu_lock);
+    v->partition->vcpu = NULL;
+    pthread_mutex_unlock(&v->partition->vcpu_lock);
     vcpu_thread_teardown(v);
     v->partition->engine->vcpu_destroy(v->engine_vcpu);
-    v->partition->vcpu = NULL;
     pthread_cond_destroy(&v->wake);
     pthread_mutex_destroy(&v->lock);
     free(v);

@@ -228,6 +228,7 @@ class Partition:
                 self._cond.notify_all()
             if self._device_host is not None:
                 self._device_host.stop()
+                self._device_host = None
             if self.tracer is not None:
                 self.tracer.finish()
             self.console.flush()

@@ -55,6 +55,8 @@ class NetDevice(VirtioDevice):
         if len(self.backlog) >= BACKLOG_MAX:
             self.rx_dropped += 1
             return
+        if self.partition is None or self.partition._p is None:
+            return                  # not attached, or the partition is gone
         self.backlog.append(frame)
         if self.lock.acquire(blocking=False):
             try:
@@ -68,6 +70,8 @@ class NetDevice(VirtioDevice):
 
     def notify_host(self):
         with self.lock:
+            if self.closed:
+                return
             queue = self._queues.get(RECEIVEQ)
             if queue is None:
                 self._on_control()

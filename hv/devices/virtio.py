@@ -66,6 +66,7 @@ class VirtioDevice:
         # Held while the device's queues are worked on: the device thread
         # holds it, and so may a peer's thread that hands over data directly.
         self.lock = threading.RLock()
+        self.closed = False         # set under the lock: no more work after close()
 
     # -- set-up (before the guest runs) --------------------------------------
     def config(self):
@@ -94,10 +95,13 @@ class VirtioDevice:
         return f"virtio_mmio.device={lib.HV_VIRTIO_MMIO_SLOT}@{base:#x}:{lib.HV_VIRTIO_EVENT_BASE + slot}"
 
     def close(self):
-        for fd in getattr(self, "queue_fds", []) + [getattr(self, "control_fd", -1)]:
-            if fd >= 0:
-                os.close(fd)
-        self.queue_fds, self.control_fd = [], -1
+        with self.lock:                     # no peer thread is inside us now
+            for fd in getattr(self, "queue_fds", []) + [getattr(self, "control_fd", -1)]:
+                if fd >= 0:
+                    os.close(fd)
+            self.queue_fds, self.control_fd = [], -1
+            self._queues.clear()
+            self.closed = True
 
     # -- the device thread ----------------------------------------------------
     def state(self):
@@ -111,6 +115,8 @@ class VirtioDevice:
             self._on_control()
 
     def _on_control(self):
+        if self.closed:
+            return
         s = self.state()
         if s.resets != self._resets:
             # The driver reset the device, perhaps more than once and perhaps
@@ -220,12 +226,15 @@ class DeviceHost:
     def wake(self, device):
         """From any thread: `device` has host-side input (net frames, console input)."""
         with self._lock:
+            if self._stop:
+                return              # the partition has stopped: nothing to serve
             self._host_work.append(device)
-        os.eventfd_write(self._wake, 1)
+            os.eventfd_write(self._wake, 1)
 
     def stop(self):
-        self._stop = True
-        os.eventfd_write(self._wake, 1)
+        with self._lock:
+            self._stop = True
+            os.eventfd_write(self._wake, 1)
         if self._thread.is_alive():
             self._thread.join()
         self._selector.close()
