@@ -66,6 +66,11 @@ struct tcg_vcpu {
     struct engine_exit queued[8];
     unsigned nqueued, queue_head;
     int queue_overflow;
+    const uint8_t *batch_index;     /* tcg_read_regs: the set it last read */
+    unsigned batch_n;
+    int batch_ids[NREGS];
+    void *batch_ptrs[NREGS];
+    uint64_t batch_vals[NREGS];
     uint64_t *icount;               /* deterministic mode */
     const uint64_t *icount_deadline;
 };
@@ -128,7 +133,8 @@ static void tcg_regs_dirty(void *vp)
     c->synced = c->regs;
 }
 
-/* A hypercall needs six registers, not eighteen: read just those. */
+/* A hypercall needs six registers, not eighteen: read just those.  The core
+ * asks for the same set every time, so its Unicorn ids are worked out once. */
 static void tcg_read_regs(void *vp, const uint8_t *index, unsigned n, uint64_t *out)
 {
     struct tcg_vcpu *c = vp;
@@ -138,13 +144,18 @@ static void tcg_read_regs(void *vp, const uint8_t *index, unsigned n, uint64_t *
             out[i] = view[index[i]];
         return;
     }
-    int ids[NREGS];
-    void *ptrs[NREGS];
-    for (unsigned i = 0; i < n && i < NREGS; i++) {
-        ids[i] = reg_ids[index[i]];
-        ptrs[i] = &out[i];
+    if (index != c->batch_index || n != c->batch_n) {
+        if (n > NREGS)
+            n = NREGS;
+        for (unsigned i = 0; i < n; i++) {
+            c->batch_ids[i] = reg_ids[index[i]];
+            c->batch_ptrs[i] = &c->batch_vals[i];
+        }
+        c->batch_index = index;
+        c->batch_n = n;
     }
-    uc_reg_read_batch(c->uc, ids, ptrs, (int)n);
+    uc_reg_read_batch(c->uc, c->batch_ids, c->batch_ptrs, (int)n);
+    memcpy(out, c->batch_vals, n * sizeof(*out));
 }
 
 static void tcg_write_reg(void *vp, uint8_t index, uint64_t value)
