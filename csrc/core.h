@@ -96,7 +96,7 @@ struct hv_vcpu {
     struct hv_exit *exit;          /* the record of the run call in progress */
 
     /* Counters. */
-    uint64_t exits, fast_calls, parent_calls, bad_page_placements;
+    uint64_t exits, fast_calls, parent_calls;
     uint64_t instructions;         /* deterministic mode: the virtual clock */
 };
 

@@ -39,7 +39,6 @@
 #define HV_CRASH_TRIPLE_FAULT   1
 #define HV_CRASH_HALTED         2   /* hlt with interrupts off and nothing to wake it */
 #define HV_CRASH_ENGINE         3   /* the engine reported an exit it cannot continue */
-#define HV_CRASH_BAD_STATE      4   /* e.g. entry failed */
 
 /* Where a hypercall is served. */
 #define HV_ROUTE_CORE    0
@@ -160,8 +159,6 @@ int  hv_partition_set_deterministic(struct hv_partition *p);
 /* Trace every instruction executed in [start, end] (TCG only; tracing on;
  * before the vCPU is created). */
 int  hv_partition_trace_instructions(struct hv_partition *p, uint64_t start, uint64_t end);
-/* Raise an event from the parent (device completions, later). Thread-safe. */
-int  hv_partition_raise_event(struct hv_partition *p, uint32_t event);
 
 /* -- Virtio-mmio devices ------------------------------------------------------ */
 /* Put a device in a slot.  Driver kicks (QueueNotify writes) to queue q are
@@ -191,7 +188,6 @@ int  hv_vcpu_run(struct hv_vcpu *v, struct hv_exit *exit);
 /* Finish a HV_EXIT_HYPERCALL: result goes to RAX (or the multicall entry). */
 int  hv_vcpu_complete(struct hv_vcpu *v, int64_t result);
 int  hv_vcpu_get_regs(struct hv_vcpu *v, struct hv_regs *regs);
-int  hv_vcpu_set_regs(struct hv_vcpu *v, const struct hv_regs *regs);
 int  hv_vcpu_get_sregs(struct hv_vcpu *v, struct hv_sregs *sregs);
 int  hv_vcpu_set_sregs(struct hv_vcpu *v, const struct hv_sregs *sregs);
 /* Ask a running vCPU to return HV_EXIT_PAUSED soon.  Any thread. */

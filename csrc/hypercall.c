@@ -222,10 +222,8 @@ void hypercall_page_place(struct hv_vcpu *v, uint64_t pfn)
 {
     struct hv_partition *p = v->partition;
     uint64_t gpa = pfn * HV_PAGE_SIZE;
-    if (pfn >= p->nframes || !partition_frame_is_guest(p, gpa, HV_PAGE_SIZE)) {
-        v->bad_page_placements++;
-        return;
-    }
+    if (pfn >= p->nframes || !partition_frame_is_guest(p, gpa, HV_PAGE_SIZE))
+        return;             /* not its RAM: ignored, the guest sees no stubs (abi.h) */
     uint8_t *page = p->ram + gpa;
     memset(page, 0xcc, HV_PAGE_SIZE);
     for (uint32_t nr = 0; nr < HV_HYPERCALL_MAX; nr++) {

@@ -113,11 +113,6 @@ int hv_partition_set_route(struct hv_partition *p, uint64_t nr, int route)
     return 0;
 }
 
-int hv_partition_raise_event(struct hv_partition *p, uint32_t event)
-{
-    return event_raise(p, event);
-}
-
 int hv_partition_set_deterministic(struct hv_partition *p)
 {
     if (!p->engine->count_instructions)

@@ -318,14 +318,6 @@ int hv_vcpu_get_regs(struct hv_vcpu *v, struct hv_regs *regs)
     return 0;
 }
 
-int hv_vcpu_set_regs(struct hv_vcpu *v, const struct hv_regs *regs)
-{
-    const struct engine_ops *e = v->partition->engine;
-    *e->regs(v->engine_vcpu) = *regs;
-    e->regs_dirty(v->engine_vcpu);
-    return 0;
-}
-
 int hv_vcpu_get_sregs(struct hv_vcpu *v, struct hv_sregs *sregs)
 {
     return v->partition->engine->get_sregs(v->engine_vcpu, sregs);

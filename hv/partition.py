@@ -27,7 +27,6 @@ CRASH_CAUSES = {
     lib.HV_CRASH_TRIPLE_FAULT: "triple fault",
     lib.HV_CRASH_HALTED: "halted with interrupts disabled (hang)",
     lib.HV_CRASH_ENGINE: "the engine could not continue",
-    lib.HV_CRASH_BAD_STATE: "invalid vCPU state",
 }
 
 

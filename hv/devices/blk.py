@@ -22,7 +22,8 @@ S_OK, S_IOERR, S_UNSUPP = 0, 1, 2
 F_SIZE_MAX, F_SEG_MAX, F_RO, F_BLK_SIZE, F_FLUSH, F_DISCARD = 1, 2, 5, 6, 9, 13
 HEADER = struct.Struct("<IIQ")              # type, reserved, sector
 DISCARD_RANGE = struct.Struct("<QII")       # sector, num_sectors, flags (5.2.6)
-MAX_REQUEST = 1 << 20                       # bytes of data per request (size_max)
+MAX_REQUEST = 1 << 20                       # bytes of data per segment (size_max)
+MAX_TRANSFER = 16 << 20                     # bytes one request may move: bounds host buffers
 MAX_DISCARD_SECTORS = 1 << 15                # 16 MiB per discard request
 ID_BYTES = 20                               # VIRTIO_BLK_ID_BYTES
 
@@ -104,8 +105,10 @@ class BlkDevice(VirtioDevice):
 
     def _range(self, sector, nbytes):
         """Check [sector, sector + nbytes) against the disk, overflow-safe."""
-        if nbytes % SECTOR or nbytes > MAX_REQUEST * 16:
+        if nbytes % SECTOR:
             raise ValueError("length is not a whole number of sectors")
+        if nbytes > MAX_TRANSFER:
+            raise ValueError("request larger than the transfer limit")
         if sector > self.sectors or nbytes // SECTOR > self.sectors - sector:
             raise ValueError("beyond the end of the disk")
         return sector * SECTOR
