@@ -205,9 +205,15 @@ def test_blk_two_readers_share_an_image(tmp_path):
     from hv.devices.blk import BlkDevice
     image = make_image(tmp_path / "disk.img")
     a = BlkDevice(str(image), readonly=True)
-    b = BlkDevice(str(image), readonly=True)
-    a.close()
-    b.close()
+    b = BlkDevice(str(image), readonly=True)     # a second reader is welcome
+    try:
+        assert a.readonly and b.readonly
+        from hv.devices.blk import DiskError
+        with pytest.raises(DiskError, match="in use"):
+            BlkDevice(str(image))                 # a writer is not, while they read
+    finally:
+        a.close()
+        b.close()
 
 
 @pytest.mark.parametrize("what", ["directory", "missing", "bad-option"])
