@@ -19,6 +19,9 @@ from hv.loader import load_pvh
 # Engines that run guests (the core's "none" engine runs nothing; tests use it).
 ENGINES = {"kvm": lib.HV_ENGINE_KVM, "tcg": lib.HV_ENGINE_TCG}
 
+# virtio device ids (virtio 1.2, section 5) as metrics and configs name them.
+DEVICE_TYPES = {1: "net", 2: "blk", 3: "console", 4: "rng"}
+
 # Partition states, in lifecycle order.
 CREATED, RUNNING, PAUSED, SHUTDOWN, CRASHED, DESTROYED = (
     "created", "running", "paused", "shutdown", "crashed", "destroyed")
@@ -102,7 +105,7 @@ class Partition:
     """
 
     def __init__(self, kernel, mem="64M", cmdline="", engine="auto", console=None,
-                 deterministic=False, trace=None, devices=()):
+                 deterministic=False, trace=None, devices=(), name=None):
         mem_size = parse_size(mem) if isinstance(mem, str) else int(mem)
         host_ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         if mem_size > host_ram:
@@ -149,6 +152,7 @@ class Partition:
             raise HostError(f"cannot create partition: {os.strerror(-err)}")
         self._p = out[0]
         self.id = lib.hv_partition_id(self._p)
+        self.name = name or f"p{self.id}"
         self.mem_size = mem_size
         # Guest RAM outlives the partition while Python still holds a view of
         # it: the mapping is freed when the last reference goes.
@@ -408,6 +412,35 @@ class Partition:
         vals = ffi.new("uint64_t[3]")
         lib.hv_vcpu_counters(self._vcpu, vals, vals + 1, vals + 2)
         return {"exits": vals[0], "fast_hypercalls": vals[1], "parent_hypercalls": vals[2]}
+
+    def metrics(self):
+        """A JSON-ready snapshot of what the partition has done so far: the
+        one source for `hv run --json`, metrics lines and the management
+        API.  Safe from any thread, in any state (counters are the live
+        vCPU's while it runs, its last values after it stopped).
+
+        Devices count the payload they move: bytes_from_guest (disk writes,
+        frames sent, console output) and bytes_to_guest (disk reads, frames
+        received, console input)."""
+        with self._cond:
+            vcpu = self.counters() if self._vcpu is not None else dict(self.last_counters)
+            state, exit_code = self.state, self.exit_code
+        return {
+            "id": self.id,
+            "name": self.name,
+            "state": state,
+            "engine": self.engine,
+            "mem_bytes": self.mem_size,
+            "exit_code": exit_code,
+            "exits": vcpu.get("exits", 0),
+            "hypercalls_fast": vcpu.get("fast_hypercalls", 0),
+            "hypercalls_slow": vcpu.get("parent_hypercalls", 0),
+            "devices": [{"slot": slot, "name": d.name, "type": DEVICE_TYPES.get(d.DEVICE_ID, str(d.DEVICE_ID)),
+                         "requests": d.requests, "errors": d.errors,
+                         "bytes_from_guest": getattr(d, "bytes_from_guest", 0),
+                         "bytes_to_guest": getattr(d, "bytes_to_guest", 0)}
+                        for slot, d in enumerate(self.devices)],
+        }
 
 
 

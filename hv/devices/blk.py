@@ -53,6 +53,7 @@ class BlkDevice(VirtioDevice):
             os.close(self.fd)
             raise DiskError(f"disk {path} is in use by another partition or process") from None
         self.readonly = readonly
+        self.bytes_to_guest = self.bytes_from_guest = 0     # payload read, written
         self.sectors = os.fstat(self.fd).st_size // SECTOR
         self.serial = os.path.basename(path).encode()[:ID_BYTES]
         if readonly:
@@ -118,6 +119,7 @@ class BlkDevice(VirtioDevice):
         data = os.pread(self.fd, nbytes, offset)
         if len(data) != nbytes:
             raise OSError("short read")
+        self.bytes_to_guest += nbytes
         return data
 
     def _write(self, sector, data):
@@ -126,6 +128,7 @@ class BlkDevice(VirtioDevice):
         offset = self._range(sector, len(data))
         if os.pwrite(self.fd, data, offset) != len(data):
             raise OSError("short write")
+        self.bytes_from_guest += len(data)
 
     def _discard(self, payload):
         if self.readonly:

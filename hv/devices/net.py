@@ -32,6 +32,7 @@ class NetDevice(VirtioDevice):
         self.mac = bytes(mac)
         self.backlog = collections.deque()
         self.rx_dropped = 0
+        self.bytes_to_guest = self.bytes_from_guest = 0     # frames received, sent
         switch.connect(self)
 
     def config(self):
@@ -43,6 +44,7 @@ class NetDevice(VirtioDevice):
                 frame = chain.readable[NET_HDR.size:]
                 queue.push(chain, 0)
                 self.requests += 1
+                self.bytes_from_guest += len(frame)
                 self.switch.send(self, frame)
         else:
             self._receive(queue)
@@ -93,6 +95,7 @@ class NetDevice(VirtioDevice):
                 queue.push(chain, 0)
                 continue
             queue.push(chain, queue.write(chain, header + frame))
+            self.bytes_to_guest += len(frame)
 
     def close(self):
         self.switch.disconnect(self)

@@ -25,6 +25,7 @@ class ConsoleDevice(VirtioDevice):
         self._input = bytearray()       # host input waiting for receive buffers
         self._pending = bytearray()     # host input not yet taken by the device thread
         self._lock = threading.Lock()
+        self.bytes_to_guest = self.bytes_from_guest = 0     # input, output
         if hasattr(output, "device"):
             output.device = self
 
@@ -35,6 +36,7 @@ class ConsoleDevice(VirtioDevice):
         if index == TRANSMITQ:
             while (chain := queue.pop()) is not None:
                 self.output.write(chain.readable)
+                self.bytes_from_guest += len(chain.readable)
                 queue.push(chain, 0)
                 self.requests += 1
         elif index == RECEIVEQ:
@@ -69,6 +71,7 @@ class ConsoleDevice(VirtioDevice):
             n = queue.write(chain, bytes(self._input[:chain.writable_len]))
             del self._input[:n]
             queue.push(chain, n)
+            self.bytes_to_guest += n
 
 
 def console_socket_path(name):
