@@ -56,28 +56,13 @@ def load(path):
         raise ConfigError(f"{path}: no [[partition]] tables")
     names, macs, disks = set(), set(), set()
     for i, spec in enumerate(specs):
-        where = f"{path}: partition {i + 1}"
-        if not isinstance(spec, dict):
-            raise ConfigError(f"{where}: not a table")
-        extra = set(spec) - PARTITION_KEYS
-        if extra:
-            raise ConfigError(f"{where}: unknown key {sorted(extra)[0]!r}")
-        name = spec.setdefault("name", f"p{i + 1}")
-        if not isinstance(name, str) or not name or name in names:
-            raise ConfigError(f"{where}: name {name!r} is empty, not text, or used twice")
+        check_partition(spec, path, base, index=i + 1)
+        name = spec["name"]
+        if name in names:
+            raise ConfigError(f"{path}: partition {i + 1}: name {name!r} is used twice")
         names.add(name)
         where = f"{path}: partition {name!r}"
-        if not isinstance(spec.get("kernel"), str):
-            raise ConfigError(f"{where}: kernel (a path) is required")
-        spec["kernel"] = os.path.join(base, spec["kernel"])
-        for key, kind in (("mem", str), ("cmdline", str), ("engine", str), ("deterministic", bool)):
-            if key in spec and not isinstance(spec[key], kind):
-                raise ConfigError(f"{where}: {key} must be {kind.__name__}")
-        devices = spec.setdefault("devices", [])
-        if not isinstance(devices, list):
-            raise ConfigError(f"{where}: devices must be a list of tables")
-        for dev in devices:
-            check_device(dev, where, base)
+        for dev in spec["devices"]:
             if dev["type"] == "net":
                 from hv.devices.net import parse_mac
                 mac = parse_mac(dev["mac"])
@@ -89,6 +74,38 @@ def load(path):
                     raise ConfigError(f"{where}: disk {dev['path']} is attached read-write twice")
                 disks.add(dev["path"])
     return specs
+
+
+def check_partition(spec, source=None, base=".", index=None):
+    """Check one partition spec in place: a [[partition]] table (source is
+    the file, index its place there, which also names a nameless one) or the
+    body of an API create request.  Known keys of the right types, paths
+    made relative to base, every device checked.  Raises ConfigError."""
+    prefix = f"{source}: " if source else ""
+    where = f"{prefix}partition {index}" if index is not None else f"{prefix}partition"
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: not a table")
+    extra = set(spec) - PARTITION_KEYS
+    if extra:
+        raise ConfigError(f"{where}: unknown key {sorted(extra)[0]!r}")
+    if index is not None:
+        spec.setdefault("name", f"p{index}")
+    name = spec.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where}: name {name!r} is empty or not text")
+    where = f"{prefix}partition {name!r}"
+    if not isinstance(spec.get("kernel"), str):
+        raise ConfigError(f"{where}: kernel (a path) is required")
+    spec["kernel"] = os.path.join(base, spec["kernel"])
+    for key, kind in (("mem", str), ("cmdline", str), ("engine", str), ("deterministic", bool)):
+        if key in spec and not isinstance(spec[key], kind):
+            raise ConfigError(f"{where}: {key} must be {kind.__name__}")
+    devices = spec.setdefault("devices", [])
+    if not isinstance(devices, list):
+        raise ConfigError(f"{where}: devices must be a list of tables")
+    for dev in devices:
+        check_device(dev, where, base)
+    return spec
 
 
 def check_device(dev, where, base="."):
