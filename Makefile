@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 CORE   := hv/_core.abi3.so
 CSRC   := $(wildcard csrc/*.c csrc/*.h csrc/include/hv/*.h) hv/_build_core.py
 
-.PHONY: run test setup build guests bench docs sloc clean
+.PHONY: run test setup build guests bench docs sloc clean linux-fixture linux-test
 
 run: build guests                         ## set up, build, boot the hello guest
 	$(PY) -m hv run guests/build/hello.elf
@@ -44,6 +44,14 @@ guests: .stamp-system
 
 bench: build guests                       ## every benchmark, one JSON line per figure
 	$(PY) tools/bench all
+
+linux-fixture: build/linux/vmlinux      ## Debian's kernel + a busybox initramfs (apt-get download)
+
+build/linux/vmlinux: tools/linux-fixture
+	$(PYTHON) tools/linux-fixture --out build/linux
+
+linux-test: build guests linux-fixture .stamp-test-deps   ## boot Debian's kernel on hv and QEMU
+	$(PY) -m pytest -q tests/test_linux*.py
 
 docs: build                               ## regenerate docs/abi.md and docs/tour.md
 	$(PY) tools/gen_abi_doc

@@ -1,0 +1,50 @@
+"""The Linux fixture for tests: Debian's kernel and the initramfs, built by
+tools/linux-fixture into build/linux/ (fetched with apt-get like any other
+dependency).  A test that needs it calls linux_fixture(): the files are built
+once if missing, and the test skips, saying why, only when the packages
+cannot be fetched."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from importlib.machinery import SourceFileLoader
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURE_DIR = os.path.join(ROOT, "build", "linux")
+FILES = ("vmlinux", "initramfs.cpio", "fixture.json")
+
+
+def load_fixture_tool():
+    """tools/linux-fixture imported as a module (it has no .py suffix)."""
+    loader = SourceFileLoader("tool_linux_fixture", os.path.join(ROOT, "tools", "linux-fixture"))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
+    return module
+
+
+def fixture_built():
+    return all(os.path.exists(os.path.join(FIXTURE_DIR, f)) for f in FILES)
+
+
+_failure = None
+
+
+def linux_fixture():
+    """{'vmlinux': path, 'initramfs': path, 'info': fixture.json as a dict}."""
+    global _failure
+    if not fixture_built() and _failure is None:
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "linux-fixture"),
+                            "--out", FIXTURE_DIR], capture_output=True, text=True, timeout=600)
+        if r.returncode == 3:       # could not fetch: the one reason to skip
+            _failure = r.stderr.strip()
+        elif r.returncode:
+            pytest.fail(f"tools/linux-fixture failed: {r.stderr.strip()}")
+    if not fixture_built():
+        pytest.skip(f"the Linux fixture cannot be fetched: {_failure}")
+    with open(os.path.join(FIXTURE_DIR, "fixture.json")) as f:
+        info = json.load(f)
+    return {"vmlinux": os.path.join(FIXTURE_DIR, "vmlinux"),
+            "initramfs": os.path.join(FIXTURE_DIR, "initramfs.cpio"), "info": info}
