@@ -33,6 +33,8 @@ struct trace_ring {
 
 struct hv_partition {
     uint32_t id;
+    uint32_t refs;             /* partition_table.c, under its lock */
+    int      dying;            /* destroy has begun: partition_get() fails */
     const struct engine_ops *engine;
     void    *engine_vm;
     uint8_t *ram;              /* mmap'd guest RAM, [0, mem_size) */
@@ -122,8 +124,16 @@ int  virtio_mmio_access(struct hv_partition *p, uint64_t addr, uint32_t size,
 void virtio_free(struct hv_partition *p);
 
 /* partition.c */
+void partition_free(struct hv_partition *p);    /* the last reference's work */
 int  partition_frame_is_guest(const struct hv_partition *p, uint64_t gpa, uint64_t len);
 uint64_t partition_clock_ns(const struct hv_partition *p);
+
+/* partition_table.c: find a peer by id and hold it while using it. */
+int  partition_table_add(struct hv_partition *p);
+void partition_table_remove(struct hv_partition *p);
+struct hv_partition *partition_get(uint32_t id);    /* NULL: no such id, or dying */
+void partition_put(struct hv_partition *p);
+uint32_t partition_table_count(void);
 
 /* pagewalk.c: translate one guest-virtual address for an access. */
 #define WALK_WRITE 0x1

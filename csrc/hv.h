@@ -135,6 +135,12 @@ int  hv_engine_probe(int engine, char *why, size_t why_len);
 int  hv_partition_create(int engine, uint64_t mem_size, struct hv_partition **out);
 void hv_partition_destroy(struct hv_partition *p);
 uint32_t hv_partition_id(const struct hv_partition *p);
+/* Find a live partition by id and hold a reference (NULL: no such id, or
+ * being destroyed); the memory stays valid until hv_partition_put(). */
+struct hv_partition *hv_partition_get(uint32_t id);
+void hv_partition_put(struct hv_partition *p);
+/* Partitions created and not yet destroyed in this process. */
+uint32_t hv_partition_count(void);
 uint64_t hv_partition_mem_size(const struct hv_partition *p);
 /* Pointer to guest RAM (mem_size bytes): the parent's zero-copy view. */
 uint8_t *hv_partition_ram(struct hv_partition *p);

@@ -65,18 +65,29 @@ int hv_partition_create(int engine, uint64_t mem_size, struct hv_partition **out
     err = ops->map_ram(p->engine_vm, 0, p->ram, mem_size);
     if (err)
         goto fail;
+    err = partition_table_add(p);
+    if (err)
+        goto fail;
     *out = p;
     return 0;
 
 fail:
-    hv_partition_destroy(p);
+    partition_free(p);
     return err;
 }
 
+/* Destroy unpublishes the id at once; the memory goes with the last
+ * reference (partition_table.c). */
 void hv_partition_destroy(struct hv_partition *p)
 {
     if (!p)
         return;
+    partition_table_remove(p);
+    partition_put(p);
+}
+
+void partition_free(struct hv_partition *p)
+{
     if (p->vcpu)
         hv_vcpu_destroy(p->vcpu);
     virtio_free(p);

@@ -227,14 +227,17 @@ class Partition:
                     self.last_counters = self.counters()
                     lib.hv_vcpu_destroy(self._vcpu)
                     self._vcpu = None
-                self._finished = True
-                self._cond.notify_all()
             if self._device_host is not None:
                 self._device_host.stop()
                 self._device_host = None
             if self.tracer is not None:
                 self.tracer.finish()
             self.console.flush()
+            # Finished only now: wait() returning means the trace and the
+            # console hold everything (the caller may exit at once).
+            with self._cond:
+                self._finished = True
+                self._cond.notify_all()
         return self.state
 
     def start(self):
@@ -257,7 +260,8 @@ class Partition:
             ok = self._cond.wait_for(lambda: done() or self._vcpu is not None or self._finished,
                                      timeout)
             while ok and not done() and not self._finished:
-                lib.hv_vcpu_request_pause(self._vcpu)
+                if self._vcpu is not None:      # None: run() is finishing up
+                    lib.hv_vcpu_request_pause(self._vcpu)
                 self._cond.wait(0.01)
             return done()
 
