@@ -156,17 +156,28 @@ int64_t multicall_continue(struct hv_vcpu *v, struct hv_exit *exit);
 void    multicall_store_result(struct hv_vcpu *v, int64_t result);
 void    hypercall_page_place(struct hv_vcpu *v, uint64_t pfn);
 
-/* event.c */
+/* event.c: event bits, injection. */
 int  event_raise(struct hv_partition *p, uint32_t event);
 int  event_any_pending(const struct hv_partition *p);
-int  event_timer_arm(struct hv_vcpu *v, uint64_t deadline);
-/* The one check before every guest entry (event.c). */
+/* The one check before every guest entry. */
 void event_before_entry(struct hv_vcpu *v);
-/* Sleep until an event is pending or a pause is requested: 0 or -HV_EAGAIN. */
-int  event_wait(struct hv_vcpu *v);
+
+/* kick.c: other threads get a vCPU's attention. */
 void vcpu_kick(struct hv_vcpu *v);
 int  event_consume_kick(void);
+int  kick_signal(void);
 void vcpu_thread_setup(struct hv_vcpu *v);
 void vcpu_thread_teardown(struct hv_vcpu *v);
+
+/* timer.c: the vCPU's timer. */
+int  event_timer_arm(struct hv_vcpu *v, uint64_t deadline);
+void timer_check(struct hv_vcpu *v);
+void timer_host_create(struct hv_vcpu *v);
+void timer_host_delete(struct hv_vcpu *v);
+struct timespec timer_deadline_to_host(const struct hv_partition *p, uint64_t deadline);
+
+/* wait.c: sleep until an event is pending or a pause is requested: 0 or -HV_EAGAIN. */
+int  event_wait(struct hv_vcpu *v);
+void vcpu_wake(struct hv_vcpu *v);
 
 #endif
