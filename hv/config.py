@@ -24,7 +24,7 @@ Device specs are the same dicts `hv run --disk/--rng/--vconsole/--net` build.
 """
 import os
 
-PARTITION_KEYS = {"name", "kernel", "mem", "cmdline", "engine", "deterministic", "devices"}
+PARTITION_KEYS = {"name", "kernel", "initrd", "mem", "cmdline", "engine", "deterministic", "devices"}
 DEVICE_KEYS = {
     "blk": {"type", "path", "readonly"},
     "rng": {"type"},
@@ -97,6 +97,10 @@ def check_partition(spec, source=None, base=".", index=None):
     if not isinstance(spec.get("kernel"), str):
         raise ConfigError(f"{where}: kernel (a path) is required")
     spec["kernel"] = os.path.join(base, spec["kernel"])
+    if "initrd" in spec:
+        if not isinstance(spec["initrd"], str):
+            raise ConfigError(f"{where}: initrd must be a path")
+        spec["initrd"] = os.path.join(base, spec["initrd"])
     for key, kind in (("mem", str), ("cmdline", str), ("engine", str), ("deterministic", bool)):
         if key in spec and not isinstance(spec[key], kind):
             raise ConfigError(f"{where}: {key} must be {kind.__name__}")

@@ -72,12 +72,18 @@ Segment = namedtuple("Segment", "gpa data memsz")
 #:   boot_blob       start_info + memmap entries + NUL-terminated cmdline
 #:   start_info_gpa  == boot_gpa; the guest gets it in EBX
 #:   reserved        ((gpa, length), ...) ranges hv keeps for itself
-BootImage = namedtuple("BootImage", "entry segments boot_gpa boot_blob start_info_gpa reserved")
+#:   modules         tuple of Segment: the initrd (PVH module 0), if any
+BootImage = namedtuple("BootImage",
+                       "entry segments boot_gpa boot_blob start_info_gpa reserved modules")
+
+# The PVH entry runs in 32-bit mode: start_info and modules lie below 4 GiB.
+_LOW_LIMIT = 1 << 32
 
 
-def load_pvh(source, mem_size: int, cmdline: str = "") -> BootImage:
+def load_pvh(source, mem_size: int, cmdline: str = "", initrd=None) -> BootImage:
     """Load and validate a PVH ELF from a path or bytes for a guest of
-    mem_size bytes of RAM; raise LoadError naming the first problem."""
+    mem_size bytes of RAM, with an optional initial RAM disk (path or
+    bytes); raise LoadError naming the first problem."""
     # The ELF parser and the compiled ABI are imported here, not at module
     # import: `import hv.loader` stays cheap for commands that never boot.
     from hv._core import ffi, lib
@@ -93,10 +99,11 @@ def load_pvh(source, mem_size: int, cmdline: str = "") -> BootImage:
     segments = _load_segments(image, phdrs, mem_size)
     entry = _find_entry(image, phdrs, lib.HV_PVH_NOTE_ENTRY)
     _check_entry(entry, phdrs)
-    boot_blob = _boot_blob(ffi, lib, mem_size, cmdline)
+    modules = _place_initrd(initrd, segments, mem_size, lib.HV_PAGE_SIZE)
+    boot_blob = _boot_blob(ffi, lib, mem_size, cmdline, modules)
     return BootImage(entry=entry, segments=segments, boot_gpa=BOOT_GPA,
                      boot_blob=boot_blob, start_info_gpa=BOOT_GPA,
-                     reserved=((0, RESERVED_END),))
+                     reserved=((0, RESERVED_END),), modules=modules)
 
 
 def _check_mem_size(mem_size, page_size):
@@ -111,12 +118,12 @@ def _check_mem_size(mem_size, page_size):
         raise LoadError(f"mem_size {mem_size:#x} is above the 4 PiB physical address limit")
 
 
-def _read_image(source):
+def _read_image(source, what="source"):
     if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes(source)
     # Not open() on anything: an int would be taken as a file descriptor.
     if not isinstance(source, (str, os.PathLike)):
-        raise LoadError(f"source must be a path or bytes, not {type(source).__name__}")
+        raise LoadError(f"{what} must be a path or bytes, not {type(source).__name__}")
     path = os.fspath(source)
     try:
         # A device or FIFO given as the kernel (/dev/zero, a pipe) would read
@@ -270,10 +277,30 @@ def _check_entry(entry, phdrs):
     raise LoadError(f"PVH entry {entry:#x} is not inside a loaded executable segment")
 
 
-# T:204 The boot page: start_info (version 1, so the memmap fields count),
-# then the memory map, then the command line.  Layout and values come from
-# abi.h through cffi; the page is built in host memory and copied in whole.
-def _boot_blob(ffi, lib, mem_size, cmdline):
+# T:204 The initial RAM disk is PVH module 0.  Like QEMU, hv puts it at the
+# top of RAM below 4 GiB (the entry runs in 32-bit mode), page-aligned, and
+# it must clear the kernel's last segment: Linux reserves the range it is
+# told about and unpacks it after the kernel is up.
+def _place_initrd(initrd, segments, mem_size, page_size):
+    if initrd is None:
+        return ()
+    data = _read_image(initrd, "initrd")
+    if not data:
+        raise LoadError("initrd is empty")
+    top = min(mem_size, _LOW_LIMIT) // page_size * page_size
+    gpa = (top - len(data)) // page_size * page_size
+    kernel_end = _align_up(max(s.gpa + s.memsz for s in segments), page_size)
+    if gpa < kernel_end:
+        raise LoadError(f"initrd of {len(data)} bytes does not fit in RAM between the kernel's "
+                        f"end {kernel_end:#x} and {top:#x} (give the guest more memory)")
+    return (Segment(gpa=gpa, data=memoryview(data), memsz=len(data)),)
+
+
+# T:205 The boot page: start_info (version 1, so the memmap fields count),
+# then the memory map, the module list, then the command line.  Layout and
+# values come from abi.h through cffi; the page is built in host memory and
+# copied in whole.
+def _boot_blob(ffi, lib, mem_size, cmdline, modules=()):
     if not isinstance(cmdline, str):
         raise LoadError(f"cmdline must be a str, not {type(cmdline).__name__}")
     try:
@@ -289,7 +316,11 @@ def _boot_blob(ffi, lib, mem_size, cmdline):
     memmap[0].addr, memmap[0].size, memmap[0].type = 0, RESERVED_END, lib.HV_E820_RESERVED
     memmap[1].addr, memmap[1].size, memmap[1].type = (
         RESERVED_END, mem_size - RESERVED_END, lib.HV_E820_RAM)
-    cmd_at = map_at + ffi.sizeof(memmap)
+    mods_at = _align_up(map_at + ffi.sizeof(memmap), ffi.alignof("struct hv_pvh_modlist_entry"))
+    modlist = ffi.new("struct hv_pvh_modlist_entry[]", len(modules))
+    for entry, module in zip(modlist, modules):
+        entry.paddr, entry.size = module.gpa, module.memsz
+    cmd_at = mods_at + ffi.sizeof(modlist)
     # The string always exists (empty if none) so a guest can print it
     # without a null check, as under QEMU.
     room = lib.HV_PAGE_SIZE - cmd_at - 1
@@ -302,8 +333,12 @@ def _boot_blob(ffi, lib, mem_size, cmdline):
     info.memmap_paddr = BOOT_GPA + map_at
     info.memmap_entries = len(memmap)
     info.cmdline_paddr = BOOT_GPA + cmd_at
+    if modules:
+        info.nr_modules = len(modules)
+        info.modlist_paddr = BOOT_GPA + mods_at
     return b"".join((bytes(ffi.buffer(info)), bytes(map_at - info_size),
-                     bytes(ffi.buffer(memmap)), cmd, b"\0"))
+                     bytes(ffi.buffer(memmap)), bytes(mods_at - map_at - ffi.sizeof(memmap)),
+                     bytes(ffi.buffer(modlist)), cmd, b"\0"))
 
 
 def _align_up(n, align):

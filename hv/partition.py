@@ -105,7 +105,7 @@ class Partition:
     """
 
     def __init__(self, kernel, mem="64M", cmdline="", engine="auto", console=None,
-                 deterministic=False, trace=None, devices=(), name=None):
+                 deterministic=False, trace=None, devices=(), name=None, initrd=None):
         mem_size = parse_size(mem) if isinstance(mem, str) else int(mem)
         host_ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         if mem_size > host_ram:
@@ -120,7 +120,7 @@ class Partition:
             entries = [VirtioDevice.cmdline_entry(slot) for slot in range(len(self.devices))]
             cmdline = " ".join(filter(None, [cmdline] + entries))
         # T:610 Validate first: LoadError leaves nothing behind.
-        self.image = load_pvh(kernel, mem_size, cmdline)
+        self.image = load_pvh(kernel, mem_size, cmdline, initrd=initrd)
         if deterministic and engine == "auto":
             engine = "tcg"          # only TCG counts instructions
         engine, self.engine_reason = choose_engine(engine)
@@ -175,7 +175,7 @@ class Partition:
     # -- construction ---------------------------------------------------
     def _write_image(self):
         ram = self.memory()
-        for seg in self.image.segments:
+        for seg in self.image.segments + self.image.modules:
             ram[seg.gpa:seg.gpa + len(seg.data)] = seg.data
             # The rest up to memsz is already zero: fresh anonymous memory.
         for gpa, length in self.image.reserved:

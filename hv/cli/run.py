@@ -8,6 +8,7 @@ def add_run_options(run):
     run.add_argument("kernel", help="ELF image with a PVH entry note")
     run.add_argument("--mem", default="64M", help="guest RAM, e.g. 64M (default), 1G")
     run.add_argument("--cmdline", default="", help="kernel command line")
+    run.add_argument("--initrd", metavar="FILE", help="initial RAM disk (PVH module 0), e.g. a cpio archive")
     run.add_argument("--engine", default="auto",
                      help="execution engine: auto (default: KVM if hardware-accelerated, else TCG), kvm, tcg")
     run.add_argument("--deterministic", action="store_true",
@@ -80,7 +81,8 @@ def cmd_run(args, tracer=None):
             check_device(spec, "hv run")
         devices = make_devices(specs, {})
         part = Partition(args.kernel, mem=args.mem, cmdline=args.cmdline, engine=args.engine,
-                         deterministic=args.deterministic, trace=tracer, devices=devices)
+                         deterministic=args.deterministic, trace=tracer, devices=devices,
+                         initrd=args.initrd)
     except (LoadError, ValueError, HostError, DiskError, OSError) as e:
         for device in devices:
             device.close()

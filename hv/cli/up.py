@@ -27,6 +27,7 @@ def cmd_up(args):
             try:
                 parts.append(Partition(spec["kernel"], mem=spec.get("mem", "64M"),
                                        cmdline=spec.get("cmdline", ""),
+                                       initrd=spec.get("initrd"),
                                        engine=spec.get("engine", "auto"),
                                        deterministic=spec.get("deterministic", False),
                                        console=PrefixConsole(spec["name"]), devices=devices))

@@ -23,7 +23,7 @@
 
 /* ---- Version ----------------------------------------------------------- */
 #define HV_ABI_VERSION_MAJOR 1
-#define HV_ABI_VERSION_MINOR 0
+#define HV_ABI_VERSION_MINOR 1
 
 /* ---- Discovery: CPUID leaves ---------------------------------------------
  * 0x40000000: EAX = highest hv leaf, EBX:ECX:EDX = "hvhypervisor".
@@ -254,6 +254,17 @@ struct hv_pvh_memmap_entry {
     uint64_t size;
     uint32_t type;              /* HV_E820_* */
     uint32_t reserved;
+};
+
+/* One boot module (Xen's hvm_modlist_entry): start_info.modlist_paddr points
+ * at nr_modules of these.  hv passes at most one, the initial RAM disk
+ * (`--initrd`), page-aligned in RAM below 4 GiB and above the kernel, as
+ * QEMU does; Linux takes module 0 as its initrd. */
+struct hv_pvh_modlist_entry {
+    uint64_t paddr;             /* guest-physical address of the module */
+    uint64_t size;              /* bytes */
+    uint64_t cmdline_paddr;     /* NUL-terminated module command line; 0 if none */
+    uint64_t reserved;
 };
 
 #endif /* HV_ABI_H */
