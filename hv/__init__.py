@@ -6,3 +6,5 @@ serves the slow hypercalls and devices, and manages partitions' lifecycle.
 Import what you need from the submodules (hv.partition, hv.loader, hv.cli);
 this file stays empty so `python -m hv` starts fast.
 """
+
+__version__ = "0.1.0"

@@ -70,9 +70,12 @@ if _uc is None:
 _defines = [("_GNU_SOURCE", "1")]
 _include_dirs = [CSRC, os.path.join(CSRC, "include"), _uc[0]]
 _library_dirs, _libraries = [_uc[1]], ["pthread", "rt"]
-# libunicorn.so.2 has no unversioned symlink in the wheel: name it exactly,
-# and find it at run time next to the installed wheel.
-_link_args = ["-l:libunicorn.so.2", "-Wl,-rpath," + _uc[1]]
+# libunicorn.so.2 has no unversioned symlink in the wheel: name it exactly.
+# At run time it is found in the unicorn package installed beside hv
+# ($ORIGIN is hv/, so ../unicorn/lib: a wheel built in pip's throw-away build
+# environment works wherever it is installed), else where it was at build
+# time (an in-place build in a source tree, whose unicorn is in the venv).
+_link_args = ["-l:libunicorn.so.2", "-Wl,-rpath,$ORIGIN/../unicorn/lib", "-Wl,-rpath," + _uc[1]]
 
 ffibuilder.set_source(
     "hv._core",

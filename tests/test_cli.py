@@ -40,11 +40,14 @@ EXIT_USAGE = 2
 EXIT_CRASHED = 125
 
 
-def hv(*args, timeout=60):
+def hv_cmd(*args, timeout=60):
     """Run `python -m hv ARGS` from the repository root; CompletedProcess (text)."""
     return subprocess.run([sys.executable, "-m", "hv", *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
+
+
+hv = hv_cmd
 
 
 def assert_one_line_error(proc, *, contains=None):
@@ -271,7 +274,7 @@ def test_info():
     from hv.partition import engine_status
     proc = hv("info")
     assert proc.returncode == 0, proc.stderr
-    assert f"hv ABI version {lib.HV_ABI_VERSION_MAJOR}.{lib.HV_ABI_VERSION_MINOR}" in proc.stdout
+    assert f"ABI version {lib.HV_ABI_VERSION_MAJOR}.{lib.HV_ABI_VERSION_MINOR}" in proc.stdout
     from hv.partition import ENGINES
     lines = proc.stdout.splitlines()
     assert any(line.startswith("engine kvm: ") for line in lines), proc.stdout
@@ -281,6 +284,33 @@ def test_info():
         ok, why = engine_status(name)
         expected = f"engine {name}: available" if ok else f"engine {name}: unavailable: {why}"
         assert expected in lines, proc.stdout
+
+
+def test_info_json():
+    import json
+
+    import hv
+    from hv.abi import lib
+    from hv.partition import choose_engine, engine_status
+    proc = hv_cmd("info", "--json")
+    assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
+    facts = json.loads(proc.stdout)
+    assert facts["version"] == hv.__version__
+    assert facts["abi"] == f"{lib.HV_ABI_VERSION_MAJOR}.{lib.HV_ABI_VERSION_MINOR}"
+    for name, e in facts["engines"].items():
+        assert (e["available"], e["reason"]) == engine_status(name)
+    assert facts["auto"]["engine"] == choose_engine("auto")[0]
+
+
+def test_version_and_exit_statuses_in_help():
+    import hv
+    proc = hv_cmd("--version")
+    assert (proc.returncode, proc.stdout) == (0, f"hv {hv.__version__}\n")
+    helptext = hv_cmd("--help").stdout
+    for status in ("2", "74", "125", "130", "143"):
+        assert f"  {status} " in helptext, helptext
+    assert "--json" in helptext
+    assert "exit statuses" in hv_cmd("run", "--help").stdout
 
 
 @needs_engine

@@ -1,7 +1,14 @@
 """`hv run KERNEL` and `hv trace KERNEL`: one partition, on this process."""
+import argparse
 import sys
 
-from hv.cli.common import EXIT_CONSOLE_FAILED, EXIT_CRASHED, EXIT_INTERRUPTED, error
+from hv.cli.common import (
+    EXIT_CONSOLE_FAILED,
+    EXIT_CRASHED,
+    EXIT_INTERRUPTED,
+    EXIT_STATUSES,
+    error,
+)
 
 
 def add_run_options(run):
@@ -43,12 +50,15 @@ def device_specs(args):
 
 
 def add_parsers(sub):
-    run = sub.add_parser("run", help="boot a PVH kernel in a new partition")
+    run = sub.add_parser("run", help="boot a PVH kernel in a new partition",
+                         epilog=EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_options(run)
     run.add_argument("--console", metavar="FILE", help="write the console to FILE instead of stdout")
     run.add_argument("--trace", metavar="FILE", help="write a decoded trace to FILE ('-' = stderr)")
     run.set_defaults(func=run_command)
-    trace = sub.add_parser("trace", help="boot a kernel and print the decoded trace of what it did")
+    trace = sub.add_parser("trace", help="boot a kernel and print the decoded trace of what it did",
+                           epilog=EXIT_STATUSES,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_options(trace)
     trace.add_argument("--hypercall", action="append", metavar="NAME",
                        help="only these hypercalls (repeatable)")
