@@ -31,29 +31,35 @@ struct trace_ring {
     uint64_t head, tail, seq;
 };
 
-struct hv_partition {
-    uint32_t id;
-    uint32_t refs;             /* partition_table.c, under its lock */
-    int      dying;            /* destroy has begun: partition_get() fails */
-    const struct engine_ops *engine;
-    void    *engine_vm;
-    uint8_t *ram;              /* mmap'd guest RAM, [0, mem_size) */
-    int      ram_taken;        /* the parent frees it (hv_partition_take_ram) */
-    uint64_t mem_size;
-    uint64_t nframes;
-    uint32_t *frame_owner;     /* per 4 KiB frame: partition id or HV_OWNER_HV */
-    uint8_t  route[HV_HC_COUNT];  /* HV_ROUTE_CORE or HV_ROUTE_PARENT */
-    struct timespec epoch;     /* partition clock zero */
-
-    /* Guest-visible hv state (enumerable; covered by the state digest). */
+/* What the guest can observe of its partition's hv state (beyond RAM):
+ * snapshot and migration copy this part and nothing of struct
+ * partition_host. */
+struct partition_guest_state {
     uint64_t hypercall_page_gpa;  /* 0 = not placed */
     uint64_t event_page_gpa;      /* 0 = not registered */
     uint32_t event_vector;
+};
 
+struct hv_partition {
+    uint32_t id;
+    const struct engine_ops *engine;
+    void    *engine_vm;
+    uint8_t *ram;              /* mmap'd guest RAM, [0, mem_size) */
+    uint64_t mem_size;
+    uint64_t nframes;
+    uint32_t *frame_owner;     /* per 4 KiB frame: partition id or HV_OWNER_HV */
+    struct partition_guest_state g;
+
+    /* Host plumbing: how the parent set the partition up, and its lifetime. */
+    uint32_t refs;             /* partition_table.c, under its lock */
+    int      dying;            /* destroy has begun: partition_get() fails */
+    int      ram_taken;        /* the parent frees RAM (hv_partition_take_ram) */
+    uint8_t  route[HV_HC_COUNT];  /* HV_ROUTE_CORE or HV_ROUTE_PARENT */
+    struct timespec epoch;     /* partition clock zero */
+    int deterministic;         /* clock = guest instructions (TCG) */
     struct hv_vcpu *vcpu;      /* one vCPU for now; SMP adds an array */
     pthread_mutex_t vcpu_lock; /* other threads (device interrupts) use vcpu under it */
     struct trace_ring trace;
-    int deterministic;         /* clock = guest instructions (TCG) */
     uint64_t insn_trace_start, insn_trace_end;   /* end 0: no instruction trace */
     struct virtio_dev *virtio[HV_VIRTIO_MMIO_SLOTS];   /* virtio_mmio.c */
 };
@@ -74,33 +80,44 @@ struct multicall_state {
     uint64_t index;
 };
 
-struct hv_vcpu {
-    struct hv_partition *partition;
-    uint32_t id;
-    void    *engine_vcpu;
-    pid_t    tid;                  /* the host thread that runs it */
+/* The vCPU as the guest sees it, beyond the registers the engine holds:
+ * where it is in a call, its timer, an upcall owed.  Snapshot and
+ * migration walk this (with the engine's registers) and nothing else. */
+struct vcpu_guest_state {
     enum vcpu_wait wait;
     struct multicall_state mc;
+    uint64_t timer_deadline;       /* partition-clock ns, 0 = disarmed */
+    volatile int inject_pending;   /* an upcall must be injected */
+    uint64_t instructions;         /* deterministic mode: the virtual clock */
+};
 
-    /* Timer: partition-clock deadline in ns, 0 = disarmed. */
-    uint64_t timer_deadline;
-    timer_t  host_timer;
+/* How the host runs the vCPU: its thread, locks, host timer, counters. */
+struct vcpu_host {
+    pid_t    tid;                  /* the host thread that runs it */
+    timer_t  host_timer;           /* signals tid when the deadline passes */
     int      host_timer_ok;
-
     /* Wake-ups from other threads: the parent raising events, pause. */
     pthread_mutex_t lock;
     pthread_cond_t  wake;
     volatile int    pause_requested;
-    volatile int    inject_pending;   /* an upcall must be injected */
-    volatile int    in_guest;         /* inside engine->run() */
-    int             trace_drain;      /* the trace ring wants the parent to read it */
-
+    volatile int    in_guest;      /* inside engine->run() */
+    int             trace_drain;   /* the trace ring wants the parent to read it */
     struct hv_exit *exit;          /* the record of the run call in progress */
-
-    /* Counters. */
     uint64_t exits, fast_calls, parent_calls;
-    uint64_t instructions;         /* deterministic mode: the virtual clock */
 };
+
+struct hv_vcpu {
+    struct hv_partition *partition;
+    uint32_t id;
+    void    *engine_vcpu;
+    struct vcpu_guest_state g;
+    struct vcpu_host h;
+};
+
+/* vcpu.c: does the vCPU need the run loop before it re-enters the guest
+ * (a wait, a multicall to resume, a pause, an upcall, a trace drain)?  The
+ * one predicate the run loop and engines that handle exits inline share. */
+int  vcpu_needs_loop(const struct hv_vcpu *v);
 
 /* vcpu.c: handle one engine exit; 1 = return v->exit to the parent. */
 int  vcpu_handle_exit(struct hv_vcpu *v, const struct engine_exit *ex);

@@ -271,8 +271,7 @@ static void after_inline_exit(struct tcg_vcpu *c, int to_parent)
     struct hv_vcpu *v = c->owner;
     if (to_parent)
         c->stop = STOP_RETURN;
-    else if (v->wait != WAIT_NONE || v->mc.active || v->pause_requested || v->inject_pending ||
-             v->trace_drain)
+    else if (vcpu_needs_loop(v))
         c->stop = STOP_LOOP;
     else
         return;

@@ -15,7 +15,7 @@
 
 static struct hv_event_page *event_page(const struct hv_partition *p)
 {
-    uint64_t gpa = __atomic_load_n(&p->event_page_gpa, __ATOMIC_ACQUIRE);
+    uint64_t gpa = __atomic_load_n(&p->g.event_page_gpa, __ATOMIC_ACQUIRE);
     return gpa ? (struct hv_event_page *)(p->ram + gpa) : NULL;
 }
 
@@ -36,7 +36,7 @@ int event_raise(struct hv_partition *p, uint32_t event)
     if (v) {
         /* Only the 0 -> 1 edge of upcall_pending injects: one upcall at a time. */
         if (!masked && __atomic_exchange_n(&page->upcall_pending, 1, __ATOMIC_SEQ_CST) == 0) {
-            __atomic_store_n(&v->inject_pending, 1, __ATOMIC_SEQ_CST);
+            __atomic_store_n(&v->g.inject_pending, 1, __ATOMIC_SEQ_CST);
             vcpu_kick(v);
         } else {
             vcpu_wake(v);   /* block waits for any pending bit, masked ones too */
@@ -61,17 +61,17 @@ void event_before_entry(struct hv_vcpu *v)
 {
     const struct engine_ops *e = v->partition->engine;
     timer_check(v);
-    if (!__atomic_load_n(&v->inject_pending, __ATOMIC_SEQ_CST))
+    if (!__atomic_load_n(&v->g.inject_pending, __ATOMIC_SEQ_CST))
         return;
     if (e->interruptible(v->engine_vcpu)) {
-        __atomic_store_n(&v->inject_pending, 0, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&v->g.inject_pending, 0, __ATOMIC_SEQ_CST);
         e->request_window(v->engine_vcpu, 0);
-        uint8_t vector = (uint8_t)v->partition->event_vector;
+        uint8_t vector = (uint8_t)v->partition->g.event_vector;
         TRACE(v, HV_TRACE_INJECT, vector, NULL, 0);
         if (e->inject)
             e->inject(v->engine_vcpu, vector);
         else if (idt_deliver(v, vector, 0))
-            v->inject_pending = 1;          /* IDT unusable now; retried next entry */
+            v->g.inject_pending = 1;          /* IDT unusable now; retried next entry */
     } else {
         e->request_window(v->engine_vcpu, 1);   /* exit when IF becomes 1 */
     }

@@ -56,9 +56,9 @@ static int64_t hc_yield(struct hv_vcpu *v, const uint64_t arg[5], struct hv_exit
 static int64_t hc_block(struct hv_vcpu *v, const uint64_t arg[5], struct hv_exit *exit)
 {
     (void)arg; (void)exit;
-    if (!v->partition->event_page_gpa)
+    if (!v->partition->g.event_page_gpa)
         return -HV_EPERM;   /* no event could ever be delivered: it would sleep forever */
-    v->wait = WAIT_EVENT;   /* vcpu.c sleeps before re-entering the guest */
+    v->g.wait = WAIT_EVENT;   /* vcpu.c sleeps before re-entering the guest */
     return 0;
 }
 
@@ -100,8 +100,8 @@ static int64_t hc_event_register(struct hv_vcpu *v, const uint64_t arg[5], struc
         return -HV_EINVAL;
     if (!partition_frame_is_guest(p, page, HV_PAGE_SIZE))
         return -HV_EFAULT;
-    p->event_vector = (uint32_t)vector;
-    __atomic_store_n(&p->event_page_gpa, page, __ATOMIC_RELEASE);
+    p->g.event_vector = (uint32_t)vector;
+    __atomic_store_n(&p->g.event_page_gpa, page, __ATOMIC_RELEASE);
     return 0;
 }
 
@@ -123,7 +123,7 @@ static int64_t hc_multicall(struct hv_vcpu *v, const uint64_t arg[5], struct hv_
     uint64_t bytes = count * sizeof(struct hv_multicall_entry);
     if (guest_range_ok(v, calls, bytes, WALK_WRITE) || guest_range_ok(v, calls, bytes, 0))
         return -HV_EFAULT;
-    v->mc = (struct multicall_state){ .active = 1, .gva = calls, .count = count, .index = 0 };
+    v->g.mc = (struct multicall_state){ .active = 1, .gva = calls, .count = count, .index = 0 };
     return multicall_continue(v, exit);
 }
 
@@ -176,7 +176,7 @@ int64_t hypercall_dispatch(struct hv_vcpu *v, uint64_t nr, const uint64_t args[5
  * before the guest runs again. */
 int64_t multicall_continue(struct hv_vcpu *v, struct hv_exit *exit)
 {
-    struct multicall_state *mc = &v->mc;
+    struct multicall_state *mc = &v->g.mc;
     while (mc->index < mc->count) {
         struct hv_multicall_entry entry;
         uint64_t at = mc->gva + mc->index * sizeof(entry);
@@ -204,7 +204,7 @@ int64_t multicall_continue(struct hv_vcpu *v, struct hv_exit *exit)
 
 void multicall_store_result(struct hv_vcpu *v, int64_t result)
 {
-    struct multicall_state *mc = &v->mc;
+    struct multicall_state *mc = &v->g.mc;
     uint64_t at = mc->gva + mc->index * sizeof(struct hv_multicall_entry)
                   + offsetof(struct hv_multicall_entry, result);
     if (hv_copy_to_guest(v, at, &result, sizeof(result)))
@@ -234,7 +234,7 @@ void hypercall_page_place(struct hv_vcpu *v, uint64_t pfn)
         stub[6] = HV_PORT_HYPERCALL;
         stub[7] = 0xc3;
     }
-    p->hypercall_page_gpa = gpa;
+    p->g.hypercall_page_gpa = gpa;
     TRACE(v, HV_TRACE_PAGE, 0, ((uint64_t[5]){ gpa }), 0);
 }
 

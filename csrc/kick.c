@@ -54,7 +54,7 @@ void vcpu_thread_setup(struct hv_vcpu *v)
     sigemptyset(&set);
     sigaddset(&set, KICK_SIGNAL);
     pthread_sigmask(SIG_UNBLOCK, &set, NULL);
-    v->tid = (pid_t)syscall(SYS_gettid);
+    v->h.tid = (pid_t)syscall(SYS_gettid);
     thread_vcpu = v;
     timer_host_create(v);
 }
@@ -79,6 +79,6 @@ int event_consume_kick(void)
 void vcpu_kick(struct hv_vcpu *v)
 {
     vcpu_wake(v);
-    if (v->in_guest && v->tid && v->tid != (pid_t)syscall(SYS_gettid))
-        syscall(SYS_tgkill, getpid(), v->tid, KICK_SIGNAL);
+    if (v->h.in_guest && v->h.tid && v->h.tid != (pid_t)syscall(SYS_gettid))
+        syscall(SYS_tgkill, getpid(), v->h.tid, KICK_SIGNAL);
 }

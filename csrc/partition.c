@@ -150,7 +150,7 @@ int hv_partition_trace_instructions(struct hv_partition *p, uint64_t start, uint
 uint64_t partition_clock_ns(const struct hv_partition *p)
 {
     if (p->deterministic)
-        return p->vcpu ? p->vcpu->instructions : 0;
+        return p->vcpu ? p->vcpu->g.instructions : 0;
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
     return (uint64_t)(now.tv_sec - p->epoch.tv_sec) * 1000000000ull

@@ -13,22 +13,22 @@
 #include <time.h>
 #include "core.h"
 
-/* The host timer signals the vCPU's thread (v->tid, set by the caller). */
+/* The host timer signals the vCPU's thread (v->h.tid, set by the caller). */
 void timer_host_create(struct hv_vcpu *v)
 {
     struct sigevent sev;
     memset(&sev, 0, sizeof(sev));
     sev.sigev_notify = SIGEV_THREAD_ID;
     sev.sigev_signo = kick_signal();
-    sev._sigev_un._tid = v->tid;
-    v->host_timer_ok = timer_create(CLOCK_MONOTONIC, &sev, &v->host_timer) == 0;
+    sev._sigev_un._tid = v->h.tid;
+    v->h.host_timer_ok = timer_create(CLOCK_MONOTONIC, &sev, &v->h.host_timer) == 0;
 }
 
 void timer_host_delete(struct hv_vcpu *v)
 {
-    if (v->host_timer_ok)
-        timer_delete(v->host_timer);
-    v->host_timer_ok = 0;
+    if (v->h.host_timer_ok)
+        timer_delete(v->h.host_timer);
+    v->h.host_timer_ok = 0;
 }
 
 /* A partition-clock deadline as an absolute CLOCK_MONOTONIC time. */
@@ -43,8 +43,8 @@ int event_timer_arm(struct hv_vcpu *v, uint64_t deadline)
 {
     if (deadline > (1ull << 62))
         deadline = 1ull << 62;      /* ~146 years: keeps the timespec math in range */
-    v->timer_deadline = deadline;
-    if (!v->host_timer_ok || v->partition->deterministic)
+    v->g.timer_deadline = deadline;
+    if (!v->h.host_timer_ok || v->partition->deterministic)
         return 0;               /* checked at every entry and wait anyway */
     struct itimerspec its;
     memset(&its, 0, sizeof(its));
@@ -56,14 +56,14 @@ int event_timer_arm(struct hv_vcpu *v, uint64_t deadline)
          * miss its timer for good. */
         its.it_interval.tv_nsec = 1000000;
     }
-    timer_settime(v->host_timer, TIMER_ABSTIME, &its, NULL);
+    timer_settime(v->h.host_timer, TIMER_ABSTIME, &its, NULL);
     return 0;
 }
 
 /* Raise the timer event if the deadline has passed. */
 void timer_check(struct hv_vcpu *v)
 {
-    if (v->timer_deadline && partition_clock_ns(v->partition) >= v->timer_deadline) {
+    if (v->g.timer_deadline && partition_clock_ns(v->partition) >= v->g.timer_deadline) {
         event_timer_arm(v, 0);          /* consumed: stop the repeats */
         event_raise(v->partition, HV_EVENT_TIMER);
     }

@@ -52,7 +52,7 @@ void trace_record(struct hv_vcpu *v, uint32_t kind, uint64_t nr,
     /* Half full: have the run loop return so the parent drains it, long
      * before a record could be lost. */
     if (head + 1 - t->tail >= t->capacity / 2)
-        v->trace_drain = 1;
+        v->h.trace_drain = 1;
 }
 
 /* One executed instruction: its address and bytes, read as the CPU fetched

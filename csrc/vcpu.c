@@ -29,11 +29,11 @@ int hv_vcpu_create(struct hv_partition *p, uint32_t id, struct hv_vcpu **out)
         return -ENOMEM;
     v->partition = p;
     v->id = id;
-    pthread_mutex_init(&v->lock, NULL);
+    pthread_mutex_init(&v->h.lock, NULL);
     pthread_condattr_t attr;
     pthread_condattr_init(&attr);
     pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);   /* matches the timer */
-    pthread_cond_init(&v->wake, &attr);
+    pthread_cond_init(&v->h.wake, &attr);
     pthread_condattr_destroy(&attr);
 
     int err = p->engine->vcpu_create(p->engine_vm, id, v, &v->engine_vcpu);
@@ -42,12 +42,12 @@ int hv_vcpu_create(struct hv_partition *p, uint32_t id, struct hv_vcpu **out)
     if (!err && p->insn_trace_end)
         err = p->engine->trace_code(v->engine_vcpu, p->insn_trace_start, p->insn_trace_end);
     if (!err && p->deterministic)
-        err = p->engine->count_instructions(v->engine_vcpu, &v->instructions, &v->timer_deadline);
+        err = p->engine->count_instructions(v->engine_vcpu, &v->g.instructions, &v->g.timer_deadline);
     if (err) {
         if (v->engine_vcpu)
             p->engine->vcpu_destroy(v->engine_vcpu);
-        pthread_cond_destroy(&v->wake);
-        pthread_mutex_destroy(&v->lock);
+        pthread_cond_destroy(&v->h.wake);
+        pthread_mutex_destroy(&v->h.lock);
         free(v);
         return err;
     }
@@ -70,8 +70,8 @@ void hv_vcpu_destroy(struct hv_vcpu *v)
     pthread_mutex_unlock(&v->partition->vcpu_lock);
     vcpu_thread_teardown(v);
     v->partition->engine->vcpu_destroy(v->engine_vcpu);
-    pthread_cond_destroy(&v->wake);
-    pthread_mutex_destroy(&v->lock);
+    pthread_cond_destroy(&v->h.wake);
+    pthread_mutex_destroy(&v->h.lock);
     free(v);
 }
 
@@ -127,14 +127,14 @@ static int vcpu_hypercall(struct hv_vcpu *v, struct hv_exit *exit)
     const uint64_t *args = &r[1];
     int64_t result = hypercall_dispatch(v, nr, args, exit);
     if (result == HC_TO_PARENT) {
-        if (!v->mc.active)          /* a suspended batch traced its entry itself */
+        if (!v->g.mc.active)          /* a suspended batch traced its entry itself */
             TRACE(v, HV_TRACE_TO_PARENT, nr, args, 0);
-        v->wait = WAIT_PARENT_HYPERCALL;
-        v->parent_calls++;
+        v->g.wait = WAIT_PARENT_HYPERCALL;
+        v->h.parent_calls++;
         return 1;
     }
     TRACE(v, HV_TRACE_HYPERCALL, nr, args, result);
-    v->fast_calls++;
+    v->h.fast_calls++;
     set_result(v, result);
     return 0;
 }
@@ -155,7 +155,7 @@ static int port_to_parent(struct hv_vcpu *v, const struct engine_exit *ex, struc
     exit->io_size = ex->size;
     exit->io_write = ex->write;
     exit->io_value = ex->value;
-    v->wait = ex->write ? WAIT_PARENT_IO_OUT : WAIT_PARENT_IO_IN;
+    v->g.wait = ex->write ? WAIT_PARENT_IO_OUT : WAIT_PARENT_IO_IN;
     return 1;
 }
 
@@ -163,11 +163,11 @@ static int port_to_parent(struct hv_vcpu *v, const struct engine_exit *ex, struc
  * Returns 1 if the parent must finish another entry. */
 static int multicall_resume(struct hv_vcpu *v, struct hv_exit *exit)
 {
-    uint64_t batch[5] = { v->mc.gva, v->mc.count };
+    uint64_t batch[5] = { v->g.mc.gva, v->g.mc.count };
     int64_t result = multicall_continue(v, exit);
     if (result == HC_TO_PARENT) {
-        v->wait = WAIT_PARENT_HYPERCALL;
-        v->parent_calls++;
+        v->g.wait = WAIT_PARENT_HYPERCALL;
+        v->h.parent_calls++;
         return 1;
     }
     TRACE(v, HV_TRACE_HYPERCALL, HV_HC_MULTICALL, batch, result);
@@ -176,14 +176,14 @@ static int multicall_resume(struct hv_vcpu *v, struct hv_exit *exit)
 }
 
 /* T:455 One exit, whatever the engine.  Returns 0 to re-enter the guest, 1
- * when v->exit is filled for the parent.  KVM's run() returns each exit and
+ * when v->h.exit is filled for the parent.  KVM's run() returns each exit and
  * hv_vcpu_run() calls this; the TCG engine calls it from inside its
  * instruction hooks, so a fast hypercall never leaves the emulator. */
 int vcpu_handle_exit(struct hv_vcpu *v, const struct engine_exit *ex)
 {
     const struct engine_ops *e = v->partition->engine;
-    struct hv_exit *exit = v->exit;
-    v->exits++;
+    struct hv_exit *exit = v->h.exit;
+    v->h.exits++;
     switch (ex->kind) {
     case ENGINE_EXIT_IO:
         if (ex->port == HV_PORT_HYPERCALL && ex->write)
@@ -213,7 +213,7 @@ int vcpu_handle_exit(struct hv_vcpu *v, const struct engine_exit *ex)
         /* hlt with IF=0 can never be woken (no NMIs here): a hang. */
         if (!(e->regs(v->engine_vcpu)->rflags & RFLAGS_IF))
             return crash(exit, HV_CRASH_HALTED, 0);
-        v->wait = WAIT_EVENT;
+        v->g.wait = WAIT_EVENT;
         return 0;
     case ENGINE_EXIT_EXCEPTION:
         TRACE(v, HV_TRACE_EXIT, HV_TRACE_EXIT_EXCEPTION,
@@ -242,39 +242,45 @@ int vcpu_handle_exit(struct hv_vcpu *v, const struct engine_exit *ex)
     }
 }
 
+int vcpu_needs_loop(const struct hv_vcpu *v)
+{
+    return v->g.wait != WAIT_NONE || v->g.mc.active || v->h.pause_requested ||
+           v->g.inject_pending || v->h.trace_drain;
+}
+
 int hv_vcpu_run(struct hv_vcpu *v, struct hv_exit *exit)
 {
     const struct engine_ops *e = v->partition->engine;
     exit->kind = 0;
     exit->vcpu = v->id;
     exit->data_len = 0;
-    if (v->wait != WAIT_NONE && v->wait != WAIT_EVENT)
+    if (v->g.wait != WAIT_NONE && v->g.wait != WAIT_EVENT)
         return -EBUSY;              /* the parent owes hv_vcpu_complete() */
-    v->exit = exit;
+    v->h.exit = exit;
 
     for (;;) {
-        if (v->mc.active && multicall_resume(v, exit))
+        if (v->g.mc.active && multicall_resume(v, exit))
             return 0;
-        if (v->wait == WAIT_EVENT) {
+        if (v->g.wait == WAIT_EVENT) {
             if (event_wait(v) == 0)
-                v->wait = WAIT_NONE;
+                v->g.wait = WAIT_NONE;
         }
-        if (v->pause_requested) {
-            v->pause_requested = 0;
+        if (v->h.pause_requested) {
+            v->h.pause_requested = 0;
             exit->kind = HV_EXIT_PAUSED;
             return 0;
         }
-        if (v->trace_drain) {
-            v->trace_drain = 0;
+        if (v->h.trace_drain) {
+            v->h.trace_drain = 0;
             exit->kind = HV_EXIT_TRACE;
             return 0;
         }
         event_before_entry(v);
 
         struct engine_exit ex = {0};
-        __atomic_store_n(&v->in_guest, 1, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&v->h.in_guest, 1, __ATOMIC_SEQ_CST);
         int err = e->run(v->engine_vcpu, &ex);
-        __atomic_store_n(&v->in_guest, 0, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&v->h.in_guest, 0, __ATOMIC_SEQ_CST);
         if (err) {
             exit->kind = HV_EXIT_ERROR;
             exit->code = (uint64_t)-err;
@@ -290,12 +296,12 @@ int hv_vcpu_run(struct hv_vcpu *v, struct hv_exit *exit)
 int hv_vcpu_complete(struct hv_vcpu *v, int64_t result)
 {
     const struct engine_ops *e = v->partition->engine;
-    switch (v->wait) {
+    switch (v->g.wait) {
     case WAIT_PARENT_HYPERCALL:
-        TRACE(v, HV_TRACE_COMPLETE, v->exit->nr, NULL, result);
-        if (v->mc.active) {
+        TRACE(v, HV_TRACE_COMPLETE, v->h.exit->nr, NULL, result);
+        if (v->g.mc.active) {
             multicall_store_result(v, result);   /* the batch goes on at the next run */
-            if (!v->mc.active)
+            if (!v->g.mc.active)
                 set_result(v, -HV_EFAULT);       /* its array vanished meanwhile */
         } else
             set_result(v, result);
@@ -308,7 +314,7 @@ int hv_vcpu_complete(struct hv_vcpu *v, int64_t result)
     default:
         return -EINVAL;             /* nothing to complete */
     }
-    v->wait = WAIT_NONE;
+    v->g.wait = WAIT_NONE;
     return 0;
 }
 
@@ -330,15 +336,15 @@ int hv_vcpu_set_sregs(struct hv_vcpu *v, const struct hv_sregs *sregs)
 
 void hv_vcpu_request_pause(struct hv_vcpu *v)
 {
-    __atomic_store_n(&v->pause_requested, 1, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&v->h.pause_requested, 1, __ATOMIC_SEQ_CST);
     vcpu_kick(v);
 }
 
 void hv_vcpu_counters(struct hv_vcpu *v, uint64_t *exits, uint64_t *fast, uint64_t *slow)
 {
-    *exits = v->exits;
-    *fast = v->fast_calls;
-    *slow = v->parent_calls;
+    *exits = v->h.exits;
+    *fast = v->h.fast_calls;
+    *slow = v->h.parent_calls;
 }
 
 /* ---- Test entries: the same dispatcher, no guest running ---------------- */
@@ -346,15 +352,15 @@ void hv_vcpu_counters(struct hv_vcpu *v, uint64_t *exits, uint64_t *fast, uint64
 int hv_test_dispatch(struct hv_vcpu *v, struct hv_regs *regs, struct hv_exit *exit)
 {
     const struct engine_ops *e = v->partition->engine;
-    if (v->wait != WAIT_NONE)
+    if (v->g.wait != WAIT_NONE)
         return -EBUSY;
     exit->kind = 0;
     exit->data_len = 0;
-    v->exit = exit;
+    v->h.exit = exit;
     *e->regs(v->engine_vcpu) = *regs;
-    int to_parent = v->mc.active ? multicall_resume(v, exit) : vcpu_hypercall(v, exit);
-    if (!to_parent && v->wait == WAIT_EVENT)
-        v->wait = WAIT_NONE;        /* tests do not sleep */
+    int to_parent = v->g.mc.active ? multicall_resume(v, exit) : vcpu_hypercall(v, exit);
+    if (!to_parent && v->g.wait == WAIT_EVENT)
+        v->g.wait = WAIT_NONE;        /* tests do not sleep */
     *regs = *e->regs(v->engine_vcpu);
     return !to_parent;
 }
@@ -372,14 +378,12 @@ uint64_t hv_test_state_digest(struct hv_vcpu *v)
 {
     const struct hv_partition *p = v->partition;
     uint64_t h = 0xcbf29ce484222325ull;
-    h = fnv(h, &p->hypercall_page_gpa, sizeof(p->hypercall_page_gpa));
-    h = fnv(h, &p->event_page_gpa, sizeof(p->event_page_gpa));
-    h = fnv(h, &p->event_vector, sizeof(p->event_vector));
+    h = fnv(h, &p->g, sizeof(p->g));     /* calloc'd: its padding is zero */
     h = fnv(h, p->route, sizeof(p->route));
-    h = fnv(h, &v->timer_deadline, sizeof(v->timer_deadline));
-    h = fnv(h, &v->mc, sizeof(v->mc));
-    h = fnv(h, &v->wait, sizeof(v->wait));
-    if (p->event_page_gpa)
-        h = fnv(h, p->ram + p->event_page_gpa, sizeof(struct hv_event_page));
+    h = fnv(h, &v->g.timer_deadline, sizeof(v->g.timer_deadline));
+    h = fnv(h, &v->g.mc, sizeof(v->g.mc));
+    h = fnv(h, &v->g.wait, sizeof(v->g.wait));
+    if (p->g.event_page_gpa)
+        h = fnv(h, p->ram + p->g.event_page_gpa, sizeof(struct hv_event_page));
     return h;
 }

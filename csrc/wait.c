@@ -11,38 +11,38 @@
 /* Wake the vCPU if it sleeps in block or hlt.  Any thread. */
 void vcpu_wake(struct hv_vcpu *v)
 {
-    pthread_mutex_lock(&v->lock);
-    pthread_cond_broadcast(&v->wake);
-    pthread_mutex_unlock(&v->lock);
+    pthread_mutex_lock(&v->h.lock);
+    pthread_cond_broadcast(&v->h.wake);
+    pthread_mutex_unlock(&v->h.lock);
 }
 
 /* Sleep until something is pending, the timer passes, or a pause.
- * The checks run under v->lock and a raiser's kick takes it too, so a raise
+ * The checks run under v->h.lock and a raiser's kick takes it too, so a raise
  * cannot slip between the check and the sleep.  timer_check() raises (and
  * so kicks) itself: it runs with the lock dropped. */
 int event_wait(struct hv_vcpu *v)
 {
     for (;;) {
         timer_check(v);
-        pthread_mutex_lock(&v->lock);
+        pthread_mutex_lock(&v->h.lock);
         int result = event_any_pending(v->partition) ? 0
-                   : v->pause_requested ? -HV_EAGAIN : 1;
-        if (result == 1 && v->partition->deterministic && v->timer_deadline) {
+                   : v->h.pause_requested ? -HV_EAGAIN : 1;
+        if (result == 1 && v->partition->deterministic && v->g.timer_deadline) {
             /* Virtual time: an idle guest skips ahead to its deadline. */
-            if (v->instructions < v->timer_deadline)
-                v->instructions = v->timer_deadline;
-            pthread_mutex_unlock(&v->lock);
+            if (v->g.instructions < v->g.timer_deadline)
+                v->g.instructions = v->g.timer_deadline;
+            pthread_mutex_unlock(&v->h.lock);
             continue;
         }
         if (result == 1) {
-            if (v->timer_deadline) {
-                struct timespec until = timer_deadline_to_host(v->partition, v->timer_deadline);
-                pthread_cond_timedwait(&v->wake, &v->lock, &until);   /* CLOCK_MONOTONIC */
+            if (v->g.timer_deadline) {
+                struct timespec until = timer_deadline_to_host(v->partition, v->g.timer_deadline);
+                pthread_cond_timedwait(&v->h.wake, &v->h.lock, &until);   /* CLOCK_MONOTONIC */
             } else {
-                pthread_cond_wait(&v->wake, &v->lock);
+                pthread_cond_wait(&v->h.wake, &v->h.lock);
             }
         }
-        pthread_mutex_unlock(&v->lock);
+        pthread_mutex_unlock(&v->h.lock);
         if (result != 1)
             return result;
     }
