@@ -1,11 +1,11 @@
 """Shared test helpers: where things are, what the host has, crash isolation."""
 import os
-import pickle
 import shutil
-import signal
-import traceback
 
 import pytest
+
+# Crash isolation lives in hv.testing (one source for hv's suite and users').
+from hv.testing.isolate import fork_call, run_isolated  # noqa: F401
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GUEST_BUILD = os.path.join(ROOT, "guests", "build")
@@ -57,44 +57,3 @@ def engine_missing(name):
     ok, why = engine_status(name)
     return None if ok else why
 
-
-def fork_call(fn, *args, timeout=300):
-    """Call fn(*args) in a forked child, so a crash of the C core (a signal)
-    or a hang cannot end the test process.  Returns ("ok", value),
-    ("exc", traceback text) or ("crash", signal name [+ " (timeout)"])."""
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:                                # child
-        os.close(rfd)
-        try:
-            payload = ("ok", fn(*args))
-        except BaseException as e:              # noqa: BLE001 - report everything
-            payload = ("exc", f"{type(e).__name__}:\n{traceback.format_exc()}")
-        with os.fdopen(wfd, "wb") as w:
-            pickle.dump(payload, w)
-        os._exit(0)
-    os.close(wfd)
-    old = signal.signal(signal.SIGALRM, lambda *_: os.kill(pid, signal.SIGKILL))
-    signal.alarm(timeout)
-    try:
-        with os.fdopen(rfd, "rb") as r:
-            data = r.read()
-        _, status = os.waitpid(pid, 0)
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-    if os.WIFSIGNALED(status) or not data:
-        sig = signal.Signals(os.WTERMSIG(status)).name if os.WIFSIGNALED(status) else "exit"
-        return "crash", sig + (" (timeout)" if sig == "SIGKILL" else "")
-    return pickle.loads(data)
-
-
-def run_isolated(fn, *args, timeout=300):
-    """fn(*args) in a forked child (see fork_call); a crash, hang or
-    exception there fails the test with what happened.  Returns fn's value."""
-    kind, value = fork_call(fn, *args, timeout=timeout)
-    if kind == "crash":
-        pytest.fail(f"CRASH: the child died by {value}")
-    if kind == "exc":
-        pytest.fail(f"in isolated child: {value}", pytrace=False)
-    return value

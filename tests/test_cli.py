@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from conftest import ROOT, engine_missing, guest, needs_kvm
-from resultline import RESULT_CODES, parse_result
+from hv.testing.results import RESULT_CODES, parse_result
 
 HELLO_LINE = "Hello from an hv guest!"
 

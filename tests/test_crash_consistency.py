@@ -36,7 +36,7 @@ import types
 import pytest
 
 from conftest import ROOT, engine_missing, guest
-from resultline import RESULT_CODES, parse_result
+from hv.testing.results import RESULT_CODES, parse_result
 
 SECTOR = 512
 MAGIC = 0x42525544

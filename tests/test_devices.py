@@ -23,7 +23,7 @@ import time
 import pytest
 
 from conftest import ROOT, engine_missing, guest
-from resultline import RESULT_CODES, parse_result
+from hv.testing.results import RESULT_CODES, parse_result
 
 SECTOR = 512
 QEMU = shutil.which("qemu-system-x86_64")

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import run_isolated
-from coreharness import Core, documented_errors
+from hv.testing.core import Core, documented_errors
 from hv.abi import HYPERCALL_NAMES, lib
 
 ERRORS = documented_errors()

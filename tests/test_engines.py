@@ -11,10 +11,11 @@ Three kinds of test, all on real guest kernels (guests/build/*.elf):
                  no exits (guests/timer-spin)
   replay         Hypothesis writes lists of hypercalls; guests/hcall-replay
                  makes them on deterministic TCG and prints every result,
-                 which must equal what the C dispatcher (tests/coreharness.py,
-                 the same code on the no-op engine) returns for the same
-                 calls on a copy of the same image -- and a second run must
-                 repeat the first exactly
+                 which must equal what the C dispatcher (hv.testing.core,
+                 the same code on the no-op engine) and the Python model
+                 (hv.testing.model) return for the same calls on a copy of
+                 the same image -- and a second run must repeat the first
+                 exactly (hv.testing.replay runs it all)
 
 Every boot runs in a forked child (conftest.run_isolated): a crash or hang of
 the core fails the one test and the rest of the suite goes on.
@@ -22,63 +23,17 @@ the core fails the one test and the rest of the suite goes on.
 import glob
 import os
 import re
-import struct
-from dataclasses import dataclass
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
-from conftest import GUEST_BUILD, guest, kvm_missing_reason, run_isolated
-from coreharness import Core, documented_errors
-from hv.abi import ffi, hypercall_args, lib
-from resultline import RESULT_CODES, parse_result
-
-# ---- booting with a trace ----------------------------------------------------
-
-
-@dataclass
-class Traced:
-    """How one traced boot ended."""
-    state: str
-    exit_code: object
-    console: bytes
-    records: list          # hv.trace.Tracer.records: (kind, vcpu, nr, args, result, time_ns)
-    crash_report: object
-
-    def describe(self):
-        text = self.console.decode(errors="replace")
-        return (f"state={self.state} exit_code={self.exit_code}\nconsole (last 2000 bytes):\n"
-                f"{text[-2000:]}" + (f"\ncrash report:\n{self.crash_report}"
-                                     if self.crash_report else ""))
-
-
-def boot_traced(name, cmdline="", engine="tcg", deterministic=False, mem="64M"):
-    """Boot guests/build/<name>.elf with a Tracer and a capture console."""
-    from hv.console import CaptureConsole
-    from hv.partition import Partition
-    from hv.trace import Tracer
-
-    console, tracer = CaptureConsole(), Tracer()
-    part = Partition(guest(name), mem=mem, cmdline=cmdline, engine=engine, console=console,
-                     deterministic=deterministic, trace=tracer)
-    try:
-        state = part.run()
-        assert tracer.dropped == 0, f"{tracer.dropped} trace records dropped"
-        return Traced(state, part.exit_code, b"".join(console.chunks), list(tracer.records),
-                      part.crash_report)
-    finally:
-        part.destroy()
-
-
-def isolated(fn, *args, timeout=60):
-    """run_isolated, but a failure in the child is an AssertionError here (so
-    Hypothesis, which lets pytest's own outcome exceptions through, shrinks it)."""
-    try:
-        run_isolated(fn, *args, timeout=timeout)
-    except pytest.fail.Exception as e:
-        raise AssertionError(str(e)) from None
-
+from conftest import GUEST_BUILD, kvm_missing_reason
+from hv.abi import hypercall_args, lib
+from hv.testing.boot import boot_traced
+from hv.testing.isolate import isolated
+from hv.testing.replay import first_difference, run_program, run_replay
+from hv.testing.results import RESULT_CODES, parse_result
+from hv.testing.strategies import programs
 
 # ---- the kernels and their command lines --------------------------------------
 
@@ -192,25 +147,17 @@ def normalize_console(data):
     return TIMING_IN_CONSOLE.sub(rb"\1=#", data)
 
 
-def first_difference(a, b, context=3):
-    """Where two sequences part, with a few items either side, for messages."""
-    n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-    lo = max(0, n - context)
-    return (f"they differ at item {n} (lengths {len(a)} and {len(b)}):\n"
-            f"  kvm: {a[lo:n + context]}\n  tcg: {b[lo:n + context]}")
-
-
 def _same_on_both_engines(name, cmdline):
     kvm = boot_traced(name, cmdline, engine="kvm")
     tcg = boot_traced(name, cmdline, engine="tcg")
     both = f"--- kvm\n{kvm.describe()}\n--- tcg\n{tcg.describe()}"
     assert kvm.state in ("shutdown", "crashed"), both
     assert (kvm.state, kvm.exit_code) == (tcg.state, tcg.exit_code), both
-    assert normalize_console(kvm.console) == normalize_console(tcg.console), both
-    verdict = parse_result(kvm.console)[0]
+    assert normalize_console(kvm.console_bytes) == normalize_console(tcg.console_bytes), both
+    verdict = parse_result(kvm.console_bytes)[0]
     if verdict is not None and kvm.state == "shutdown":
         assert kvm.exit_code == RESULT_CODES[verdict], both
-    prints_time = TIMING_IN_CONSOLE.search(kvm.console + tcg.console) is not None
+    prints_time = TIMING_IN_CONSOLE.search(kvm.console_bytes + tcg.console_bytes) is not None
     a = hypercall_sequence(kvm.records, prints_time)
     b = hypercall_sequence(tcg.records, prints_time)
     assert a == b, "hypercall sequences differ; " + first_difference(a, b)
@@ -234,7 +181,7 @@ def _repeats_exactly(name, cmdline):
     assert first.state in ("shutdown", "crashed"), first.describe()
     assert (first.state, first.exit_code) == (second.state, second.exit_code), (
         f"{first.describe()}\n---\n{second.describe()}")
-    assert first.console == second.console
+    assert first.console_bytes == second.console_bytes
     assert first.records == second.records, "traces differ; " + first_difference(
         first.records, second.records)
 
@@ -257,8 +204,8 @@ def _timer_cuts_spin_at_its_deadline(delta):
     assert kind == lib.HV_TRACE_INJECT, after[:3]
     assert vector == 0xf0
     assert time_ns == deadline, f"upcall at instruction {time_ns}, deadline {deadline}"
-    spins = int(re.search(rb"spins=(\d+)", run.console).group(1))
-    assert spins > 0 and (delta < 100 or spins > delta // 20), run.console
+    spins = int(re.search(rb"spins=(\d+)", run.console_bytes).group(1))
+    assert spins > 0 and (delta < 100 or spins > delta // 20), run.console_bytes
 
 
 @pytest.mark.parametrize("delta", [1000, 123457])
@@ -283,315 +230,21 @@ def test_deterministic_block_skips_to_the_deadline():
     isolated(_blocked_selftest_wakes_at_deadline)
 
 
-# ---- replay: Hypothesis-written hypercall lists ------------------------------------
-
-REPLAY = "hcall-replay"
-REPLAY_MEM = 16 << 20
-U64 = 1 << 64
-ENTRY = struct.Struct("<Q5Qq")           # struct hv_multicall_entry
-MC_FILL = 16                             # guests/hcall-replay/main.c
-FIXED_ADDRESSES = {"bad": 0x200000000, "nc": 0x800000000000, "end": REPLAY_MEM}
-
-
-@dataclass(frozen=True)
-class Ref:
-    """@name+off on the guest's command line: an address the guest names."""
-    name: str
-    off: int = 0
-
-    def cmdline(self):
-        return f"@{self.name}" + (f"+{self.off:x}" if self.off > 0 else
-                                   f"-{-self.off:x}" if self.off < 0 else "")
-
-
-def replay_symbols():
-    """Addresses of the guest's buffers and page tables, from its ELF symbols;
-    the start info and the fixed bad addresses from the loader and the guest."""
-    from elftools.elf.elffile import ELFFile
-    from hv.loader import load_pvh
-
-    out = dict(FIXED_ADDRESSES)
-    with open(guest(REPLAY), "rb") as f:
-        symtab = ELFFile(f).get_section_by_name(".symtab")
-        for name in ("buf", "evp", "mc", "pml4"):
-            syms = symtab.get_symbol_by_name(name)
-            assert syms and len(syms) == 1, f"{REPLAY}.elf: no single symbol {name!r}"
-            out[name] = syms[0]["st_value"]
-    out["si"] = load_pvh(guest(REPLAY), REPLAY_MEM, "").start_info_gpa
-    return out
-
-
-def resolve(value, syms):
-    return (syms[value.name] + value.off) % U64 if isinstance(value, Ref) else value
-
-
-def field(value):
-    return value.cmdline() if isinstance(value, Ref) else f"{value:x}"
-
-
-def call_text(call):
-    nr, args = call
-    while args and args[-1] == 0:       # fields left out are 0
-        args = args[:-1]
-    return ":".join(field(v) for v in (nr,) + tuple(args))
-
-
-# Values: the ABI's edges, and anything at all.
-EDGES = st.sampled_from([0, 1, 2, 5, 31, 32, 63, 64, 255, 256, 511, 512, 4095, 4096, 4097,
-                         1 << 32, 1 << 62, 1 << 63, U64 - 1])
-ANY = st.one_of(EDGES, st.integers(0, U64 - 1))
-JUNK = st.sampled_from([0, 0, 0, 1, 0xdeadbeef, U64 - 1])   # arguments a call ignores
-
-
-def refs(name, *offsets):
-    return st.sampled_from([Ref(name, o) for o in offsets])
-
-
-# The named buffers come first and twice: st.one_of picks branches about
-# evenly, and calls that succeed are the ones that change state.
-BUFFERS = st.one_of(refs("buf", 0, 1, 0xff0, 0x1000, 0x1ff0), refs("buf", 0, 0x100),
-                    refs("end", -4, -8, -0x1000, 0), refs("bad", 0), refs("nc", 0, -4),
-                    refs("si", 0), refs("evp", 0), st.just(0), ANY)
-LENGTHS = st.one_of(st.integers(0, 200), st.sampled_from([0, 1, 8, 4096, 4097, 1 << 32, U64 - 1]),
-                    st.integers(0, 5000))
-PAGES = st.one_of(refs("evp", 0), refs("evp", 0, 8), refs("buf", 0, 0x1000),
-                  refs("end", 0, -0x1000), refs("si", 0), refs("bad", 0), refs("nc", 0),
-                  st.just(0), EDGES)
-VECTORS = st.one_of(st.integers(32, 255), st.sampled_from([0, 5, 31, 32, 0xf0, 255, 256, U64 - 1]),
-                    st.integers(0, 300))
-EVENTS = st.one_of(st.integers(0, 511), st.sampled_from([0, 1, 63, 64, 511, 512, 1 << 32, U64 - 1]),
-                   st.integers(0, 600))
-# Deadlines are instruction counts here: some fire during the run (the guest
-# keeps IF=0, so the timer only sets a pending bit), some never do.
-DEADLINES = st.sampled_from([0, 1, 0x1000, 0x2000, 0x4000, 0x10000, 1 << 40, 1 << 62,
-                             (1 << 62) + 1, U64 - 1])
-ARRAYS = st.one_of(refs("mc", 0), refs("mc", 0, 56, 112, 8), refs("end", -56, -112, -8, 0),
-                   refs("buf", 0), refs("bad", 0), refs("nc", 0), refs("si", 0), st.just(0),
-                   EDGES)
-COUNTS = st.one_of(st.integers(0, 8), st.sampled_from([0, 1, 2, 3, 64, 65, 1 << 32, U64 - 1]),
-                   st.integers(0, 70))
-UNKNOWN_NRS = st.sampled_from([lib.HV_HC_COUNT, 12, 31, 63, 64, 65, 255, 1000, 1 << 32,
-                               (1 << 32) | lib.HV_HC_VERSION, 1 << 63, U64 - 1])
-
-
-def call(nr, *args):
-    """A strategy for one call (nr, 5 args): the given ones, then ignored junk."""
-    return st.tuples(st.just(nr) if isinstance(nr, int) else nr,
-                     st.tuples(*args, *[JUNK] * (5 - len(args))))
-
-
-# shutdown with arguments hv must refuse (a valid one would end the run).
-BAD_SHUTDOWN = st.one_of(
-    call(lib.HV_HC_SHUTDOWN, st.sampled_from([2, 7, 0x7fff, U64 - 1]), st.integers(0, 255)),
-    call(lib.HV_HC_SHUTDOWN, st.sampled_from([0, 1]), st.sampled_from([256, 1 << 32, U64 - 1])))
-
-CONSOLE_WRITE = call(lib.HV_HC_CONSOLE_WRITE, BUFFERS, LENGTHS)
-EVENT_REGISTER = st.one_of(call(lib.HV_HC_EVENT_REGISTER, PAGES, VECTORS),
-                           call(lib.HV_HC_EVENT_REGISTER, refs("evp", 0), st.integers(32, 255)))
-EVENT_RAISE = st.one_of(call(lib.HV_HC_EVENT_RAISE, EVENTS),
-                        call(lib.HV_HC_EVENT_RAISE, st.integers(0, 511)))
-MULTICALL = call(lib.HV_HC_MULTICALL, ARRAYS, COUNTS)
-# Every hypercall has its own strategy (the ones with state or pointers
-# twice, see BUFFERS); any other number is unknown.
-CALLS = st.one_of(
-    call(lib.HV_HC_VERSION), call(lib.HV_HC_FEATURES, st.sampled_from([0, 0, 1, U64 - 1])),
-    CONSOLE_WRITE, CONSOLE_WRITE, call(lib.HV_HC_YIELD), call(lib.HV_HC_BLOCK),
-    call(lib.HV_HC_BLOCK), BAD_SHUTDOWN, call(lib.HV_HC_CLOCK_READ),
-    call(lib.HV_HC_SET_TIMER, DEADLINES), EVENT_REGISTER, EVENT_REGISTER, EVENT_RAISE, EVENT_RAISE,
-    MULTICALL, MULTICALL, MULTICALL, call(UNKNOWN_NRS, ANY, ANY),
-    call(st.integers(lib.HV_HC_COUNT, U64 - 1), ANY, ANY, ANY, ANY, ANY),
-)
-FINAL_SHUTDOWN = call(lib.HV_HC_SHUTDOWN, st.sampled_from([lib.HV_SHUTDOWN_POWEROFF,
-                                                           lib.HV_SHUTDOWN_CRASH]),
-                      st.integers(0, 255))
-# Half the programs start with a good event_register (so raise, block and
-# the timer act on a page); one in four ends with a valid shutdown.
-REGISTER_FIRST = ((lib.HV_HC_EVENT_REGISTER, (Ref("evp"), 0xf0, 0, 0, 0)),)
-PROGRAMS = st.tuples(
-    st.builds(lambda first, rest: (REGISTER_FIRST if first else ()) + tuple(rest),
-              st.booleans(), st.lists(CALLS, max_size=12)),
-    st.lists(CALLS, max_size=6),
-    st.integers(0, 3).flatmap(lambda k: FINAL_SHUTDOWN if k == 0 else st.none()))
-
-
-def tame(call_, syms, last=False):
-    """Keep a generated call from ending the run or reaching memory whose
-    contents change while the guest runs (stack, its own variables), which a
-    copy of the image cannot mirror:
-      - a valid shutdown, unless it is the last call, gets reason 7;
-      - an event page or multicall array given as a plain number in RAM
-        becomes @bad (the named buffers are where pointers into RAM go)."""
-    nr, args = call_
-    args = list(args)
-    if nr == lib.HV_HC_SHUTDOWN and args[0] in (0, 1) and args[1] <= 255 and not last:
-        args[0] = 7
-    if nr in (lib.HV_HC_EVENT_REGISTER, lib.HV_HC_MULTICALL) and not isinstance(args[0], Ref) \
-            and args[0] < REPLAY_MEM + HV_PAGE:
-        args[0] = Ref("bad")
-    return nr, tuple(args)
-
-
-HV_PAGE = lib.HV_PAGE_SIZE
-
-
-class Expected:
-    """The replay on the C dispatcher: a Core (no-op engine) whose RAM holds
-    the same image, boot page and reservations as the guest's, with the
-    guest's own page tables in CR3 -- so every pointer translates and every
-    frame is owned exactly as in the guest.  The parent's part (console
-    bytes) is played here: a console_write completes with its length."""
-
-    def __init__(self, syms, mc_entries):
-        from hv.loader import load_pvh
-
-        self.syms = syms
-        image = load_pvh(guest(REPLAY), REPLAY_MEM, "")
-        self.core = core = Core(mem_size=REPLAY_MEM)
-        for gpa, length in image.reserved:
-            lib.hv_partition_reserve(core.p, gpa, length)
-        for seg in image.segments:
-            core.ram[seg.gpa:seg.gpa + len(seg.data)] = seg.data
-        core.ram[image.boot_gpa:image.boot_gpa + len(image.boot_blob)] = image.boot_blob
-        core.set_paging(cr3=syms["pml4"], cr0=0x80010031)
-        for i, (nr, args) in enumerate(mc_entries):   # what the guest does with mc=
-            at = syms["mc"] + i * ENTRY.size
-            core.ram[at:at + ENTRY.size] = ENTRY.pack(resolve(nr, syms),
-                                                      *(resolve(a, syms) for a in args), 0)
-        self.event_page = None              # what the dispatcher was told, as a model
-        self.deadline = 0
-
-    def block_is_safe(self):
-        """Would block return now on the guest?  Only when the answer does not
-        depend on time: no event page and no timer (-EPERM), or an event
-        already pending in the page.  (The guest's timer may have fired,
-        which only adds pending bits, or disarm itself -- it never does so
-        here, where no timer fires.)  Otherwise it may sleep to a deadline,
-        or for ever (see test_block_with_a_timer_but_no_event_page)."""
-        if self.event_page is None:
-            return self.deadline == 0
-        words = self.core.ram[self.event_page:self.event_page + 8 * lib.HV_EVENT_WORDS]
-        return any(words)
-
-    def note(self, nr, args, result):
-        if nr == lib.HV_HC_EVENT_REGISTER and result == 0:
-            self.event_page = args[0]
-        if nr == lib.HV_HC_SET_TIMER:
-            self.deadline = args[0]
-
-    def call(self, nr, args):
-        """Returns (result or None if the run ends here, [entry (op, args, result)])."""
-        core = self.core
-        result, kind = core.call(nr, *args)
-        while kind is not None:
-            if kind == lib.HV_EXIT_SHUTDOWN:
-                return None, []
-            assert kind == lib.HV_EXIT_HYPERCALL and core.exit.nr == lib.HV_HC_CONSOLE_WRITE
-            core.complete(core.exit.data_len)
-            if nr != lib.HV_HC_MULTICALL:       # the completion was the result
-                lib.hv_vcpu_get_regs(core.v, core.regs)
-                result, kind = int(ffi.cast("int64_t", core.regs.rax)), None
-            else:                               # the batch goes on
-                result, kind = core.resume()
-        entries = []
-        if nr == lib.HV_HC_MULTICALL and result == 0:
-            for j in range(args[1]):
-                at = args[0] + j * ENTRY.size
-                op, *eargs, eresult = ENTRY.unpack(core.ram[at:at + ENTRY.size])
-                entries.append((op, tuple(eargs), eresult))
-                self.note(op, eargs, eresult)
-        self.note(nr, args, result)
-        return result, entries
-
-
-RESULT_LINE = re.compile(rb"^r(\d+)(?:\.(\d+))?=(-?\d+)$", re.M)
-DOCUMENTED = documented_errors()
-
-
-def check_documented(nr, result, in_multicall=False):
-    """A result the ABI allows: >= 0, or an error abi.h lists for nr."""
-    if nr >= lib.HV_HC_COUNT:
-        assert result == -lib.HV_ENOSYS, (nr, result)
-        return
-    allowed = DOCUMENTED[nr] | ({-lib.HV_EOPNOTSUPP} if in_multicall else set())
-    assert result >= 0 or result in allowed, (
-        f"hypercall {nr} returned {result}, not one of the documented {sorted(allowed)}")
-
-
-def _replay(program):
-    calls, mc_entries, final = program
-    syms = replay_symbols()
-    mc_entries = [tame(c, syms) for c in mc_entries]
-    expected = Expected(syms, mc_entries)
-    program_calls, lines = [], []      # lines: (i, j or None, result, hypercall number)
-    ended = None
-    todo = [tame(c, syms) for c in calls] + ([tame(final, syms, last=True)] if final else [])
-    for nr, args in todo:
-        values = tuple(resolve(a, syms) for a in args)
-        if nr == lib.HV_HC_BLOCK and not expected.block_is_safe():
-            continue
-        i = len(program_calls)
-        program_calls.append((nr, args))
-        result, entries = expected.call(nr, values)
-        if result is None:
-            ended = values              # a valid shutdown: the run stops here
-            break
-        lines.append((i, None, result, nr))
-        for j, (op, _eargs, eresult) in enumerate(entries):
-            lines.append((i, j, eresult, op))
-    expected.core.close()
-
-    cmdline = " ".join(part for part in (
-        "mc=" + ";".join(call_text(c) for c in mc_entries) if mc_entries else "",
-        "calls=" + ";".join(call_text(c) for c in program_calls) if program_calls else "")
-        if part)
-    first = boot_traced(REPLAY, cmdline, deterministic=True, mem=REPLAY_MEM)
-    why = f"cmdline: {cmdline!r}\n{first.describe()}"
-
-    # The end: SUCCESS, or the final shutdown as asked.
-    if ended is None:
-        assert (first.state, first.exit_code) == ("shutdown", 0), why
-        assert first.console.endswith(b"\nSUCCESS\n") or first.console == b"SUCCESS\n", why
-    else:
-        state = "shutdown" if ended[0] == lib.HV_SHUTDOWN_POWEROFF else "crashed"
-        assert (first.state, first.exit_code) == (state, ended[1]), why
-        assert parse_result(first.console)[0] is None, why
-
-    # (a) Each result as the dispatcher computed it, and one the ABI allows;
-    # clock_read's is this engine's instruction count: only its order counts.
-    got = [(int(i), int(j) if j else None, int(r))
-           for i, j, r in RESULT_LINE.findall(first.console)]
-    assert [g[:2] for g in got] == [e[:2] for e in lines], why
-    clocks = []
-    for (i, j, result), (_, _, want, nr) in zip(got, lines):
-        check_documented(nr, result, in_multicall=j is not None)
-        if nr == lib.HV_HC_CLOCK_READ:
-            clocks.append(result)
-        else:
-            assert result == want, (f"r{i}{'' if j is None else f'.{j}'}={result}, "
-                                    f"the dispatcher says {want}\n{why}")
-    assert clocks == sorted(clocks) and all(c > 0 for c in clocks), why
-
-    # (b) Exact replay.
-    second = boot_traced(REPLAY, cmdline, deterministic=True, mem=REPLAY_MEM)
-    assert (second.state, second.exit_code) == (first.state, first.exit_code), why
-    assert second.console == first.console, why
-    assert second.records == first.records, "traces differ; " + first_difference(
-        first.records, second.records)
-
+# ---- replay: Hypothesis-written hypercall lists (hv.testing.replay) ----------
 
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(PROGRAMS)
+@given(programs())
 def test_replayed_hypercalls_match_the_dispatcher(program):
-    isolated(_replay, program)
+    isolated(run_program, program)
 
 
 # ---- regressions: hv bugs the replay found (fixed) ----
 
 def _block_with_timer_but_no_page():
-    run = boot_traced(REPLAY, "calls=7:100000;4", deterministic=True, mem=REPLAY_MEM)
+    run = run_replay("calls=7:100000;4")
     assert run.state == "shutdown", run.describe()
-    assert re.search(rb"^r1=(-1|0)$", run.console, re.M), run.describe()
+    assert re.search(rb"^r1=(-1|0)$", run.console_bytes, re.M), run.describe()
 
 
 def test_block_with_a_timer_but_no_event_page():
@@ -599,7 +252,7 @@ def test_block_with_a_timer_but_no_event_page():
 
 
 def _multicall_trace_pairs_parent_entries():
-    run = boot_traced(REPLAY, "mc=2:@buf:5 calls=a:@mc:1", deterministic=True, mem=REPLAY_MEM)
+    run = run_replay("mc=2:@buf:5 calls=a:@mc:1")
     assert run.state == "shutdown", run.describe()
     kinds = [(r[0], r[2], r[4]) for r in run.records
              if r[0] in HYPERCALL_KINDS and r[2] in (lib.HV_HC_MULTICALL, lib.HV_HC_CONSOLE_WRITE)]

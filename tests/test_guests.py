@@ -20,8 +20,9 @@ import time
 import pytest
 
 from conftest import engine_missing, guest, needs_kvm, run_isolated
-from resultline import (CODE_VERDICTS, RESULT_CODES, VERDICTS, GuestRun, boot, boot_isolated,
-                        parse_result, parse_result_codes, RESULT_H)
+from hv.testing.boot import assert_passed, boot, boot_isolated
+from hv.testing.paths import RESULT_H
+from hv.testing.results import CODE_VERDICTS, RESULT_CODES, VERDICTS, parse_result, parse_result_codes
 
 HELLO_LINE = "Hello from an hv guest!"
 
@@ -39,21 +40,6 @@ REGISTER_DUMP = re.compile(r"rip=[0-9a-f]{16}")
 
 
 # ---- helpers ---------------------------------------------------------------
-
-def assert_passed(run: GuestRun):
-    """Turn a test kernel's result into pytest's: SUCCESS passes, SKIP skips,
-    ERROR/FAILURE fail with the guest's own line (file:line: expression)."""
-    verdict, detail = parse_result(run.console)
-    if verdict is None:
-        pytest.fail(f"no result line from the guest\n{run.describe()}", pytrace=False)
-    if verdict in ("ERROR", "FAILURE"):
-        pytest.fail(f"guest {verdict}: {detail}\n{run.describe()}", pytrace=False)
-    assert run.state == "shutdown", run.describe()
-    assert run.exit_code == RESULT_CODES[verdict], (
-        f"result line says {verdict} but the shutdown code is {run.exit_code}\n{run.describe()}")
-    if verdict == "SKIP":
-        pytest.skip(f"guest SKIP: {detail}")
-
 
 def make(name, cmdline="", mem="64M", engine="kvm"):
     """A fresh Partition with its own capture console (KVM unless told)."""

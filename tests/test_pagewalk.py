@@ -1,4 +1,4 @@
-"""The C page-table walker against the Python reference (models/pagewalk.py)
+"""The C page-table walker against the Python reference (hv.testing.pagetables)
 on random page tables, and copy_from_guest through real tables."""
 import struct
 
@@ -6,9 +6,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import run_isolated
-from coreharness import Core
 from hv.abi import ffi, lib
-from models import pagewalk as model
+from hv.testing import pagetables as model
+from hv.testing.core import Core
 
 MEM = 2 << 20
 FRAMES = MEM // 4096

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from conftest import ACCELS, QEMU, guest
-from resultline import RESULT_CODES, parse_result, qemu_exit_status
+from hv.testing.results import RESULT_CODES, parse_result, qemu_exit_status
 
 HELLO_LINE = "Hello from an hv guest!"
 

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from conftest import ACCELS, QEMU, guest
-from resultline import RESULT_CODES, parse_result, qemu_exit_status
+from hv.testing.results import RESULT_CODES, parse_result, qemu_exit_status
 
 TIMEOUT = 30            # seconds per QEMU run; each takes well under one here
 SECTOR = 512

@@ -1,6 +1,6 @@
 /*
  * verdict - end with the result the command line names, so the host's
- * result-line parsing (tests/resultline.py) is checked against the real
+ * result-line parsing (hv.testing.results) is checked against the real
  * guest library rather than against strings typed in a test:
  *
  *   success | skip | error | failure   test_success() / test_skip() / ...

@@ -1,19 +1,24 @@
 """Drive the C core without a guest: a partition on the 'none' engine, whose
 vCPU registers live in memory, and hv_test_dispatch() into the real
-dispatcher (the same code the run loop calls on a hypercall trap)."""
-import os
+dispatcher (the same code the run loop calls on a hypercall trap).
+
+    core = Core(4 << 20)
+    core.call(lib.HV_HC_VERSION)          # -> (result, None)
+    core.call(lib.HV_HC_CONSOLE_WRITE, 0x5000, 4)   # -> (None, HV_EXIT_HYPERCALL): the parent's turn
+    core.complete(4)
+"""
 import re
 
 from hv.abi import ffi, lib
+from hv.testing.paths import ABI_H
 
-ABI_H = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                     "csrc", "include", "hv", "abi.h")
 ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8")
 
 
-def documented_errors():
+def documented_errors(path=ABI_H):
     """{hypercall number: set of documented negative errors} from abi.h's doc blocks."""
-    text = open(ABI_H).read()
+    with open(path) as f:
+        text = f.read()
     out = {}
     for block, name in re.findall(r"(/\* HC \w+:.*?\*/)\s*#define (HV_HC_\w+)", text, re.S):
         errs = re.search(r"errors:(.*)", block).group(1)
@@ -40,6 +45,12 @@ class Core:
 
     def close(self):
         lib.hv_partition_destroy(self.p)     # destroys the vCPU too
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def call(self, nr, *args):
         """Dispatch one hypercall.  Returns (result, exit_kind or None):
