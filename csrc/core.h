@@ -123,9 +123,16 @@ int  vcpu_needs_loop(const struct hv_vcpu *v);
 int  vcpu_handle_exit(struct hv_vcpu *v, const struct engine_exit *ex);
 
 /* idt.c: deliver a vector through the guest's IDT in software (engines
- * without hardware injection).  0, or -1 if even a double fault cannot be
- * delivered (the caller reports a triple fault). */
-int  idt_deliver(struct hv_vcpu *v, uint8_t vector, int exception);
+ * without hardware injection, and software interrupts KVM gives up on).
+ * 0, or -1 if even a double fault cannot be delivered (the caller reports
+ * a triple fault). */
+enum idt_source {
+    IDT_EXTERNAL,       /* an upcall: no error code, EXT=1 in fault codes */
+    IDT_EXCEPTION,      /* a CPU exception: error code if the vector has one */
+    IDT_SOFTWARE,       /* INT n, INT3, INTO: RIP is past the instruction; gate DPL checked */
+};
+int  idt_deliver(struct hv_vcpu *v, uint8_t vector, enum idt_source source,
+                 uint32_t error_code, uint8_t insn_len);
 
 /* trace.c: append a record when tracing is on (check p->trace.ring first). */
 void trace_record(struct hv_vcpu *v, uint32_t kind, uint64_t nr,

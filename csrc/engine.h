@@ -25,6 +25,8 @@ enum engine_exit_kind {
     ENGINE_EXIT_EXCEPTION,    /* a CPU exception (vector in value) for software delivery */
     ENGINE_EXIT_RETURN,       /* handled inside the engine; the exit record is ready */
     ENGINE_EXIT_FAIL,         /* the engine cannot continue; detail says why */
+    ENGINE_EXIT_EMULATE,      /* the engine could not run the instruction at RIP; the
+                                 core may (software interrupts on KVM), else FAIL */
 };
 
 struct engine_exit {
@@ -35,6 +37,10 @@ struct engine_exit {
     uint64_t value;           /* written value (writes) */
     uint64_t addr;            /* MMIO guest-physical address */
     uint64_t detail;          /* engine-specific exit number, for crash reports */
+    /* EXCEPTION: what the CPU would push and whether INT n raised it. */
+    uint32_t error_code;
+    uint8_t  software;        /* INT n / INT3 / INTO: RIP is past the instruction */
+    uint8_t  insn_len;        /* ... of that many bytes */
 };
 
 struct engine_ops {
@@ -71,8 +77,9 @@ struct engine_ops {
     int  (*interruptible)(void *vcpu);
     /* NULL: the core delivers through the guest IDT itself (idt.c). */
     int  (*inject)(void *vcpu, uint8_t vector);
-    /* Software delivery only: load CS and SS from the guest's GDT. */
-    int  (*load_segments)(void *vcpu, uint16_t cs, uint16_t ss);
+    /* Software delivery only: load CS and SS (their GDT descriptors, read
+     * by the core, for engines that fill segment caches themselves). */
+    int  (*load_segments)(void *vcpu, uint16_t cs, uint64_t cs_desc, uint16_t ss, uint64_t ss_desc);
     /* Ask run() to return once the guest can take an interrupt. */
     void (*request_window)(void *vcpu, int on);
     /* Deterministic mode (NULL if unsupported): count every guest

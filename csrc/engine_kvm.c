@@ -282,6 +282,40 @@ static int kvm_set_pvh_entry(void *vp, uint32_t entry, uint32_t info,
     return 0;
 }
 
+/* A segment register's cache from its GDT descriptor (SDM vol. 3, 3.4.5),
+ * for interrupts the core delivers itself (idt.c). */
+static struct kvm_segment segment_from_descriptor(uint16_t selector, uint64_t d)
+{
+    struct kvm_segment seg = {
+        .base = (d >> 16 & 0xffffff) | (d >> 56 & 0xff) << 24,
+        .limit = (uint32_t)((d & 0xffff) | (d >> 32 & 0xf0000)),
+        .selector = selector, .type = d >> 40 & 0xf, .s = d >> 44 & 1, .dpl = d >> 45 & 3,
+        .present = d >> 47 & 1, .avl = d >> 52 & 1, .l = d >> 53 & 1, .db = d >> 54 & 1,
+        .g = d >> 55 & 1,
+    };
+    if (seg.g)
+        seg.limit = seg.limit << 12 | 0xfff;
+    if ((selector & ~3u) == 0) {
+        /* A NULL SS with the new RPL (a 64-bit interrupt to an inner ring):
+         * usable, writable data, DPL = CPL (KVM derives the CPL from it). */
+        seg = (struct kvm_segment){ .selector = selector, .limit = 0xffffffff, .type = 3,
+                                    .s = 1, .dpl = selector & 3, .present = 1, .db = 1,
+                                    .g = 1 };
+    }
+    return seg;
+}
+
+static int kvm_load_segments(void *vp, uint16_t cs, uint64_t cs_desc, uint16_t ss,
+                             uint64_t ss_desc)
+{
+    struct kvm_vcpu_state *c = vp;
+    struct kvm_sregs *k = &c->run->s.regs.sregs;
+    k->cs = segment_from_descriptor(cs, cs_desc);
+    k->ss = segment_from_descriptor(ss, ss_desc);
+    c->run->kvm_dirty_regs |= KVM_SYNC_X86_SREGS;
+    return 0;
+}
+
 static void kvm_complete_in(void *vp, uint64_t value)
 {
     struct kvm_vcpu_state *c = vp;
@@ -346,6 +380,14 @@ static int kvm_run(void *vp, struct engine_exit *exit)
     case KVM_EXIT_INTR:
         exit->kind = ENGINE_EXIT_INTERRUPTED;
         break;
+    case KVM_EXIT_INTERNAL_ERROR:
+        /* This machine's KVM (kvm_pvm) does not emulate INT3, INT n or
+         * INTO in ring 0: it stops with an emulation failure at the
+         * instruction.  The core delivers those through the IDT; any
+         * other instruction is an engine failure. */
+        exit->kind = run->internal.suberror == KVM_INTERNAL_ERROR_EMULATION
+                     ? ENGINE_EXIT_EMULATE : ENGINE_EXIT_FAIL;
+        break;
     default:            /* FAIL_ENTRY, INTERNAL_ERROR, anything unexpected */
         exit->kind = ENGINE_EXIT_FAIL;
         break;
@@ -397,7 +439,7 @@ const struct engine_ops engine_kvm_ops = {
     .run = kvm_run,
     .interruptible = kvm_interruptible,
     .inject = kvm_inject,
-    .load_segments = NULL,          /* KVM delivers vectors itself */
+    .load_segments = kvm_load_segments,     /* software interrupts KVM gave up on */
     .request_window = kvm_request_window,
     .count_instructions = NULL,
     .trace_code = NULL,

@@ -68,9 +68,11 @@ static int none_interruptible(void *vcpu)
 static int none_inject(void *vcpu, uint8_t vector) { (void)vcpu; (void)vector; return 0; }
 static void none_request_window(void *vcpu, int on) { (void)vcpu; (void)on; }
 static void none_kick(void *vcpu) { (void)vcpu; }
-static int none_load_segments(void *vcpu, uint16_t cs, uint16_t ss)
+static int none_load_segments(void *vcpu, uint16_t cs, uint64_t cs_desc, uint16_t ss,
+                              uint64_t ss_desc)
 {
     struct none_vcpu *c = vcpu;
+    (void)cs_desc; (void)ss_desc;
     c->sregs.cs = cs;
     c->sregs.ss = ss;
     return 0;

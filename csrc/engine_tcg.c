@@ -6,11 +6,17 @@
  * machine's software KVM).  Guest RAM is the core's own mmap, handed over
  * with uc_mem_map_ptr (zero-copy).  Two differences from KVM shape this file:
  *
- *  - Port I/O arrives as a hook *inside* the emulator.  The hook calls the
- *    core's vcpu_handle_exit() on the spot, so a fast hypercall is finished
- *    without leaving uc_emu_start(); only exits for the parent stop it.
- *    A stop takes effect at the end of the translation block, which for a
- *    hypercall-page stub is its `ret`: the guest cannot tell.
+ *  - Port I/O arrives as a hook *inside* the emulator (engine_tcg_io.c).
+ *    The hook calls the core's vcpu_handle_exit() on the spot, so a fast
+ *    hypercall is finished without leaving uc_emu_start(); only exits for
+ *    the parent stop it.
+ *  - Stops happen only at block boundaries.  uc_emu_stop() called in the
+ *    middle of a block (from a signal handler, an I/O or MMIO hook) takes
+ *    effect at the next memory access's exit check, and Unicorn 2.1.4 then
+ *    resumes at the start of *that* instruction -- after its store already
+ *    happened, so it runs twice.  So nothing calls uc_emu_stop() there: a
+ *    kick or a hook sets a flag, and a block hook, which runs before the
+ *    first instruction of every block, stops the emulator.
  *  - Unicorn has no interrupt controller and reports CPU exceptions to a
  *    hook instead of the guest IDT: inject is NULL, and the core delivers
  *    both through the guest's IDT itself (idt.c).
@@ -22,7 +28,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unicorn/unicorn.h>
-#include "core.h"
 #include "engine_tcg.h"
 
 /* Register ids in struct hv_regs order. */
@@ -34,45 +39,15 @@ static const int reg_ids[] = {
     UC_X86_REG_RIP, UC_X86_REG_RFLAGS,
 };
 #define NREGS (sizeof(reg_ids) / sizeof(reg_ids[0]))
+_Static_assert(NREGS == TCG_NREGS, "one id per hv_regs field");
 _Static_assert(NREGS * 8 == sizeof(struct hv_regs), "one id per hv_regs field");
 
-#define MSR_EFER 0xc0000080
-
-enum tcg_stop {
-    STOP_NONE = 0,
-    STOP_RETURN,        /* the core filled an exit record for the parent */
-    STOP_LOOP,          /* the core must look at pending work (block, events) */
-    STOP_EXCEPTION,     /* a CPU exception for software delivery */
-    STOP_UNMAPPED,      /* access outside RAM */
-};
+#define MSR_EFER  0xc0000080
+#define RFLAGS_IF (1ull << 9)
 
 struct tcg_vm {
     void *ram;
     uint64_t size;
-};
-
-struct tcg_vcpu {
-    uc_engine *uc;
-    struct hv_vcpu *owner;
-    struct hv_regs regs;        /* the view the core reads and writes */
-    struct hv_regs synced;      /* what Unicorn holds, for write-back of changes */
-    int regs_valid;
-    enum tcg_stop stop;
-    uint32_t exception;
-    uint64_t bad_address;
-    volatile sig_atomic_t kicked;
-    /* Port writes made after a stop was requested, in the same translation
-     * block: they are handled one by one before the guest runs again. */
-    struct engine_exit queued[8];
-    unsigned nqueued, queue_head;
-    int queue_overflow;
-    const uint8_t *batch_index;     /* tcg_read_regs: the set it last read */
-    unsigned batch_n;
-    int batch_ids[NREGS];
-    void *batch_ptrs[NREGS];
-    uint64_t batch_vals[NREGS];
-    uint64_t *icount;               /* deterministic mode */
-    const uint64_t *icount_deadline;
 };
 
 static int tcg_probe(char *why, size_t len)
@@ -166,7 +141,7 @@ static void tcg_write_reg(void *vp, uint8_t index, uint64_t value)
         ((uint64_t *)&c->regs)[index] = ((uint64_t *)&c->synced)[index] = value;
 }
 
-static uint64_t read_reg(uc_engine *uc, int id)
+uint64_t tcg_read_reg(uc_engine *uc, int id)
 {
     uint64_t value = 0;
     uc_reg_read(uc, id, &value);
@@ -187,16 +162,16 @@ static int tcg_get_sregs(void *vp, struct hv_sregs *s)
     uc_reg_read(uc, UC_X86_REG_IDTR, &idtr);
     uc_reg_read(uc, UC_X86_REG_GDTR, &gdtr);
     uc_reg_read(uc, UC_X86_REG_TR, &tr);
-    s->cr0 = read_reg(uc, UC_X86_REG_CR0);
-    s->cr2 = read_reg(uc, UC_X86_REG_CR2);
-    s->cr3 = read_reg(uc, UC_X86_REG_CR3);
-    s->cr4 = read_reg(uc, UC_X86_REG_CR4);
+    s->cr0 = tcg_read_reg(uc, UC_X86_REG_CR0);
+    s->cr2 = ((struct tcg_vcpu *)vp)->cr2;     /* Unicorn's copy may be clobbered */
+    s->cr3 = tcg_read_reg(uc, UC_X86_REG_CR3);
+    s->cr4 = tcg_read_reg(uc, UC_X86_REG_CR4);
     s->efer = read_msr(uc, MSR_EFER);
     s->idt_base = idtr.base; s->idt_limit = (uint16_t)idtr.limit;
     s->gdt_base = gdtr.base; s->gdt_limit = (uint16_t)gdtr.limit;
     s->tr_base = tr.base;
-    s->cs = (uint16_t)read_reg(uc, UC_X86_REG_CS);
-    s->ss = (uint16_t)read_reg(uc, UC_X86_REG_SS);
+    s->cs = (uint16_t)tcg_read_reg(uc, UC_X86_REG_CS);
+    s->ss = (uint16_t)tcg_read_reg(uc, UC_X86_REG_SS);
     return 0;
 }
 
@@ -212,6 +187,8 @@ static int tcg_set_sregs(void *vp, const struct hv_sregs *s)
     uc_reg_write(c->uc, UC_X86_REG_CR4, &s->cr4);
     uc_reg_write(c->uc, UC_X86_REG_CR3, &s->cr3);
     uc_reg_write(c->uc, UC_X86_REG_CR0, &s->cr0);
+    uc_reg_write(c->uc, UC_X86_REG_CR2, &s->cr2);
+    c->cr2 = s->cr2;
     c->regs_valid = 0;
     return 0;
 }
@@ -219,10 +196,12 @@ static int tcg_set_sregs(void *vp, const struct hv_sregs *s)
 /* Segment loads go through the guest GDT, as a far jump would.  A change of
  * privilege (an interrupt taken in ring 3) sets QEMU's CPL first, because
  * Unicorn checks the loads against it. */
-static int tcg_load_segments(void *vp, uint16_t cs, uint16_t ss)
+static int tcg_load_segments(void *vp, uint16_t cs, uint64_t cs_desc, uint16_t ss,
+                             uint64_t ss_desc)
 {
     struct tcg_vcpu *c = vp;
-    uint64_t cs64 = cs, ss64 = ss, old_cs = read_reg(c->uc, UC_X86_REG_CS);
+    (void)cs_desc; (void)ss_desc;   /* Unicorn reads the GDT itself */
+    uint64_t cs64 = cs, ss64 = ss, old_cs = tcg_read_reg(c->uc, UC_X86_REG_CS);
     if ((old_cs & 3) != (cs & 3)) {
         tcg_patch_cpu_state(c->uc, 0, cs & 3);
         c->regs_valid = 0;
@@ -248,7 +227,7 @@ static int tcg_set_pvh_entry(void *vp, uint32_t entry, uint32_t info,
     tcg_set_sregs(vp, &s);
     const int data[] = { UC_X86_REG_DS, UC_X86_REG_ES, UC_X86_REG_FS, UC_X86_REG_GS };
     uint64_t data_sel = 0x18;
-    if (tcg_load_segments(vp, 0x10, 0x18))
+    if (tcg_load_segments(vp, 0x10, 0, 0x18, 0))
         return -EINVAL;
     for (size_t i = 0; i < sizeof(data) / sizeof(data[0]); i++)
         if (uc_reg_write(c->uc, data[i], &data_sel))
@@ -264,52 +243,36 @@ static int tcg_set_pvh_entry(void *vp, uint32_t entry, uint32_t info,
 
 /* ---- Hooks: called from inside uc_emu_start() ------------------------------ */
 
-/* After the core handled an exit in a hook: keep emulating, or stop so the
- * run loop sees what is now pending (a parent exit, block, an upcall). */
-static void after_inline_exit(struct tcg_vcpu *c, int to_parent)
+/* Stop before the next block runs anything (see the top of the file). */
+void tcg_request_stop(struct tcg_vcpu *c, enum tcg_stop why)
 {
-    struct hv_vcpu *v = c->owner;
-    if (to_parent)
-        c->stop = STOP_RETURN;
-    else if (vcpu_needs_loop(v))
-        c->stop = STOP_LOOP;
-    else
-        return;
-    uc_emu_stop(c->uc);
+    if (c->stop == STOP_NONE)
+        c->stop = why;
 }
 
-static void tcg_on_out(uc_engine *uc, uint32_t port, int size, uint32_t value, void *user)
+/* T:481 Before the first instruction of every translation block: the one
+ * place the emulator stops for a kick, a hook's request, or an upcall that
+ * became deliverable because the guest set IF (STI, POPF and IRET end their
+ * block, so the next block start sees the new IF). */
+static void tcg_on_block(uc_engine *uc, uint64_t address, uint32_t size, void *user)
 {
     struct tcg_vcpu *c = user;
-    (void)uc;
-    c->regs_valid = 0;
-    struct engine_exit ex = { .kind = ENGINE_EXIT_IO, .port = (uint16_t)port,
-                              .size = (uint8_t)size, .write = 1, .value = value };
-    if (c->stop != STOP_NONE) {
-        /* The block runs on to its end after a stop: keep this write for
-         * the run loop instead of overwriting the exit being returned. */
-        if (c->nqueued < sizeof(c->queued) / sizeof(c->queued[0]))
-            c->queued[(c->queue_head + c->nqueued++) % 8] = ex;
-        else
-            c->queue_overflow = 1;
+    (void)address; (void)size;
+    if (c->stop != STOP_NONE || c->kicked) {
+        uc_emu_stop(uc);
         return;
     }
-    after_inline_exit(c, vcpu_handle_exit(c->owner, &ex));
-    c->regs_valid = 0;              /* the guest runs on and changes them */
-}
-
-/* No port devices exist; a read sees an empty bus, as the parent answers on
- * KVM (hv/partition.py: _on_io). */
-static uint32_t tcg_on_in(uc_engine *uc, uint32_t port, int size, void *user)
-{
-    (void)uc; (void)port; (void)user;
-    return size == 4 ? 0xffffffffu : size == 2 ? 0xffffu : 0xffu;
+    if (__atomic_load_n(&c->owner->g.inject_pending, __ATOMIC_RELAXED) &&
+        (tcg_read_reg(uc, UC_X86_REG_RFLAGS) & RFLAGS_IF)) {
+        c->stop = STOP_LOOP;
+        uc_emu_stop(uc);
+    }
 }
 
 static int tcg_on_cpuid(uc_engine *uc, void *user)
 {
     (void)user;
-    uint64_t leaf = read_reg(uc, UC_X86_REG_RAX) & 0xffffffffu;
+    uint64_t leaf = tcg_read_reg(uc, UC_X86_REG_RAX) & 0xffffffffu;
     if (leaf < 0x40000000 || leaf > 0x4fffffff)
         return 0;                   /* Unicorn's own CPU model answers */
     uint32_t r[4];
@@ -320,14 +283,6 @@ static int tcg_on_cpuid(uc_engine *uc, void *user)
         uc_reg_write(uc, ids[i], &v);
     }
     return 1;                       /* skip the instruction: we answered */
-}
-
-static void tcg_on_interrupt(uc_engine *uc, uint32_t intno, void *user)
-{
-    struct tcg_vcpu *c = user;
-    c->stop = STOP_EXCEPTION;
-    c->exception = intno;
-    uc_emu_stop(uc);
 }
 
 static bool tcg_on_unmapped(uc_engine *uc, uc_mem_type type, uint64_t address,
@@ -346,10 +301,13 @@ static void tcg_on_instruction(uc_engine *uc, uint64_t address, uint32_t size, v
 {
     struct tcg_vcpu *c = user;
     (void)address; (void)size;
-    /* A stop requested in a hook takes effect before this instruction
-     * executes; it will be counted when the guest runs again. */
-    if (c->stop != STOP_NONE)
+    /* A stop a hook requested: here, before this instruction runs (a stop
+     * from a code hook is exact), so it is counted when the guest runs
+     * again. */
+    if (c->stop != STOP_NONE || c->kicked) {
+        uc_emu_stop(uc);
         return;
+    }
     uint64_t deadline = *c->icount_deadline;
     if (deadline && *c->icount >= deadline) {
         c->stop = STOP_LOOP;
@@ -386,29 +344,12 @@ static int tcg_count_instructions(void *vp, uint64_t *counter, const uint64_t *d
 }
 
 
-/* The virtio window: Unicorn calls these in the middle of an instruction;
- * the core's register file answers at once. */
-static uint64_t tcg_mmio_read(uc_engine *uc, uint64_t offset, unsigned size, void *user)
-{
-    struct tcg_vcpu *c = user;
-    uint64_t value = 0;
-    (void)uc;
-    virtio_mmio_access(c->owner->partition, HV_VIRTIO_MMIO_BASE + offset, size, 0, &value);
-    return value;
-}
-
-static void tcg_mmio_write(uc_engine *uc, uint64_t offset, unsigned size, uint64_t value, void *user)
-{
-    struct tcg_vcpu *c = user;
-    (void)uc;
-    virtio_mmio_access(c->owner->partition, HV_VIRTIO_MMIO_BASE + offset, size, 1, &value);
-}
-
 static void tcg_vcpu_destroy(void *vp)
 {
     struct tcg_vcpu *c = vp;
     if (c->uc)
         uc_close(c->uc);
+    free(c->queued);
     free(c);
 }
 
@@ -424,13 +365,9 @@ static int tcg_vcpu_create(void *vmp, uint32_t id, struct hv_vcpu *owner, void *
     if (uc_open(UC_ARCH_X86, UC_MODE_64, &c->uc) != UC_ERR_OK)
         goto fail;
     if (uc_mem_map_ptr(c->uc, 0, vm->size, UC_PROT_ALL, vm->ram) != UC_ERR_OK ||
-        (vm->size <= HV_VIRTIO_MMIO_BASE &&
-         uc_mmio_map(c->uc, HV_VIRTIO_MMIO_BASE, HV_VIRTIO_MMIO_SLOTS * HV_VIRTIO_MMIO_SLOT,
-                     tcg_mmio_read, c, tcg_mmio_write, c) != UC_ERR_OK) ||
-        uc_hook_add(c->uc, &h, UC_HOOK_INSN, (void *)tcg_on_out, c, 1, 0, UC_X86_INS_OUT) ||
-        uc_hook_add(c->uc, &h, UC_HOOK_INSN, (void *)tcg_on_in, c, 1, 0, UC_X86_INS_IN) ||
+        tcg_io_hooks_add(c, vm->size) || tcg_exception_hooks_add(c) ||
+        uc_hook_add(c->uc, &h, UC_HOOK_BLOCK, (void *)tcg_on_block, c, 1, 0) ||
         uc_hook_add(c->uc, &h, UC_HOOK_INSN, (void *)tcg_on_cpuid, c, 1, 0, UC_X86_INS_CPUID) ||
-        uc_hook_add(c->uc, &h, UC_HOOK_INTR, (void *)tcg_on_interrupt, c, 1, 0) ||
         uc_hook_add(c->uc, &h, UC_HOOK_MEM_UNMAPPED, (void *)tcg_on_unmapped, c, 1, 0))
         goto fail;
     *out = c;
@@ -445,17 +382,10 @@ static void tcg_complete_in(void *vp, uint64_t value) { (void)vp; (void)value; }
 static int tcg_run(void *vp, struct engine_exit *exit)
 {
     struct tcg_vcpu *c = vp;
-    if (c->nqueued) {               /* writes left over from the last block */
-        *exit = c->queued[c->queue_head];
-        c->queue_head = (c->queue_head + 1) % 8;
-        c->nqueued--;
+    if (tcg_io_dequeue(c, exit))    /* writes left over from the last block */
         return 0;
-    }
-    if (c->queue_overflow) {        /* more port writes in one block than kept */
-        c->queue_overflow = 0;
-        exit->kind = ENGINE_EXIT_FAIL;
+    if (c->syscall_pending && tcg_syscall(c, exit))
         return 0;
-    }
     if (c->kicked) {                /* a kick that came before entry */
         c->kicked = 0;
         exit->kind = ENGINE_EXIT_INTERRUPTED;
@@ -470,6 +400,14 @@ static int tcg_run(void *vp, struct engine_exit *exit)
     c->regs_valid = 0;
     uc_err err = uc_emu_start(c->uc, rip, UINT64_MAX, 0, 0);
     c->regs_valid = 0;
+    tcg_restore_cr2(c);
+    if (c->syscall_pending && c->stop == STOP_LOOP) {
+        c->stop = STOP_NONE;
+        if (tcg_syscall(c, exit))
+            return 0;
+        exit->kind = ENGINE_EXIT_WINDOW;    /* look again, then run the kernel */
+        return 0;
+    }
     switch (c->stop) {
     case STOP_RETURN:
         exit->kind = ENGINE_EXIT_RETURN;
@@ -479,7 +417,10 @@ static int tcg_run(void *vp, struct engine_exit *exit)
         return 0;
     case STOP_EXCEPTION:
         exit->kind = ENGINE_EXIT_EXCEPTION;
-        exit->value = c->exception;
+        exit->value = c->exception.vector;
+        exit->error_code = c->exception.error_code;
+        exit->software = (uint8_t)c->exception.software;
+        exit->insn_len = c->exception.insn_len;
         return 0;
     case STOP_UNMAPPED:
         exit->kind = ENGINE_EXIT_FAIL;
@@ -522,14 +463,15 @@ static int tcg_interruptible(void *vp)
 
 static void tcg_request_window(void *vp, int on)
 {
-    (void)vp; (void)on;             /* IF is checked before every entry anyway */
+    (void)vp; (void)on;             /* the block hook watches IF while an upcall waits */
 }
 
+/* Only a flag: the block hook stops at the next block boundary.  (Calling
+ * uc_emu_stop() here could run the interrupted instruction twice.) */
 static void tcg_kick_from_signal(void *vp)
 {
     struct tcg_vcpu *c = vp;
     c->kicked = 1;
-    uc_emu_stop(c->uc);             /* sets QEMU's exit request: signal-safe */
 }
 
 const struct engine_ops engine_tcg_ops = {

@@ -1,12 +1,83 @@
-/* engine_tcg.h - the TCG engine's internal pieces shared between its files. */
+/* engine_tcg.h - the TCG engine's pieces shared between its files:
+ * engine_tcg.c (registers, the run loop, stops), engine_tcg_io.c (port I/O
+ * and the virtio window), engine_tcg_exceptions.c (faults and interrupts
+ * Unicorn reports) and engine_tcg_state.c (QEMU state the API misses). */
 #ifndef HV_ENGINE_TCG_H
 #define HV_ENGINE_TCG_H
 
+#include <signal.h>
 #include <unicorn/unicorn.h>
+#include "core.h"
+
+#define TCG_NREGS 18                /* struct hv_regs, in order */
+
+/* Why the emulator must stop at the next block boundary. */
+enum tcg_stop {
+    STOP_NONE = 0,
+    STOP_RETURN,        /* the core filled an exit record for the parent */
+    STOP_LOOP,          /* the core must look at pending work (block, events) */
+    STOP_EXCEPTION,     /* a CPU exception for software delivery */
+    STOP_UNMAPPED,      /* access outside RAM */
+};
+
+/* A CPU exception as the core will deliver it. */
+struct tcg_exception {
+    uint32_t vector;
+    uint32_t error_code;
+    int      software;      /* INT n / INT3 / INTO: RIP is past it, no error code */
+    uint8_t  insn_len;      /* of the software interrupt instruction */
+};
+
+struct tcg_vcpu {
+    uc_engine *uc;
+    struct hv_vcpu *owner;
+    struct hv_regs regs;        /* the view the core reads and writes */
+    struct hv_regs synced;      /* what Unicorn holds, for write-back of changes */
+    int regs_valid;
+    enum tcg_stop stop;
+    struct tcg_exception exception;
+    uint64_t bad_address;
+    uint64_t cr2;               /* the guest's CR2 (Unicorn clobbers it on return) */
+    volatile sig_atomic_t kicked;
+    int syscall_pending;        /* a SYSCALL ran: do the transition */
+    /* Port writes made after a stop was requested, in the same translation
+     * block, handed to the run loop in order before the guest runs again.
+     * It grows as needed: any legal instruction sequence fits. */
+    struct engine_exit *queued;
+    unsigned nqueued, queue_head, queue_cap;
+    const uint8_t *batch_index;     /* tcg_read_regs: the set it last read */
+    unsigned batch_n;
+    int batch_ids[TCG_NREGS];
+    void *batch_ptrs[TCG_NREGS];
+    uint64_t batch_vals[TCG_NREGS];
+    uint64_t *icount;               /* deterministic mode */
+    const uint64_t *icount_deadline;
+};
+
+/* engine_tcg.c */
+uint64_t tcg_read_reg(uc_engine *uc, int id);
+/* Stop at the next block boundary, before any instruction of it runs. */
+void tcg_request_stop(struct tcg_vcpu *c, enum tcg_stop why);
+
+/* engine_tcg_io.c */
+int tcg_io_hooks_add(struct tcg_vcpu *c, uint64_t ram_size);
+/* The next queued port write, if any (1), for the run loop. */
+int tcg_io_dequeue(struct tcg_vcpu *c, struct engine_exit *exit);
+
+/* engine_tcg_exceptions.c */
+int tcg_exception_hooks_add(struct tcg_vcpu *c);
+/* Raise `vector` with `error_code` at the instruction now executing. */
+void tcg_raise_fault(struct tcg_vcpu *c, uint32_t vector, uint32_t error_code);
+/* Between runs: the SYSCALL transition (1 if it raised #UD into *exit). */
+int tcg_syscall(struct tcg_vcpu *c, struct engine_exit *exit);
+void tcg_restore_cr2(struct tcg_vcpu *c);
 
 /* engine_tcg_state.c: forget QEMU's pending exception (forget_exception)
  * and/or set the CPL (cpl >= 0).  The caller's register cache is stale
  * afterwards. */
 void tcg_patch_cpu_state(uc_engine *uc, int forget_exception, int cpl);
+/* From inside an interrupt hook: the error code QEMU computed for the
+ * exception and whether it is a software interrupt (INT n). */
+void tcg_exception_details(uc_engine *uc, uint32_t *error_code, int *software);
 
 #endif

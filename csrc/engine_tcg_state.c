@@ -1,9 +1,11 @@
 /*
  * engine_tcg_state.c - QEMU CPU state that Unicorn's API does not reach.
  *
- * T:485 Two fields of QEMU's CPUX86State matter to hv and have no API:
- * old_exception (a stale value turns every later fault into a double fault)
- * and the CPL bits of hflags (checked when CS/SS are loaded).  Their offsets
+ * T:485 Four fields of QEMU's CPUX86State matter to hv and have no API:
+ * old_exception (a stale value turns every later fault into a double fault),
+ * the CPL bits of hflags (checked when CS/SS are loaded), and the error code
+ * and "software interrupt" flag of the exception being raised (Unicorn's
+ * interrupt hook gets only the vector).  Their offsets
  * in a saved CPU context are found once per process by running a scratch
  * CPU and diffing two contexts; then a context save, patch and restore
  * sets them.  If a field is not found (another Unicorn build), hv carries
@@ -24,10 +26,15 @@
  * error (vector 0) is raised, and write -1 back before each entry. */
 static long old_exception_offset = -2;      /* -2: not searched, -1: not found */
 static long hflags_offset = -2;
+static long error_code_offset = -1, is_int_offset = -1;
 
+/* The scratch CPU's fault: saved right there, where QEMU's exception
+ * fields are still set (it clears them once the hook returns). */
 static void on_calibration_fault(uc_engine *uc, uint32_t intno, void *user)
 {
-    (void)intno; (void)user;
+    (void)intno;
+    if (user)
+        uc_context_save(uc, user);
     uc_emu_stop(uc);
 }
 
@@ -36,7 +43,7 @@ static void on_calibration_fault(uc_engine *uc, uint32_t intno, void *user)
  * the saved context that changed as `changed(was, now)` says; -1 if none
  * or several did. */
 static long find_context_word(const uint8_t *code, size_t code_len,
-                              const uint64_t *gdt, size_t gdt_len,
+                              const uint64_t *gdt, size_t gdt_len, int at_fault,
                               int (*changed)(uint32_t was, uint32_t now))
 {
     uc_engine *uc;
@@ -52,11 +59,13 @@ static long find_context_word(const uint8_t *code, size_t code_len,
         (!gdt || (uc_mem_write(uc, 0x3000, gdt, gdt_len) == UC_ERR_OK &&
                   uc_reg_write(uc, UC_X86_REG_GDTR, &gdtr) == UC_ERR_OK)) &&
         uc_reg_write(uc, UC_X86_REG_RSP, &rsp) == UC_ERR_OK &&
-        uc_hook_add(uc, &h, UC_HOOK_INTR, (void *)on_calibration_fault, NULL, 1, 0) == UC_ERR_OK &&
-        uc_context_alloc(uc, &before) == UC_ERR_OK && uc_context_alloc(uc, &after) == UC_ERR_OK) {
+        uc_context_alloc(uc, &before) == UC_ERR_OK && uc_context_alloc(uc, &after) == UC_ERR_OK &&
+        uc_hook_add(uc, &h, UC_HOOK_INTR, (void *)on_calibration_fault,
+                    at_fault ? after : NULL, 1, 0) == UC_ERR_OK) {
         uc_context_save(uc, before);
         uc_emu_start(uc, 0x1000, 0x1000 + code_len + 0x1000, 0, 0);
-        uc_context_save(uc, after);
+        if (!at_fault)
+            uc_context_save(uc, after);
         size_t size = uc_context_size(uc);
         int candidates = 0;
         for (size_t at = 0; at + 4 <= size; at += 4) {
@@ -89,7 +98,7 @@ static void find_old_exception_offset(void)
 {
     static const uint8_t divide_by_zero[] = { 0x31, 0xc0, 0xf7, 0xf0 };  /* xor eax,eax; div eax */
     old_exception_offset = find_context_word(divide_by_zero, sizeof(divide_by_zero),
-                                             NULL, 0, old_exception_changed);
+                                             NULL, 0, 0, old_exception_changed);
 }
 
 /* Likewise the privilege level: QEMU keeps the CPL in env->hflags and
@@ -118,7 +127,7 @@ static void find_hflags_offset(void)
         0x48, 0xcf,                         /* iretq */
         [0x100] = 0xf4,                     /* at 0x1100: hlt at CPL 3 -> #GP stops the run */
     };
-    hflags_offset = find_context_word(to_ring3, sizeof(to_ring3), gdt, sizeof(gdt),
+    hflags_offset = find_context_word(to_ring3, sizeof(to_ring3), gdt, sizeof(gdt), 0,
                                       hflags_changed);
 }
 
@@ -149,5 +158,53 @@ void tcg_patch_cpu_state(uc_engine *uc, int forget_exception, int cpl)
         memcpy((uint8_t *)ctx + hflags_offset, &hflags, 4);
     }
     uc_context_restore(uc, ctx);
+    uc_context_free(ctx);
+}
+
+/* The error code: the word that goes from 0 to 0x1230 when loading DS with
+ * selector 0x1230 (from memory, so no register holds it), past the empty
+ * GDT's limit, raises #GP(0x1230).  The
+ * software-interrupt flag: the word that goes from 0 to 1 at `int $0x40`. */
+static int error_code_changed(uint32_t was, uint32_t now)
+{
+    return was == 0 && now == 0x1230;
+}
+
+static int is_int_changed(uint32_t was, uint32_t now)
+{
+    return was == 0 && now == 1;
+}
+
+static void find_exception_offsets(void)
+{
+    static const uint8_t bad_selector[0x102] = {
+        0x8e, 0x1c, 0x25, 0x00, 0x11, 0x00, 0x00,       /* mov 0x1100, %ds */
+        [0x100] = 0x30, 0x12,                           /* at 0x1100: selector 0x1230 */
+    };
+    static const uint8_t int_0x40[] = { 0xcd, 0x40 };
+    error_code_offset = find_context_word(bad_selector, sizeof(bad_selector), NULL, 0, 1,
+                                          error_code_changed);
+    is_int_offset = find_context_word(int_0x40, sizeof(int_0x40), NULL, 0, 1, is_int_changed);
+}
+
+void tcg_exception_details(uc_engine *uc, uint32_t *error_code, int *software)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, find_exception_offsets);
+    *error_code = 0;
+    *software = 0;
+    uc_context *ctx;
+    if ((error_code_offset < 0 && is_int_offset < 0) || uc_context_alloc(uc, &ctx) != UC_ERR_OK)
+        return;                     /* not found: error code 0 (docs/engines.md) */
+    uc_context_save(uc, ctx);
+    int32_t word;
+    if (error_code_offset >= 0) {
+        memcpy(&word, (uint8_t *)ctx + error_code_offset, 4);
+        *error_code = (uint32_t)word;
+    }
+    if (is_int_offset >= 0) {
+        memcpy(&word, (uint8_t *)ctx + is_int_offset, 4);
+        *software = word != 0;
+    }
     uc_context_free(ctx);
 }

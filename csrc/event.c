@@ -70,7 +70,7 @@ void event_before_entry(struct hv_vcpu *v)
         TRACE(v, HV_TRACE_INJECT, vector, NULL, 0);
         if (e->inject)
             e->inject(v->engine_vcpu, vector);
-        else if (idt_deliver(v, vector, 0))
+        else if (idt_deliver(v, vector, IDT_EXTERNAL, 0, 0))
             v->g.inject_pending = 1;          /* IDT unusable now; retried next entry */
     } else {
         e->request_window(v->engine_vcpu, 1);   /* exit when IF becomes 1 */

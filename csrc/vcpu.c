@@ -175,6 +175,40 @@ static int multicall_resume(struct hv_vcpu *v, struct hv_exit *exit)
     return 0;
 }
 
+/* An instruction the engine could not run.  This machine's KVM gives up on
+ * software interrupts (INT3, INT n, INTO) with an internal error; the core
+ * delivers them through the guest's IDT as the CPU would.  Anything else
+ * is an engine failure. */
+#define INSN_INT3 0xcc
+#define INSN_INT  0xcd
+#define INSN_INTO 0xce
+#define RFLAGS_OF (1ull << 11)
+
+static int vcpu_emulate(struct hv_vcpu *v, const struct engine_exit *ex, struct hv_exit *exit)
+{
+    const struct engine_ops *e = v->partition->engine;
+    struct hv_regs *r = e->regs(v->engine_vcpu);
+    uint8_t insn[2] = {0};
+    if (copy_guest_system(v, r->rip, insn, 1, 0))
+        return crash(exit, HV_CRASH_ENGINE, ex->detail);
+    uint8_t vector, len = 1;
+    if (insn[0] == INSN_INT3)
+        vector = 3;
+    else if (insn[0] == INSN_INTO && (r->rflags & RFLAGS_OF))
+        vector = 4;
+    else if (insn[0] == INSN_INT && copy_guest_system(v, r->rip + 1, &insn[1], 1, 0) == 0) {
+        vector = insn[1];
+        len = 2;
+    } else
+        return crash(exit, HV_CRASH_ENGINE, ex->detail);
+    TRACE(v, HV_TRACE_EXIT, HV_TRACE_EXIT_EXCEPTION, ((uint64_t[5]){ vector, r->rip }), 0);
+    r->rip += len;                  /* a software interrupt returns past itself */
+    e->regs_dirty(v->engine_vcpu);
+    if (idt_deliver(v, vector, IDT_SOFTWARE, 0, len))
+        return crash(exit, HV_CRASH_TRIPLE_FAULT, vector);
+    return 0;
+}
+
 /* T:455 One exit, whatever the engine.  Returns 0 to re-enter the guest, 1
  * when v->h.exit is filled for the parent.  KVM's run() returns each exit and
  * hv_vcpu_run() calls this; the TCG engine calls it from inside its
@@ -217,12 +251,15 @@ int vcpu_handle_exit(struct hv_vcpu *v, const struct engine_exit *ex)
         return 0;
     case ENGINE_EXIT_EXCEPTION:
         TRACE(v, HV_TRACE_EXIT, HV_TRACE_EXIT_EXCEPTION,
-              ((uint64_t[5]){ ex->value, e->regs(v->engine_vcpu)->rip }), 0);
+              ((uint64_t[5]){ ex->value, e->regs(v->engine_vcpu)->rip, ex->error_code }), 0);
         /* An engine without hardware delivery (TCG) hands CPU exceptions
          * to the core, which delivers them through the guest's IDT. */
-        if (idt_deliver(v, (uint8_t)ex->value, 1))
+        if (idt_deliver(v, (uint8_t)ex->value, ex->software ? IDT_SOFTWARE : IDT_EXCEPTION,
+                        ex->error_code, ex->insn_len))
             return crash(exit, HV_CRASH_TRIPLE_FAULT, ex->value);
         return 0;
+    case ENGINE_EXIT_EMULATE:
+        return vcpu_emulate(v, ex, exit);
     case ENGINE_EXIT_SHUTDOWN:
         return crash(exit, HV_CRASH_TRIPLE_FAULT, ex->detail);
     case ENGINE_EXIT_INTERRUPTED:

@@ -222,6 +222,10 @@ class Partition:
         except Exception as e:          # a fault in the parent stops this guest only
             self._crash(f"parent partition error: {type(e).__name__}: {e}")
         finally:
+            # The trace is complete before wait() returns: a caller that
+            # exits right after must not lose its last records.
+            if self.tracer is not None:
+                self.tracer.finish()
             with self._cond:
                 if self._vcpu is not None:      # destroyed on the thread that ran it
                     self.last_counters = self.counters()
@@ -230,8 +234,6 @@ class Partition:
             if self._device_host is not None:
                 self._device_host.stop()
                 self._device_host = None
-            if self.tracer is not None:
-                self.tracer.finish()
             self.console.flush()
             # Finished only now: wait() returning means the trace and the
             # console hold everything (the caller may exit at once).

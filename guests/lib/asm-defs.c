@@ -17,4 +17,6 @@ void asm_defs(void);
 void asm_defs(void)
 {
     DEFINE(ASM_PVH_NOTE_ENTRY, HV_PVH_NOTE_ENTRY);
+    DEFINE(ASM_PORT_HYPERCALL, HV_PORT_HYPERCALL);
+    DEFINE(ASM_HC_VERSION, HV_HC_VERSION);
 }

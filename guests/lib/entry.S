@@ -30,10 +30,12 @@ trap_stubs:
 
 /*
  * Save every general register (struct trap_frame in traps.h, lowest address
- * first) and hand the frame to C.  An exception in these kernels is always
- * unexpected, so trap_fatal() does not return.  The stack is 16-byte aligned
- * at the call: 5 CPU words + error + vector + 15 registers = 22 words.
+ * first) and hand the frame to C.  trap_entry() returns only if a test took
+ * the exception (probe.h): then the frame, maybe rewritten, is resumed.  The
+ * stack is 16-byte aligned at the call: 5 CPU words + error + vector + 15
+ * registers = 22 words.
  */
+    .globl trap_common
 trap_common:
     push    %rax
     push    %rbx
@@ -51,8 +53,24 @@ trap_common:
     push    %r14
     push    %r15
     mov     %rsp, %rdi
-    call    trap_fatal
-    ud2
+    call    trap_entry
+    pop     %r15
+    pop     %r14
+    pop     %r13
+    pop     %r12
+    pop     %r11
+    pop     %r10
+    pop     %r9
+    pop     %r8
+    pop     %rbp
+    pop     %rdi
+    pop     %rsi
+    pop     %rdx
+    pop     %rcx
+    pop     %rbx
+    pop     %rax
+    add     $16, %rsp               /* vector and error code */
+    iretq
 
 /*
  * T:365 The event upcall.  hv injects the vector given to

@@ -2,6 +2,7 @@
 #include "traps.h"
 #include "hv.h"
 #include "printf.h"
+#include "probe.h"
 #include "result.h"
 #include "x86.h"
 
@@ -46,6 +47,18 @@ void traps_init(void)
 void idt_set_gate(unsigned vector, void (*entry)(void))
 {
     idt[vector].low = gate_low((uint64_t)entry);
+}
+
+void idt_set_dpl(unsigned vector, unsigned dpl)
+{
+    idt[vector].low = (idt[vector].low & ~(3ull << 45)) | (uint64_t)(dpl & 3) << 45;
+}
+
+/* Every exception comes here (entry.S); only a probe may resume it. */
+void trap_entry(struct trap_frame *f)
+{
+    if (!probe_catch(f))
+        trap_fatal(f);
 }
 
 /*

@@ -14,6 +14,8 @@ struct trap_frame {
 
 void traps_init(void);
 void idt_set_gate(unsigned vector, void (*entry)(void));
+void idt_set_dpl(unsigned vector, unsigned dpl);
+void trap_entry(struct trap_frame *f);
 __attribute__((noreturn)) void trap_fatal(const struct trap_frame *f);
 
 #endif

@@ -36,6 +36,22 @@
 #define EXCEPTION_COUNT 32              /* vectors 0..31 are the CPU's */
 #define TRAP_STUB_SIZE  16              /* entry.S: one stub per exception */
 
+/* Exception vectors (SDM Vol. 3A 6.3.1). */
+#define X86_BP          3
+#define X86_UD          6
+#define X86_DF          8
+#define X86_NP          11
+#define X86_GP          13
+#define X86_PF          14
+/* Page-fault error code bits (SDM Vol. 3A 4.7). */
+#define PF_P            0x01            /* the page was present (protection) */
+#define PF_W            0x02            /* a write */
+#define PF_U            0x04            /* from ring 3 */
+#define PF_RSVD         0x08            /* a reserved bit was set */
+#define PF_I            0x10            /* an instruction fetch */
+/* The error code of a fault about IDT entry v (SDM Vol. 3A 6.13). */
+#define IDT_ERROR(v, ext) ((v) * 8 + 2 + (ext))
+
 /* Legacy I/O the fallback path (stock QEMU) uses. */
 #define SERIAL_COM1     0x3f8           /* 16550 data register */
 #define QEMU_DEBUG_EXIT 0xf4            /* -device isa-debug-exit,iobase=0xf4 */

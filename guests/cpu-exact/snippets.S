@@ -1,0 +1,161 @@
+/*
+ * snippets.S - the instructions cpu-exact probes, each with a label at the
+ * instruction that must fault (or right after it, for traps) so the test
+ * can compare RIP exactly.  Each snippet is a function: probe.h runs it in
+ * ring 0 or ring 3.
+ */
+#include "asm-defs.h"
+
+#define VBASE 0x40000000            /* main.c: the 4 KiB test pages */
+
+    .text
+    .macro snippet name
+    .globl \name
+\name:
+    .endm
+    .macro at name
+    .globl \name
+\name:
+    .endm
+
+/* ---- I/O privilege (ring 3) ---- */
+snippet out_hypercall
+    mov     $ASM_HC_VERSION, %eax
+at out_hypercall_insn
+    out     %al, $ASM_PORT_HYPERCALL
+    ret
+snippet out_dx_hypercall
+    mov     $ASM_HC_VERSION, %eax
+    mov     $ASM_PORT_HYPERCALL, %edx
+at out_dx_hypercall_insn
+    out     %al, %dx
+    ret
+snippet in_hypercall_port
+at in_hypercall_port_insn
+    in      $ASM_PORT_HYPERCALL, %al
+    ret
+snippet out_port80
+    out     %al, $0x80
+    ret
+snippet outw_port80
+at outw_port80_insn
+    out     %ax, $0x80              /* ports 0x80 and 0x81: 0x81 is denied */
+    ret
+
+/* ---- twelve port writes in one translation block ---- */
+snippet twelve_outs
+    mov     $1, %eax
+    .rept 12
+    out     %al, $0x80
+    inc     %eax
+    .endr
+    ret
+
+/* ---- page faults (main.c maps the pages) ---- */
+snippet write_read_only
+at write_read_only_insn
+    movb    $1, VBASE
+    ret
+snippet fetch_nx
+    mov     $(VBASE + 0x1000), %eax
+    call    *%rax                   /* faults on the fetch at the target */
+    ret
+snippet write_unmapped
+at write_unmapped_insn
+    movb    $1, VBASE + 0x2000
+    ret
+snippet read_unmapped
+at read_unmapped_insn
+    mov     VBASE + 0x2000, %al
+    ret
+snippet read_supervisor
+at read_supervisor_insn
+    mov     VBASE + 0x3000, %al
+    ret
+snippet read_reserved
+    movabs  $0x10000000000, %rax    /* PML4 entry 2: PS set, a reserved bit */
+at read_reserved_insn
+    mov     (%rax), %al
+    ret
+snippet read_noncanonical
+    movabs  $0x8000000000000000, %rax
+at read_noncanonical_insn
+    mov     (%rax), %al
+    ret
+
+/* ---- software interrupts ---- */
+snippet do_int3
+    int3
+at do_int3_after
+    ret
+snippet do_int3_fault               /* ring 3, gate DPL 0: #GP at the int3 */
+at do_int3_fault_insn
+    int3
+    ret
+snippet do_int40
+at do_int40_insn
+    int     $0x40
+at do_int40_after
+    ret
+snippet do_int13
+    int     $13
+at do_int13_after
+    ret
+
+/* ---- CR3 with reserved bits (bit 62: above any MAXPHYADDR, not PCID's 63) ---- */
+snippet bad_cr3
+    mov     %cr3, %rax
+    mov     %rax, %rcx
+    bts     $62, %rax
+at bad_cr3_insn
+    mov     %rax, %cr3
+    mov     %rcx, %cr3              /* not reached on a correct CPU */
+    ret
+
+/* ---- SYSCALL / SYSRET ---- */
+    .globl syscall_seen_rcx, syscall_seen_r11, syscall_seen_cs, syscall_seen_ss
+    .globl syscall_seen_rflags, sysret_seen_cs, sysret_seen_ss
+snippet user_syscall
+    std                             /* DF: FMASK must clear it in ring 0 */
+at user_syscall_insn
+    syscall
+at user_syscall_after
+    cld
+    mov     %cs, %eax
+    mov     %rax, sysret_seen_cs(%rip)
+    mov     %ss, %eax
+    mov     %rax, sysret_seen_ss(%rip)
+    ret
+
+/* LSTAR: ring 0 on the user's stack (SYSCALL does not switch it), so
+ * store to memory only, then go back with SYSRETQ. */
+snippet syscall_entry
+    mov     %rcx, syscall_seen_rcx(%rip)
+    mov     %r11, syscall_seen_r11(%rip)
+    mov     %cs, %eax
+    mov     %rax, syscall_seen_cs(%rip)
+    mov     %ss, %eax
+    mov     %rax, syscall_seen_ss(%rip)
+    pushfq
+    pop     %rax
+    mov     %rax, syscall_seen_rflags(%rip)
+    sysretq
+
+snippet sysret_noncanonical         /* ring 0 */
+    movabs  $0x0000800000000000, %rcx
+    mov     $0x2, %r11d
+at sysret_noncanonical_insn
+    sysretq
+    ret
+
+    .bss
+    .balign 8
+syscall_seen_rcx:    .skip 8
+syscall_seen_r11:    .skip 8
+syscall_seen_cs:     .skip 8
+syscall_seen_ss:     .skip 8
+syscall_seen_rflags: .skip 8
+sysret_seen_cs:      .skip 8
+sysret_seen_ss:      .skip 8
+
+    .section .note.GNU-stack, "", @progbits
