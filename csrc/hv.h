@@ -116,6 +116,7 @@ struct hv_virtio_state {
     uint32_t status, interrupt_status, config_generation, queue_sel;
     uint32_t nqueues, event;
     uint32_t resets;           /* driver resets so far: the parent may see several at once */
+    uint32_t reset_pending;    /* a reset waits for the backend to release the old rings */
     uint32_t features_sel, driver_features_sel;
     struct hv_virtio_queue queue[HV_VIRTIO_QUEUES_MAX];
     uint32_t config_len;
@@ -148,10 +149,16 @@ uint8_t *hv_partition_ram(struct hv_partition *p);
  * parent calls hv_ram_free() once nothing refers to it any more. */
 uint8_t *hv_partition_take_ram(struct hv_partition *p);
 void hv_ram_free(uint8_t *ram, uint64_t size);
-/* Mark [gpa, gpa+len) as hv's own (boot info): not RAM the guest owns. */
+/* Mark [gpa, gpa+len) as hv's own (boot info): not RAM the guest owns.
+ * Before any device is added. */
 int  hv_partition_reserve(struct hv_partition *p, uint64_t gpa, uint64_t len);
 /* Frame owner: partition id, 0 for hv, -1 outside RAM. */
 int64_t hv_partition_frame_owner(const struct hv_partition *p, uint64_t gpa);
+/* RAM the partition does not own, as [start, end) gpa pairs in out[2*i],
+ * out[2*i+1]: the number of ranges, or -E2BIG if there are more than max.
+ * Fixed once a device is added (hv_partition_reserve then says -EBUSY),
+ * so a device's copy stays true. */
+int  hv_partition_foreign_ranges(const struct hv_partition *p, uint64_t *out, uint32_t max);
 /* Send a hypercall to the parent instead of the core (tracing, benchmarks). */
 int  hv_partition_set_route(struct hv_partition *p, uint64_t nr, int route);
 /* Start recording trace records into a ring of `capacity` records. */
@@ -184,6 +191,14 @@ int  hv_virtio_interrupt(struct hv_partition *p, uint32_t slot, uint32_t bits);
 int  hv_virtio_set_config(struct hv_partition *p, uint32_t slot, const uint8_t *config, uint32_t len);
 /* Mark the device broken (DEVICE_NEEDS_RESET) after a bad request. */
 int  hv_virtio_needs_reset(struct hv_partition *p, uint32_t slot);
+/* The backend is about to read the rings of reset generation `resets` (as
+ * read in the state): 0, or -ESTALE if the driver reset the device since.
+ * While claimed, a driver's reset stays in progress (Status reads its old
+ * value) until hv_virtio_rings_release(): the backend has dropped its view. */
+int  hv_virtio_rings_claim(struct hv_partition *p, uint32_t slot, uint32_t resets);
+int  hv_virtio_rings_release(struct hv_partition *p, uint32_t slot);
+/* The driver's reset count alone (cheaper than hv_virtio_state). */
+uint32_t hv_virtio_resets(struct hv_partition *p, uint32_t slot);
 
 /* -- vCPUs: create and run on one thread ------------------------------------ */
 int  hv_vcpu_create(struct hv_partition *p, uint32_t id, struct hv_vcpu **out);

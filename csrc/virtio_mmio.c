@@ -42,6 +42,16 @@ struct virtio_dev {
     struct hv_virtio_state s;
     int queue_fds[HV_VIRTIO_QUEUES_MAX];
     int control_fd;
+    /* T:576 Reset against a backend that is still reading the old rings.
+     * The backend claims the rings of one reset generation before it reads
+     * them and releases them when it has dropped its view.  A reset while
+     * they are held is "in progress": Status keeps reading the value it had
+     * before the reset until the release, and a driver waits for Status to
+     * read 0 before it sets the device up again (virtio 1.2, 2.4.1), so it
+     * never writes new rings the backend still reads, and a completion of
+     * an old request can only land in the old rings. */
+    int rings_held;
+    uint32_t status_before_reset;   /* what Status reads while s.reset_pending */
 };
 
 static void signal_fd(int fd)
@@ -159,9 +169,49 @@ int hv_virtio_needs_reset(struct hv_partition *p, uint32_t slot)
     return hv_virtio_interrupt(p, slot, 2);     /* spec 2.1.2: a config-change interrupt */
 }
 
+int hv_virtio_rings_claim(struct hv_partition *p, uint32_t slot, uint32_t resets)
+{
+    struct virtio_dev *d = device(p, slot);
+    if (!d)
+        return -ENOENT;
+    pthread_mutex_lock(&d->lock);
+    int current = d->s.resets == resets;
+    if (current)
+        d->rings_held = 1;
+    pthread_mutex_unlock(&d->lock);
+    return current ? 0 : -ESTALE;
+}
+
+int hv_virtio_rings_release(struct hv_partition *p, uint32_t slot)
+{
+    struct virtio_dev *d = device(p, slot);
+    if (!d)
+        return -ENOENT;
+    pthread_mutex_lock(&d->lock);
+    d->rings_held = 0;
+    d->s.reset_pending = 0;     /* a reset in progress completes: Status reads its value */
+    pthread_mutex_unlock(&d->lock);
+    return 0;
+}
+
+uint32_t hv_virtio_resets(struct hv_partition *p, uint32_t slot)
+{
+    struct virtio_dev *d = device(p, slot);
+    if (!d)
+        return 0;
+    pthread_mutex_lock(&d->lock);
+    uint32_t resets = d->s.resets;
+    pthread_mutex_unlock(&d->lock);
+    return resets;
+}
+
 /* Reset (status 0): the driver starts over; the device forgets it all. */
 static void reset_locked(struct virtio_dev *d)
 {
+    if (d->rings_held && !d->s.reset_pending) {
+        d->s.reset_pending = 1;
+        d->status_before_reset = d->s.status;
+    }
     d->s.resets++;
     d->s.status = 0;
     d->s.driver_features = 0;
@@ -198,7 +248,7 @@ static uint64_t read_reg(struct virtio_dev *d, uint32_t off)
     case REG_QUEUE_NUM_MAX:     return vq ? vq->num_max : 0;    /* 0: no such queue */
     case REG_QUEUE_READY:       return vq ? vq->ready : 0;
     case REG_INTERRUPT_STATUS:  return s->interrupt_status;
-    case REG_STATUS:            return s->status;
+    case REG_STATUS:            return s->reset_pending ? d->status_before_reset : s->status;
     case REG_CONFIG_GENERATION: return s->config_generation;
     default:                    return 0;   /* write-only or reserved */
     }

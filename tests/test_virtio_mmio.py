@@ -1,6 +1,7 @@
 """The virtio-mmio register file in C (csrc/virtio_mmio.c) against the
 reference model (tests/models/virtio_mmio.py): random register traffic, the
 same answers, the same state, the same kicks."""
+import errno
 import os
 
 from hypothesis import HealthCheck, settings
@@ -68,6 +69,18 @@ class RegisterFile(RuleBasedStateMachine):
         assert lib.hv_virtio_interrupt(self.p, SLOT, bits) == 0
         self.model.interrupt_status |= bits
 
+    @rule(stale=st.booleans())
+    def backend_claims_rings(self, stale):
+        resets = self.model.resets - 1 if stale else self.model.resets
+        expected = self.model.claim(resets & 0xffffffff)
+        assert lib.hv_virtio_rings_claim(self.p, SLOT, resets & 0xffffffff) == \
+            (0 if expected else -errno.ESTALE)
+
+    @rule()
+    def backend_releases_rings(self):
+        assert lib.hv_virtio_rings_release(self.p, SLOT) == 0
+        self.model.release()
+
     @invariant()
     def same_state(self):
         s = ffi.new("struct hv_virtio_state *")
@@ -75,7 +88,8 @@ class RegisterFile(RuleBasedStateMachine):
         m = self.model
         assert (s.status, s.driver_features, s.interrupt_status, s.queue_sel) == \
             (m.status, m.driver_features, m.interrupt_status, m.queue_sel & 0xffffffff)
-        assert s.resets == m.resets
+        assert s.resets == m.resets == lib.hv_virtio_resets(self.p, SLOT)
+        assert s.reset_pending == m.reset_pending
         for i, q in enumerate(m.queues):
             c = s.queue[i]
             assert (c.num, c.ready, c.desc, c.avail, c.used) == (q.num, q.ready, q.desc, q.avail, q.used)
@@ -101,3 +115,35 @@ def test_window_outside_any_device_reads_zero():
         assert lib.hv_test_mmio(pp[0], lib.HV_VIRTIO_MMIO_BASE - 4, 4, 0, value) == -1
     finally:
         lib.hv_partition_destroy(pp[0])
+
+
+def test_reset_waits_for_the_backend_to_release_the_rings():
+    """A driver reset while the backend holds the rings is in progress:
+    Status reads its old value (a driver waits for 0, virtio 1.2 2.4.1)
+    until the backend releases them; registers reset at once."""
+    pp = ffi.new("struct hv_partition **")
+    assert lib.hv_partition_create(lib.HV_ENGINE_NONE, 4 << 20, pp) == 0
+    p, fds = pp[0], [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(2)]
+    try:
+        assert lib.hv_virtio_add(p, SLOT, 2, VERSION_1, 1, 64, b"", 0,
+                                 ffi.new("int[]", fds[:1]), fds[1]) == 0
+
+        def mmio(off, write=None):
+            v = ffi.new("uint64_t *", write or 0)
+            assert lib.hv_test_mmio(p, BASE + off, 4, write is not None, v) == 0
+            return v[0]
+
+        mmio(0x070, 0x7)                                    # ACKNOWLEDGE, DRIVER, DRIVER_OK
+        assert lib.hv_virtio_rings_claim(p, SLOT, 0) == 0
+        mmio(0x070, 0)                                      # the driver resets
+        assert mmio(0x070) == 0x7                           # not yet complete
+        assert lib.hv_virtio_rings_claim(p, SLOT, 0) == -errno.ESTALE
+        assert lib.hv_virtio_resets(p, SLOT) == 1
+        assert lib.hv_virtio_rings_release(p, SLOT) == 0
+        assert mmio(0x070) == 0                             # complete
+        mmio(0x070, 0)                                      # nothing held: at once
+        assert mmio(0x070) == 0
+    finally:
+        lib.hv_partition_destroy(p)
+        for fd in fds:
+            os.close(fd)

@@ -11,6 +11,8 @@
  *       oob-addr    a descriptor whose buffer lies beyond guest RAM
  *       next-oob    a NEXT link to a descriptor outside the table
  *       avail-jump  avail.idx jumps by more than the queue size
+ *       ring-reserved  the descriptor table in hv's boot page (the start
+ *                   info page: RAM, but not the guest's frame)
  *     bad requests -- the request completes (IOERR, or with no status byte
  *     a used length of 0) and the device goes on working:
  *       sector-end       read 1 sector at sector == capacity
@@ -19,6 +21,8 @@
  *       no-status        a chain with only the readable header
  *       ro-write         (read-only disk) the driver refuses writes; a raw
  *                        OUT and DISCARD request get IOERR from the device
+ *       buf-reserved     a read into and a write from hv's boot page: IOERR,
+ *                        and the page is unchanged
  *   rekick=1   broken rings only: after DEVICE_NEEDS_RESET, repair the ring
  *              (one valid request at ring[0]) and kick again without a reset:
  *              the device must not serve it (it is halted until reset)
@@ -30,6 +34,7 @@
 #include "hv.h"
 #include "kernel.h"
 #include "printf.h"
+#include "start_info.h"
 #include "test.h"
 #include "virtio_blk.h"
 #include "virtio_cmdline.h"
@@ -66,6 +71,17 @@ static volatile uint8_t status;
 static uint32_t rd32(unsigned reg)
 {
     return *(volatile uint32_t *)(blk.dev.base + reg);
+}
+
+static void wr32(unsigned reg, uint32_t v)
+{
+    *(volatile uint32_t *)(blk.dev.base + reg) = v;
+}
+
+/* hv's own page (the loader's boot area holds start_info): RAM, not ours. */
+static uint8_t *hv_page(void)
+{
+    return (uint8_t *)((uintptr_t)start_info() & ~(uintptr_t)0xfff);
 }
 
 static void notify(void)
@@ -166,6 +182,20 @@ static void broken_ring(const char *mode)
     } else if (cmdline_is("mode", "avail-jump")) {
         valid_read_chain();
         publish(0, (uint16_t)(vq->avail_idx + vq->size + 1));
+    } else if (cmdline_is("mode", "ring-reserved")) {
+        /* Set the device up again by hand, the descriptor table in hv's page. */
+        if (virtio_begin(&blk.dev, blk.dev.features) < 0)
+            test_failure("bad: ring-reserved: re-negotiation failed");
+        wr32(VIRTIO_MMIO_QUEUE_SEL, 0);
+        wr32(VIRTIO_MMIO_QUEUE_NUM, vq->size);
+        wr32(VIRTIO_MMIO_QUEUE_DESC_LOW, (uint32_t)(uintptr_t)hv_page());
+        wr32(VIRTIO_MMIO_QUEUE_DESC_HIGH, 0);
+        wr32(VIRTIO_MMIO_QUEUE_DRIVER_LOW, (uint32_t)(uintptr_t)&vq->avail);
+        wr32(VIRTIO_MMIO_QUEUE_DRIVER_HIGH, 0);
+        wr32(VIRTIO_MMIO_QUEUE_DEVICE_LOW, (uint32_t)(uintptr_t)&vq->used);
+        wr32(VIRTIO_MMIO_QUEUE_DEVICE_HIGH, 0);
+        wr32(VIRTIO_MMIO_QUEUE_READY, 1);
+        virtio_driver_ok(&blk.dev);
     } else {
         test_error("bad: unknown mode=%s", mode);
     }
@@ -275,6 +305,24 @@ static void bad_request(const char *mode)
         if (rd32(VIRTIO_MMIO_STATUS) & VIRTIO_STATUS_NEEDS_RESET)
             test_failure("bad: no-status: a bad request must not need a reset");
         printf("bad: request without a status byte: completed with length 0\n");
+    } else if (cmdline_is("mode", "buf-reserved")) {
+        static uint8_t before[VIRTIO_BLK_SECTOR];
+        uint8_t *page = hv_page();
+        uint32_t used_len = 0;
+        int r;
+
+        __builtin_memcpy(before, page, sizeof(before));
+        r = raw_request(T_IN, 0, page, VIRTIO_BLK_SECTOR, true, true, &used_len);
+        if (r < 0 || status != S_IOERR)
+            test_failure("bad: read into hv's page: r=%d status %u, want IOERR", r, status);
+        printf("bad: read into hv's page: IOERR\n");
+        r = raw_request(T_OUT, 0, page, VIRTIO_BLK_SECTOR, false, true, &used_len);
+        if (r < 0 || status != S_IOERR)
+            test_failure("bad: write from hv's page: r=%d status %u, want IOERR", r, status);
+        printf("bad: write from hv's page: IOERR\n");
+        for (unsigned i = 0; i < sizeof(before); i++)
+            if (page[i] != before[i])
+                test_failure("bad: hv's page changed at byte %u", i);
     } else if (cmdline_is("mode", "ro-write")) {
         struct discard_seg seg = { .sector = 0, .num_sectors = 1 };
         uint32_t used_len = 0;
@@ -323,7 +371,8 @@ int main(void)
            blk.vq.size, blk.dev.features);
 
     if (cmdline_is("mode", "loop") || cmdline_is("mode", "oob-addr") ||
-        cmdline_is("mode", "next-oob") || cmdline_is("mode", "avail-jump"))
+        cmdline_is("mode", "next-oob") || cmdline_is("mode", "avail-jump") ||
+        cmdline_is("mode", "ring-reserved"))
         broken_ring(mode);
     else
         bad_request(mode);

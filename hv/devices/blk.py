@@ -37,6 +37,7 @@ class BlkDevice(VirtioDevice):
     FEATURES = (1 << F_SIZE_MAX) | (1 << F_SEG_MAX) | (1 << F_BLK_SIZE) | (1 << F_FLUSH) | (1 << F_DISCARD)
     QUEUES = 1
     QUEUE_MAX = 256
+    REFUSES_FOREIGN_BUFFERS = True          # a buffer in hv's frames: IOERR (5.2.6)
 
     def __init__(self, path, readonly=False, name=None):
         super().__init__(name or f"blk({os.path.basename(path)})")
@@ -78,8 +79,9 @@ class BlkDevice(VirtioDevice):
             self.requests += 1
 
     def _request(self, chain):
-        """(status, bytes to return) for one chain, or an error status."""
-        if len(chain.readable) < HEADER.size or chain.writable_len < 1:
+        """(status, bytes to return) for one chain, or an error status (a
+        chain with a buffer in frames the guest does not own is refused whole)."""
+        if chain.refused or len(chain.readable) < HEADER.size or chain.writable_len < 1:
             self.errors += 1
             return S_IOERR, b""
         kind, _, sector = HEADER.unpack_from(chain.readable)

@@ -52,6 +52,10 @@ class VirtioDevice:
     # going back to sleep (QEMU's adaptive polling does the same, 32 us by
     # default): a waiting driver then gets no thread wake-up latency.
     POLL_NS = 32_000
+    # A buffer in a frame the guest does not own (hv's boot area): True if
+    # the device answers that request with an error status (serve() checks
+    # Chain.refused), False if the ring is broken (DEVICE_NEEDS_RESET).
+    REFUSES_FOREIGN_BUFFERS = False
 
     def __init__(self, name):
         self.name = name
@@ -75,7 +79,7 @@ class VirtioDevice:
 
     def attach(self, partition, slot):
         self.partition, self.slot = partition, slot
-        self._mem = GuestMemory(partition.memory())
+        self._mem = GuestMemory.for_partition(partition)
         flags = os.EFD_CLOEXEC | os.EFD_NONBLOCK
         self.queue_fds = [os.eventfd(0, flags) for _ in range(self.QUEUES)]
         self.control_fd = os.eventfd(0, flags)
@@ -117,26 +121,48 @@ class VirtioDevice:
     def _on_control(self):
         if self.closed:
             return
-        s = self.state()
-        if s.resets != self._resets:
-            # The driver reset the device, perhaps more than once and perhaps
-            # already set it up again since: start over from this state.
-            self._resets = s.resets
-            self._queues.clear()
-            self._broken = False
-            self.reset()
-        if self._broken or not s.status & STATUS_DRIVER_OK:
-            return
-        for index in range(self.QUEUES):
-            q = s.queue[index]
-            if q.ready and index not in self._queues:
-                self._queues[index] = self._make_queue(s, q)
+        while True:
+            s = self.state()
+            if s.resets != self._resets:
+                # The driver reset the device, perhaps more than once and
+                # perhaps already set it up again since: drop every view of
+                # the old rings, let the reset complete (T:576), start over.
+                self._drop_queues()
+                self._resets = s.resets
+                self._broken = False
+                self.reset()
+            if self._broken or not s.status & STATUS_DRIVER_OK:
+                return
+            ready = [i for i in range(self.QUEUES) if s.queue[i].ready and i not in self._queues]
+            if not ready:
+                return
+            # Claim the rings of this generation before reading them; if the
+            # driver reset meanwhile, what we read is stale: read again.
+            if lib.hv_virtio_rings_claim(self.partition._p, self.slot, s.resets) == 0:
+                break
+        for index in ready:
+            queue = self._make_queue(s, s.queue[index])
+            if queue is None:
+                return                  # fail()ed: no queue is served
+            self._queues[index] = queue
+
+    def _drop_queues(self):
+        self._queues.clear()
+        lib.hv_virtio_rings_release(self.partition._p, self.slot)
+
+    def _stale(self):
+        """Has the driver reset the device since our queues were built?
+        (A device driven without a transport, as unit tests do, never is.)"""
+        if self.partition is None:
+            return False
+        return lib.hv_virtio_resets(self.partition._p, self.slot) != self._resets
 
     def _make_queue(self, s, q):
         try:
             return SplitQueue(self._mem, q.num, q.desc, q.avail, q.used,
                               event_idx=bool(s.driver_features & VIRTIO_F_RING_EVENT_IDX),
-                              indirect=bool(s.driver_features & VIRTIO_F_RING_INDIRECT_DESC))
+                              indirect=bool(s.driver_features & VIRTIO_F_RING_INDIRECT_DESC),
+                              refuse_foreign=self.REFUSES_FOREIGN_BUFFERS)
         except QueueError as e:
             self.fail(f"queue set-up: {e}")
             return None
@@ -146,6 +172,8 @@ class VirtioDevice:
             self._on_kick(index)
 
     def _on_kick(self, index):
+        if self._stale():           # a kick for rings set up after a reset
+            self._on_control()      # we have not seen yet: never the old view
         queue = self._queues.get(index)
         if queue is None:           # the kick may be seen before the status change
             self._on_control()
@@ -159,6 +187,8 @@ class VirtioDevice:
                 queue.disable_kicks()
                 while True:
                     self.serve(index, queue)
+                    if self._stale():
+                        return      # reset meanwhile: the control event rebuilds
                     if self._poll(queue):
                         continue
                     # Buffers added while kicks were off are served now (2.7.10).
@@ -167,7 +197,12 @@ class VirtioDevice:
             if queue.should_notify():
                 self.interrupt()
         except QueueError as e:
-            self.fail(str(e))
+            if self._stale():
+                # The driver reset under us (it did not wait for Status to
+                # read 0): what broke was the old view, not the new rings.
+                self._on_control()
+            else:
+                self.fail(str(e))
 
     def _poll(self, queue):
         deadline = time.perf_counter_ns() + self.POLL_NS
@@ -182,7 +217,7 @@ class VirtioDevice:
     def fail(self, why):
         """The guest broke this device: it needs a reset; nothing else is affected."""
         self.errors += 1
-        self._queues.clear()
+        self._drop_queues()
         self._broken = True
         print(f"hv: partition {self.partition.id}: {self.name}: {why}; device needs reset",
               file=sys.stderr)

@@ -33,7 +33,7 @@ Use from a device, for one kick (2.7.10, notification suppression):
 import struct
 from collections import namedtuple
 
-from hv.devices.guestmem import GuestMemoryError
+from hv.devices.guestmem import GuestMemoryError, NotGuestFrameError
 
 DESC = struct.Struct("<QIHH")          # struct virtq_desc: addr, len, flags, next (2.7.5)
 USED_ELEM = struct.Struct("<II")       # struct virtq_used_elem: id, len (2.7.8)
@@ -44,10 +44,16 @@ MAX_QUEUE_SIZE = 32768                 # 2.7: a power of 2, at most 32768
 MAX_CHAIN_BYTES = 1 << 32              # 2.7.5.2: no chain longer than 2^32 bytes
 MAX_READABLE = 16 << 20                # default bound on bytes one pop() copies (XSA-392)
 
-Chain = namedtuple("Chain", "head readable writable writable_len")
-Chain.__doc__ = """One popped request: the head descriptor index (its id in
-the used ring), the readable bytes as copied once, the writable buffers as
-((gpa, len), ...) in chain order, and their total length."""
+class Chain(namedtuple("Chain", "head readable writable writable_len")):
+    """One popped request: the head descriptor index (its id in the used
+    ring), the readable bytes as copied once, the writable buffers as
+    ((gpa, len), ...) in chain order, and their total length.  `refused`
+    lists buffers in frames the guest does not own, when the queue was built
+    with refuse_foreign=True: then nothing readable was copied (readable is
+    b""), and the device answers the request with an error of its own (blk:
+    IOERR).  It is an attribute, not a field: a chain still unpacks as four."""
+
+    refused = ()
 
 
 class QueueError(ValueError):
@@ -64,11 +70,14 @@ class SplitQueue:
     """The device's view of one split virtqueue at guest-physical desc/avail/used."""
 
     def __init__(self, mem, size, desc, avail, used, event_idx=False, indirect=False,
-                 last_avail=0, used_idx=0, max_readable=MAX_READABLE):
+                 last_avail=0, used_idx=0, max_readable=MAX_READABLE, refuse_foreign=False):
         """mem is a GuestMemory; size, desc, avail and used come from the
         guest (virtio-mmio QueueNum/QueueDesc/QueueDriver/QueueDevice) and are
         checked here (QueueError).  last_avail and used_idx are 0 after a
-        reset; other values restore a saved queue."""
+        reset; other values restore a saved queue.  refuse_foreign: a buffer
+        in a frame the guest does not own fails that request (Chain.refused)
+        instead of halting the ring, for devices whose protocol has an error
+        status to answer with."""
         if not 0 < size <= MAX_QUEUE_SIZE or size & (size - 1):
             raise QueueError(f"queue size {size} is not a power of 2 up to {MAX_QUEUE_SIZE}")
         # 2.7: part, alignment, size in bytes (the avail and used rings end
@@ -86,6 +95,7 @@ class SplitQueue:
         self.desc, self.avail, self.used = desc, avail, used
         self.event_idx, self.indirect = event_idx, indirect
         self.max_readable = max_readable
+        self.refuse_foreign = refuse_foreign
         self.last_avail = last_avail & 0xFFFF    # next avail.ring entry to consume
         self.used_idx = used_idx & 0xFFFF        # what we last stored in used.idx
         self._seen_avail = self.last_avail       # avail.idx as last read
@@ -154,9 +164,14 @@ class SplitQueue:
                     buffers.append((entry[0], entry[1], entry[2] & DESC_F_WRITE))
             else:
                 buffers.append((addr, length, flags & DESC_F_WRITE))
-        readable, writable, total = [], [], 0
+        readable, writable, refused, total = [], [], [], 0
         for addr, length, is_writable in buffers:
-            self.mem.check(addr, length)
+            try:
+                self.mem.check(addr, length)
+            except NotGuestFrameError:
+                if not self.refuse_foreign:
+                    raise
+                refused.append((addr, length))
             total += length
             if is_writable:
                 writable.append((addr, length))
@@ -169,6 +184,10 @@ class SplitQueue:
         readable_len = sum(length for _, length in readable)
         if readable_len > self.max_readable:
             raise QueueError(f"chain has {readable_len} readable bytes, more than {self.max_readable}")
+        if refused:
+            chain = Chain(head, b"", tuple(writable), total - readable_len)
+            chain.refused = tuple(refused)
+            return chain
         data = b"".join(self.mem.read(addr, length) for addr, length in readable)
         return Chain(head, data, tuple(writable), total - readable_len)
 

@@ -19,10 +19,14 @@ class Device:
         self.kicks = [0] * nqueues
         self.controls = 0
         self.resets = 0
+        # The backend's claim on the rings (csrc/virtio_mmio.c, T:576).
+        self.rings_held, self.reset_pending, self.status_before_reset = False, False, 0
         self.reset()
         self.resets = 0
 
     def reset(self):
+        if self.rings_held and not self.reset_pending:
+            self.reset_pending, self.status_before_reset = True, self.status
         self.resets += 1
         self.status = self.driver_features = self.interrupt_status = 0
         self.queue_sel = self.features_sel = self.driver_features_sel = 0
@@ -30,6 +34,17 @@ class Device:
         for q in self.queues:
             q.num = q.ready = 0
             q.desc = q.avail = q.used = 0
+
+    def claim(self, resets):
+        """The backend will read the rings of generation `resets`."""
+        if resets != self.resets:
+            return False
+        self.rings_held = True
+        return True
+
+    def release(self):
+        """The backend dropped its view: a reset in progress completes."""
+        self.rings_held = self.reset_pending = False
 
     def _queue(self):
         return self.queues[self.queue_sel] if self.queue_sel < len(self.queues) else None
@@ -46,7 +61,7 @@ class Device:
             0x010: (self.device_features >> (32 * self.features_sel)) & 0xffffffff
             if self.features_sel < 2 else 0,
             0x034: q.num_max if q else 0, 0x044: q.ready if q else 0,
-            0x060: self.interrupt_status, 0x070: self.status, 0x0fc: self.generation,
+            0x060: self.interrupt_status, 0x070: self.status_before_reset if self.reset_pending else self.status, 0x0fc: self.generation,
         }.get(off, 0)
 
     def write(self, off, size, value):
