@@ -17,6 +17,8 @@
 #include <stdint.h>
 #include <stddef.h>
 #include "hv/abi.h"
+#include "hv/layout.h"
+#include "hv/virtio_mmio.h"
 
 /* ==== cffi-begin (everything below up to cffi-end is fed to cffi's cdef) ==== */
 

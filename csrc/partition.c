@@ -30,9 +30,8 @@ int hv_partition_create(int engine, uint64_t mem_size, struct hv_partition **out
     const struct engine_ops *ops = engine_lookup(engine);
     if (!ops)
         return -EINVAL;
-    /* Page-granular, at least 1 MiB (the boot area and a kernel), and below
-     * what a 47-bit host address space can map. */
-    if (mem_size < (1u << 20) || mem_size % HV_PAGE_SIZE || mem_size > (1ull << 46))
+    /* Page-granular, within hv/layout.h's limits. */
+    if (mem_size < HV_MEM_MIN || mem_size % HV_PAGE_SIZE || mem_size > HV_MEM_MAX)
         return -EINVAL;
 
     struct hv_partition *p = calloc(1, sizeof(*p));

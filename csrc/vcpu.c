@@ -79,20 +79,22 @@ void hv_vcpu_destroy(struct hv_vcpu *v)
  * segment (selector 0x10) and data segment (0x18) described by a small GDT
  * that hv writes into its own reserved page 0; the guest loads its own GDT
  * before it reloads a segment register. */
-#define PVH_BOOT_GDT_GPA 0x500
 static const uint64_t pvh_boot_gdt[4] = {
     0, 0,
     0x00cf9b000000ffffull,      /* 0x10: code, base 0, limit 4 GiB, 32-bit */
     0x00cf93000000ffffull,      /* 0x18: data, base 0, limit 4 GiB */
 };
 
+_Static_assert(HV_BOOT_GDT_GPA + sizeof(pvh_boot_gdt) <= HV_BOOT_PAGE_GPA,
+               "the boot GDT lies in page 0, below the boot page");
+
 int hv_vcpu_set_pvh_entry(struct hv_vcpu *v, uint32_t entry, uint32_t start_info)
 {
     struct hv_partition *p = v->partition;
-    if (hv_partition_frame_owner(p, PVH_BOOT_GDT_GPA) != HV_OWNER_HV)
+    if (hv_partition_frame_owner(p, HV_BOOT_GDT_GPA) != HV_OWNER_HV)
         return -EINVAL;         /* page 0 must be reserved for hv */
-    memcpy(p->ram + PVH_BOOT_GDT_GPA, pvh_boot_gdt, sizeof(pvh_boot_gdt));
-    return p->engine->set_pvh_entry(v->engine_vcpu, entry, start_info, PVH_BOOT_GDT_GPA,
+    memcpy(p->ram + HV_BOOT_GDT_GPA, pvh_boot_gdt, sizeof(pvh_boot_gdt));
+    return p->engine->set_pvh_entry(v->engine_vcpu, entry, start_info, HV_BOOT_GDT_GPA,
                                     sizeof(pvh_boot_gdt) - 1);
 }
 

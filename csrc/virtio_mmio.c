@@ -17,25 +17,9 @@
 #include <unistd.h>
 #include "core.h"
 
-/* Register offsets (virtio 1.x, table "MMIO Device Register Layout"). */
-enum {
-    REG_MAGIC = 0x000, REG_VERSION = 0x004, REG_DEVICE_ID = 0x008, REG_VENDOR_ID = 0x00c,
-    REG_DEVICE_FEATURES = 0x010, REG_DEVICE_FEATURES_SEL = 0x014,
-    REG_DRIVER_FEATURES = 0x020, REG_DRIVER_FEATURES_SEL = 0x024,
-    REG_QUEUE_SEL = 0x030, REG_QUEUE_NUM_MAX = 0x034, REG_QUEUE_NUM = 0x038,
-    REG_QUEUE_READY = 0x044, REG_QUEUE_NOTIFY = 0x050,
-    REG_INTERRUPT_STATUS = 0x060, REG_INTERRUPT_ACK = 0x064, REG_STATUS = 0x070,
-    REG_QUEUE_DESC_LOW = 0x080, REG_QUEUE_DESC_HIGH = 0x084,
-    REG_QUEUE_DRIVER_LOW = 0x090, REG_QUEUE_DRIVER_HIGH = 0x094,
-    REG_QUEUE_DEVICE_LOW = 0x0a0, REG_QUEUE_DEVICE_HIGH = 0x0a4,
-    REG_CONFIG_GENERATION = 0x0fc, REG_CONFIG = 0x100,
-};
-
-#define VIRTIO_MAGIC          0x74726976    /* "virt" */
-#define VIRTIO_VENDOR_HV      0x00007668    /* "hv" */
-#define STATUS_FEATURES_OK    8
-#define STATUS_NEEDS_RESET    64
-#define VIRTIO_F_VERSION_1    (1ull << 32)
+/* Register offsets and bits: hv/virtio_mmio.h (shared with the guest
+ * library and Python). */
+#define VERSION_1_BIT (1ull << VIRTIO_F_VERSION_1)
 
 struct virtio_dev {
     pthread_mutex_t lock;
@@ -76,7 +60,7 @@ int hv_virtio_add(struct hv_partition *p, uint32_t slot, uint32_t device_id,
     if (slot >= HV_VIRTIO_MMIO_SLOTS || p->virtio[slot] || device_id == 0 ||
         nqueues == 0 || nqueues > HV_VIRTIO_QUEUES_MAX || queue_max == 0 ||
         queue_max > 32768 || (queue_max & (queue_max - 1)) ||
-        config_len > HV_VIRTIO_CONFIG_MAX || !(features & VIRTIO_F_VERSION_1))
+        config_len > HV_VIRTIO_CONFIG_MAX || !(features & VERSION_1_BIT))
         return -EINVAL;
     if (p->mem_size > HV_VIRTIO_MMIO_BASE)
         return -ERANGE;             /* RAM would cover the device window */
@@ -87,7 +71,7 @@ int hv_virtio_add(struct hv_partition *p, uint32_t slot, uint32_t device_id,
         return -ENOMEM;
     pthread_mutex_init(&d->lock, NULL);
     d->s.device_id = device_id;
-    d->s.vendor_id = VIRTIO_VENDOR_HV;
+    d->s.vendor_id = VIRTIO_MMIO_VENDOR_HV;
     d->s.device_features = features;
     d->s.nqueues = nqueues;
     d->s.event = HV_VIRTIO_EVENT_BASE + slot;
@@ -100,7 +84,7 @@ int hv_virtio_add(struct hv_partition *p, uint32_t slot, uint32_t device_id,
     d->control_fd = control_fd;
 
     /* On KVM a QueueNotify write signals the queue's eventfd in the kernel. */
-    uint64_t notify = HV_VIRTIO_MMIO_BASE + (uint64_t)slot * HV_VIRTIO_MMIO_SLOT + REG_QUEUE_NOTIFY;
+    uint64_t notify = HV_VIRTIO_MMIO_BASE + (uint64_t)slot * HV_VIRTIO_MMIO_SLOT + VIRTIO_MMIO_QUEUE_NOTIFY;
     if (p->engine->add_ioeventfd)
         for (uint32_t q = 0; q < nqueues; q++)
             p->engine->add_ioeventfd(p->engine_vm, notify, 4, q, queue_fds[q]);
@@ -155,7 +139,7 @@ int hv_virtio_set_config(struct hv_partition *p, uint32_t slot, const uint8_t *c
     d->s.config_len = len;
     d->s.config_generation++;
     pthread_mutex_unlock(&d->lock);
-    return hv_virtio_interrupt(p, slot, 2);
+    return hv_virtio_interrupt(p, slot, VIRTIO_MMIO_INT_CONFIG);
 }
 
 int hv_virtio_needs_reset(struct hv_partition *p, uint32_t slot)
@@ -164,9 +148,9 @@ int hv_virtio_needs_reset(struct hv_partition *p, uint32_t slot)
     if (!d)
         return -ENOENT;
     pthread_mutex_lock(&d->lock);
-    d->s.status |= STATUS_NEEDS_RESET;
+    d->s.status |= VIRTIO_STATUS_NEEDS_RESET;
     pthread_mutex_unlock(&d->lock);
-    return hv_virtio_interrupt(p, slot, 2);     /* spec 2.1.2: a config-change interrupt */
+    return hv_virtio_interrupt(p, slot, VIRTIO_MMIO_INT_CONFIG);     /* spec 2.1.2: a config-change interrupt */
 }
 
 int hv_virtio_rings_claim(struct hv_partition *p, uint32_t slot, uint32_t resets)
@@ -240,16 +224,16 @@ static uint64_t read_reg(struct virtio_dev *d, uint32_t off)
     struct hv_virtio_state *s = &d->s;
     struct hv_virtio_queue *vq = s->queue_sel < s->nqueues ? &s->queue[s->queue_sel] : NULL;
     switch (off) {
-    case REG_MAGIC:             return VIRTIO_MAGIC;
-    case REG_VERSION:           return 2;
-    case REG_DEVICE_ID:         return s->device_id;
-    case REG_VENDOR_ID:         return s->vendor_id;
-    case REG_DEVICE_FEATURES:   return half(s->device_features, s->features_sel);
-    case REG_QUEUE_NUM_MAX:     return vq ? vq->num_max : 0;    /* 0: no such queue */
-    case REG_QUEUE_READY:       return vq ? vq->ready : 0;
-    case REG_INTERRUPT_STATUS:  return s->interrupt_status;
-    case REG_STATUS:            return s->reset_pending ? d->status_before_reset : s->status;
-    case REG_CONFIG_GENERATION: return s->config_generation;
+    case VIRTIO_MMIO_MAGIC_VALUE:             return VIRTIO_MMIO_MAGIC;
+    case VIRTIO_MMIO_VERSION:           return VIRTIO_MMIO_VERSION_MODERN;
+    case VIRTIO_MMIO_DEVICE_ID:         return s->device_id;
+    case VIRTIO_MMIO_VENDOR_ID:         return s->vendor_id;
+    case VIRTIO_MMIO_DEVICE_FEATURES:   return half(s->device_features, s->features_sel);
+    case VIRTIO_MMIO_QUEUE_NUM_MAX:     return vq ? vq->num_max : 0;    /* 0: no such queue */
+    case VIRTIO_MMIO_QUEUE_READY:       return vq ? vq->ready : 0;
+    case VIRTIO_MMIO_INTERRUPT_STATUS:  return s->interrupt_status;
+    case VIRTIO_MMIO_STATUS:            return s->reset_pending ? d->status_before_reset : s->status;
+    case VIRTIO_MMIO_CONFIG_GENERATION: return s->config_generation;
     default:                    return 0;   /* write-only or reserved */
     }
 }
@@ -262,45 +246,45 @@ static int write_reg(struct virtio_dev *d, uint32_t off, uint32_t value)
     /* Queue registers are frozen while the queue is ready (spec 4.2.2.2). */
     int queue_writable = vq && !vq->ready;
     switch (off) {
-    case REG_DEVICE_FEATURES_SEL: s->features_sel = value; break;
-    case REG_DRIVER_FEATURES_SEL: s->driver_features_sel = value; break;
-    case REG_DRIVER_FEATURES:
-        if (s->driver_features_sel < 2 && !(s->status & STATUS_FEATURES_OK))
+    case VIRTIO_MMIO_DEVICE_FEATURES_SEL: s->features_sel = value; break;
+    case VIRTIO_MMIO_DRIVER_FEATURES_SEL: s->driver_features_sel = value; break;
+    case VIRTIO_MMIO_DRIVER_FEATURES:
+        if (s->driver_features_sel < 2 && !(s->status & VIRTIO_STATUS_FEATURES_OK))
             set_half(&s->driver_features, (int)s->driver_features_sel, value);
         break;
-    case REG_QUEUE_SEL:         s->queue_sel = value; break;
-    case REG_QUEUE_NUM:
+    case VIRTIO_MMIO_QUEUE_SEL:         s->queue_sel = value; break;
+    case VIRTIO_MMIO_QUEUE_NUM:
         if (queue_writable)
             vq->num = value;
         break;
-    case REG_QUEUE_READY:
+    case VIRTIO_MMIO_QUEUE_READY:
         if (vq && (value & 1) && !vq->ready)
             vq->ready = 1;
         else if (vq && !(value & 1))
             vq->ready = 0;
         return d->control_fd;
-    case REG_QUEUE_NOTIFY:
+    case VIRTIO_MMIO_QUEUE_NOTIFY:
         return value < s->nqueues ? d->queue_fds[value] : -1;
-    case REG_INTERRUPT_ACK:     s->interrupt_status &= ~value; break;
-    case REG_STATUS:
+    case VIRTIO_MMIO_INTERRUPT_ACK:     s->interrupt_status &= ~value; break;
+    case VIRTIO_MMIO_STATUS:
         if (value == 0) {
             reset_locked(d);
         } else {
             /* FEATURES_OK only for a subset of what was offered, with
              * VERSION_1: the driver reads it back (spec 3.1.1). */
-            if ((value & STATUS_FEATURES_OK) && !(s->status & STATUS_FEATURES_OK) &&
+            if ((value & VIRTIO_STATUS_FEATURES_OK) && !(s->status & VIRTIO_STATUS_FEATURES_OK) &&
                 ((s->driver_features & ~s->device_features) ||
-                 !(s->driver_features & VIRTIO_F_VERSION_1)))
-                value &= ~STATUS_FEATURES_OK;
-            s->status = (s->status & STATUS_NEEDS_RESET) | value;
+                 !(s->driver_features & VERSION_1_BIT)))
+                value &= ~VIRTIO_STATUS_FEATURES_OK;
+            s->status = (s->status & VIRTIO_STATUS_NEEDS_RESET) | value;
         }
         return d->control_fd;
-    case REG_QUEUE_DESC_LOW:    if (queue_writable) set_half(&vq->desc, 0, value); break;
-    case REG_QUEUE_DESC_HIGH:   if (queue_writable) set_half(&vq->desc, 1, value); break;
-    case REG_QUEUE_DRIVER_LOW:  if (queue_writable) set_half(&vq->avail, 0, value); break;
-    case REG_QUEUE_DRIVER_HIGH: if (queue_writable) set_half(&vq->avail, 1, value); break;
-    case REG_QUEUE_DEVICE_LOW:  if (queue_writable) set_half(&vq->used, 0, value); break;
-    case REG_QUEUE_DEVICE_HIGH: if (queue_writable) set_half(&vq->used, 1, value); break;
+    case VIRTIO_MMIO_QUEUE_DESC_LOW:    if (queue_writable) set_half(&vq->desc, 0, value); break;
+    case VIRTIO_MMIO_QUEUE_DESC_HIGH:   if (queue_writable) set_half(&vq->desc, 1, value); break;
+    case VIRTIO_MMIO_QUEUE_DRIVER_LOW:  if (queue_writable) set_half(&vq->avail, 0, value); break;
+    case VIRTIO_MMIO_QUEUE_DRIVER_HIGH: if (queue_writable) set_half(&vq->avail, 1, value); break;
+    case VIRTIO_MMIO_QUEUE_DEVICE_LOW:  if (queue_writable) set_half(&vq->used, 0, value); break;
+    case VIRTIO_MMIO_QUEUE_DEVICE_HIGH: if (queue_writable) set_half(&vq->used, 1, value); break;
     default: break;             /* read-only or reserved: ignored */
     }
     return -1;
@@ -329,10 +313,10 @@ int virtio_mmio_access(struct hv_partition *p, uint64_t addr, uint32_t size,
         return 0;
     int fd = -1;
     pthread_mutex_lock(&d->lock);
-    if (off >= REG_CONFIG) {
+    if (off >= VIRTIO_MMIO_CONFIG) {
         /* Config space: any width, bytes beyond config_len read as zero;
          * drivers do not write the config of the devices hv offers. */
-        uint32_t at = off - REG_CONFIG;
+        uint32_t at = off - VIRTIO_MMIO_CONFIG;
         if (!write)
             for (uint32_t i = 0; i < size && at + i < d->s.config_len; i++)
                 *value |= (uint64_t)d->s.config[at + i] << (8 * i);

@@ -2,7 +2,8 @@
 
 The declarations cffi sees are taken from the C headers themselves, never
 retyped: the whole of csrc/include/hv/abi.h (so every HV_* value and shared
-struct comes from the compiler) and the marked part of csrc/hv.h.  There is
+struct comes from the compiler), layout.h and virtio_mmio.h beside it, and
+the marked part of csrc/hv.h.  There is
 no logic here; the core's functions are called as they are.
 """
 import os
@@ -13,12 +14,14 @@ from cffi import FFI
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSRC = os.path.join(ROOT, "csrc")
 ABI_H = os.path.join(CSRC, "include", "hv", "abi.h")
+# Constants the core and Python share beside the ABI (parsed whole, like abi.h).
+SHARED_HEADERS = [os.path.join(CSRC, "include", "hv", name) for name in ("layout.h", "virtio_mmio.h")]
 CORE_H = os.path.join(CSRC, "hv.h")
 
 # C files of the core, in the order a reader meets them (see README).
 CORE_SOURCES = [
     "partition.c", "partition_table.c", "memory.c", "pagewalk.c", "hypercall.c", "event.c", "kick.c", "timer.c", "wait.c",
-    "vcpu.c", "idt.c", "trace.c", "virtio_mmio.c",
+    "vcpu.c", "idt.c", "trace.c", "virtio_mmio.c", "checks.c",
     "engine.c", "engine_kvm.c", "engine_tcg.c", "engine_tcg_io.c", "engine_tcg_exceptions.c",
     "engine_tcg_state.c", "engine_none.c",
 ]
@@ -32,7 +35,7 @@ def _strip_preprocessor(text):
     for line in text.splitlines():
         s = line.strip()
         if s.startswith("#"):
-            if re.match(r"#define\s+HV_\w+\s+\S", s):
+            if re.match(r"#define\s+(HV|VIRTIO)_\w+\s+\S", s):
                 keep.append(s)
             continue
         keep.append(line)
@@ -45,7 +48,11 @@ def cdef_text():
     with open(CORE_H) as f:
         core = f.read()
     core = core.split("cffi-begin", 1)[1].split("\n", 1)[1].split("/* ==== cffi-end")[0]
-    return _strip_preprocessor(abi) + "\n" + _strip_preprocessor(core)
+    shared = []
+    for path in SHARED_HEADERS:
+        with open(path) as f:
+            shared.append(_strip_preprocessor(f.read()))
+    return "\n".join([_strip_preprocessor(abi), *shared, _strip_preprocessor(core)])
 
 
 def unicorn_paths():

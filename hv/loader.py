@@ -22,14 +22,24 @@ import stat
 import struct
 from collections import namedtuple
 
-# Guest-physical layout.  hv keeps [0, RESERVED_END) for itself:
-#   page 0 stays unused, so a guest null-pointer access never reads boot data;
-#   the boot page at BOOT_GPA holds start_info, then the memmap entries, then
-#   the command line -- all of it within that one page.
-BOOT_GPA = 0x1000
-RESERVED_END = 0x2000
-MIN_MEM_SIZE = 1 << 20      # room for the reserved pages and a small kernel
-MAX_MEM_SIZE = 1 << 52      # x86-64 physical address width (Intel SDM 4.1.4)
+# Guest-physical layout and RAM limits are defined once, in
+# csrc/include/hv/layout.h, and come from the compiled core (read when first
+# asked for, so `import hv.loader` stays cheap): hv keeps [0, RESERVED_END)
+# for itself; page 0 holds only the boot GDT, so a guest null-pointer access
+# never reads boot data; the boot page at BOOT_GPA holds start_info, then
+# the memmap entries, then the command line -- all of it within that page.
+_LAYOUT = {"BOOT_GPA": "HV_BOOT_PAGE_GPA", "RESERVED_END": "HV_RESERVED_END",
+           "MIN_MEM_SIZE": "HV_MEM_MIN", "MAX_MEM_SIZE": "HV_MEM_MAX"}
+
+
+def __getattr__(name):
+    """hv.loader.BOOT_GPA and the other _LAYOUT names, from layout.h."""
+    if name in _LAYOUT:
+        from hv._core import lib
+        return getattr(lib, _LAYOUT[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 MAX_IMAGE_SIZE = 1 << 30    # a kernel file is read whole; bound what that costs
 
 # ELF identification and header values (System V gABI, "ELF Header").
@@ -101,21 +111,22 @@ def load_pvh(source, mem_size: int, cmdline: str = "", initrd=None) -> BootImage
     _check_entry(entry, phdrs)
     modules = _place_initrd(initrd, segments, mem_size, lib.HV_PAGE_SIZE)
     boot_blob = _boot_blob(ffi, lib, mem_size, cmdline, modules)
-    return BootImage(entry=entry, segments=segments, boot_gpa=BOOT_GPA,
-                     boot_blob=boot_blob, start_info_gpa=BOOT_GPA,
-                     reserved=((0, RESERVED_END),), modules=modules)
+    return BootImage(entry=entry, segments=segments, boot_gpa=lib.HV_BOOT_PAGE_GPA,
+                     boot_blob=boot_blob, start_info_gpa=lib.HV_BOOT_PAGE_GPA,
+                     reserved=((0, lib.HV_RESERVED_END),), modules=modules)
 
 
 def _check_mem_size(mem_size, page_size):
+    from hv._core import lib
     # bool is an int subclass; True bytes of RAM is a caller bug, not a size.
     if not isinstance(mem_size, int) or isinstance(mem_size, bool):
         raise LoadError(f"mem_size must be an integer, not {type(mem_size).__name__}")
     if mem_size <= 0 or mem_size % page_size:
         raise LoadError(f"mem_size {mem_size:#x} is not a positive multiple of {page_size} bytes")
-    if mem_size < MIN_MEM_SIZE:
-        raise LoadError(f"mem_size {mem_size:#x} is below the 1 MiB minimum")
-    if mem_size > MAX_MEM_SIZE:
-        raise LoadError(f"mem_size {mem_size:#x} is above the 4 PiB physical address limit")
+    if mem_size < lib.HV_MEM_MIN:
+        raise LoadError(f"mem_size {mem_size:#x} is below the {lib.HV_MEM_MIN >> 20} MiB minimum")
+    if mem_size > lib.HV_MEM_MAX:
+        raise LoadError(f"mem_size {mem_size:#x} is above hv's {lib.HV_MEM_MAX >> 40} TiB limit")
 
 
 def _read_image(source, what="source"):
@@ -187,6 +198,7 @@ def _parse_elf(image):
 # apart from every other segment: copying one must never overwrite another
 # or the boot page.
 def _load_segments(image, phdrs, mem_size):
+    from hv._core import lib
     # Views, not copies: a distribution kernel is a 65 MB ELF.
     view = memoryview(image)
     segments = []
@@ -206,9 +218,9 @@ def _load_segments(image, phdrs, mem_size):
             raise LoadError(f"segment {i}: gpa {gpa:#x} + memsz {memsz:#x} overflows 64 bits")
         if end > mem_size:
             raise LoadError(f"segment {i}: [{gpa:#x}, {end:#x}) outside RAM [0, {mem_size:#x})")
-        if gpa < RESERVED_END:
+        if gpa < lib.HV_RESERVED_END:
             raise LoadError(f"segment {i}: [{gpa:#x}, {end:#x}) overlaps hv's reserved "
-                            f"range [0, {RESERVED_END:#x})")
+                            f"range [0, {lib.HV_RESERVED_END:#x})")
         segments.append((gpa, end, i, view[off:off + filesz]))
     if not segments:
         raise LoadError("no PT_LOAD segment")
@@ -313,9 +325,10 @@ def _boot_blob(ffi, lib, mem_size, cmdline, modules=()):
     info_size = ffi.sizeof("struct hv_pvh_start_info")
     map_at = _align_up(info_size, ffi.alignof("struct hv_pvh_memmap_entry"))
     memmap = ffi.new("struct hv_pvh_memmap_entry[2]")
-    memmap[0].addr, memmap[0].size, memmap[0].type = 0, RESERVED_END, lib.HV_E820_RESERVED
+    reserved_end = lib.HV_RESERVED_END
+    memmap[0].addr, memmap[0].size, memmap[0].type = 0, reserved_end, lib.HV_E820_RESERVED
     memmap[1].addr, memmap[1].size, memmap[1].type = (
-        RESERVED_END, mem_size - RESERVED_END, lib.HV_E820_RAM)
+        reserved_end, mem_size - reserved_end, lib.HV_E820_RAM)
     mods_at = _align_up(map_at + ffi.sizeof(memmap), ffi.alignof("struct hv_pvh_modlist_entry"))
     modlist = ffi.new("struct hv_pvh_modlist_entry[]", len(modules))
     for entry, module in zip(modlist, modules):
@@ -330,12 +343,12 @@ def _boot_blob(ffi, lib, mem_size, cmdline, modules=()):
     info = ffi.new("struct hv_pvh_start_info *")
     info.magic = lib.HV_PVH_START_MAGIC
     info.version = 1
-    info.memmap_paddr = BOOT_GPA + map_at
+    info.memmap_paddr = lib.HV_BOOT_PAGE_GPA + map_at
     info.memmap_entries = len(memmap)
-    info.cmdline_paddr = BOOT_GPA + cmd_at
+    info.cmdline_paddr = lib.HV_BOOT_PAGE_GPA + cmd_at
     if modules:
         info.nr_modules = len(modules)
-        info.modlist_paddr = BOOT_GPA + mods_at
+        info.modlist_paddr = lib.HV_BOOT_PAGE_GPA + mods_at
     return b"".join((bytes(ffi.buffer(info)), bytes(map_at - info_size),
                      bytes(ffi.buffer(memmap)), bytes(mods_at - map_at - ffi.sizeof(memmap)),
                      bytes(ffi.buffer(modlist)), cmd, b"\0"))

@@ -133,3 +133,41 @@ def test_guest_pointing_its_device_at_hv_frames(engine, mode, tmp_path, capsys):
         assert "write from hv's page: IOERR" in r.text()
         assert blk.errors == 2 and err == [], err
     assert image.read_bytes() == before
+
+
+# ---- constants defined once ---------------------------------------------------------
+
+def test_shared_constants_have_one_definition():
+    """The virtio-mmio register map, the boot layout and the RAM limits are
+    defined in csrc/include/hv/ only; C takes them by #include, Python from
+    the compiler (cffi).  A copy elsewhere would drift."""
+    import re
+    from conftest import ROOT
+    copies = re.compile(r"#define\s+(VIRTIO_MMIO_[A-Z_]+|VIRTIO_STATUS_[A-Z_]+)\s|"
+                        r"PVH_BOOT_GDT_GPA|1ull << 46|1 << 52|REG_QUEUE_NOTIFY")
+    found = []
+    for top in ("csrc", "hv", "guests/lib", "tests/models"):
+        for dirpath, _, files in os.walk(os.path.join(ROOT, top)):
+            for name in files:
+                path = os.path.join(dirpath, name)
+                if not name.endswith((".c", ".h", ".py")) or name.startswith("_core"):
+                    continue
+                if path.endswith(os.path.join("include", "hv", "virtio_mmio.h")):
+                    continue
+                with open(path) as f:
+                    found += [f"{os.path.relpath(path, ROOT)}: {m.group(0)}"
+                              for m in copies.finditer(f.read())]
+    assert found == []
+
+
+def test_layout_reaches_python_from_the_compiler():
+    from hv import loader
+    from hv.abi import lib
+    assert (loader.BOOT_GPA, loader.RESERVED_END) == (lib.HV_BOOT_PAGE_GPA, lib.HV_RESERVED_END)
+    assert (loader.MIN_MEM_SIZE, loader.MAX_MEM_SIZE) == (lib.HV_MEM_MIN, lib.HV_MEM_MAX)
+    from hv.abi import ffi
+    pp = ffi.new("struct hv_partition **")
+    # The C core and the loader refuse the same sizes.
+    assert lib.hv_partition_create(lib.HV_ENGINE_NONE, lib.HV_MEM_MAX + 4096, pp) == -errno.EINVAL
+    with pytest.raises(loader.LoadError, match="TiB limit"):
+        loader._check_mem_size(lib.HV_MEM_MAX + 4096, 4096)

@@ -9,13 +9,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from hv.abi import ffi, lib
-from models.virtio_mmio import VERSION_1, Device
+from models.virtio_mmio import VERSION_1, Device, R
 
 SLOT = 3
 BASE = lib.HV_VIRTIO_MMIO_BASE + SLOT * lib.HV_VIRTIO_MMIO_SLOT
-REGISTERS = [0x000, 0x004, 0x008, 0x00c, 0x010, 0x014, 0x020, 0x024, 0x030, 0x034, 0x038,
-             0x044, 0x050, 0x060, 0x064, 0x070, 0x080, 0x084, 0x090, 0x094, 0x0a0, 0x0a4,
-             0x0fc, 0x100, 0x104, 0x10a]
+REGISTERS = sorted(set(vars(R).values()) - {R.MAGIC, R.VERSION_MODERN, R.VENDOR_HV,
+                                             R.INT_VRING, R.INT_CONFIG}) + \
+    [R.CONFIG + 4, R.CONFIG + 10]
 offsets = st.one_of(st.sampled_from(REGISTERS), st.integers(0, lib.HV_VIRTIO_MMIO_SLOT - 1))
 sizes = st.sampled_from([4, 4, 4, 1, 2, 8])
 values = st.one_of(st.sampled_from([0, 1, 2, 3, 8, 11, 15, 0xf, 64, 0xffffffff]),
@@ -133,16 +133,16 @@ def test_reset_waits_for_the_backend_to_release_the_rings():
             assert lib.hv_test_mmio(p, BASE + off, 4, write is not None, v) == 0
             return v[0]
 
-        mmio(0x070, 0x7)                                    # ACKNOWLEDGE, DRIVER, DRIVER_OK
+        mmio(R.STATUS, 0x7)                                    # ACKNOWLEDGE, DRIVER, DRIVER_OK
         assert lib.hv_virtio_rings_claim(p, SLOT, 0) == 0
-        mmio(0x070, 0)                                      # the driver resets
-        assert mmio(0x070) == 0x7                           # not yet complete
+        mmio(R.STATUS, 0)                                      # the driver resets
+        assert mmio(R.STATUS) == 0x7                           # not yet complete
         assert lib.hv_virtio_rings_claim(p, SLOT, 0) == -errno.ESTALE
         assert lib.hv_virtio_resets(p, SLOT) == 1
         assert lib.hv_virtio_rings_release(p, SLOT) == 0
-        assert mmio(0x070) == 0                             # complete
-        mmio(0x070, 0)                                      # nothing held: at once
-        assert mmio(0x070) == 0
+        assert mmio(R.STATUS) == 0                             # complete
+        mmio(R.STATUS, 0)                                      # nothing held: at once
+        assert mmio(R.STATUS) == 0
     finally:
         lib.hv_partition_destroy(p)
         for fd in fds:

@@ -25,16 +25,16 @@ from hv.abi import ffi, lib
 from hv.devices.guestmem import GuestMemory
 from hv.devices.virtqueue import QueueError, SplitQueue
 
-# Feature bits (virtio 1.2, section 6) every hv device offers.
-VIRTIO_F_RING_INDIRECT_DESC = 1 << 28
-VIRTIO_F_RING_EVENT_IDX = 1 << 29
-VIRTIO_F_VERSION_1 = 1 << 32
+# Feature bits (virtio 1.2, section 6) every hv device offers, and status
+# and interrupt bits: csrc/include/hv/virtio_mmio.h, through cffi.
+VIRTIO_F_RING_INDIRECT_DESC = 1 << lib.VIRTIO_RING_F_INDIRECT_DESC
+VIRTIO_F_RING_EVENT_IDX = 1 << lib.VIRTIO_RING_F_EVENT_IDX
+VIRTIO_F_VERSION_1 = 1 << lib.VIRTIO_F_VERSION_1
 TRANSPORT_FEATURES = VIRTIO_F_VERSION_1 | VIRTIO_F_RING_INDIRECT_DESC | VIRTIO_F_RING_EVENT_IDX
 
-# Device status bits (2.1).
-STATUS_DRIVER_OK = 4
-STATUS_NEEDS_RESET = 64
-INTERRUPT_USED_BUFFER = 1
+STATUS_DRIVER_OK = lib.VIRTIO_STATUS_DRIVER_OK
+STATUS_NEEDS_RESET = lib.VIRTIO_STATUS_NEEDS_RESET
+INTERRUPT_USED_BUFFER = lib.VIRTIO_MMIO_INT_VRING
 
 
 class VirtioDevice:

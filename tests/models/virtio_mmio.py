@@ -1,8 +1,21 @@
 """Reference model: the virtio-mmio register file (virtio 1.2, 4.2.2), as
-short as it can be.  csrc/virtio_mmio.c is tested against it."""
-MAGIC, VENDOR = 0x74726976, 0x7668
-FEATURES_OK, NEEDS_RESET = 8, 64
-VERSION_1 = 1 << 32
+short as it can be.  csrc/virtio_mmio.c is tested against it.  The register
+map is the one both take from csrc/include/hv/virtio_mmio.h; the behaviour
+is written out here independently."""
+from types import SimpleNamespace
+
+from hv.abi import lib
+
+# VIRTIO_MMIO_STATUS -> R.STATUS, ...
+R = SimpleNamespace(**{n[len("VIRTIO_MMIO_"):]: getattr(lib, n)
+                       for n in dir(lib) if n.startswith("VIRTIO_MMIO_")})
+MAGIC, VENDOR = lib.VIRTIO_MMIO_MAGIC, lib.VIRTIO_MMIO_VENDOR_HV
+FEATURES_OK, NEEDS_RESET = lib.VIRTIO_STATUS_FEATURES_OK, lib.VIRTIO_STATUS_NEEDS_RESET
+VERSION_1 = 1 << lib.VIRTIO_F_VERSION_1
+# Ring address registers: the field each half sets, and which half.
+RING_ADDRESS = {R.QUEUE_DESC_LOW: ("desc", 0), R.QUEUE_DESC_HIGH: ("desc", 32),
+                R.QUEUE_DRIVER_LOW: ("avail", 0), R.QUEUE_DRIVER_HIGH: ("avail", 32),
+                R.QUEUE_DEVICE_LOW: ("used", 0), R.QUEUE_DEVICE_HIGH: ("used", 32)}
 
 
 class Queue:
@@ -50,48 +63,51 @@ class Device:
         return self.queues[self.queue_sel] if self.queue_sel < len(self.queues) else None
 
     def read(self, off, size):
-        if off >= 0x100:
-            at = off - 0x100
+        if off >= R.CONFIG:
+            at = off - R.CONFIG
             return int.from_bytes(self.config[at:at + size].ljust(size, b"\0"), "little")
         if size != 4 or off % 4:
             return 0
         q = self._queue()
         return {
-            0x000: MAGIC, 0x004: 2, 0x008: self.device_id, 0x00c: VENDOR,
-            0x010: (self.device_features >> (32 * self.features_sel)) & 0xffffffff
+            R.MAGIC_VALUE: MAGIC, R.VERSION: R.VERSION_MODERN,
+            R.DEVICE_ID: self.device_id, R.VENDOR_ID: VENDOR,
+            R.DEVICE_FEATURES: (self.device_features >> (32 * self.features_sel)) & 0xffffffff
             if self.features_sel < 2 else 0,
-            0x034: q.num_max if q else 0, 0x044: q.ready if q else 0,
-            0x060: self.interrupt_status, 0x070: self.status_before_reset if self.reset_pending else self.status, 0x0fc: self.generation,
+            R.QUEUE_NUM_MAX: q.num_max if q else 0, R.QUEUE_READY: q.ready if q else 0,
+            R.INTERRUPT_STATUS: self.interrupt_status,
+            R.STATUS: self.status_before_reset if self.reset_pending else self.status,
+            R.CONFIG_GENERATION: self.generation,
         }.get(off, 0)
 
     def write(self, off, size, value):
-        if off >= 0x100 or size != 4 or off % 4:
+        if off >= R.CONFIG or size != 4 or off % 4:
             return
         value &= 0xffffffff
         q = self._queue()
         frozen = q is None or q.ready
-        if off == 0x014:
+        if off == R.DEVICE_FEATURES_SEL:
             self.features_sel = value
-        elif off == 0x024:
+        elif off == R.DRIVER_FEATURES_SEL:
             self.driver_features_sel = value
-        elif off == 0x020:
+        elif off == R.DRIVER_FEATURES:
             if self.driver_features_sel < 2 and not self.status & FEATURES_OK:
                 shift = 32 * self.driver_features_sel
                 self.driver_features = (self.driver_features & ~(0xffffffff << shift)) | (value << shift)
-        elif off == 0x030:
+        elif off == R.QUEUE_SEL:
             self.queue_sel = value
-        elif off == 0x038 and not frozen:
+        elif off == R.QUEUE_NUM and not frozen:
             q.num = value
-        elif off == 0x044:
+        elif off == R.QUEUE_READY:
             if q is not None:
                 q.ready = value & 1
             self.controls += 1
-        elif off == 0x050:
+        elif off == R.QUEUE_NOTIFY:
             if value < len(self.queues):
                 self.kicks[value] += 1
-        elif off == 0x064:
+        elif off == R.INTERRUPT_ACK:
             self.interrupt_status &= ~value
-        elif off == 0x070:
+        elif off == R.STATUS:
             if value == 0:
                 self.reset()
             else:
@@ -101,9 +117,7 @@ class Device:
                     value &= ~FEATURES_OK
                 self.status = (self.status & NEEDS_RESET) | value
             self.controls += 1
-        elif off in (0x080, 0x084, 0x090, 0x094, 0x0a0, 0x0a4) and not frozen:
-            name = {0x080: "desc", 0x084: "desc", 0x090: "avail", 0x094: "avail",
-                    0x0a0: "used", 0x0a4: "used"}[off]
-            shift = 32 if off % 8 == 4 else 0
+        elif off in RING_ADDRESS and not frozen:
+            name, shift = RING_ADDRESS[off]
             old = getattr(q, name)
             setattr(q, name, (old & ~(0xffffffff << shift)) | (value << shift))
