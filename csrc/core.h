@@ -10,6 +10,7 @@
 #include <time.h>
 #include "hv.h"
 #include "engine.h"
+#include "platform.h"
 
 #define HV_OWNER_HV 0          /* frame owner id meaning "hv itself" */
 
@@ -62,6 +63,7 @@ struct hv_partition {
     struct trace_ring trace;
     uint64_t insn_trace_start, insn_trace_end;   /* end 0: no instruction trace */
     struct virtio_dev *virtio[HV_VIRTIO_MMIO_SLOTS];   /* virtio_mmio.c */
+    struct platform *platform; /* the PC's UART and IOAPIC (platform.c): guest-visible */
 };
 
 /* What a vCPU is waiting on between run calls. */
@@ -112,6 +114,7 @@ struct hv_vcpu {
     void    *engine_vcpu;
     struct vcpu_guest_state g;
     struct vcpu_host h;
+    struct lapic *lapic;       /* the local APIC (lapic.c): guest-visible */
 };
 
 /* vcpu.c: does the vCPU need the run loop before it re-enters the guest

@@ -52,6 +52,8 @@ struct tcg_vcpu {
     uint64_t batch_vals[TCG_NREGS];
     uint64_t *icount;               /* deterministic mode */
     const uint64_t *icount_deadline;
+    /* The IOAPIC and local APIC windows (engine_tcg_io.c). */
+    struct tcg_window { struct tcg_vcpu *c; uint64_t base; } windows[2];
 };
 
 /* engine_tcg.c */

@@ -113,14 +113,20 @@ static void tcg_on_out(uc_engine *uc, uint32_t port, int size, uint32_t value, v
     c->regs_valid = 0;              /* the guest runs on and changes them */
 }
 
-/* No port devices exist; a read sees an empty bus, as the parent answers on
- * KVM (hv/partition.py: _on_io).  A read ring 3 may not make is #GP(0). */
+/* The PC platform's ports (UART, ACPI) answer in C (platform.c); other
+ * reads see an empty bus, as the parent answers on KVM (hv/partition.py:
+ * _on_io).  A read ring 3 may not make is #GP(0). */
 static uint32_t tcg_on_in(uc_engine *uc, uint32_t port, int size, void *user)
 {
     struct tcg_vcpu *c = user;
+    uint32_t value = 0;
     (void)uc;
-    if (c->stop != STOP_EXCEPTION && !io_allowed(c, (uint16_t)port, size))
+    if (c->stop != STOP_EXCEPTION && !io_allowed(c, (uint16_t)port, size)) {
         tcg_raise_fault(c, 13, 0);
+        return 0;
+    }
+    if (platform_port(c->owner, (uint16_t)port, (uint8_t)size, 0, &value, NULL) == 0)
+        return value;
     return size == 4 ? 0xffffffffu : size == 2 ? 0xffffu : 0xffu;
 }
 
@@ -143,13 +149,40 @@ static void tcg_mmio_write(uc_engine *uc, uint64_t offset, unsigned size, uint64
     virtio_mmio_access(c->owner->partition, HV_VIRTIO_MMIO_BASE + offset, size, 1, &value);
 }
 
+/* The IOAPIC and local APIC windows (platform.c), answered the same way.
+ * uc_mmio_map's callbacks get offsets: each window knows its base. */
+static uint64_t tcg_platform_read(uc_engine *uc, uint64_t offset, unsigned size, void *user)
+{
+    struct tcg_window *w = user;
+    uint64_t value = 0;
+    (void)uc;
+    platform_mmio(w->c->owner, w->base + offset, size, 0, &value);
+    return value;
+}
+
+static void tcg_platform_write(uc_engine *uc, uint64_t offset, unsigned size, uint64_t value,
+                               void *user)
+{
+    struct tcg_window *w = user;
+    (void)uc;
+    platform_mmio(w->c->owner, w->base + offset, size, 1, &value);
+}
+
 int tcg_io_hooks_add(struct tcg_vcpu *c, uint64_t ram_size)
 {
     uc_hook h;
+    static const uint64_t platform_bases[2] = { HV_IOAPIC_BASE, HV_LAPIC_BASE };
     if (ram_size <= HV_VIRTIO_MMIO_BASE &&
         uc_mmio_map(c->uc, HV_VIRTIO_MMIO_BASE, HV_VIRTIO_MMIO_SLOTS * HV_VIRTIO_MMIO_SLOT,
                     tcg_mmio_read, c, tcg_mmio_write, c) != UC_ERR_OK)
         return -EIO;
+    for (int i = 0; i < 2; i++) {
+        c->windows[i] = (struct tcg_window){ c, platform_bases[i] };
+        if (ram_size <= platform_bases[i] &&
+            uc_mmio_map(c->uc, platform_bases[i], HV_PAGE_SIZE, tcg_platform_read,
+                        &c->windows[i], tcg_platform_write, &c->windows[i]) != UC_ERR_OK)
+            return -EIO;
+    }
     if (uc_hook_add(c->uc, &h, UC_HOOK_INSN, (void *)tcg_on_out, c, 1, 0, UC_X86_INS_OUT) ||
         uc_hook_add(c->uc, &h, UC_HOOK_INSN, (void *)tcg_on_in, c, 1, 0, UC_X86_INS_IN))
         return -EIO;

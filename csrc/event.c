@@ -61,6 +61,8 @@ void event_before_entry(struct hv_vcpu *v)
 {
     const struct engine_ops *e = v->partition->engine;
     timer_check(v);
+    if (lapic_before_entry(v))      /* the local APIC's interrupts (lapic.c) */
+        return;
     if (!__atomic_load_n(&v->g.inject_pending, __ATOMIC_SEQ_CST))
         return;
     if (e->interruptible(v->engine_vcpu)) {

@@ -36,6 +36,7 @@
 #define HV_EXIT_ERROR      6   /* host-side failure (errno in code) */
 #define HV_EXIT_SIGNAL     7   /* a host signal (e.g. Ctrl-C) for the parent to handle */
 #define HV_EXIT_TRACE      8   /* the trace ring is half full: drain it, run again */
+#define HV_EXIT_UART       9   /* a line of UART output in data[0..data_len) (platform.h) */
 
 /* Crash causes (struct hv_exit.code when kind == HV_EXIT_CRASH). */
 #define HV_CRASH_TRIPLE_FAULT   1
@@ -202,6 +203,11 @@ int  hv_virtio_rings_release(struct hv_partition *p, uint32_t slot);
 /* The driver's reset count alone (cheaper than hv_virtio_state). */
 uint32_t hv_virtio_resets(struct hv_partition *p, uint32_t slot);
 
+/* -- The PC platform (csrc/platform.h) -------------------------------------- */
+/* Take up to max bytes of UART output not yet handed over in an exit
+ * (what is left when the partition stops). */
+uint32_t hv_uart_drain(struct hv_partition *p, uint8_t *buf, uint32_t max);
+
 /* -- vCPUs: create and run on one thread ------------------------------------ */
 int  hv_vcpu_create(struct hv_partition *p, uint32_t id, struct hv_vcpu **out);
 void hv_vcpu_destroy(struct hv_vcpu *v);
@@ -234,6 +240,14 @@ int  hv_test_walk(struct hv_partition *p, uint64_t cr3, uint64_t gva,
 int  hv_test_dispatch(struct hv_vcpu *v, struct hv_regs *regs, struct hv_exit *exit);
 /* A guest access to the device window, as the engines make it (tests). */
 int  hv_test_mmio(struct hv_partition *p, uint64_t addr, uint32_t size, int write, uint64_t *value);
+/* The PC platform's doors (platform.h), as the engines use them: a port
+ * access (-1 not a platform port, 0 done, 1 exit filled), an access
+ * outside RAM (-1 nobody's, 0 done), a CPUID leaf (1 answered, r[4]). */
+int  hv_test_platform_port(struct hv_vcpu *v, uint16_t port, uint8_t size, int write,
+                           uint32_t *value, struct hv_exit *exit);
+int  hv_test_platform_mmio(struct hv_vcpu *v, uint64_t addr, uint32_t size, int write,
+                           uint64_t *value);
+int  hv_test_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t *r);
 /* Digest of the partition's guest-visible hv state (event, timer, hypercall
  * page), for "no state change on error" checks. */
 uint64_t hv_test_state_digest(struct hv_vcpu *v);

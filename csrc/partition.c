@@ -53,7 +53,7 @@ int hv_partition_create(int engine, uint64_t mem_size, struct hv_partition **out
         goto fail;
     }
     p->frame_owner = malloc(p->nframes * sizeof(*p->frame_owner));
-    if (!p->frame_owner)
+    if (!p->frame_owner || platform_create(p))
         goto fail;
     for (uint64_t i = 0; i < p->nframes; i++)
         p->frame_owner[i] = p->id;
@@ -90,6 +90,7 @@ void partition_free(struct hv_partition *p)
     if (p->vcpu)
         hv_vcpu_destroy(p->vcpu);
     virtio_free(p);
+    platform_free(p);
     if (p->engine_vm)
         p->engine->vm_destroy(p->engine_vm);
     if (p->ram && !p->ram_taken)

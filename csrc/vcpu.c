@@ -52,6 +52,7 @@ int hv_vcpu_create(struct hv_partition *p, uint32_t id, struct hv_vcpu **out)
         return err;
     }
     vcpu_thread_setup(v);
+    v->lapic = lapic_create(v);     /* NULL (no memory): the guest sees no APIC */
     pthread_mutex_lock(&p->vcpu_lock);
     p->vcpu = v;
     pthread_mutex_unlock(&p->vcpu_lock);
@@ -69,6 +70,7 @@ void hv_vcpu_destroy(struct hv_vcpu *v)
     v->partition->vcpu = NULL;
     pthread_mutex_unlock(&v->partition->vcpu_lock);
     vcpu_thread_teardown(v);
+    lapic_free(v->lapic);
     v->partition->engine->vcpu_destroy(v->engine_vcpu);
     pthread_cond_destroy(&v->h.wake);
     pthread_mutex_destroy(&v->h.lock);
@@ -228,6 +230,15 @@ int vcpu_handle_exit(struct hv_vcpu *v, const struct engine_exit *ex)
             hypercall_page_place(v, ex->value);
             return 0;
         }
+        {   /* The PC platform's ports (UART, ACPI power) are answered in C. */
+            uint32_t value = (uint32_t)ex->value;
+            int r = platform_port(v, ex->port, ex->size, ex->write, &value, exit);
+            if (r >= 0) {
+                if (!ex->write)
+                    e->complete_in(v->engine_vcpu, value);
+                return r;
+            }
+        }
         TRACE(v, HV_TRACE_EXIT, HV_TRACE_EXIT_PORT,
               ((uint64_t[5]){ ex->port, ex->value, ex->size, ex->write }), 0);
         return port_to_parent(v, ex, exit);
@@ -237,7 +248,8 @@ int vcpu_handle_exit(struct hv_vcpu *v, const struct engine_exit *ex)
         /* The virtio window is answered in C; elsewhere an empty bus:
          * reads see all ones, writes are dropped. */
         uint64_t value = ex->value;
-        if (virtio_mmio_access(v->partition, ex->addr, ex->size, ex->write, &value))
+        if (virtio_mmio_access(v->partition, ex->addr, ex->size, ex->write, &value) &&
+            platform_mmio(v, ex->addr, ex->size, ex->write, &value))
             value = ~0ull;
         if (!ex->write)
             e->complete_in(v->engine_vcpu, value);
@@ -250,7 +262,8 @@ int vcpu_handle_exit(struct hv_vcpu *v, const struct engine_exit *ex)
         if (!(e->regs(v->engine_vcpu)->rflags & RFLAGS_IF))
             return crash(exit, HV_CRASH_HALTED, 0);
         v->g.wait = WAIT_EVENT;
-        return 0;
+        /* A halted guest may wait for input after a prompt: show it. */
+        return platform_uart_flush(v->partition, exit);
     case ENGINE_EXIT_EXCEPTION:
         TRACE(v, HV_TRACE_EXIT, HV_TRACE_EXIT_EXCEPTION,
               ((uint64_t[5]){ ex->value, e->regs(v->engine_vcpu)->rip, ex->error_code }), 0);

@@ -24,19 +24,23 @@ int event_wait(struct hv_vcpu *v)
 {
     for (;;) {
         timer_check(v);
+        lapic_poll_timer(v);        /* the local APIC's timer, too (lapic.c) */
+        uint64_t deadline = v->g.timer_deadline, apic = lapic_deadline(v);
+        if (apic && (!deadline || apic < deadline))
+            deadline = apic;
         pthread_mutex_lock(&v->h.lock);
-        int result = event_any_pending(v->partition) ? 0
+        int result = event_any_pending(v->partition) || lapic_has_interrupt(v) ? 0
                    : v->h.pause_requested ? -HV_EAGAIN : 1;
-        if (result == 1 && v->partition->deterministic && v->g.timer_deadline) {
+        if (result == 1 && v->partition->deterministic && deadline) {
             /* Virtual time: an idle guest skips ahead to its deadline. */
-            if (v->g.instructions < v->g.timer_deadline)
-                v->g.instructions = v->g.timer_deadline;
+            if (v->g.instructions < deadline)
+                v->g.instructions = deadline;
             pthread_mutex_unlock(&v->h.lock);
             continue;
         }
         if (result == 1) {
-            if (v->g.timer_deadline) {
-                struct timespec until = timer_deadline_to_host(v->partition, v->g.timer_deadline);
+            if (deadline) {
+                struct timespec until = timer_deadline_to_host(v->partition, deadline);
                 pthread_cond_timedwait(&v->h.wake, &v->h.lock, &until);   /* CLOCK_MONOTONIC */
             } else {
                 pthread_cond_wait(&v->h.wake, &v->h.lock);

@@ -133,6 +133,7 @@ class Partition:
         self.console = console or Console()
         self.state = CREATED
         self.exit_code = None          # guest's shutdown code
+        self.rebooted = False          # it stopped by asking for a reset (ACPI)
         self.crash_report = None       # text, when state == CRASHED
         self.last_counters = {}        # the vCPU's counters when it stopped
         self.console_failed = False    # a console write failed: output was lost
@@ -234,6 +235,7 @@ class Partition:
             if self._device_host is not None:
                 self._device_host.stop()
                 self._device_host = None
+            self._drain_uart()
             self.console.flush()
             # Finished only now: wait() returning means the trace and the
             # console hold everything (the caller may exit at once).
@@ -360,8 +362,21 @@ class Partition:
             return -lib.HV_EIO
         return exit_.data_len
 
+    def _on_uart(self, exit_):
+        # A line of the PC platform's UART (csrc/uart16550.c), copied once.
+        self._hc_console_write(exit_)
+
+    def _drain_uart(self):
+        buf = ffi.new("uint8_t[4096]")
+        while self._p is not None and (n := lib.hv_uart_drain(self._p, buf, 4096)):
+            try:
+                self.console.write(bytes(ffi.buffer(buf, n)))
+            except OSError:
+                break
+
     def _on_shutdown(self, exit_):
         self.exit_code = exit_.code
+        self.rebooted = exit_.reason == lib.HV_SHUTDOWN_REBOOT
         if exit_.reason == lib.HV_SHUTDOWN_CRASH:
             self._crash(f"the guest reported a crash (code {exit_.code})")
         else:
@@ -461,6 +476,7 @@ EXIT_HANDLERS = {
     lib.HV_EXIT_ERROR: Partition._on_error,
     lib.HV_EXIT_SIGNAL: Partition._on_signal,
     lib.HV_EXIT_TRACE: Partition._on_trace,
+    lib.HV_EXIT_UART: Partition._on_uart,
 }
 
 PARENT_HYPERCALLS = {

@@ -181,6 +181,7 @@
 /* ---- Shutdown reasons ---------------------------------------------------- */
 #define HV_SHUTDOWN_POWEROFF   0        /* clean stop; code is the exit status */
 #define HV_SHUTDOWN_CRASH      1        /* the guest detected its own failure */
+#define HV_SHUTDOWN_REBOOT     2        /* the guest asked for a reset (ACPI reset register); code 0 */
 
 /* ---- Events ------------------------------------------------------------------
  * Events are bits.  hv sets a pending bit with an atomic OR; if the bit is not
@@ -226,6 +227,31 @@ struct hv_multicall_entry {
 #define HV_VIRTIO_MMIO_SLOTS   32
 #define HV_VIRTIO_EVENT_BASE   32       /* device in slot s signals event 32 + s */
 
+/* ---- PC platform: what a stock kernel (Linux) finds -------------------------
+ * A kernel written for a PC without legacy timers finds, beside hv's own
+ * ABI: a 16550A UART, a local APIC and an IOAPIC at their usual places, the
+ * TSC frequency in CPUID leaves 0x15/0x16, and ACPI tables (start_info's
+ * rsdp_paddr) describing them, the virtio-mmio devices (as LNRO0005) and a
+ * hardware-reduced power interface: writing HV_ACPI_SLP_EN | (HV_ACPI_S5 <<
+ * 2) to the sleep control port powers off (exit code 0), writing
+ * HV_ACPI_RESET_VALUE to the reset port reboots (HV_SHUTDOWN_REBOOT).
+ * See docs/linux.md.
+ */
+#define HV_UART_PORT           0x3f8    /* COM1: 8 registers */
+#define HV_UART_IRQ            4        /* its IOAPIC pin (ISA IRQ 4) */
+#define HV_LAPIC_BASE          0xfee00000
+#define HV_IOAPIC_BASE         0xfec00000
+#define HV_IOAPIC_PINS         24
+#define HV_ACPI_SLEEP_CONTROL_PORT 0x600  /* FADT SLEEP_CONTROL_REG (8 bits) */
+#define HV_ACPI_SLEEP_STATUS_PORT  0x601  /* FADT SLEEP_STATUS_REG (8 bits): WAK_STS */
+#define HV_ACPI_RESET_PORT     0x602    /* FADT RESET_REG (8 bits) */
+#define HV_ACPI_RESET_VALUE    0x1
+#define HV_ACPI_SLP_EN         0x20     /* sleep control: SLP_EN, SLP_TYP in bits 2..4 */
+#define HV_ACPI_S5             5        /* SLP_TYP of \_S5 (soft off) in hv's DSDT */
+#define HV_ACPI_SCI_IRQ        9        /* FADT SCI_INT (nothing raises it) */
+#define HV_CPUID_TSC_LEAF      0x15     /* EBX/EAX = TSC / crystal, ECX = crystal Hz */
+#define HV_CPUID_FREQ_LEAF     0x16     /* EAX = base MHz */
+
 /* ---- Boot: PVH (Xen's hvm_start_info, as QEMU supplies it) -------------------
  * The entry point named by the ELF note XEN_ELFNOTE_PHYS32_ENTRY (type 18,
  * owner "Xen") starts in 32-bit flat protected mode, paging off, interrupts
@@ -235,6 +261,7 @@ struct hv_multicall_entry {
 #define HV_PVH_NOTE_ENTRY      18
 #define HV_E820_RAM            1
 #define HV_E820_RESERVED       2
+#define HV_E820_ACPI           3        /* ACPI tables (reclaimable once read) */
 
 struct hv_pvh_start_info {
     uint32_t magic;             /* HV_PVH_START_MAGIC */

@@ -1,0 +1,90 @@
+/*
+ * platform.h - the PC pieces a stock kernel expects (abi.h "PC platform"):
+ * a 16550A UART, a local APIC per vCPU, an IOAPIC, ACPI's power registers
+ * and the CPUID leaves that name the TSC frequency.  Internal to the core.
+ *
+ * T:546 Where they plug in.  Every engine reaches them through the same
+ * three doors: port I/O (platform_port), guest-physical accesses outside RAM
+ * (platform_mmio) and CPUID (platform_cpuid).  Interrupts from the UART go
+ * through the IOAPIC into the local APIC, whose highest pending vector the
+ * run loop's one injection point delivers (lapic_before_entry).
+ */
+#ifndef HV_PLATFORM_H
+#define HV_PLATFORM_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+struct hv_partition;
+struct hv_vcpu;
+struct hv_exit;
+struct lapic;
+
+/* The UART's transmit buffer: bytes wait here until a newline, a full
+ * buffer or a halt hands them to the parent in one exit. */
+#define UART_TX_MAX 4096
+
+struct uart16550 {
+    uint8_t ier, lcr, mcr, scr, dll, dlm, fcr;
+    uint8_t thre_pending;       /* THR-empty interrupt condition (cleared by reading IIR) */
+    uint8_t line;               /* the IRQ line's level, last told to the IOAPIC */
+    uint32_t tx_len;
+    uint8_t tx[UART_TX_MAX];
+};
+
+struct ioapic {
+    uint32_t select;            /* IOREGSEL */
+    uint32_t id;
+    uint32_t lines;             /* input levels, one bit per pin */
+    uint32_t remote_irr;        /* level-triggered pins delivered, not yet EOIed */
+    uint64_t redir[24];         /* redirection table (HV_IOAPIC_PINS entries) */
+};
+
+struct platform {
+    pthread_mutex_t lock;       /* UART and IOAPIC state: vCPU and device threads */
+    struct uart16550 uart;
+    struct ioapic ioapic;
+};
+
+/* platform.c */
+int  platform_create(struct hv_partition *p);
+void platform_free(struct hv_partition *p);
+/* A port access: -1 = not a platform port; 0 = done (*value holds a read's
+ * result); 1 = *exit is filled for the parent (UART output, power off). */
+int  platform_port(struct hv_vcpu *v, uint16_t port, uint8_t size, int write,
+                   uint32_t *value, struct hv_exit *exit);
+/* An access outside RAM: -1 = nobody's; 0 = done. */
+int  platform_mmio(struct hv_vcpu *v, uint64_t addr, uint32_t size, int write, uint64_t *value);
+/* 1 if the platform answers this CPUID leaf (r = eax, ebx, ecx, edx). */
+int  platform_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t r[4]);
+/* Hand buffered UART bytes to the parent in *exit; 1 if there were any. */
+int  platform_uart_flush(struct hv_partition *p, struct hv_exit *exit);
+/* The TSC's frequency in Hz (measured once per process). */
+uint64_t platform_tsc_hz(void);
+
+/* uart16550.c (called with platform.lock held).  Returns 1 when the
+ * transmit buffer should go to the parent now. */
+int  uart_access(struct hv_partition *p, uint16_t reg, int write, uint8_t *value);
+
+/* ioapic.c (platform.lock held for the first three) */
+void ioapic_reset(struct ioapic *io);
+void ioapic_set_line(struct hv_partition *p, unsigned pin, int level);
+int  ioapic_access(struct hv_partition *p, uint64_t offset, int write, uint32_t *value);
+void ioapic_eoi(struct hv_partition *p, uint8_t vector);
+
+/* lapic.c: one per vCPU. */
+struct lapic *lapic_create(struct hv_vcpu *v);
+void lapic_free(struct lapic *a);
+/* Make `vector` pending (any thread); level: the source wants an EOI. */
+void lapic_accept(struct hv_vcpu *v, uint8_t vector, int level);
+int  lapic_access(struct hv_vcpu *v, uint64_t offset, int write, uint32_t *value);
+/* The run loop's injection point: fire an expired timer, deliver the
+ * highest pending vector if the guest can take it.  1 if one was delivered. */
+int  lapic_before_entry(struct hv_vcpu *v);
+/* For sleeping in hlt: fire an expired timer (not under v->lock: it
+ * kicks), then ask whether a vector is deliverable, and until when to sleep. */
+void lapic_poll_timer(struct hv_vcpu *v);
+int  lapic_has_interrupt(struct hv_vcpu *v);
+uint64_t lapic_deadline(struct hv_vcpu *v);
+
+#endif

@@ -1,0 +1,283 @@
+"""The PC platform in the core (csrc/platform.c, uart16550.c, lapic.c,
+ioapic.c), driven through the same doors the engines use, with no guest
+running: the registers Linux's drivers probe, the UART -> IOAPIC -> local
+APIC interrupt path, the APIC timer, ACPI power-off and reset, CPUID's clock
+leaves."""
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hv._core import ffi, lib
+from hv.testing.core import Core
+
+UART = lib.HV_UART_PORT
+THR, IER, IIR, LCR, MCR, LSR, MSR, SCR = range(8)
+LAPIC, IOAPIC = lib.HV_LAPIC_BASE, lib.HV_IOAPIC_BASE
+# Local APIC registers (Intel SDM vol. 3, table 11-1).
+ID, VERSION, TPR, PPR, EOI, SVR = 0x20, 0x30, 0x80, 0xa0, 0xb0, 0xf0
+ISR, TMR, IRR, ICR_LOW, ICR_HIGH = 0x100, 0x180, 0x200, 0x300, 0x310
+LVT_TIMER, TIMER_INITIAL, TIMER_CURRENT, TIMER_DIVIDE = 0x320, 0x380, 0x390, 0x3e0
+
+
+class Platform:
+    def __init__(self, core):
+        self.core = core
+        self.value = ffi.new("uint32_t *")
+        self.wide = ffi.new("uint64_t *")
+
+    def port(self, port, value=None, size=1):
+        """(result, exit kind): result is the read value for reads."""
+        self.value[0] = value or 0
+        r = lib.hv_test_platform_port(self.core.v, port, size, value is not None, self.value,
+                                      self.core.exit)
+        assert r in (0, 1), f"port {port:#x} is not a platform port"
+        return (self.value[0] if value is None else r), (self.core.exit.kind if r == 1 else None)
+
+    def uart(self, reg, value=None):
+        return self.port(UART + reg, value)[0]
+
+    def mmio(self, addr, value=None, size=4):
+        self.wide[0] = value or 0
+        assert lib.hv_test_platform_mmio(self.core.v, addr, size, value is not None, self.wide) == 0
+        return self.wide[0]
+
+    def apic(self, reg, value=None):
+        return self.mmio(LAPIC + reg, value)
+
+    def ioapic(self, index, value=None):
+        self.mmio(IOAPIC, index)
+        return self.mmio(IOAPIC + 0x10, value)
+
+    def pending(self, reg, vector):
+        return bool(self.apic(reg + 0x10 * (vector // 32)) & (1 << (vector % 32)))
+
+
+@pytest.fixture
+def pc():
+    with Core() as core:
+        yield Platform(core)
+
+
+# ---- UART: what Linux's 8250 driver probes ----------------------------------
+
+def test_uart_registers_look_like_a_16550a(pc):
+    pc.uart(SCR, 0xa5)
+    assert pc.uart(SCR) == 0xa5
+    pc.uart(IER, 0xff)
+    assert pc.uart(IER) == 0x0f                 # four interrupt enables
+    pc.uart(IER, 0)
+    assert pc.uart(IIR) & 0x01                  # no interrupt pending
+    pc.uart(IIR, 0x01)                          # FCR: FIFOs on
+    assert pc.uart(IIR) & 0xc0 == 0xc0          # "16550A", not "16550"
+    assert pc.uart(LSR) & 0x60 == 0x60          # THR empty, transmitter empty
+    pc.uart(LCR, 0x83)                          # DLAB: the divisor latch
+    pc.uart(THR, 0x01)
+    pc.uart(IER, 0x00)
+    assert (pc.uart(THR), pc.uart(IER)) == (0x01, 0x00)
+    pc.uart(LCR, 0x03)
+    assert pc.uart(IER) == 0                    # the real IER again
+
+
+@pytest.mark.parametrize("mcr, msr", [(0x1a, 0x90), (0x10, 0x00), (0x1f, 0xf0), (0x00, 0xb0)])
+def test_uart_modem_loopback(pc, mcr, msr):
+    # Linux's autoconfig writes LOOP | OUT2 | RTS and expects DCD | CTS back.
+    pc.uart(MCR, mcr)
+    assert pc.uart(MSR) & 0xf0 == msr
+
+
+def test_uart_output_goes_to_the_parent_a_line_at_a_time(pc):
+    for byte in b"hello":
+        assert pc.port(UART + THR, byte) == (0, None)
+    result, kind = pc.port(UART + THR, ord("\n"))
+    assert (result, kind) == (1, lib.HV_EXIT_UART)
+    assert bytes(ffi.buffer(pc.core.exit.data, pc.core.exit.data_len)) == b"hello\n"
+    # A partial line waits; the parent takes it when the partition stops.
+    pc.port(UART + THR, ord("$"))
+    buf = ffi.new("uint8_t[16]")
+    assert lib.hv_uart_drain(pc.core.p, buf, 16) == 1 and buf[0] == ord("$")
+    assert lib.hv_uart_drain(pc.core.p, buf, 16) == 0
+
+
+def test_uart_loopback_output_is_not_sent(pc):
+    pc.uart(MCR, 0x10)
+    pc.port(UART + THR, ord("\n"))
+    assert lib.hv_uart_drain(pc.core.p, ffi.new("uint8_t[4]"), 4) == 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.binary(min_size=1, max_size=9000))
+def test_uart_loses_no_byte(data):
+    with Core() as core:
+        pc, got = Platform(core), b""
+        for byte in data:
+            if pc.port(UART + THR, byte)[1] == lib.HV_EXIT_UART:
+                got += bytes(ffi.buffer(core.exit.data, core.exit.data_len))
+        buf = ffi.new("uint8_t[4096]")
+        while n := lib.hv_uart_drain(core.p, buf, 4096):
+            got += bytes(ffi.buffer(buf, n))
+        assert got == data
+
+
+# ---- Interrupts: UART -> IOAPIC pin 4 -> local APIC ---------------------------
+
+def enable_apic(pc):
+    pc.apic(SVR, 0x1ff)                         # software enable, spurious vector 0xff
+
+
+def test_ioapic_identifies_itself_and_starts_masked(pc):
+    assert pc.ioapic(1) == 0x11 | (23 << 16)    # version 0x11, 24 pins
+    for pin in range(lib.HV_IOAPIC_PINS):
+        assert pc.ioapic(0x10 + 2 * pin) & (1 << 16)
+    pc.ioapic(0x10 + 2 * 7, 0x0000_d035)        # read-only bits 12, 14 stay clear
+    assert pc.ioapic(0x10 + 2 * 7) == 0x8035
+    pc.ioapic(0x11 + 2 * 7, 0x0100_0000)
+    assert pc.ioapic(0x11 + 2 * 7) == 0x0100_0000
+
+
+def test_uart_transmit_interrupt_reaches_the_local_apic(pc):
+    enable_apic(pc)
+    pc.ioapic(0x10 + 2 * lib.HV_UART_IRQ, 0x34)          # edge, fixed, vector 0x34
+    pc.uart(IER, 0x02)                                    # THR empty interrupt on
+    assert pc.pending(IRR, 0x34)
+    assert pc.uart(IIR) & 0x0f == 0x02                    # THRE reported...
+    assert pc.uart(IIR) & 0x0f == 0x01                    # ...and cleared by the read
+    pc.uart(IER, 0)
+
+
+def test_masked_pin_delivers_nothing(pc):
+    enable_apic(pc)
+    pc.ioapic(0x10 + 2 * lib.HV_UART_IRQ, 0x10034)       # masked
+    pc.uart(IER, 0x02)
+    assert not pc.pending(IRR, 0x34)
+
+
+def test_level_pin_redelivers_after_eoi_while_high(pc):
+    enable_apic(pc)
+    pc.ioapic(0x10 + 2 * lib.HV_UART_IRQ, 0x8044)        # level, vector 0x44
+    pc.uart(IER, 0x02)                                    # line high
+    assert pc.pending(IRR, 0x44) and pc.pending(TMR, 0x44)
+    assert pc.ioapic(0x10 + 2 * lib.HV_UART_IRQ) & (1 << 14)   # remote IRR
+
+
+def test_apic_identity_and_priority(pc):
+    assert pc.apic(VERSION) & 0xff == 0x14
+    assert pc.apic(ID) >> 24 == 0
+    pc.apic(TPR, 0x50)
+    assert (pc.apic(TPR), pc.apic(PPR)) == (0x50, 0x50)
+
+
+def test_self_ipi_and_eoi(pc):
+    enable_apic(pc)
+    pc.apic(ICR_LOW, (1 << 18) | 0x61)                    # fixed, to self
+    assert pc.pending(IRR, 0x61)
+    pc.apic(EOI, 0)                                       # nothing in service: no effect
+    assert pc.pending(IRR, 0x61)
+
+
+def test_disabled_apic_masks_its_timer(pc):
+    pc.apic(LVT_TIMER, 0x30)
+    assert pc.apic(LVT_TIMER) & (1 << 16)
+
+
+@pytest.mark.parametrize("divide, divisor", [(0xb, 1), (0x0, 2), (0x3, 16), (0xa, 128)])
+def test_apic_timer_counts_down(pc, divide, divisor):
+    enable_apic(pc)
+    pc.apic(TIMER_DIVIDE, divide)
+    pc.apic(LVT_TIMER, 0x10000 | 0xec)                    # masked: counts without firing
+    pc.apic(TIMER_INITIAL, 0xffffffff)
+    first = pc.apic(TIMER_CURRENT)
+    time.sleep(0.002)
+    second = pc.apic(TIMER_CURRENT)
+    assert 0 < second < first <= 0xffffffff
+    pc.apic(TIMER_INITIAL, 0)                             # 0 stops it
+    assert pc.apic(TIMER_CURRENT) == 0
+
+
+def wait_for(cond, timeout=5.0):
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.001)
+
+
+def test_apic_timer_one_shot_fires_once(pc):
+    enable_apic(pc)
+    pc.apic(TIMER_DIVIDE, 0xb)
+    pc.apic(LVT_TIMER, 0xec)                              # one-shot, vector 0xec
+    pc.apic(TIMER_INITIAL, 1000)                          # well under a millisecond
+    wait_for(lambda: pc.pending(IRR, 0xec))
+    assert pc.apic(TIMER_CURRENT) == 0
+
+
+def test_apic_timer_periodic_reloads(pc):
+    enable_apic(pc)
+    pc.apic(TIMER_DIVIDE, 0xb)
+    pc.apic(LVT_TIMER, (1 << 17) | 0xed)
+    pc.apic(TIMER_INITIAL, 10_000_000)                    # a few ms at the bus clock
+    wait_for(lambda: pc.pending(IRR, 0xed))
+    assert 0 < pc.apic(TIMER_CURRENT) <= 10_000_000       # counting the next period
+
+
+# ---- ACPI power registers ---------------------------------------------------------
+
+def test_s5_powers_off_and_reset_reboots(pc):
+    slp = lib.HV_ACPI_SLP_EN | (lib.HV_ACPI_S5 << 2)
+    assert pc.port(lib.HV_ACPI_SLEEP_CONTROL_PORT, slp) == (1, lib.HV_EXIT_SHUTDOWN)
+    assert (pc.core.exit.reason, pc.core.exit.code) == (lib.HV_SHUTDOWN_POWEROFF, 0)
+    assert pc.port(lib.HV_ACPI_RESET_PORT, lib.HV_ACPI_RESET_VALUE) == (1, lib.HV_EXIT_SHUTDOWN)
+    assert pc.core.exit.reason == lib.HV_SHUTDOWN_REBOOT
+
+
+@pytest.mark.parametrize("port, value", [
+    (lib.HV_ACPI_SLEEP_CONTROL_PORT, lib.HV_ACPI_S5 << 2),          # no SLP_EN
+    (lib.HV_ACPI_SLEEP_CONTROL_PORT, lib.HV_ACPI_SLP_EN | (3 << 2)),  # S3: not offered
+    (lib.HV_ACPI_RESET_PORT, 0x2),
+])
+def test_other_power_writes_do_nothing(pc, port, value):
+    assert pc.port(port, value) == (0, None)
+
+
+def test_other_ports_are_not_the_platforms(pc):
+    pc.value[0] = 0
+    assert lib.hv_test_platform_port(pc.core.v, 0x80, 1, 1, pc.value, pc.core.exit) == -1
+
+
+# ---- CPUID: the clocks without calibration ---------------------------------------
+
+def test_cpuid_names_the_tsc_frequency():
+    r = ffi.new("uint32_t[4]")
+    assert lib.hv_test_cpuid(0, 0, r) and r[0] >= lib.HV_CPUID_FREQ_LEAF
+    assert lib.hv_test_cpuid(lib.HV_CPUID_TSC_LEAF, 0, r)
+    denominator, numerator, crystal_hz = r[0], r[1], r[2]
+    tsc_hz = crystal_hz * numerator // denominator
+    # Linux computes crystal_khz * numerator and crystal_khz * 1000 in 32 bits.
+    assert (crystal_hz // 1000) * numerator < 1 << 32
+    assert (crystal_hz // 1000) * 1000 < 1 << 32
+    # The host's TSC: bracket two reads with the monotonic clock, so a
+    # delay anywhere only widens the interval the true rate lies in.
+    rdtsc = _tsc_reader()
+    t0a, c0, t0b = time.monotonic_ns(), rdtsc(), time.monotonic_ns()
+    time.sleep(0.1)
+    t1a, c1, t1b = time.monotonic_ns(), rdtsc(), time.monotonic_ns()
+    low, high = (c1 - c0) * 1e9 / (t1b - t0a), (c1 - c0) * 1e9 / (t1a - t0b)
+    assert low * 0.995 <= tsc_hz <= high * 1.005, (low, tsc_hz, high)
+    assert lib.hv_test_cpuid(lib.HV_CPUID_FREQ_LEAF, 0, r) and abs(r[0] - tsc_hz / 1e6) < 2
+    assert not lib.hv_test_cpuid(1, 0, r)                 # the CPU model's own
+
+
+def _tsc_reader():
+    """A function reading the host TSC through a TCG guest (Unicorn's RDTSC
+    is the host's, which is what hv's guests see)."""
+    from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
+    from unicorn.x86_const import UC_X86_REG_RAX, UC_X86_REG_RDX
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.mem_map(0, 0x1000)
+    uc.mem_write(0, b"\x0f\x31")
+
+    def rdtsc():
+        uc.emu_start(0, 2)
+        return uc.reg_read(UC_X86_REG_RAX) | uc.reg_read(UC_X86_REG_RDX) << 32
+    rdtsc()                 # translate once, outside the brackets
+    return rdtsc
