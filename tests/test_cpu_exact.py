@@ -11,7 +11,7 @@ import os
 import pytest
 
 from conftest import engine_missing
-from resultline import RESULT_CODES, boot
+from hv.testing import RESULT_CODES, boot
 
 ENGINES = [pytest.param(name, marks=pytest.mark.skipif(
                engine_missing(name) is not None, reason=f"{name}: {engine_missing(name)}"))

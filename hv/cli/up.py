@@ -1,4 +1,5 @@
-"""`hv up FILE.toml`: the partitions a config file describes, in one process."""
+"""`hv up FILE.toml`: the partitions a config file describes, in this
+process (a Manager of its own), or handed to a running `hv serve`."""
 import sys
 
 from hv.cli.common import EXIT_CRASHED, EXIT_INTERRUPTED, error
@@ -8,78 +9,72 @@ def add_parsers(sub):
     up = sub.add_parser("up", help="start the partitions a TOML file describes, in one process")
     up.add_argument("config", help="TOML file with [[partition]] tables (see hv/config.py)")
     up.add_argument("-v", "--verbose", action="store_true")
+    up.add_argument("--api-socket", metavar="PATH|default",
+                    help="create and start them in the `hv serve` listening on PATH "
+                         "('default': $HV_API_SOCKET or the runtime directory's api.socket) "
+                         "and return; without it, they run here until all have ended")
     up.set_defaults(func=cmd_up)
 
 
 def cmd_up(args):
     """Start every partition of a config file; wait for all; the exit
     status is the first non-zero one (125 for a crash)."""
-    from hv.config import ConfigError, load, make_devices
-    from hv.devices.blk import DiskError
-    from hv.loader import LoadError
-    from hv.partition import CRASHED, HostError, Partition
+    from hv.config import ConfigError, load
+    from hv.manager import CRASHED, Manager, ManagerError
 
-    parts, switches = [], {}
     try:
-        specs = load(args.config)
-        for spec in specs:
-            devices = make_devices(spec["devices"], switches)
-            try:
-                parts.append(Partition(spec["kernel"], mem=spec.get("mem", "64M"),
-                                       cmdline=spec.get("cmdline", ""),
-                                       initrd=spec.get("initrd"),
-                                       engine=spec.get("engine", "auto"),
-                                       deterministic=spec.get("deterministic", False),
-                                       console=PrefixConsole(spec["name"]), devices=devices))
-            except BaseException:
-                for device in devices:
-                    device.close()
-                raise
-            parts[-1].name = spec["name"]
-    except (ConfigError, LoadError, ValueError, HostError, DiskError, OSError) as e:
-        for part in parts:
-            part.destroy()
+        specs = load(args.config)       # the whole file is checked before anything is made
+    except ConfigError as e:
         return error(str(e))
+    if args.api_socket is not None:
+        return register(args, specs)
+    manager = Manager(console_stream=sys.stdout.buffer)
     status = 0
     try:
-        for part in parts:
-            part.start()
-        for part in parts:
-            state = part.wait()
+        try:
+            for spec in specs:
+                manager.create(spec)
+        except ManagerError as e:
+            return error(f"{args.config}: {e}")
+        for spec in specs:
+            manager.start(spec["name"])
+        for spec in specs:
+            name = spec["name"]
+            state = manager.wait(name)
+            about = manager.describe(name)
             if args.verbose:
-                print(f"hv: {part.name}: {state}", file=sys.stderr)
+                print(f"hv: {name}: {state}", file=sys.stderr)
             if state == CRASHED:
-                print(f"hv: {part.name}: {part.crash_report}", file=sys.stderr)
+                print(f"hv: {name}: {about['crash_report']}", file=sys.stderr)
                 status = status or EXIT_CRASHED
-            elif part.exit_code:
-                status = status or part.exit_code
+            elif about["exit_code"]:
+                status = status or about["exit_code"]
     except KeyboardInterrupt:
         status = EXIT_INTERRUPTED
     finally:
-        for part in parts:
-            part.destroy()
+        manager.close()
     return status
 
 
-class PrefixConsole:
-    """Console output of one of several partitions: each line tagged."""
+def register(args, specs):
+    """Create all of them in the server, then start all; if one is refused,
+    the ones already created are deleted: all or nothing."""
+    from hv.client import APIError, Client
 
-    def __init__(self, name, stream=None):
-        self.prefix = f"[{name}] ".encode()
-        self.out = stream or sys.stdout.buffer
-        self._partial = b""
-
-    def write(self, data):
-        *lines, self._partial = (self._partial + data).split(b"\n")
-        if lines:
-            self.out.write(b"".join(self.prefix + line + b"\n" for line in lines))
-            self.out.flush()
-
-    def flush(self):
-        if self._partial:
-            self.out.write(self.prefix + self._partial + b"\n")
-            self._partial = b""
-        self.out.flush()
-
-    def close(self):
-        pass
+    made = []
+    with Client(None if args.api_socket == "default" else args.api_socket) as client:
+        try:
+            for spec in specs:
+                client.create(spec["name"], spec)
+                made.append(spec["name"])
+            for name in made:
+                about = client.action(name, "start")
+                print(f"{name}: {about['state']}")
+        except APIError as e:
+            for name in made:
+                try:
+                    client.delete(name)
+                except APIError:
+                    pass
+            return error(f"{args.config}: {e}" if e.status else str(e))
+    return 0

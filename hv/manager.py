@@ -1,0 +1,423 @@
+"""The parent partition's inventory: many partitions, the switches that
+join them and the consoles they speak on, behind one object.
+
+T:720 `hv up`, `hv serve` and its REST API (hv/api.py) all drive partitions
+through a Manager.  It names partitions, checks a spec with the same rules
+as a config file (hv/config.py), refuses what would clash with a partition
+already there (a name, a MAC, a disk attached read-write, a console
+socket), and serializes the operations on one partition: two requests on
+the same partition never interleave, requests on different ones do.
+
+States a client sees (Partition's own, plus "stopped"):
+
+    created --start--> running --pause--> paused --resume--> running
+    running | paused --(the guest ends)--> shutdown | crashed
+    created | running | paused --stop--> stopped
+    any --delete--> (gone)
+
+A partition that has ended (shutdown, crashed, stopped) has given back its
+memory, devices, disk locks and console sockets; its record (state, exit
+code, crash report, last counters, console output) stays until delete.
+"""
+import copy
+import os
+import re
+import sys
+import threading
+import time
+
+from hv.config import ConfigError, check_partition, make_devices
+from hv.devices.blk import DiskError
+from hv.loader import LoadError
+from hv.partition import (CRASHED, CREATED, PAUSED, RUNNING, SHUTDOWN, HostError, Partition,
+                          StateError)
+
+STOPPED = "stopped"             # stopped on request before the guest ended
+ENDED = (SHUTDOWN, CRASHED, STOPPED)
+CONSOLE_KEEP = 64 << 10         # bytes of console output kept per partition
+MAX_PARTITIONS = 1024           # records kept, live or ended: the inventory is bounded
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")   # safe in URLs, paths, logs
+SCHEDULER_KEYS = {"smp", "weight", "cap"}   # accepted once the scheduler lands
+CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+
+
+class ManagerError(Exception):
+    """A request the manager refuses; `status` is the HTTP status it maps to."""
+    status = 500
+
+
+class BadRequest(ManagerError):
+    status = 400
+
+
+class NotFound(ManagerError):
+    status = 404
+
+
+class Conflict(ManagerError):
+    """The partition's state (or another partition's resource) forbids it."""
+    status = 409
+
+
+class ConsoleLog:
+    """A managed partition's hypercall console: every line tagged with the
+    partition's name on a stream (the terminal of `hv up`, `hv serve`'s
+    stdout), and the last CONSOLE_KEEP bytes kept for the API.  If the
+    stream fails (a closed terminal), the log goes on without it."""
+
+    def __init__(self, name, stream=None):
+        self.name = name
+        self.prefix = f"[{name}] ".encode()
+        self.out = stream
+        self.kept = bytearray()
+        self.written = 0                # bytes the guest wrote in all
+        self._partial = b""
+        self._lock = threading.Lock()
+
+    def write(self, data):
+        with self._lock:
+            self.kept += data
+            del self.kept[:-CONSOLE_KEEP]
+            self.written += len(data)
+            *lines, self._partial = (self._partial + data).split(b"\n")
+            if lines:
+                self._emit(b"".join(self.prefix + line + b"\n" for line in lines))
+
+    def flush(self):
+        with self._lock:
+            if self._partial:
+                self._emit(self.prefix + self._partial + b"\n")
+                self._partial = b""
+
+    def _emit(self, data):
+        if self.out is None:
+            return
+        try:
+            self.out.write(data)
+            self.out.flush()
+        except (OSError, ValueError) as e:      # ValueError: the stream was closed
+            self.out = None
+            print(f"hv: partition {self.name!r}: console stream failed ({e}); "
+                  "its output is kept for the API only", file=sys.stderr)
+
+    def text(self):
+        with self._lock:
+            return bytes(self.kept)
+
+    def close(self):
+        self.flush()
+
+
+def thread_cpu_seconds(native_id):
+    """CPU time (user + system, which includes guest time under KVM) of one
+    thread of this process, or None once it has gone.  Read from /proc, so a
+    thread that ended is an absent file, never a dangling handle."""
+    try:
+        with open(f"/proc/self/task/{native_id}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK    # utime, stime (proc(5))
+
+
+class Managed:
+    """One partition's record in the manager."""
+
+    def __init__(self, name, spec, partition, console):
+        self.name = name
+        self.spec = spec                # the checked spec it was made from
+        self.partition = partition      # None once it has ended and been freed
+        self.console = console
+        self.lock = threading.RLock()   # serializes every operation on it
+        self.ended = threading.Event()
+        self.state = CREATED            # the recorded state once ended
+        self.exit_code = None
+        self.crash_report = None
+        self.created_at = time.time()
+        self.started_at = self.ended_at = None
+        self.vcpu_tid = None            # native id of the vCPU thread
+        self.cpu_seconds = 0.0          # the vCPU thread's CPU time when it ended
+        self.last_metrics = {}
+        self.resources = claims(spec)
+
+    def current_state(self):
+        part = self.partition
+        return part.state if part is not None and not self.ended.is_set() else self.state
+
+
+def claims(spec):
+    """What a partition holds that no other may hold at the same time."""
+    from hv.devices.net import parse_mac
+    from hv.devices.vconsole import console_socket_path
+    held = set()
+    for dev in spec["devices"]:
+        if dev["type"] == "net":
+            held.add(("MAC", bytes(parse_mac(dev["mac"]))))
+        elif dev["type"] == "blk" and not dev.get("readonly"):
+            held.add(("disk (read-write)", os.path.realpath(dev["path"])))
+        elif dev["type"] == "console" and "socket" in dev:
+            held.add(("console socket", os.path.realpath(console_socket_path(dev["socket"]))))
+    return held
+
+
+def claim_text(claim):
+    kind, value = claim
+    if kind == "MAC":
+        return f"MAC {':'.join(f'{b:02x}' for b in value)}"
+    return f"{kind} {value}"
+
+
+class Manager:
+    """Partitions by name.  Thread-safe: every method may be called from
+    any thread; operations on one partition are serialized."""
+
+    def __init__(self, console_stream=None, max_partitions=MAX_PARTITIONS):
+        self.max_partitions = max_partitions
+        self.console_stream = console_stream    # where partitions' console lines go
+        self.switches = {}                      # name -> Switch, made on first use
+        self._entries = {}                      # name -> Managed, in creation order
+        self._lock = threading.Lock()           # guards _entries, switches, claims
+
+    # -- create ---------------------------------------------------------------
+    def create(self, spec, base=None):
+        """Make (not start) a partition from a spec: the dict a [[partition]]
+        table holds.  Relative paths are taken from `base` (default: the
+        working directory).  Returns its description."""
+        spec = copy.deepcopy(spec)          # checking fills in defaults and paths
+        for key in SCHEDULER_KEYS & set(spec if isinstance(spec, dict) else ()):
+            raise BadRequest(f"partition {spec.get('name')!r}: {key} is not supported yet "
+                             "(one vCPU per partition until the scheduler lands)")
+        try:
+            check_partition(spec, base=base or os.getcwd())
+        except ConfigError as e:
+            raise BadRequest(str(e)) from None
+        except (TypeError, AttributeError) as e:     # a value of a type no check expected
+            raise BadRequest(f"partition: a value has the wrong type ({e})") from None
+        name = spec["name"]
+        if not NAME_PATTERN.fullmatch(name):
+            raise BadRequest(f"partition name {name!r}: use 1-64 letters, digits, '.', '_' "
+                             "or '-', starting with a letter or digit")
+        with self._lock:
+            if len(self._entries) >= self.max_partitions:
+                raise Conflict(f"at most {self.max_partitions} partitions (delete some)")
+            if name in self._entries:
+                raise Conflict(f"partition {name!r} exists")
+            held = claims(spec)
+            for other in self._entries.values():
+                if other.ended.is_set():
+                    continue
+                clash = held & other.resources
+                if clash:
+                    raise Conflict(f"partition {name!r}: {claim_text(min(clash))} "
+                                   f"is held by partition {other.name!r}")
+            console = ConsoleLog(name, self.console_stream)
+            devices = []
+            try:
+                devices = make_devices(spec["devices"], self.switches)
+                part = Partition(spec["kernel"], mem=spec.get("mem", "64M"),
+                                 cmdline=spec.get("cmdline", ""),
+                                 initrd=spec.get("initrd"),
+                                 engine=spec.get("engine", "auto"),
+                                 deterministic=spec.get("deterministic", False),
+                                 console=console, devices=devices, name=name)
+            except (LoadError, ValueError, HostError, DiskError, OSError) as e:
+                for device in devices:
+                    device.close()
+                raise BadRequest(f"partition {name!r}: {e}") from None
+            except BaseException:
+                for device in devices:
+                    device.close()
+                raise
+            entry = self._entries[name] = Managed(name, spec, part, console)
+            entry.engine = part.engine
+        return self._describe(entry)
+
+    # -- lifecycle --------------------------------------------------------------
+    def start(self, name):
+        entry = self._get(name)
+        with entry.lock:
+            state = entry.current_state()
+            if state != CREATED:
+                raise Conflict(f"cannot start partition {name!r}: it is {state}")
+            part = entry.partition
+            entry.started_at = time.time()
+            thread = threading.Thread(target=self._run, args=(entry, part), daemon=True,
+                                      name=f"partition-{name}")
+            thread.start()
+            # run()'s first step marks the partition running; wait for it, so
+            # that a pause right after start finds it running.
+            while part.state == CREATED and thread.is_alive():
+                time.sleep(0.0002)
+        return self._describe(entry)
+
+    def _run(self, entry, part):
+        """The vCPU thread: run the guest, then, if it ended by itself,
+        record how and free what it held."""
+        entry.vcpu_tid = threading.get_native_id()
+        try:
+            part.run()
+        finally:
+            with entry.lock:
+                if not entry.ended.is_set():
+                    self._end(entry)
+
+    def pause(self, name):
+        entry = self._get(name)
+        with entry.lock:
+            state = entry.current_state()
+            if state != RUNNING:
+                raise Conflict(f"cannot pause partition {name!r}: it is {state}")
+            try:
+                entry.partition.pause()
+            except StateError as e:
+                raise Conflict(f"partition {name!r}: {e}") from None
+        return self._describe(entry)
+
+    def resume(self, name):
+        entry = self._get(name)
+        with entry.lock:
+            state = entry.current_state()
+            if state != PAUSED:
+                raise Conflict(f"cannot resume partition {name!r}: it is {state}")
+            try:
+                entry.partition.resume()
+            except StateError as e:
+                raise Conflict(f"partition {name!r}: {e}") from None
+        return self._describe(entry)
+
+    def stop(self, name):
+        """Stop the guest (wherever it is) and free what it held; the record stays."""
+        entry = self._get(name)
+        with entry.lock:
+            state = entry.current_state()
+            if state in ENDED:
+                raise Conflict(f"cannot stop partition {name!r}: it is {state}")
+            self._end(entry)
+        return self._describe(entry)
+
+    def delete(self, name):
+        """Stop it if it runs, and forget it."""
+        entry = self._get(name)
+        with entry.lock:
+            if not entry.ended.is_set():
+                self._end(entry)
+            with self._lock:
+                self._entries.pop(name, None)
+
+    def _end(self, entry):
+        """Record how the partition ended and free it (entry.lock held)."""
+        part = entry.partition
+        part.destroy()                  # returns once the vCPU has stopped
+        if part.crash_report is not None:
+            entry.state = CRASHED
+        elif part.exit_code is not None:
+            entry.state = SHUTDOWN      # the guest ended itself, perhaps just before a stop
+        else:
+            entry.state = STOPPED
+        entry.exit_code = part.exit_code
+        entry.crash_report = part.crash_report
+        entry.last_metrics = part.metrics()
+        if entry.vcpu_tid is not None:
+            entry.cpu_seconds = thread_cpu_seconds(entry.vcpu_tid) or entry.cpu_seconds
+        entry.partition = None          # its RAM goes with the last reference
+        entry.ended_at = time.time()
+        entry.ended.set()
+
+    def wait(self, name, timeout=None):
+        """Wait until the partition has ended; returns its state."""
+        entry = self._get(name)
+        entry.ended.wait(timeout)
+        return entry.current_state()
+
+    def close(self):
+        """Stop every partition (hv serve's and hv up's last step)."""
+        for name in self.names():
+            try:
+                self.delete(name)
+            except NotFound:
+                pass
+
+    # -- inspection -------------------------------------------------------------
+    def names(self):
+        with self._lock:
+            return list(self._entries)
+
+    def list(self):
+        return [self._describe(e) for e in self._snapshot()]
+
+    def describe(self, name):
+        return self._describe(self._get(name))
+
+    def console_output(self, name):
+        """The last CONSOLE_KEEP bytes the partition wrote to its console."""
+        return self._get(name).console.text()
+
+    def metrics(self, name):
+        return self._metrics(self._get(name))
+
+    def all_metrics(self):
+        with self._lock:
+            switches = {name: {"ports": len(s.ports), "forwarded": s.forwarded,
+                               "flooded": s.flooded, "dropped": s.dropped}
+                        for name, s in self.switches.items()}
+        return {"time": time.time(), "partitions": [self._metrics(e) for e in self._snapshot()],
+                "switches": switches}
+
+    def _snapshot(self):
+        with self._lock:
+            return list(self._entries.values())
+
+    def _get(self, name):
+        with self._lock:
+            entry = self._entries.get(name)
+        if entry is None:
+            raise NotFound(f"no partition {name!r}")
+        return entry
+
+    def _describe(self, entry):
+        with entry.lock:
+            part = entry.partition
+            live = part is not None and not entry.ended.is_set()
+            return {
+                "name": entry.name,
+                "id": part.id if live else None,
+                "state": entry.current_state(),
+                "kernel": entry.spec["kernel"],
+                "mem": entry.spec.get("mem", "64M"),
+                "cmdline": entry.spec.get("cmdline", ""),
+                "initrd": entry.spec.get("initrd"),
+                "engine": entry.engine,
+                "deterministic": entry.spec.get("deterministic", False),
+                "devices": entry.spec["devices"],
+                "consoles": console_sockets(entry.spec),
+                "exit_code": part.exit_code if live else entry.exit_code,
+                "crash_report": part.crash_report if live else entry.crash_report,
+                "created_at": entry.created_at,
+                "started_at": entry.started_at,
+                "ended_at": entry.ended_at,
+                "metrics": self._metrics(entry),
+            }
+
+    def _metrics(self, entry):
+        """Partition.metrics() (live, or its last values), with the vCPU
+        thread's CPU time and the partition's age."""
+        with entry.lock:
+            part = entry.partition
+            live = part is not None and not entry.ended.is_set()
+            metrics = dict(part.metrics() if live else entry.last_metrics)
+            cpu = thread_cpu_seconds(entry.vcpu_tid) if live and entry.vcpu_tid else None
+            end = entry.ended_at or time.time()
+            metrics.update(
+                name=entry.name, state=entry.current_state(),
+                id=part.id if live else None,
+                uptime_seconds=round(end - entry.started_at, 6) if entry.started_at else 0.0,
+                cpu_seconds=cpu if cpu is not None else entry.cpu_seconds,
+                console_bytes=entry.console.written)
+            return metrics
+
+
+def console_sockets(spec):
+    """The Unix sockets `hv console` attaches to, one per socket console."""
+    from hv.devices.vconsole import console_socket_path
+    return [console_socket_path(dev["socket"]) for dev in spec["devices"]
+            if dev["type"] == "console" and "socket" in dev]
