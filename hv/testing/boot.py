@@ -8,6 +8,7 @@
 Kernels are named by file name in guests/build (hv.testing.paths) or given
 as a path.
 """
+import collections
 from dataclasses import dataclass, field
 
 from hv.testing.isolate import fork_call
@@ -49,13 +50,14 @@ class GuestRun:
 
 
 def boot(name, cmdline="", mem="64M", engine="kvm", timeout=None, deterministic=False,
-         trace=False, serve=None):
+         trace=False, serve=None, trace_tail=None):
     """Boot a guest in this process through the Python API and return a GuestRun.
 
     run() executes on this thread unless timeout is given: then on a thread
     of its own via start()/wait(), and a guest still running after timeout
     seconds is destroyed and reported with state "timeout".  trace=True
-    keeps the core's trace records; serve maps hypercall numbers to Python
+    keeps the core's trace records and decoded lines (trace_tail=N: only the
+    last N decoded lines, no records: cheap for long runs); serve maps hypercall numbers to Python
     handlers (Partition.serve).  The Partition is destroyed before returning.
     """
     from hv.console import CaptureConsole
@@ -63,7 +65,11 @@ def boot(name, cmdline="", mem="64M", engine="kvm", timeout=None, deterministic=
     from hv.trace import Tracer
 
     console = CaptureConsole()
-    tracer = Tracer() if trace else None
+    tracer = None
+    if trace or trace_tail:
+        tracer = Tracer(keep=trace_tail is None)
+        if trace_tail:
+            tracer.lines = collections.deque(maxlen=trace_tail)
     part = Partition(guest_path(name), mem=mem, cmdline=cmdline, engine=engine,
                      console=console, deterministic=deterministic, trace=tracer)
     try:
@@ -92,23 +98,22 @@ def boot_traced(name, cmdline="", engine="tcg", deterministic=False, mem="64M"):
     return boot(name, cmdline, mem=mem, engine=engine, deterministic=deterministic, trace=True)
 
 
-def boot_isolated(name, cmdline="", mem="64M", engine="kvm", timeout=60, **kw):
+def boot_isolated(name, cmdline="", mem="64M", engine="kvm", timeout=60, deterministic=False,
+                  trace=False, trace_tail=None):
     """boot() in a forked child (a C-core crash or hang cannot take the test
-    process with it); the GuestRun comes back through a pipe.
+    process with it); the GuestRun comes back through a pipe.  A guest still
+    running after timeout seconds is stopped (state "timeout").
 
     A child killed by a signal or by the watchdog raises RuntimeError naming
     it (XTF's CRASH), so the caller's test fails with a clear message.
     """
-    kind, value = fork_call(boot, name, cmdline, mem, engine, None, *_kw(kw), timeout=timeout)
+    kind, value = fork_call(boot, name, cmdline, mem, engine, timeout, deterministic, trace,
+                            None, trace_tail, timeout=timeout + 10)
     if kind == "crash":
         raise RuntimeError(f"CRASH: booting {name} killed the parent process by {value}")
     if kind == "exc":
         raise RuntimeError(f"booting {name} raised in the child:\n{value}")
     return value
-
-
-def _kw(kw):
-    return (kw.get("deterministic", False), kw.get("trace", False), kw.get("serve"))
 
 
 def assert_passed(run):
