@@ -228,6 +228,37 @@ void hv_vcpu_counters(struct hv_vcpu *v, uint64_t *exits, uint64_t *fast, uint64
 int  hv_copy_from_guest(struct hv_vcpu *v, void *dst, uint64_t gva, uint64_t len);
 int  hv_copy_to_guest(struct hv_vcpu *v, uint64_t gva, const void *src, uint64_t len);
 
+/* -- The scheduler (csrc/sched.c) ------------------------------------------ */
+/* vCPU states as the scheduler sees them (docs/scheduler.md). */
+#define HV_SCHED_DOWN      0   /* not started, or taken out */
+#define HV_SCHED_RUNNABLE  1   /* waiting for a worker */
+#define HV_SCHED_RUNNING   2   /* a worker runs it */
+#define HV_SCHED_BLOCKED   3   /* block/hlt: until an event or its timer */
+#define HV_SCHED_PARENT    4   /* its exit record waits for the parent */
+#define HV_SCHED_PAUSED    5   /* held by the parent */
+/* Why a worker stopped a vCPU. */
+#define HV_SCHED_STOP_PREEMPT 0
+#define HV_SCHED_STOP_YIELD   1
+#define HV_SCHED_STOP_BLOCK   2
+#define HV_SCHED_STOP_PARENT  3
+/* Scheduling constants (ns; weight is relative, default 256). */
+#define HV_SCHED_WEIGHT_DEFAULT    256
+#define HV_SCHED_SLICE_MIN_NS      500000
+#define HV_SCHED_SLICE_MAX_NS      10000000
+#define HV_SCHED_RATELIMIT_NS      1000000
+#define HV_SCHED_CREDIT_INIT       10000000
+#define HV_SCHED_CAP_PERIOD_NS     10000000
+#define HV_SCHED_MIGRATE_RESIST_NS 500000
+#define HV_SCHED_WORKERS_MAX       64
+
+struct hv_sched_info {
+    uint32_t state;            /* HV_SCHED_* */
+    int32_t  home;             /* the worker whose runqueue it joins */
+    int32_t  worker;           /* running on, or -1 */
+    int64_t  credit;
+    uint64_t runtime_ns, dispatches, migrations, blocks, parent_waits;
+};
+
 /* -- Test entries (drive the core without a running guest) ------------------- */
 /* Walk page tables rooted at cr3 in the partition's RAM.  access: bit0 write,
  * bit1 user, bit2 fetch.  paging_flags: bit0 NXE enabled, bit1 WP set.
@@ -251,6 +282,25 @@ int  hv_test_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t *r);
 /* Digest of the partition's guest-visible hv state (event, timer, hypercall
  * page), for "no state change on error" checks. */
 uint64_t hv_test_state_digest(struct hv_vcpu *v);
+
+/* The scheduler's policy alone: entities 0..n-1 without vCPUs, explicit
+ * times, one caller (tests/test_sched_model.py).  Worker numbers or -1. */
+struct hv_sched_test;
+struct hv_sched_test *hv_test_sched_create(int nworkers);
+void hv_test_sched_destroy(struct hv_sched_test *t);
+int  hv_test_sched_add(struct hv_sched_test *t, uint32_t group, uint32_t weight,
+                       uint32_t cap, int migrate_cheap);
+int  hv_test_sched_start(struct hv_sched_test *t, int id, uint64_t now);
+int  hv_test_sched_pick(struct hv_sched_test *t, int worker, uint64_t now, uint64_t *slice);
+void hv_test_sched_stop(struct hv_sched_test *t, int id, int why, uint64_t wake_at, uint64_t now);
+int  hv_test_sched_wake(struct hv_sched_test *t, int id, uint64_t now);
+int  hv_test_sched_parent_done(struct hv_sched_test *t, int id, uint64_t now);
+int  hv_test_sched_pause(struct hv_sched_test *t, int id);
+int  hv_test_sched_resume(struct hv_sched_test *t, int id, uint64_t now);
+int  hv_test_sched_take_down(struct hv_sched_test *t, int id);
+uint64_t hv_test_sched_expire(struct hv_sched_test *t, uint64_t now);
+int  hv_test_sched_info(struct hv_sched_test *t, int id, struct hv_sched_info *out);
+int  hv_test_sched_check(struct hv_sched_test *t);
 
 /* ==== cffi-end ==== */
 
