@@ -16,6 +16,7 @@ import socket
 import socketserver
 import stat
 import sys
+import threading
 import traceback
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
@@ -25,6 +26,7 @@ from hv.manager import BadRequest, ManagerError
 API_VERSION = "1.0"
 MAX_BODY = 1 << 20                  # bytes of request body accepted (413 above)
 IDLE_TIMEOUT = 300                  # seconds an idle keep-alive connection is kept
+MAX_CONNECTIONS = 64                # open at once (a thread each); more are answered 503
 ACTIONS = ("start", "pause", "resume", "stop")
 
 
@@ -244,6 +246,30 @@ class APIServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         finally:
             os.umask(old)
         self.ino = os.stat(path).st_ino
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request, client_address):
+        # Each connection costs a thread for as long as it stays open: bound
+        # them, so that a client opening sockets in a loop cannot exhaust the
+        # parent partition.  The one over the limit is told so and closed.
+        if not self._slots.acquire(blocking=False):
+            body = json.dumps({"fault_message": f"more than {MAX_CONNECTIONS} connections "
+                                                "are open; close some"}).encode()
+            try:
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\n"
+                                b"Content-Type: application/json\r\nConnection: close\r\n"
+                                b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def close(self):
         """Stop listening and remove the socket (if it is still ours)."""

@@ -176,6 +176,7 @@ class Manager:
         self.console_stream = console_stream    # where partitions' console lines go
         self.switches = {}                      # name -> Switch, made on first use
         self._entries = {}                      # name -> Managed, in creation order
+        self._reserved = {}                     # name -> claims of a partition being built
         self._lock = threading.Lock()           # guards _entries, switches, claims
 
     # -- create ---------------------------------------------------------------
@@ -197,40 +198,54 @@ class Manager:
         if not NAME_PATTERN.fullmatch(name):
             raise BadRequest(f"partition name {name!r}: use 1-64 letters, digits, '.', '_' "
                              "or '-', starting with a letter or digit")
+        entry = None
+        held = claims(spec)
+        # The name and the claims are reserved under the lock; the partition
+        # is built outside it (loading a large kernel takes a while), so
+        # that requests about other partitions are not held up.
         with self._lock:
-            if len(self._entries) >= self.max_partitions:
+            if len(self._entries) + len(self._reserved) >= self.max_partitions:
                 raise Conflict(f"at most {self.max_partitions} partitions (delete some)")
-            if name in self._entries:
+            if name in self._entries or name in self._reserved:
                 raise Conflict(f"partition {name!r} exists")
-            held = claims(spec)
-            for other in self._entries.values():
-                if other.ended.is_set():
-                    continue
-                clash = held & other.resources
+            holders = [(e.name, e.resources) for e in self._entries.values() if not e.ended.is_set()]
+            for other, resources in holders + list(self._reserved.items()):
+                clash = held & resources
                 if clash:
                     raise Conflict(f"partition {name!r}: {claim_text(min(clash))} "
-                                   f"is held by partition {other.name!r}")
-            console = ConsoleLog(name, self.console_stream)
-            devices = []
-            try:
-                devices = make_devices(spec["devices"], self.switches)
-                part = Partition(spec["kernel"], mem=spec.get("mem", "64M"),
-                                 cmdline=spec.get("cmdline", ""),
-                                 initrd=spec.get("initrd"),
-                                 engine=spec.get("engine", "auto"),
-                                 deterministic=spec.get("deterministic", False),
-                                 console=console, devices=devices, name=name)
-            except (LoadError, ValueError, HostError, DiskError, OSError) as e:
-                for device in devices:
-                    device.close()
-                raise BadRequest(f"partition {name!r}: {e}") from None
-            except BaseException:
-                for device in devices:
-                    device.close()
-                raise
-            entry = self._entries[name] = Managed(name, spec, part, console)
-            entry.engine = part.engine
+                                   f"is held by partition {other!r}")
+            self._reserved[name] = held
+        try:
+            entry = self._build(name, spec)
+        finally:
+            with self._lock:
+                del self._reserved[name]
+                if entry is not None:
+                    self._entries[name] = entry
         return self._describe(entry)
+
+    def _build(self, name, spec):
+        console = ConsoleLog(name, self.console_stream)
+        devices = []
+        try:
+            with self._lock:                # switches are made on first use
+                devices = make_devices(spec["devices"], self.switches)
+            part = Partition(spec["kernel"], mem=spec.get("mem", "64M"),
+                             cmdline=spec.get("cmdline", ""), initrd=spec.get("initrd"),
+                             engine=spec.get("engine", "auto"),
+                             deterministic=spec.get("deterministic", False),
+                             console=console, devices=devices, name=name)
+        except (LoadError, ValueError, HostError, DiskError, OSError) as e:
+            for device in devices:
+                device.close()
+            raise BadRequest(f"partition {name!r}: {e}") from None
+        except BaseException:
+            for device in devices:
+                device.close()
+            raise
+        entry = Managed(name, spec, part, console)
+        entry.engine = part.engine
+        return entry
 
     # -- lifecycle --------------------------------------------------------------
     def start(self, name):

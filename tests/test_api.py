@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -67,6 +68,40 @@ def test_stop_frees_what_the_partition_held(server, tmp_path):
     assert not os.path.exists(console_path(tmp_path, "a"))
     # ...and accepted once a has stopped.
     c.json("PUT", "/partitions/b", waiter_spec(tmp_path, "a"), expect=201)
+    c.close()
+
+
+def test_concurrent_clients_on_one_partition(server, tmp_path):
+    """Four clients pausing, resuming and describing one partition at once:
+    every answer is 200 or 409, and the guest comes out unharmed."""
+    import random
+    import threading
+    c = server.connect()
+    c.json("PUT", "/partitions/w", waiter_spec(tmp_path, "w"), expect=201)
+    c.json("PUT", "/partitions/w/actions", {"action": "start"})
+    seen = []
+
+    def client(seed):
+        rng, conn = random.Random(seed), server.connect()
+        for _ in range(20):
+            action = rng.choice(("pause", "resume", None))
+            if action:
+                status, _, reply = conn.request("PUT", "/partitions/w/actions", {"action": action})
+            else:
+                status, _, reply = conn.request("GET", "/partitions/w")
+            seen.append((status, reply.get("state") if status == 200 else reply["fault_message"]))
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(seed,)) for seed in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert {status for status, _ in seen} <= {200, 409}, seen
+    assert all(what in ("running", "paused") for status, what in seen if status == 200), seen
+    if c.json("GET", "/partitions/w")["state"] == "paused":
+        c.json("PUT", "/partitions/w/actions", {"action": "resume"})
+    assert attach_and_send(console_path(tmp_path, "w"), "ok") == "echo: ok\n"
     c.close()
 
 
@@ -334,3 +369,38 @@ def test_top_rates_are_differences_over_time():
     # A partition new since the last sample has no rates yet.
     (row,) = rates({"time": 0, "partitions": []}, cur)
     assert row["cpu"] is None and "-" in render({"time": 0, "partitions": []}, cur).splitlines()[3]
+
+
+def test_connections_are_bounded(server):
+    """Each open connection costs the server a thread: the one over the
+    limit is answered 503 and closed; once one closes, a new one is served."""
+    import socket
+
+    from hv.api import MAX_CONNECTIONS
+    idle = []
+    for _ in range(MAX_CONNECTIONS):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(server.path)
+        idle.append(s)
+    c = server.connect()
+    # The server takes the connections in order: the one past the limit is refused.
+    for s in idle[:1]:
+        s.sendall(b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(65536).startswith(b"HTTP/1.1 200 ")
+    status, _, reply = c.request("GET", "/version")
+    assert status == 503 and "connections" in reply["fault_message"]
+    c.close()
+    idle.pop().close()
+    # The slot comes back when the server's thread for that connection has
+    # seen the close and ended: wait for that (a condition, not a time).
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        c = server.connect()
+        status, _, reply = c.request("GET", "/version")
+        c.close()
+        if status == 200:
+            break
+        time.sleep(0.01)
+    assert status == 200
+    for s in idle:
+        s.close()
