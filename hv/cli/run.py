@@ -1,5 +1,6 @@
 """`hv run KERNEL` and `hv trace KERNEL`: one partition, on this process."""
 import argparse
+import os
 import sys
 
 from hv.cli.common import (
@@ -68,6 +69,10 @@ def add_parsers(sub):
     trace.add_argument("--insn", metavar="START:END",
                        help="TCG: also every instruction executed in [START, END] (hex), "
                             "disassembled with capstone if installed")
+    trace.add_argument("--format", choices=("text", "chrome"), default="text",
+                       help="text (default), or chrome: Chrome trace-event JSON for Perfetto")
+    trace.add_argument("--plot", metavar="FILE.png",
+                       help="also draw a timeline of hypercalls and exits per vCPU (matplotlib)")
     trace.set_defaults(func=run_command)
 
 
@@ -147,9 +152,18 @@ def cmd_run_traced(args):
             instructions = (start, end)
             if args.engine == "auto":
                 args.engine = "tcg"             # only TCG sees each instruction
-        tracer = Tracer(sys.stdout, hypercalls=args.hypercall, vcpus=args.vcpu,
-                        partitions=args.partition, keep=False, instructions=instructions)
-        return cmd_run(args, tracer)
+        if args.plot:
+            from hv.trace_plot import matplotlib_missing
+            if matplotlib_missing():
+                return error(matplotlib_missing())
+        views = args.format == "chrome" or args.plot       # they need the records
+        tracer = Tracer(sys.stdout if args.format == "text" else None, hypercalls=args.hypercall,
+                        vcpus=args.vcpu, partitions=args.partition, keep=bool(views),
+                        instructions=instructions)
+        status = cmd_run(args, tracer)
+        if views and tracer.records:
+            _write_views(args, tracer)
+        return status
     try:
         out = sys.stderr if args.trace == "-" else open(args.trace, "w")
     except OSError as e:
@@ -159,6 +173,17 @@ def cmd_run_traced(args):
     finally:
         if out is not sys.stderr:
             out.close()
+
+
+def _write_views(args, tracer):
+    """--format chrome (hv/trace_chrome.py) and --plot (hv/trace_plot.py)."""
+    name = os.path.basename(args.kernel)
+    if args.format == "chrome":
+        from hv.trace_chrome import write_chrome
+        write_chrome(tracer, sys.stdout, process_name=name)
+    if args.plot:
+        from hv.trace_plot import plot
+        plot(tracer.records, args.plot, title=f"hv trace {name}", deterministic=args.deterministic)
 
 
 def _run_command(args):
