@@ -14,7 +14,7 @@ CSRC   := $(wildcard csrc/*.c csrc/*.h csrc/include/hv/*.h) hv/_build_core.py
 # stamp: as a target it would rebuild the venv on every call.)
 VENV_MADE := $(VENV)/pyvenv.cfg
 
-.PHONY: run test setup build guests bench docs sloc clean linux-fixture linux-test
+.PHONY: run test setup build guests bench docs sloc clean linux-fixture linux-test test-asan test-asan-short coverage
 
 run: build guests                         ## set up, build, boot the hello guest
 	$(HV) run guests/build/hello.elf
@@ -69,6 +69,47 @@ build/linux/vmlinux: tools/linux-fixture
 
 linux-test: build guests linux-fixture .stamp-test-deps   ## boot Debian's kernel on hv and QEMU
 	$(PY) -m pytest -q tests/test_linux*.py
+
+# The core under AddressSanitizer + UBSan (fatal) as hv._core_asan (HV_CORE
+# picks it).  Python is not instrumented, so the runtime is preloaded;
+# PYTHONMALLOC=malloc lets ASan see the buffers Python hands the core; leaks
+# are the conservation tests' job (the interpreter's own would drown them).
+ASAN_ENV   = HV_CORE=asan LD_PRELOAD=$$(gcc -print-file-name=libasan.so) PYTHONMALLOC=malloc \
+             ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+ASAN_SHORT = tests/test_dispatch.py tests/test_pagewalk.py tests/test_virtio_mmio.py \
+             tests/test_reliability.py
+ASAN_TESTS = $(ASAN_SHORT) tests/test_virtqueue.py tests/test_devices.py tests/test_engines.py \
+             tests/test_cpu_exact.py
+
+build/asan/.built: .stamp-deps $(CSRC) csrc/coverage.c
+	$(PY) hv/_build_core.py asan
+	touch $@
+
+test-asan: build/asan/.built guests .stamp-test-deps   ## the core under ASan+UBSan: dispatcher, page walker, virtio, devices
+	$(ASAN_ENV) $(PY) -m pytest -q $(ASAN_TESTS)
+
+test-asan-short: build/asan/.built guests .stamp-test-deps   ## the part of test-asan CI runs (about a minute)
+	$(ASAN_ENV) $(PY) -m pytest -q $(ASAN_SHORT)
+
+# Branch coverage of csrc/ (gcov through gcovr, hv._core_coverage) and of
+# hv/ (coverage.py) for the whole suite, then the error exits of the input
+# checks not taken (tools/coverage-report).  Needs requirements-coverage.txt.
+.stamp-coverage-deps: .stamp-test-deps requirements-coverage.txt
+	$(PIP) install -q -r requirements-coverage.txt
+	touch $@
+
+coverage: guests .stamp-coverage-deps    ## branch coverage report: build/coverage/
+	rm -rf build/coverage
+	$(PY) hv/_build_core.py coverage
+	mkdir -p build/coverage/python
+	HV_CORE=coverage $(PY) -m coverage run --rcfile=tools/coveragerc -m pytest -q tests
+	$(PY) -m coverage combine -q --rcfile=tools/coveragerc
+	$(PY) -m coverage json -q --rcfile=tools/coveragerc -o build/coverage/python.json
+	$(PY) -m coverage report --rcfile=tools/coveragerc > build/coverage/python.txt
+	$(PY) -m gcovr --root . --object-directory build/coverage --filter csrc/ \
+	  --json build/coverage/csrc.json --txt build/coverage/csrc.txt --txt-metric branch \
+	  --html-details build/coverage/index.html --print-summary
+	$(PY) tools/coverage-report build/coverage
 
 docs: build                               ## regenerate docs/abi.md and docs/tour.md
 	$(PY) tools/gen_abi_doc

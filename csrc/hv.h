@@ -302,6 +302,10 @@ uint64_t hv_test_sched_expire(struct hv_sched_test *t, uint64_t now);
 int  hv_test_sched_info(struct hv_sched_test *t, int id, struct hv_sched_info *out);
 int  hv_test_sched_check(struct hv_sched_test *t);
 
+/* Coverage builds: write the counters now (before a forked child's _exit);
+ * a no-op in every other build (coverage.c). */
+void hv_coverage_flush(void);
+
 /* ==== cffi-end ==== */
 
 #endif /* HV_CORE_H */

@@ -22,7 +22,7 @@ CORE_H = os.path.join(CSRC, "hv.h")
 CORE_SOURCES = [
     "partition.c", "partition_table.c", "memory.c", "pagewalk.c", "hypercall.c", "event.c", "kick.c", "timer.c", "wait.c",
     "vcpu.c", "sched.c", "sched_test.c", "idt.c", "trace.c", "virtio_mmio.c",
-    "platform.c", "uart16550.c", "lapic.c", "ioapic.c", "checks.c",
+    "platform.c", "uart16550.c", "lapic.c", "ioapic.c", "checks.c", "coverage.c",
     "engine.c", "engine_kvm.c", "engine_tcg.c", "engine_tcg_io.c", "engine_tcg_exceptions.c",
     "engine_tcg_state.c", "engine_none.c",
 ]
@@ -69,9 +69,6 @@ def unicorn_paths():
     return None
 
 
-ffibuilder = FFI()
-ffibuilder.cdef(cdef_text())
-
 _uc = unicorn_paths()
 if _uc is None:
     raise SystemExit("hv needs the pinned `unicorn` wheel for its TCG engine: "
@@ -85,18 +82,57 @@ _library_dirs, _libraries = [_uc[1]], ["pthread", "rt"]
 # environment works wherever it is installed), else where it was at build
 # time (an in-place build in a source tree, whose unicorn is in the venv).
 _link_args = ["-l:libunicorn.so.2", "-Wl,-rpath,$ORIGIN/../unicorn/lib", "-Wl,-rpath," + _uc[1]]
+_warnings = ["-Wall", "-Wextra", "-Werror=implicit-function-declaration"]
 
-ffibuilder.set_source(
-    "hv._core",
-    '#include "hv.h"\n',
-    sources=[os.path.join("csrc", s) for s in CORE_SOURCES],
-    include_dirs=_include_dirs,
-    define_macros=_defines,
-    library_dirs=_library_dirs,
-    libraries=_libraries,
-    extra_compile_args=["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
-    extra_link_args=_link_args,
-)
+# Instrumented builds of the same sources, as extensions of their own
+# (hv._core_asan, hv._core_coverage) that hv.abi loads when HV_CORE names
+# them; `python hv/_build_core.py VARIANT` builds one (make test-asan,
+# make coverage).  (compile flags, link flags)
+_SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+             "-fno-omit-frame-pointer"]
+VARIANTS = {
+    "": (["-O2"], []),
+    # UBSan made fatal: a report fails the run, it does not scroll past.
+    "asan": (["-O1", "-g"] + _SANITIZE, _SANITIZE),
+    "coverage": (["-O0", "-g", "--coverage", "-DHV_COVERAGE"], ["--coverage"]),
+}
+
+
+def builder(variant=""):
+    """The cffi builder of hv._core, or of an instrumented variant."""
+    compile_flags, link_flags = VARIANTS[variant]
+    b = FFI()
+    b.cdef(cdef_text())
+    b.set_source(
+        "hv._core" + (f"_{variant}" if variant else ""),
+        '#include "hv.h"\n',
+        # Relative for setup.py (setuptools wants them so); a variant is
+        # compiled by cffi inside build/VARIANT, so it names them whole.
+        sources=[os.path.join(CSRC if variant else "csrc", s) for s in CORE_SOURCES],
+        include_dirs=_include_dirs,
+        define_macros=_defines,
+        library_dirs=_library_dirs,
+        libraries=_libraries,
+        extra_compile_args=["-std=gnu11"] + compile_flags + _warnings,
+        extra_link_args=_link_args + link_flags,
+    )
+    return b
+
+
+ffibuilder = builder()
+
+
+def build_variant(variant):
+    """Build hv/_core_VARIANT*.so, its objects (and .gcno notes) under build/VARIANT."""
+    import shutil
+    so = builder(variant).compile(tmpdir=os.path.join(ROOT, "build", variant))
+    shutil.copy(so, os.path.join(ROOT, "hv", os.path.basename(so)))
+    return so
+
 
 if __name__ == "__main__":
-    ffibuilder.compile(verbose=True)
+    import sys
+    if len(sys.argv) > 1:
+        print(build_variant(sys.argv[1]))
+    else:
+        ffibuilder.compile(verbose=True)

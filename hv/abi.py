@@ -5,9 +5,15 @@ T:150 Names for numbers.  The tables below are built from the compiled
 extension's constants at import time, so a hypercall added to abi.h appears
 here (and in traces and errors) without editing Python.
 """
+import importlib
+import os
 import re
 
-from hv._core import ffi, lib
+# HV_CORE=asan or coverage: an instrumented build of the same core
+# (hv/_build_core.py, make test-asan / make coverage).
+_core = importlib.import_module("hv._core" + (f"_{os.environ['HV_CORE']}"
+                                             if os.environ.get("HV_CORE") else ""))
+ffi, lib = _core.ffi, _core.lib
 
 __all__ = ["ffi", "lib", "HYPERCALL_NAMES", "ERROR_NAMES", "error_name", "hypercall_name",
            "hypercall_args"]

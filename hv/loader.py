@@ -35,7 +35,7 @@ _LAYOUT = {"BOOT_GPA": "HV_BOOT_PAGE_GPA", "RESERVED_END": "HV_RESERVED_END",
 def __getattr__(name):
     """hv.loader.BOOT_GPA and the other _LAYOUT names, from layout.h."""
     if name in _LAYOUT:
-        from hv._core import lib
+        from hv.abi import lib
         return getattr(lib, _LAYOUT[name])
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -96,7 +96,7 @@ def load_pvh(source, mem_size: int, cmdline: str = "", initrd=None) -> BootImage
     bytes); raise LoadError naming the first problem."""
     # The ELF parser and the compiled ABI are imported here, not at module
     # import: `import hv.loader` stays cheap for commands that never boot.
-    from hv._core import ffi, lib
+    from hv.abi import ffi, lib
 
     # T:200 Loading a guest.  hv boots a guest the way QEMU boots a PVH
     # kernel: an ELF64 executable whose PT_LOAD segments go to their physical
@@ -117,7 +117,7 @@ def load_pvh(source, mem_size: int, cmdline: str = "", initrd=None) -> BootImage
 
 
 def _check_mem_size(mem_size, page_size):
-    from hv._core import lib
+    from hv.abi import lib
     # bool is an int subclass; True bytes of RAM is a caller bug, not a size.
     if not isinstance(mem_size, int) or isinstance(mem_size, bool):
         raise LoadError(f"mem_size must be an integer, not {type(mem_size).__name__}")
@@ -198,7 +198,7 @@ def _parse_elf(image):
 # apart from every other segment: copying one must never overwrite another
 # or the boot page.
 def _load_segments(image, phdrs, mem_size):
-    from hv._core import lib
+    from hv.abi import lib
     # Views, not copies: a distribution kernel is a 65 MB ELF.
     view = memoryview(image)
     segments = []

@@ -6,6 +6,11 @@ import signal
 import traceback
 
 
+def _flush_coverage():
+    from hv.abi import lib
+    lib.hv_coverage_flush()
+
+
 def fork_call(fn, *args, timeout=300):
     """Call fn(*args) in a forked child.  Returns ("ok", value),
     ("exc", traceback text) or ("crash", signal name [+ " (timeout)"])."""
@@ -19,6 +24,7 @@ def fork_call(fn, *args, timeout=300):
             payload = ("exc", f"{type(e).__name__}:\n{traceback.format_exc()}")
         with os.fdopen(wfd, "wb") as w:
             pickle.dump(payload, w)
+        _flush_coverage()                       # _exit skips the coverage build's exit hook
         os._exit(0)
     os.close(wfd)
     old = signal.signal(signal.SIGALRM, lambda *_: os.kill(pid, signal.SIGKILL))
