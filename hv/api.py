@@ -233,6 +233,7 @@ class APIServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     """The API socket: mode 0600 (only its owner drives partitions)."""
 
     daemon_threads = True           # a client left connected never holds up exit
+    request_queue_size = MAX_CONNECTIONS    # listen backlog: a burst of connects waits, not fails
     block_on_close = False
 
     def __init__(self, path, manager, verbose=False):

@@ -38,8 +38,10 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 
     def connect(self):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
+        # Connect blocking: with a timeout set, a Unix socket whose listen
+        # queue is full fails at once with EAGAIN instead of waiting its turn.
         self.sock.connect(self.socket_path)
+        self.sock.settimeout(self.timeout)
 
 
 class Client:

@@ -55,8 +55,10 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 
     def connect(self):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
+        # Connect blocking: with a timeout set, a Unix socket whose listen
+        # queue is full fails at once with EAGAIN instead of waiting its turn.
         self.sock.connect(self.socket_path)
+        self.sock.settimeout(self.timeout)
 
 
 class Connection:
@@ -84,14 +86,22 @@ class Connection:
 
 
 def raw_exchange(path, data):
-    """Send bytes in one write and read the reply until the server closes."""
+    """Send bytes in one write and read the reply until the server closes
+    (send `Connection: close` in a request that the server would answer)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(60)
         s.connect(path)
-        s.sendall(data)
+        try:
+            if data:
+                s.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass                        # answered and closed before it read us: read the answer
         reply = b""
-        while chunk := s.recv(65536):
-            reply += chunk
+        try:
+            while chunk := s.recv(65536):
+                reply += chunk
+        except ConnectionResetError:
+            pass
     head, _, body = reply.decode().partition("\r\n\r\n")
     return head, body
 

@@ -383,25 +383,20 @@ def test_connections_are_bounded(server):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.connect(server.path)
         idle.append(s)
-    c = server.connect()
-    # The server takes the connections in order: the one past the limit is refused.
-    for s in idle[:1]:
-        s.sendall(b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert s.recv(65536).startswith(b"HTTP/1.1 200 ")
-    status, _, reply = c.request("GET", "/version")
-    assert status == 503 and "connections" in reply["fault_message"]
-    c.close()
+    # The server takes connections in order: the first ones are served, the
+    # one past the limit is answered at once (before it sends a request).
+    idle[0].sendall(b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert idle[0].recv(65536).startswith(b"HTTP/1.1 200 ")
+    head, body = raw_exchange(server.path, b"")
+    assert head.startswith("HTTP/1.1 503 ") and "connections" in json.loads(body)["fault_message"]
     idle.pop().close()
     # The slot comes back when the server's thread for that connection has
     # seen the close and ended: wait for that (a condition, not a time).
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        c = server.connect()
-        status, _, reply = c.request("GET", "/version")
-        c.close()
-        if status == 200:
-            break
+    request = b"GET /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    while (head := raw_exchange(server.path, request)[0]).startswith("HTTP/1.1 503 "):
+        assert time.monotonic() < deadline
         time.sleep(0.01)
-    assert status == 200
+    assert head.startswith("HTTP/1.1 200 "), head
     for s in idle:
         s.close()
