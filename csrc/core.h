@@ -98,6 +98,8 @@ struct vcpu_host {
     pid_t    tid;                  /* the host thread that runs it */
     timer_t  host_timer;           /* signals tid when the deadline passes */
     int      host_timer_ok;
+    uint64_t host_timer_at;        /* partition-clock time it is set to fire, 0 = not set */
+    int      timer_due;            /* the deadline has passed: the run loop raises it */
     /* Wake-ups from other threads: the parent raising events, pause. */
     pthread_mutex_t lock;
     pthread_cond_t  wake;

@@ -39,32 +39,63 @@ struct timespec timer_deadline_to_host(const struct hv_partition *p, uint64_t de
                               (long)(ns % 1000000000ull) };
 }
 
+/* Program the one-shot host timer for partition-clock time `at`. */
+static void host_timer_set(struct hv_vcpu *v, uint64_t at)
+{
+    struct itimerspec its;
+    memset(&its, 0, sizeof(its));
+    its.it_value = timer_deadline_to_host(v->partition, at);
+    timer_settime(v->h.host_timer, TIMER_ABSTIME, &its, NULL);
+    v->h.host_timer_at = at;
+}
+
+/* T:538 Raise the timer event if the deadline has passed; otherwise make
+ * sure the host timer fires no later than the deadline.  timer_settime()
+ * costs tens of microseconds on a machine whose kernel is itself a guest,
+ * so the host timer is touched only when it would fire too late: a
+ * cancelled or later deadline leaves it alone (firing early costs one
+ * harmless kick, after which this re-aims it), and a deadline already past
+ * needs no host timer at all (timer_due makes the run loop look before the
+ * guest runs again).  A guest re-arming at a high rate then costs a clock
+ * read per call, not a system call. */
+static void aim_host_timer(struct hv_vcpu *v, uint64_t deadline, uint64_t now)
+{
+    if (!v->h.host_timer_ok || v->partition->deterministic)
+        return;                     /* the engine counts to the deadline itself */
+    if (v->h.host_timer_at && v->h.host_timer_at <= now)
+        v->h.host_timer_at = 0;     /* one-shot: it has fired */
+    if (!v->h.host_timer_at || deadline < v->h.host_timer_at)
+        host_timer_set(v, deadline);
+}
+
+void timer_check(struct hv_vcpu *v)
+{
+    uint64_t deadline = v->g.timer_deadline;
+    v->h.timer_due = 0;
+    if (!deadline)
+        return;
+    uint64_t now = partition_clock_ns(v->partition);
+    if (now >= deadline) {
+        v->g.timer_deadline = 0;
+        event_raise(v->partition, HV_EVENT_TIMER);
+        return;
+    }
+    aim_host_timer(v, deadline, now);
+}
+
+/* set_timer: the event itself is raised by timer_check(), before the next
+ * entry or in a wait, never inside the hypercall. */
 int event_timer_arm(struct hv_vcpu *v, uint64_t deadline)
 {
     if (deadline > (1ull << 62))
         deadline = 1ull << 62;      /* ~146 years: keeps the timespec math in range */
     v->g.timer_deadline = deadline;
-    if (!v->h.host_timer_ok || v->partition->deterministic)
-        return 0;               /* checked at every entry and wait anyway */
-    struct itimerspec its;
-    memset(&its, 0, sizeof(its));
-    if (deadline) {
-        its.it_value = timer_deadline_to_host(v->partition, deadline);
-        /* Repeat every millisecond until the deadline is consumed: a kick
-         * can land just before an engine enters (Unicorn clears its stop
-         * request on entry), and a guest spinning without exits must not
-         * miss its timer for good. */
-        its.it_interval.tv_nsec = 1000000;
-    }
-    timer_settime(v->h.host_timer, TIMER_ABSTIME, &its, NULL);
+    if (!deadline)
+        return 0;
+    uint64_t now = partition_clock_ns(v->partition);
+    if (now >= deadline)
+        v->h.timer_due = 1;
+    else
+        aim_host_timer(v, deadline, now);
     return 0;
-}
-
-/* Raise the timer event if the deadline has passed. */
-void timer_check(struct hv_vcpu *v)
-{
-    if (v->g.timer_deadline && partition_clock_ns(v->partition) >= v->g.timer_deadline) {
-        event_timer_arm(v, 0);          /* consumed: stop the repeats */
-        event_raise(v->partition, HV_EVENT_TIMER);
-    }
 }

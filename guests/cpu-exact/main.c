@@ -361,6 +361,21 @@ static void case_sti_upcall(void)
     test_success();
 }
 
+/* ---- timer-rearm ------------------------------------------------------ */
+
+/* n= set_timer calls alternating between a deadline already past (it fires
+ * at once) and one far ahead (it re-arms the host timer): the work must
+ * stay proportional to n (tests time it only through the suite's budget). */
+static void case_timer_rearm(void)
+{
+    uint64_t n = cmdline_uint("n", 1000000);
+    for (uint64_t i = 0; i < n; i++)
+        hv_set_timer(i & 1 ? hv_clock_read() + 1000000000ull : 1);
+    hv_set_timer(0);
+    printf("timer-rearm: %lu calls\n", n);
+    test_success();
+}
+
 int main(void)
 {
     if (!hv_hypercalls_ready())
@@ -370,6 +385,7 @@ int main(void)
         { "soft-int", case_soft_int },         { "cr3-reserved", case_cr3_reserved },
         { "syscall", case_syscall },           { "twelve-outs", case_twelve_outs },
         { "kick-rmw", case_kick_rmw },         { "sti-upcall", case_sti_upcall },
+        { "timer-rearm", case_timer_rearm },
     };
     for (unsigned i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
         if (cmdline_is("case", cases[i].name))
