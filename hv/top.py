@@ -4,7 +4,9 @@ Every screen is the difference of two samples of the API's metrics: CPU
 share (the vCPU thread's CPU time over wall time), exits, hypercalls and
 device requests per second, device bytes per second both ways.  render()
 is a pure function of the two samples, so it is tested without a clock.
+`hv top --json` prints the samples themselves as JSON lines instead.
 """
+import json
 import time
 
 CLEAR = "\x1b[H\x1b[2J"         # cursor home, clear screen (ECMA-48)
@@ -61,16 +63,23 @@ def render(prev, cur, clock=None):
     return "\n".join(lines) + "\n"
 
 
-def run_top(client, out, interval=1.0, iterations=None):
+def run_top(client, out, interval=1.0, iterations=None, json_lines=False):
     """Show screens until interrupted (or `iterations` of them); a screen
-    clears the last one when `out` is a terminal."""
-    clear = CLEAR if out.isatty() else ""
-    prev = client.metrics()
+    clears the last one when `out` is a terminal.  json_lines: instead, each
+    sample as JSON lines, one per partition (its metrics and the sample's
+    time), for a collector to take rates from."""
+    clear = CLEAR if out.isatty() and not json_lines else ""
+    prev = None if json_lines else client.metrics()
     shown = 0
     while iterations is None or shown < iterations:
-        time.sleep(interval)
+        if prev is not None or shown:
+            time.sleep(interval)
         cur = client.metrics()
-        out.write(clear + render(prev, cur))
+        if json_lines:
+            out.write("".join(json.dumps({"time": cur["time"], **p}) + "\n"
+                              for p in cur["partitions"]))
+        else:
+            out.write(clear + render(prev, cur))
         out.flush()
         prev = cur
         shown += 1

@@ -400,3 +400,15 @@ def test_connections_are_bounded(server):
     assert head.startswith("HTTP/1.1 200 "), head
     for s in idle:
         s.close()
+
+
+def test_top_json_lines(server, tmp_path):
+    c = server.connect()
+    c.json("PUT", "/partitions/j", waiter_spec(tmp_path, "j"), expect=201)
+    c.json("PUT", "/partitions/j/actions", {"action": "start"})
+    proc = hv(server, "top", "--json", "--iterations", "2", "--interval", "0.05")
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [line["name"] for line in lines] == ["j", "j"]
+    assert lines[0]["time"] < lines[1]["time"] and lines[0]["exits"] <= lines[1]["exits"]
+    assert {"hypercalls_fast", "hypercalls_slow", "devices", "cpu_seconds"} <= set(lines[0])

@@ -57,6 +57,8 @@ def add_parsers(sub):
     top.add_argument("--iterations", type=int, metavar="N", help="show N screens, then exit")
     top.add_argument("--once", action="store_const", dest="iterations", const=1,
                      help="one screen (rates over one interval), then exit")
+    top.add_argument("--json", action="store_true",
+                     help="each sample as JSON lines, one per partition (its metrics), no screen")
     top.set_defaults(func=cmd_top)
 
 
@@ -162,6 +164,6 @@ def cmd_top(args):
     from hv.top import run_top
     try:
         return _client_call(args, lambda client: run_top(client, sys.stdout, args.interval,
-                                                         args.iterations))
+                                                         args.iterations, args.json))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
