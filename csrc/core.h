@@ -108,6 +108,7 @@ struct vcpu_host {
     int             trace_drain;   /* the trace ring wants the parent to read it */
     struct hv_exit *exit;          /* the record of the run call in progress */
     uint64_t exits, fast_calls, parent_calls;
+    uint32_t debug_flags;          /* HV_DEBUG_* (debug.c) */
 };
 
 struct hv_vcpu {
@@ -123,6 +124,11 @@ struct hv_vcpu {
  * (a wait, a multicall to resume, a pause, an upcall, a trace drain)?  The
  * one predicate the run loop and engines that handle exits inline share. */
 int  vcpu_needs_loop(const struct hv_vcpu *v);
+
+/* debug.c: fill exit as a HV_EXIT_DEBUG stop (returns 1, as for the
+ * parent); an INT3 the engine ran (RIP past it) stops at the INT3. */
+int  debug_stop(struct hv_exit *exit, uint32_t reason, uint64_t address);
+int  debug_int3_stop(struct hv_vcpu *v, uint8_t insn_len, struct hv_exit *exit);
 
 /* vcpu.c: handle one engine exit; 1 = return v->exit to the parent. */
 int  vcpu_handle_exit(struct hv_vcpu *v, const struct engine_exit *ex);

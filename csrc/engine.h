@@ -27,6 +27,7 @@ enum engine_exit_kind {
     ENGINE_EXIT_FAIL,         /* the engine cannot continue; detail says why */
     ENGINE_EXIT_EMULATE,      /* the engine could not run the instruction at RIP; the
                                  core may (software interrupts on KVM), else FAIL */
+    ENGINE_EXIT_DEBUG,        /* a debug stop: value = HV_DEBUG_STOP_*, addr = address */
 };
 
 struct engine_exit {
@@ -90,6 +91,11 @@ struct engine_ops {
     int  (*trace_code)(void *vcpu, uint64_t start, uint64_t end);
     /* Async-signal-safe: make the current or next run() return promptly. */
     void (*kick_from_signal)(void *vcpu);
+    /* Optional (debug.c): single-step and HV_DEBUG_SLOTS hardware
+     * breakpoints/watchpoints (kind[i] as in hv.h), reported as
+     * ENGINE_EXIT_DEBUG; with HV_DEBUG_SW_BP an INT3 must reach the core
+     * (as EXCEPTION, EMULATE or DEBUG). */
+    int  (*set_debug)(void *vcpu, uint32_t flags, const uint64_t *addr, const uint32_t *kind);
 };
 
 extern const struct engine_ops engine_kvm_ops;

@@ -44,6 +44,8 @@ struct kvm_vcpu_state {
     struct kvm_run *run;
     uint8_t *in_data;           /* where an IN or MMIO read wants its value */
     uint32_t in_size;
+    uint64_t debug_addr[HV_DEBUG_SLOTS];    /* kvm_set_debug's slots, to name a hit */
+    uint32_t debug_kind[HV_DEBUG_SLOTS];
 };
 
 static void build_cpuid(void)
@@ -324,6 +326,8 @@ static void kvm_complete_in(void *vp, uint64_t value)
     c->in_data = NULL;
 }
 
+static void kvm_debug_exit(struct kvm_vcpu_state *c, struct engine_exit *exit);
+
 static int kvm_run(void *vp, struct engine_exit *exit)
 {
     struct kvm_vcpu_state *c = vp;
@@ -388,11 +392,65 @@ static int kvm_run(void *vp, struct engine_exit *exit)
         exit->kind = run->internal.suberror == KVM_INTERNAL_ERROR_EMULATION
                      ? ENGINE_EXIT_EMULATE : ENGINE_EXIT_FAIL;
         break;
+    case KVM_EXIT_DEBUG:
+        kvm_debug_exit(c, exit);
+        break;
     default:            /* FAIL_ENTRY, INTERNAL_ERROR, anything unexpected */
         exit->kind = ENGINE_EXIT_FAIL;
         break;
     }
     return 0;
+}
+
+/* Guest debugging through KVM_SET_GUEST_DEBUG: INT3 and the debug
+ * registers exit to us instead of reaching the guest.  DR7 (SDM vol. 3,
+ * 18.2.4): L<i> enables slot i; R/W<i> 00 execute, 01 write, 11 access;
+ * LEN<i> 00 one byte, 01 two, 11 four, 10 eight. */
+static int kvm_set_debug(void *vp, uint32_t flags, const uint64_t *addr, const uint32_t *kind)
+{
+    struct kvm_vcpu_state *c = vp;
+    struct kvm_guest_debug dbg;
+    memset(&dbg, 0, sizeof(dbg));
+    uint64_t dr7 = 0;
+    for (int i = 0; i < HV_DEBUG_SLOTS; i++) {
+        c->debug_addr[i] = addr[i];
+        c->debug_kind[i] = kind[i];
+        uint32_t type = kind[i] & 0xff, len = kind[i] >> 8 & 0xff;
+        if (!type)
+            continue;
+        uint64_t rw = type == HV_DEBUG_HW_EXEC ? 0 : type == HV_DEBUG_HW_WRITE ? 1 : 3;
+        uint64_t lenbits = type == HV_DEBUG_HW_EXEC || len <= 1 ? 0 : len == 2 ? 1 : len == 8 ? 2 : 3;
+        dbg.arch.debugreg[i] = addr[i];
+        dr7 |= 1ull << (2 * i) | rw << (16 + 4 * i) | lenbits << (18 + 4 * i);
+    }
+    dbg.arch.debugreg[7] = dr7;
+    if (flags || dr7)
+        dbg.control = KVM_GUESTDBG_ENABLE
+                      | (flags & HV_DEBUG_SW_BP ? KVM_GUESTDBG_USE_SW_BP : 0)
+                      | (flags & HV_DEBUG_STEP ? KVM_GUESTDBG_SINGLESTEP : 0)
+                      | (dr7 ? KVM_GUESTDBG_USE_HW_BP : 0);
+    return ioctl(c->fd, KVM_SET_GUEST_DEBUG, &dbg) ? -errno : 0;
+}
+
+/* KVM_EXIT_DEBUG: #BP (an INT3, pc at it) or #DB (DR6: B0..B3 a slot, BS a step). */
+static void kvm_debug_exit(struct kvm_vcpu_state *c, struct engine_exit *exit)
+{
+    const struct kvm_debug_exit_arch *d = &c->run->debug.arch;
+    exit->kind = ENGINE_EXIT_DEBUG;
+    exit->addr = d->pc;
+    exit->value = HV_DEBUG_STOP_STEP;
+    if (d->exception == 3) {
+        exit->value = HV_DEBUG_STOP_BREAKPOINT;
+        return;
+    }
+    for (int i = 0; i < HV_DEBUG_SLOTS; i++) {
+        if (d->dr6 & (1u << i) && c->debug_kind[i]) {
+            exit->addr = c->debug_addr[i];
+            exit->value = (c->debug_kind[i] & 0xff) == HV_DEBUG_HW_EXEC ? HV_DEBUG_STOP_HW_BREAK
+                                                                      : HV_DEBUG_STOP_WATCH;
+            return;
+        }
+    }
 }
 
 static int kvm_interruptible(void *vp)
@@ -444,4 +502,5 @@ const struct engine_ops engine_kvm_ops = {
     .count_instructions = NULL,
     .trace_code = NULL,
     .kick_from_signal = kvm_kick_from_signal,
+    .set_debug = kvm_set_debug,
 };

@@ -350,6 +350,7 @@ static void tcg_vcpu_destroy(void *vp)
     struct tcg_vcpu *c = vp;
     if (c->uc)
         uc_close(c->uc);
+    tcg_debug_free(c);
     free(c->queued);
     free(c);
 }
@@ -422,6 +423,9 @@ static int tcg_run(void *vp, struct engine_exit *exit)
         exit->error_code = c->exception.error_code;
         exit->software = (uint8_t)c->exception.software;
         exit->insn_len = c->exception.insn_len;
+        return 0;
+    case STOP_DEBUG:
+        tcg_debug_exit(c, exit);
         return 0;
     case STOP_UNMAPPED:
         exit->kind = ENGINE_EXIT_FAIL;
@@ -500,4 +504,5 @@ const struct engine_ops engine_tcg_ops = {
     .count_instructions = tcg_count_instructions,
     .trace_code = tcg_trace_code,
     .kick_from_signal = tcg_kick_from_signal,
+    .set_debug = tcg_set_debug,
 };

@@ -18,6 +18,7 @@ enum tcg_stop {
     STOP_LOOP,          /* the core must look at pending work (block, events) */
     STOP_EXCEPTION,     /* a CPU exception for software delivery */
     STOP_UNMAPPED,      /* access outside RAM */
+    STOP_DEBUG,         /* a debugger's step, breakpoint or watchpoint (engine_tcg_debug.c) */
 };
 
 /* A CPU exception as the core will deliver it. */
@@ -52,6 +53,7 @@ struct tcg_vcpu {
     uint64_t batch_vals[TCG_NREGS];
     uint64_t *icount;               /* deterministic mode */
     const uint64_t *icount_deadline;
+    struct tcg_debug *debug;        /* engine_tcg_debug.c, while a debugger is attached */
     /* The IOAPIC and local APIC windows (engine_tcg_io.c). */
     struct tcg_window { struct tcg_vcpu *c; uint64_t base; } windows[2];
 };
@@ -73,6 +75,12 @@ void tcg_raise_fault(struct tcg_vcpu *c, uint32_t vector, uint32_t error_code);
 /* Between runs: the SYSCALL transition (1 if it raised #UD into *exit). */
 int tcg_syscall(struct tcg_vcpu *c, struct engine_exit *exit);
 void tcg_restore_cr2(struct tcg_vcpu *c);
+
+/* engine_tcg_debug.c */
+int tcg_set_debug(void *vcpu, uint32_t flags, const uint64_t *addr, const uint32_t *kind);
+/* The exit for a STOP_DEBUG. */
+void tcg_debug_exit(struct tcg_vcpu *c, struct engine_exit *exit);
+void tcg_debug_free(struct tcg_vcpu *c);
 
 /* engine_tcg_state.c: forget QEMU's pending exception (forget_exception)
  * and/or set the CPL (cpl >= 0).  The caller's register cache is stale

@@ -37,6 +37,7 @@
 #define HV_EXIT_SIGNAL     7   /* a host signal (e.g. Ctrl-C) for the parent to handle */
 #define HV_EXIT_TRACE      8   /* the trace ring is half full: drain it, run again */
 #define HV_EXIT_UART       9   /* a line of UART output in data[0..data_len) (platform.h) */
+#define HV_EXIT_DEBUG     10   /* a debug stop (hv_vcpu_set_debug): reason HV_DEBUG_STOP_*, code = address */
 
 /* Crash causes (struct hv_exit.code when kind == HV_EXIT_CRASH). */
 #define HV_CRASH_TRIPLE_FAULT   1
@@ -223,6 +224,24 @@ int  hv_vcpu_set_sregs(struct hv_vcpu *v, const struct hv_sregs *sregs);
 void hv_vcpu_request_pause(struct hv_vcpu *v);
 /* Counters: exits seen, hypercalls finished in C, hypercalls sent to parent. */
 void hv_vcpu_counters(struct hv_vcpu *v, uint64_t *exits, uint64_t *fast, uint64_t *slow);
+
+/* -- Debugging (the GDB stub, hv/gdbstub.py; csrc/debug.c) ------------------ */
+#define HV_DEBUG_SW_BP           1   /* flags: INT3 stops the vCPU instead of reaching the guest */
+#define HV_DEBUG_STEP            2   /* flags: stop after one instruction */
+#define HV_DEBUG_SLOTS           4   /* hardware breakpoints and watchpoints */
+#define HV_DEBUG_HW_EXEC         1   /* slot kind (low byte); its length 1, 2, 4, 8 in bits 8..15 */
+#define HV_DEBUG_HW_WRITE        2
+#define HV_DEBUG_HW_ACCESS       3
+#define HV_DEBUG_STOP_BREAKPOINT 1   /* an INT3: RIP is at it, code = RIP */
+#define HV_DEBUG_STOP_STEP       2
+#define HV_DEBUG_STOP_HW_BREAK   3   /* code = the slot's address */
+#define HV_DEBUG_STOP_WATCH      4   /* code = the slot's address */
+/* Replace the general registers (between runs). */
+int  hv_vcpu_set_regs(struct hv_vcpu *v, const struct hv_regs *regs);
+/* What stops the vCPU with HV_EXIT_DEBUG from its next run on: flags, and
+ * HV_DEBUG_SLOTS addresses with their kinds (0 = unused).  -ENOTSUP if the
+ * engine cannot (or not that many). */
+int  hv_vcpu_set_debug(struct hv_vcpu *v, uint32_t flags, const uint64_t *addr, const uint32_t *kind);
 
 /* -- Guest memory through the vCPU's page tables ---------------------------- */
 int  hv_copy_from_guest(struct hv_vcpu *v, void *dst, uint64_t gva, uint64_t len);

@@ -196,6 +196,8 @@ static int vcpu_emulate(struct hv_vcpu *v, const struct engine_exit *ex, struct 
     if (copy_guest_system(v, r->rip, insn, 1, 0))
         return crash(exit, HV_CRASH_ENGINE, ex->detail);
     uint8_t vector, len = 1;
+    if (insn[0] == INSN_INT3 && (v->h.debug_flags & HV_DEBUG_SW_BP))
+        return debug_stop(exit, HV_DEBUG_STOP_BREAKPOINT, r->rip);   /* a debugger's */
     if (insn[0] == INSN_INT3)
         vector = 3;
     else if (insn[0] == INSN_INTO && (r->rflags & RFLAGS_OF))
@@ -265,6 +267,8 @@ int vcpu_handle_exit(struct hv_vcpu *v, const struct engine_exit *ex)
         /* A halted guest may wait for input after a prompt: show it. */
         return platform_uart_flush(v->partition, exit);
     case ENGINE_EXIT_EXCEPTION:
+        if (ex->value == 3 && ex->software && (v->h.debug_flags & HV_DEBUG_SW_BP))
+            return debug_int3_stop(v, ex->insn_len, exit);          /* a debugger's */
         TRACE(v, HV_TRACE_EXIT, HV_TRACE_EXIT_EXCEPTION,
               ((uint64_t[5]){ ex->value, e->regs(v->engine_vcpu)->rip, ex->error_code }), 0);
         /* An engine without hardware delivery (TCG) hands CPU exceptions
@@ -275,6 +279,8 @@ int vcpu_handle_exit(struct hv_vcpu *v, const struct engine_exit *ex)
         return 0;
     case ENGINE_EXIT_EMULATE:
         return vcpu_emulate(v, ex, exit);
+    case ENGINE_EXIT_DEBUG:
+        return debug_stop(exit, (uint32_t)ex->value, ex->addr);
     case ENGINE_EXIT_SHUTDOWN:
         return crash(exit, HV_CRASH_TRIPLE_FAULT, ex->detail);
     case ENGINE_EXIT_INTERRUPTED:

@@ -138,6 +138,7 @@ class Partition:
         self.last_counters = {}        # the vCPU's counters when it stopped
         self.console_failed = False    # a console write failed: output was lost
         self.tracer = trace            # hv.trace.Tracer or None
+        self.debugger = None           # hv.gdbstub.GdbStub, set before the guest starts
         self._parent_handlers = {}     # hypercall nr -> fn(args) for routed calls
         self._vcpu = None
         self._thread = None
@@ -323,6 +324,8 @@ class Partition:
         err = lib.hv_vcpu_set_pvh_entry(vcpu, self.image.entry, self.image.start_info_gpa)
         if err:
             raise HostError(f"cannot set the PVH entry state: {os.strerror(-err)}")
+        if self.debugger is not None:
+            self.debugger.vcpu_ready(vcpu)      # hv/gdbstub.py: may hold it at the entry
         exit_ = ffi.new("struct hv_exit *")
         handlers = EXIT_HANDLERS
         tracer = self.tracer
@@ -393,10 +396,19 @@ class Partition:
     def _on_paused(self, exit_):
         if self._stop:
             return
+        if self.debugger is not None and self.debugger.claim_pause():
+            self.debugger.paused()              # GDB asked (attach, Ctrl-C): a debug stop
+            return
         self._set_state(PAUSED)
         self._resume.wait()
         if not self._stop:
             self._set_state(RUNNING)
+
+    def _on_debug(self, exit_):
+        if self.debugger is None:
+            self._crash("a debug stop with no debugger attached")
+        else:
+            self.debugger.stopped(exit_)
 
     def _on_signal(self, exit_):
         pass    # a host signal (Ctrl-C): Python runs its handler on return
@@ -477,6 +489,7 @@ EXIT_HANDLERS = {
     lib.HV_EXIT_SIGNAL: Partition._on_signal,
     lib.HV_EXIT_TRACE: Partition._on_trace,
     lib.HV_EXIT_UART: Partition._on_uart,
+    lib.HV_EXIT_DEBUG: Partition._on_debug,
 }
 
 PARENT_HYPERCALLS = {

@@ -56,6 +56,10 @@ def add_parsers(sub):
     add_run_options(run)
     run.add_argument("--console", metavar="FILE", help="write the console to FILE instead of stdout")
     run.add_argument("--trace", metavar="FILE", help="write a decoded trace to FILE ('-' = stderr)")
+    run.add_argument("--gdb", metavar="PORT|HOST:PORT|unix:PATH",
+                     help="serve the GDB remote protocol here (docs/debugging.md)")
+    run.add_argument("--gdb-wait", action="store_true",
+                     help="with --gdb: hold the guest at its first instruction until GDB continues")
     run.set_defaults(func=run_command)
     trace = sub.add_parser("trace", help="boot a kernel and print the decoded trace of what it did",
                            epilog=EXIT_STATUSES,
@@ -102,6 +106,15 @@ def cmd_run(args, tracer=None):
         for device in devices:
             device.close()
         return error(str(e))
+    stub = None
+    if getattr(args, "gdb", None):
+        from hv.gdbstub import GdbStub
+        try:
+            stub = GdbStub(part, args.gdb, wait=args.gdb_wait)
+        except (OSError, ValueError) as e:
+            part.destroy()
+            return error(f"cannot serve GDB at {args.gdb}: {e}")
+        print(f"hv: gdb: target remote {_gdb_address(stub.address)}", file=sys.stderr)
     # The console file is opened only once the kernel is known good.
     console = part.console
     try:
@@ -121,6 +134,8 @@ def cmd_run(args, tracer=None):
         # exits (Python runs signal handlers only on the main thread).
         part.start()
         state = part.wait()
+        if stub is not None:
+            stub.finish()                   # GDB hears how the guest ended
         if args.verbose:
             counts = ", ".join(f"{k} {v}" for k, v in part.last_counters.items())
             print(f"hv: partition {part.id}: {state}; {counts}", file=sys.stderr)
@@ -173,6 +188,10 @@ def cmd_run_traced(args):
     finally:
         if out is not sys.stderr:
             out.close()
+
+
+def _gdb_address(address):
+    return address if isinstance(address, str) else f"{address[0]}:{address[1]}"
 
 
 def _write_views(args, tracer):
