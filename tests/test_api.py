@@ -12,6 +12,8 @@ import sys
 import time
 
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from apiserver import Server, attach_and_send, console_path, raw_exchange, waiter_spec
 from conftest import ROOT, guest
@@ -412,3 +414,67 @@ def test_top_json_lines(server, tmp_path):
     assert [line["name"] for line in lines] == ["j", "j"]
     assert lines[0]["time"] < lines[1]["time"] and lines[0]["exits"] <= lines[1]["exits"]
     assert {"hypercalls_fast", "hypercalls_slow", "devices", "cpu_seconds"} <= set(lines[0])
+
+
+# ---- any body, any field: a 4xx or a partition, never a 500 --------------------------------
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8)
+FIELDS = ["name", "kernel", "initrd", "mem", "cmdline", "engine", "deterministic", "devices",
+          "smp", "bogus"]
+DEVICE = st.fixed_dictionaries({"type": st.sampled_from(["blk", "rng", "console", "net", "gpu"])},
+                               optional={k: JSON_VALUES for k in ("path", "readonly", "output",
+                                                                  "socket", "switch", "mac")})
+SPEC = st.fixed_dictionaries({}, optional={
+    **{k: JSON_VALUES for k in FIELDS},
+    "kernel": st.sampled_from([guest("hello"), "/nonexistent", ""]) | JSON_VALUES,
+    "devices": st.lists(DEVICE | JSON_VALUES, max_size=3),
+})
+
+
+@pytest.fixture(scope="module")
+def inprocess_server(tmp_path_factory):
+    """An APIServer on a thread of this process (a subprocess per example would be slow)."""
+    import threading
+
+    from hv.api import APIServer
+    from hv.manager import Manager
+    path = str(tmp_path_factory.mktemp("api") / "api.socket")
+    server = APIServer(path, Manager())
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.close()
+    server.manager.close()
+
+
+# A good spec with at most one field changed: reaches past the first check.
+GOOD_FIELD_VALUES = {"mem": st.sampled_from(["32M", "1G", "0", "-1", "64X"]),
+                     "engine": st.sampled_from(["auto", "tcg", "kvm", "none"]),
+                     "cmdline": st.text(max_size=20), "deterministic": st.booleans(),
+                     "devices": st.lists(DEVICE, max_size=2)}
+ONE_CHANGE = st.sampled_from(FIELDS).flatmap(lambda key: st.tuples(
+    st.just(key), GOOD_FIELD_VALUES.get(key, JSON_VALUES) | JSON_VALUES)).map(
+    lambda kv: {"kernel": guest("hello"), kv[0]: kv[1]})
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=ONE_CHANGE | SPEC | JSON_VALUES)
+def test_any_create_body_is_refused_cleanly_or_made(inprocess_server, body):
+    from apiserver import Connection
+    c = Connection(inprocess_server.path)
+    try:
+        status, _, reply = c.request("PUT", "/partitions/fuzz", body)
+        assert status in (201, 400, 409), (status, reply)
+        event(f"status {status}")
+        if status == 201:
+            assert reply["state"] == "created"
+            assert c.request("DELETE", "/partitions/fuzz")[0] == 204
+        else:
+            assert reply["fault_message"]
+        assert c.json("GET", "/partitions")["partitions"] == []
+    finally:
+        c.close()
