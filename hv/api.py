@@ -20,6 +20,7 @@ import threading
 import traceback
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
+from urllib.parse import unquote, urlsplit
 
 from hv.manager import BadRequest, ManagerError
 
@@ -111,7 +112,6 @@ def _object(body):
 
 def route(method, path):
     """(handler, path arguments), or APIError 404/405."""
-    from urllib.parse import unquote, urlsplit
     path = urlsplit(path).path.rstrip("/") or "/"
     for pattern, methods in ROUTES:
         match = pattern.fullmatch(path)
