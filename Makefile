@@ -68,7 +68,7 @@ build/linux/vmlinux: tools/linux-fixture
 	$(PYTHON) tools/linux-fixture --out build/linux
 
 linux-test: build guests linux-fixture .stamp-test-deps   ## boot Debian's kernel on hv and QEMU
-	$(PY) -m pytest -q tests/test_linux*.py
+	HV_LINUX_TESTS=1 $(PY) -m pytest -q tests/test_linux*.py
 
 # The core under AddressSanitizer + UBSan (fatal) as hv._core_asan (HV_CORE
 # picks it).  Python is not instrumented, so the runtime is preloaded;

@@ -38,6 +38,8 @@ _Static_assert(VIRTIO_MMIO_CONFIG + HV_VIRTIO_CONFIG_MAX <= HV_VIRTIO_MMIO_SLOT,
 /* The boot layout (hv/layout.h; hv/loader.py takes it through cffi). */
 _Static_assert(HV_BOOT_PAGE_GPA % HV_PAGE_SIZE == 0 && HV_RESERVED_END % HV_PAGE_SIZE == 0,
                "hv's frames are whole pages");
+_Static_assert(HV_ACPI_GPA == HV_BOOT_PAGE_GPA + HV_PAGE_SIZE &&
+               HV_ACPI_GPA + HV_PAGE_SIZE == HV_RESERVED_END, "boot page, then the ACPI page");
 _Static_assert(HV_BOOT_PAGE_GPA + HV_PAGE_SIZE <= HV_RESERVED_END,
                "the boot page is inside hv's reserved frames");
 _Static_assert(HV_RESERVED_END <= HV_MEM_MIN, "the smallest RAM holds hv's frames");

@@ -118,6 +118,7 @@ struct hv_vcpu {
     struct vcpu_guest_state g;
     struct vcpu_host h;
     struct lapic *lapic;       /* the local APIC (lapic.c): guest-visible */
+    volatile int lapic_pending;   /* it has a vector the CPU would take now (lapic.c) */
 };
 
 /* vcpu.c: does the vCPU need the run loop before it re-enters the guest

@@ -262,7 +262,8 @@ static void tcg_on_block(uc_engine *uc, uint64_t address, uint32_t size, void *u
         uc_emu_stop(uc);
         return;
     }
-    if (__atomic_load_n(&c->owner->g.inject_pending, __ATOMIC_RELAXED) &&
+    if ((__atomic_load_n(&c->owner->g.inject_pending, __ATOMIC_RELAXED) ||
+         __atomic_load_n(&c->owner->lapic_pending, __ATOMIC_RELAXED)) &&
         (tcg_read_reg(uc, UC_X86_REG_RFLAGS) & RFLAGS_IF)) {
         c->stop = STOP_LOOP;
         uc_emu_stop(uc);

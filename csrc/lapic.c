@@ -125,6 +125,13 @@ static int deliverable(const struct lapic *a)
     return vector;
 }
 
+/* Tell the run loop (and TCG's block hook) whether a vector waits: they
+ * stop the guest to deliver it as soon as IF allows. */
+static void update_pending(struct lapic *a)
+{
+    __atomic_store_n(&a->v->lapic_pending, deliverable(a) >= 0, __ATOMIC_RELEASE);
+}
+
 void lapic_accept(struct hv_vcpu *v, uint8_t vector, int level)
 {
     struct lapic *a = v->lapic;
@@ -136,6 +143,7 @@ void lapic_accept(struct hv_vcpu *v, uint8_t vector, int level)
     else
         __atomic_fetch_and(&a->tmr[vector / 32], ~bit, __ATOMIC_RELEASE);
     __atomic_fetch_or(&a->irr[vector / 32], bit, __ATOMIC_RELEASE);
+    update_pending(a);
     vcpu_kick(v);                   /* wakes hlt; interrupts a running guest on another thread */
 }
 
@@ -147,6 +155,7 @@ static void eoi(struct lapic *a)
     a->isr[vector / 32] &= ~(1u << (vector % 32));
     if (__atomic_load_n(&a->tmr[vector / 32], __ATOMIC_ACQUIRE) & (1u << (vector % 32)))
         ioapic_eoi(a->v->partition, (uint8_t)vector);
+    update_pending(a);              /* a lower-priority vector may go now */
 }
 
 /* ---- The timer ------------------------------------------------------------- */
@@ -276,7 +285,7 @@ static void write_register(struct lapic *a, uint32_t reg, uint32_t value)
     }
     switch (reg) {
     case REG_ID:       a->id = value >> 24; break;
-    case REG_TPR:      a->tpr = value & 0xff; break;
+    case REG_TPR:      a->tpr = value & 0xff; update_pending(a); break;
     case REG_EOI:      eoi(a); break;
     case REG_LDR:      a->ldr = value & 0xff000000u; break;
     case REG_DFR:      a->dfr = value | 0x0fffffffu; break;
@@ -285,6 +294,7 @@ static void write_register(struct lapic *a, uint32_t reg, uint32_t value)
         if (!(value & SVR_ENABLED))
             for (int i = 0; i < LVT_COUNT; i++)
                 a->lvt[i] |= LVT_MASKED;
+        update_pending(a);
         break;
     case REG_ESR:      a->esr = 0; break;     /* a write latches (no errors here) */
     case REG_ICR_HIGH: a->icr_high = value; break;
@@ -322,8 +332,10 @@ int lapic_before_entry(struct hv_vcpu *v)
         return 0;
     apic_timer_check(a);
     int vector = deliverable(a);
-    if (vector < 0)
+    if (vector < 0) {
+        update_pending(a);
         return 0;
+    }
     const struct engine_ops *e = v->partition->engine;
     if (!e->interruptible(v->engine_vcpu)) {
         e->request_window(v->engine_vcpu, 1);   /* come back when IF is 1 */
@@ -341,6 +353,7 @@ int lapic_before_entry(struct hv_vcpu *v)
         __atomic_fetch_or(&a->irr[vector / 32], bit, __ATOMIC_RELEASE);
         return 0;
     }
+    update_pending(a);              /* in service now: PPR rose */
     return 1;
 }
 

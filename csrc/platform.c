@@ -178,7 +178,6 @@ uint64_t platform_tsc_hz(void)
  * both products stay below 2^32 for any TSC below 8.5 GHz. */
 int platform_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t r[4])
 {
-    (void)subleaf;
     uint64_t hz;
     switch (leaf) {
     case 0:
@@ -200,6 +199,21 @@ int platform_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t r[4])
         r[1] = r[0];                        /* maximum MHz */
         r[2] = (uint32_t)(hz / 2000000);    /* bus MHz */
         r[3] = 0;
+        return 1;
+    case 7:
+        /* Structured features, subleaf 0: the CPU model's (Unicorn 2.1.4's
+         * Haswell: EBX 0x389, tests/test_linux_platform.py checks) plus
+         * TSC_ADJUST, whose MSR QEMU implements.  With an invariant TSC
+         * (below) this tells Linux the TSC needs no watchdog: it is the
+         * host's, and a vCPU the host runs late must not make the kernel
+         * distrust it against its own (late) timer ticks. */
+        if (subleaf != 0)
+            return 0;
+        r[0] = 0; r[1] = 0x389 | (1u << 1); r[2] = 0; r[3] = 0;
+        return 1;
+    case 0x80000007:
+        r[0] = r[1] = r[2] = 0;
+        r[3] = 1u << 8;                 /* invariant TSC: constant rate, runs in every state */
         return 1;
     default:
         /* 0xe..0x14 lie between the model's last leaf and ours: empty. */

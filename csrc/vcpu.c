@@ -303,7 +303,7 @@ int vcpu_handle_exit(struct hv_vcpu *v, const struct engine_exit *ex)
 int vcpu_needs_loop(const struct hv_vcpu *v)
 {
     return v->g.wait != WAIT_NONE || v->g.mc.active || v->h.pause_requested ||
-           v->g.inject_pending || v->h.trace_drain || v->h.timer_due;
+           v->g.inject_pending || v->lapic_pending || v->h.trace_drain || v->h.timer_due;
 }
 
 int hv_vcpu_run(struct hv_vcpu *v, struct hv_exit *exit)

@@ -83,14 +83,16 @@ Segment = namedtuple("Segment", "gpa data memsz")
 #:   start_info_gpa  == boot_gpa; the guest gets it in EBX
 #:   reserved        ((gpa, length), ...) ranges hv keeps for itself
 #:   modules         tuple of Segment: the initrd (PVH module 0), if any
+#:   acpi            Segment: the ACPI tables (hv/acpi.py) in hv's ACPI page
 BootImage = namedtuple("BootImage",
-                       "entry segments boot_gpa boot_blob start_info_gpa reserved modules")
+                       "entry segments boot_gpa boot_blob start_info_gpa reserved modules acpi")
 
 # The PVH entry runs in 32-bit mode: start_info and modules lie below 4 GiB.
 _LOW_LIMIT = 1 << 32
 
 
-def load_pvh(source, mem_size: int, cmdline: str = "", initrd=None) -> BootImage:
+def load_pvh(source, mem_size: int, cmdline: str = "", initrd=None,
+             virtio_slots: int = 0) -> BootImage:
     """Load and validate a PVH ELF from a path or bytes for a guest of
     mem_size bytes of RAM, with an optional initial RAM disk (path or
     bytes); raise LoadError naming the first problem."""
@@ -111,9 +113,12 @@ def load_pvh(source, mem_size: int, cmdline: str = "", initrd=None) -> BootImage
     _check_entry(entry, phdrs)
     modules = _place_initrd(initrd, segments, mem_size, lib.HV_PAGE_SIZE)
     boot_blob = _boot_blob(ffi, lib, mem_size, cmdline, modules)
+    from hv import acpi
+    tables = acpi.tables(lib, lib.HV_ACPI_GPA, virtio_slots)
     return BootImage(entry=entry, segments=segments, boot_gpa=lib.HV_BOOT_PAGE_GPA,
                      boot_blob=boot_blob, start_info_gpa=lib.HV_BOOT_PAGE_GPA,
-                     reserved=((0, lib.HV_RESERVED_END),), modules=modules)
+                     reserved=((0, lib.HV_RESERVED_END),), modules=modules,
+                     acpi=Segment(gpa=lib.HV_ACPI_GPA, data=tables, memsz=len(tables)))
 
 
 def _check_mem_size(mem_size, page_size):
@@ -346,6 +351,7 @@ def _boot_blob(ffi, lib, mem_size, cmdline, modules=()):
     info.memmap_paddr = lib.HV_BOOT_PAGE_GPA + map_at
     info.memmap_entries = len(memmap)
     info.cmdline_paddr = lib.HV_BOOT_PAGE_GPA + cmd_at
+    info.rsdp_paddr = lib.HV_ACPI_GPA          # hv/acpi.py: the RSDP opens the page
     if modules:
         info.nr_modules = len(modules)
         info.modlist_paddr = lib.HV_BOOT_PAGE_GPA + mods_at

@@ -120,7 +120,8 @@ class Partition:
             entries = [VirtioDevice.cmdline_entry(slot) for slot in range(len(self.devices))]
             cmdline = " ".join(filter(None, [cmdline] + entries))
         # T:610 Validate first: LoadError leaves nothing behind.
-        self.image = load_pvh(kernel, mem_size, cmdline, initrd=initrd)
+        self.image = load_pvh(kernel, mem_size, cmdline, initrd=initrd,
+                              virtio_slots=len(self.devices))
         if deterministic and engine == "auto":
             engine = "tcg"          # only TCG counts instructions
         engine, self.engine_reason = choose_engine(engine)
@@ -177,7 +178,7 @@ class Partition:
     # -- construction ---------------------------------------------------
     def _write_image(self):
         ram = self.memory()
-        for seg in self.image.segments + self.image.modules:
+        for seg in self.image.segments + self.image.modules + (self.image.acpi,):
             ram[seg.gpa:seg.gpa + len(seg.data)] = seg.data
             # The rest up to memsz is already zero: fresh anonymous memory.
         for gpa, length in self.image.reserved:

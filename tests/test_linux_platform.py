@@ -281,3 +281,23 @@ def _tsc_reader():
         return uc.reg_read(UC_X86_REG_RAX) | uc.reg_read(UC_X86_REG_RDX) << 32
     rdtsc()                 # translate once, outside the brackets
     return rdtsc
+
+
+def test_cpuid_leaf_7_is_the_models_plus_tsc_adjust_and_the_tsc_is_invariant():
+    """platform.c answers leaf 7 with Unicorn's own Haswell bits plus
+    TSC_ADJUST: check those bits against the model, so an engine upgrade
+    that changes them is noticed here."""
+    from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
+    from unicorn.x86_const import UC_X86_REG_EAX, UC_X86_REG_EBX, UC_X86_REG_ECX, UC_X86_REG_EDX
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.mem_map(0, 0x1000)
+    uc.mem_write(0, b"\x0f\xa2")                          # cpuid
+    uc.reg_write(UC_X86_REG_EAX, 7)
+    uc.reg_write(UC_X86_REG_ECX, 0)
+    uc.emu_start(0, 2)
+    model = [uc.reg_read(r) for r in (UC_X86_REG_EAX, UC_X86_REG_EBX, UC_X86_REG_ECX, UC_X86_REG_EDX)]
+    r = ffi.new("uint32_t[4]")
+    assert lib.hv_test_cpuid(7, 0, r)
+    assert list(r) == [model[0], model[1] | 0x2, model[2], model[3]]
+    assert not lib.hv_test_cpuid(7, 1, r)                 # other subleaves: the model's
+    assert lib.hv_test_cpuid(0x80000007, 0, r) and r[3] == 1 << 8

@@ -148,7 +148,7 @@ def check_blob(blob, mem_size, cmdline):
     assert cmd_off >= map_off + 2 * ffi.sizeof("struct hv_pvh_memmap_entry")
     assert ffi.string(ffi.cast("char *", buf + cmd_off)) == cmdline.encode()
     assert blob[-1:] == b"\0" and len(blob) == cmd_off + len(cmdline.encode()) + 1
-    assert info.nr_modules == 0 and info.rsdp_paddr == 0 and info.flags == 0
+    assert info.nr_modules == 0 and info.rsdp_paddr == lib.HV_ACPI_GPA and info.flags == 0
 
 
 # ---- Good images -------------------------------------------------------------
@@ -198,10 +198,10 @@ def test_empty_cmdline_still_points_at_a_nul():
 
 
 def test_longest_cmdline_fits_in_the_boot_page():
-    room = RESERVED_END - BOOT_GPA - (len(load_pvh(GOOD, 2 * MIB).boot_blob))
+    room = lib.HV_PAGE_SIZE - (len(load_pvh(GOOD, 2 * MIB).boot_blob))
     cmdline = "x" * room
     boot = load_pvh(GOOD, 2 * MIB, cmdline)
-    assert len(boot.boot_blob) == RESERVED_END - BOOT_GPA
+    assert len(boot.boot_blob) == lib.HV_PAGE_SIZE
     check_blob(boot.boot_blob, 2 * MIB, cmdline)
     expect_error(GOOD, "cmdline is .* bytes", cmdline=cmdline + "x")
 

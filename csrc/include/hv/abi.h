@@ -249,6 +249,8 @@ struct hv_multicall_entry {
 #define HV_ACPI_SLP_EN         0x20     /* sleep control: SLP_EN, SLP_TYP in bits 2..4 */
 #define HV_ACPI_S5             5        /* SLP_TYP of \_S5 (soft off) in hv's DSDT */
 #define HV_ACPI_SCI_IRQ        9        /* FADT SCI_INT (nothing raises it) */
+#define HV_VIRTIO_IRQ_BASE     16       /* virtio slot s < 8 interrupts on IOAPIC pin 16 + s */
+#define HV_VIRTIO_IRQ_SLOTS    8
 #define HV_CPUID_TSC_LEAF      0x15     /* EBX/EAX = TSC / crystal, ECX = crystal Hz */
 #define HV_CPUID_FREQ_LEAF     0x16     /* EAX = base MHz */
 

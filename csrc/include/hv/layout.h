@@ -12,10 +12,12 @@
 /* [0, HV_RESERVED_END) is hv's: no partition owns those frames.  Page 0
  * holds only the PVH entry's boot GDT, so a guest null-pointer access reads
  * no boot data; the boot page holds start_info, the memory map and the
- * command line, all of it within that one page. */
+ * command line, all of it within that one page; the ACPI page holds the
+ * ACPI tables (hv/acpi.py), start_info.rsdp_paddr pointing at its RSDP. */
 #define HV_BOOT_GDT_GPA       0x500
 #define HV_BOOT_PAGE_GPA      0x1000
-#define HV_RESERVED_END       0x2000
+#define HV_ACPI_GPA           0x2000
+#define HV_RESERVED_END       0x3000
 
 /* Guest RAM: whole pages, at least 1 MiB (the reserved pages and a small
  * kernel), at most 64 TiB (1 << 46: what a 47-bit host user address space
