@@ -11,6 +11,7 @@
 #include "hv.h"
 #include "engine.h"
 #include "platform.h"
+#include "sched_policy.h"
 
 #define HV_OWNER_HV 0          /* frame owner id meaning "hv itself" */
 
@@ -109,6 +110,13 @@ struct vcpu_host {
     struct hv_exit *exit;          /* the record of the run call in progress */
     uint64_t exits, fast_calls, parent_calls;
     uint32_t debug_flags;          /* HV_DEBUG_* (debug.c) */
+    /* Run by a scheduler's workers (sched_worker.c), or NULL: its own thread. */
+    struct hv_sched *sched;
+    struct sched_entity se;
+    struct hv_exit *sched_exit;    /* its exit record, owned while scheduled */
+    struct hv_vcpu *exitq_next;    /* the parent's queue of exit records */
+    int queued;                    /* on that queue */
+    volatile int yielded;          /* the yield hypercall, scheduled */
 };
 
 struct hv_vcpu {
@@ -120,6 +128,14 @@ struct hv_vcpu {
     struct lapic *lapic;       /* the local APIC (lapic.c): guest-visible */
     volatile int lapic_pending;   /* it has a vector the CPU would take now (lapic.c) */
 };
+
+/* vcpu.c: run the guest until something ends the stretch (vcpu_run_loop). */
+enum vcpu_run_end { RUN_TO_PARENT, RUN_BLOCKED, RUN_KICKED, RUN_YIELDED };
+enum vcpu_run_end vcpu_run_loop(struct hv_vcpu *v, struct hv_exit *exit, int scheduled);
+
+/* sched_worker.c: the scheduler's side of a scheduled vCPU. */
+void sched_vcpu_wake(struct hv_vcpu *v);           /* an event for it; any thread */
+void sched_vcpu_timer_changed(struct hv_vcpu *v);  /* its deadline moved; its worker */
 
 /* vcpu.c: does the vCPU need the run loop before it re-enters the guest
  * (a wait, a multicall to resume, a pause, an upcall, a trace drain)?  The
@@ -202,6 +218,8 @@ void event_before_entry(struct hv_vcpu *v);
 void vcpu_kick(struct hv_vcpu *v);
 int  event_consume_kick(void);
 int  kick_signal(void);
+void kick_thread_init(void);
+void kick_set_current(struct hv_vcpu *v);
 void vcpu_thread_setup(struct hv_vcpu *v);
 void vcpu_thread_teardown(struct hv_vcpu *v);
 
@@ -212,6 +230,8 @@ void timer_host_create(struct hv_vcpu *v);
 void timer_host_delete(struct hv_vcpu *v);
 struct timespec timer_deadline_to_host(const struct hv_partition *p, uint64_t deadline);
 
+/* wait.c: may a vCPU in block/hlt go on?  0, or 1 and the deadline. */
+int  vcpu_wait_check(struct hv_vcpu *v, uint64_t *deadline);
 /* wait.c: sleep until an event is pending or a pause is requested: 0 or -HV_EAGAIN. */
 int  event_wait(struct hv_vcpu *v);
 void vcpu_wake(struct hv_vcpu *v);

@@ -269,6 +269,32 @@ int  hv_copy_to_guest(struct hv_vcpu *v, uint64_t gva, const void *src, uint64_t
 #define HV_SCHED_CAP_PERIOD_NS     10000000
 #define HV_SCHED_MIGRATE_RESIST_NS 500000
 #define HV_SCHED_WORKERS_MAX       64
+#define HV_SCHED_YIELD_BIAS_NS     1000000
+
+/* A scheduler: N worker threads (0 = one per host CPU) that run every
+ * vCPU attached to it.  The parent serves exits from a queue instead of
+ * calling hv_vcpu_run() on a thread per vCPU. */
+struct hv_sched;
+int  hv_sched_create(int nworkers, struct hv_sched **out);
+/* Stops the workers; every vCPU must be detached (hv_vcpu_destroy does). */
+void hv_sched_destroy(struct hv_sched *s);
+int  hv_sched_workers(const struct hv_sched *s);
+/* Hand a vCPU (set up, not running) to the scheduler: weight (0 = 256)
+ * and cap (percent of one host CPU, 0 = none).  It starts DOWN. */
+int  hv_sched_attach(struct hv_sched *s, struct hv_vcpu *v, uint32_t weight, uint32_t cap);
+int  hv_sched_start(struct hv_vcpu *v);
+/* Block (up to timeout_ms) until some vCPU's exit record waits for the
+ * parent; NULL on timeout.  Read it with hv_vcpu_exit_record(), finish it
+ * (hv_vcpu_complete() if it is a call), then hv_sched_continue(). */
+struct hv_vcpu *hv_sched_next_exit(struct hv_sched *s, int timeout_ms);
+struct hv_exit *hv_vcpu_exit_record(struct hv_vcpu *v);
+int  hv_sched_continue(struct hv_vcpu *v);
+/* Pause returns once the vCPU runs nowhere; it runs again after resume. */
+int  hv_sched_pause(struct hv_vcpu *v);
+int  hv_sched_resume(struct hv_vcpu *v);
+/* Take a vCPU out (hv_vcpu_destroy does it too). */
+void hv_sched_detach(struct hv_vcpu *v);
+int  hv_sched_set_share(struct hv_vcpu *v, uint32_t weight, uint32_t cap);
 
 struct hv_sched_info {
     uint32_t state;            /* HV_SCHED_* */
@@ -277,6 +303,7 @@ struct hv_sched_info {
     int64_t  credit;
     uint64_t runtime_ns, dispatches, migrations, blocks, parent_waits;
 };
+int  hv_sched_vcpu_info(struct hv_vcpu *v, struct hv_sched_info *out);
 
 /* -- Test entries (drive the core without a running guest) ------------------- */
 /* Walk page tables rooted at cr3 in the partition's RAM.  access: bit0 write,

@@ -48,8 +48,11 @@ static int64_t hc_console_write(struct hv_vcpu *v, const uint64_t arg[5], struct
 
 static int64_t hc_yield(struct hv_vcpu *v, const uint64_t arg[5], struct hv_exit *exit)
 {
-    (void)v; (void)arg; (void)exit;
-    sched_yield();          /* one host thread per vCPU: the host schedules */
+    (void)arg; (void)exit;
+    if (v->h.sched)
+        v->h.yielded = 1;   /* the run loop gives the worker to the next vCPU */
+    else
+        sched_yield();      /* one host thread per vCPU: the host schedules */
     return 0;
 }
 

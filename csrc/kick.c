@@ -45,8 +45,8 @@ int kick_signal(void)
     return KICK_SIGNAL;
 }
 
-/* Runs on the vCPU's own thread when it is created. */
-void vcpu_thread_setup(struct hv_vcpu *v)
+/* Let the kick signal reach this thread (vCPU threads, workers). */
+void kick_thread_init(void)
 {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, install_kick_handler);
@@ -54,6 +54,21 @@ void vcpu_thread_setup(struct hv_vcpu *v)
     sigemptyset(&set);
     sigaddset(&set, KICK_SIGNAL);
     pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+}
+
+/* A worker is about to run v (NULL: it runs nothing): kicks to this thread
+ * now stop v's engine. */
+void kick_set_current(struct hv_vcpu *v)
+{
+    if (v)
+        v->h.tid = (pid_t)syscall(SYS_gettid);
+    thread_vcpu = v;
+}
+
+/* Runs on the vCPU's own thread when it is created. */
+void vcpu_thread_setup(struct hv_vcpu *v)
+{
+    kick_thread_init();
     v->h.tid = (pid_t)syscall(SYS_gettid);
     thread_vcpu = v;
     timer_host_create(v);

@@ -130,8 +130,15 @@ static int eligible(const struct sched *s, struct sched_entity *e, uint64_t now)
     return !group_busy(s, e);
 }
 
-/* The best eligible entity on worker q's runqueue (skipping `not`); a
- * yielded one only when nothing else is there. */
+/* Credit as the pick sees it: a vCPU that yielded counts a little less
+ * until it next runs, so it goes after its peers - but only by a bounded
+ * bias, so a yielder is never starved by vCPUs that do not yield. */
+static int64_t pick_credit(const struct sched_entity *e)
+{
+    return e->yielded ? e->credit - SCHED_YIELD_BIAS_NS : e->credit;
+}
+
+/* The best eligible entity on worker q's runqueue (skipping `not`). */
 static struct sched_entity *rq_best(const struct sched *s, int q, uint64_t now,
                                     const struct sched_entity *not)
 {
@@ -139,8 +146,7 @@ static struct sched_entity *rq_best(const struct sched *s, int q, uint64_t now,
     for (struct sched_entity *e = s->w[q].head; e; e = e->next) {
         if (e == not || !eligible(s, e, now))
             continue;
-        if (!best || (best->yielded && !e->yielded) ||
-            (best->yielded == e->yielded && e->credit > best->credit))
+        if (!best || pick_credit(e) > pick_credit(best))
             best = e;
     }
     return best;
@@ -209,8 +215,8 @@ struct sched_entity *sched_pick(struct sched *s, int w, uint64_t now, uint64_t *
 
     uint64_t len = SCHED_SLICE_MAX_NS;
     struct sched_entity *next = rq_best(s, w, now, e);
-    if (next && e->credit > next->credit)
-        len = (uint64_t)(e->credit - next->credit) * e->weight / SCHED_WEIGHT_DEFAULT;
+    if (next && e->credit > pick_credit(next))
+        len = (uint64_t)(e->credit - pick_credit(next)) * e->weight / SCHED_WEIGHT_DEFAULT;
     else if (next)
         len = SCHED_SLICE_MIN_NS;
     if (len < SCHED_SLICE_MIN_NS)

@@ -20,6 +20,7 @@
 #define SCHED_RATELIMIT_NS HV_SCHED_RATELIMIT_NS     /* a waker preempts only after 1 ms */
 #define SCHED_CREDIT_INIT ((int64_t)HV_SCHED_CREDIT_INIT)     /* one reset gives this much */
 #define SCHED_CAP_PERIOD_NS HV_SCHED_CAP_PERIOD_NS    /* caps are budgets per 10 ms */
+#define SCHED_YIELD_BIAS_NS ((int64_t)HV_SCHED_YIELD_BIAS_NS)   /* a yielder goes after its peers */
 #define SCHED_MIGRATE_RESIST_NS HV_SCHED_MIGRATE_RESIST_NS   /* wait this long before moving */
 
 enum sched_state {
@@ -58,7 +59,7 @@ struct sched_entity {
     int      pause_pending;  /* pause once it stops running / the parent returns it */
     int      down_pending;   /* take it out once it stops running */
     int      paused_blocked; /* PAUSED from BLOCKED: goes back there on resume */
-    int      yielded;        /* prefer others at the next pick */
+    int      yielded;        /* counts SCHED_YIELD_BIAS_NS less until it runs */
     int      migrate_cheap;  /* TCG: moving workers costs nothing */
     /* Counters. */
     uint64_t runtime_ns, dispatches, migrations, blocks, parent_waits;

@@ -95,6 +95,8 @@ int event_timer_arm(struct hv_vcpu *v, uint64_t deadline)
     uint64_t now = partition_clock_ns(v->partition);
     if (now >= deadline)
         v->h.timer_due = 1;
+    else if (v->h.sched)
+        sched_vcpu_timer_changed(v);    /* its worker's timer covers it */
     else
         aim_host_timer(v, deadline, now);
     return 0;

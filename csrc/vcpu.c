@@ -69,6 +69,7 @@ void hv_vcpu_destroy(struct hv_vcpu *v)
     pthread_mutex_lock(&v->partition->vcpu_lock);
     v->partition->vcpu = NULL;
     pthread_mutex_unlock(&v->partition->vcpu_lock);
+    hv_sched_detach(v);             /* off every worker first */
     vcpu_thread_teardown(v);
     lapic_free(v->lapic);
     v->partition->engine->vcpu_destroy(v->engine_vcpu);
@@ -303,35 +304,46 @@ int vcpu_handle_exit(struct hv_vcpu *v, const struct engine_exit *ex)
 int vcpu_needs_loop(const struct hv_vcpu *v)
 {
     return v->g.wait != WAIT_NONE || v->g.mc.active || v->h.pause_requested ||
-           v->g.inject_pending || v->lapic_pending || v->h.trace_drain || v->h.timer_due;
+           v->g.inject_pending || v->lapic_pending || v->h.trace_drain || v->h.timer_due ||
+           v->h.yielded;
 }
 
-int hv_vcpu_run(struct hv_vcpu *v, struct hv_exit *exit)
+/* T:590 The run loop, shared by both ways of running a vCPU.  Alone on a
+ * thread of its own (scheduled = 0) it sleeps in block/hlt itself and
+ * shrugs off kicks; on a scheduler worker (scheduled = 1) it hands those
+ * back, so the worker can run someone else: RUN_BLOCKED (nothing to do
+ * until an event), RUN_KICKED (the slice ended, or a kick asks the worker
+ * to look), RUN_YIELDED.  RUN_TO_PARENT: the exit record is filled. */
+enum vcpu_run_end vcpu_run_loop(struct hv_vcpu *v, struct hv_exit *exit, int scheduled)
 {
     const struct engine_ops *e = v->partition->engine;
-    exit->kind = 0;
-    exit->vcpu = v->id;
-    exit->data_len = 0;
-    if (v->g.wait != WAIT_NONE && v->g.wait != WAIT_EVENT)
-        return -EBUSY;              /* the parent owes hv_vcpu_complete() */
-    v->h.exit = exit;
-
     for (;;) {
         if (v->g.mc.active && multicall_resume(v, exit))
-            return 0;
+            return RUN_TO_PARENT;
         if (v->g.wait == WAIT_EVENT) {
-            if (event_wait(v) == 0)
+            uint64_t deadline;
+            if (!scheduled) {
+                if (event_wait(v) == 0)
+                    v->g.wait = WAIT_NONE;
+            } else if (vcpu_wait_check(v, &deadline) == 0) {
                 v->g.wait = WAIT_NONE;
+            } else {
+                return RUN_BLOCKED;
+            }
         }
         if (v->h.pause_requested) {
             v->h.pause_requested = 0;
             exit->kind = HV_EXIT_PAUSED;
-            return 0;
+            return RUN_TO_PARENT;
         }
         if (v->h.trace_drain) {
             v->h.trace_drain = 0;
             exit->kind = HV_EXIT_TRACE;
-            return 0;
+            return RUN_TO_PARENT;
+        }
+        if (v->h.yielded) {
+            v->h.yielded = 0;
+            return RUN_YIELDED;
         }
         event_before_entry(v);
 
@@ -342,13 +354,34 @@ int hv_vcpu_run(struct hv_vcpu *v, struct hv_exit *exit)
         if (err) {
             exit->kind = HV_EXIT_ERROR;
             exit->code = (uint64_t)-err;
-            return 0;
+            return RUN_TO_PARENT;
         }
         if (ex.kind == ENGINE_EXIT_RETURN)     /* handled inside the engine */
-            return 0;
+            return RUN_TO_PARENT;
+        if (scheduled && ex.kind == ENGINE_EXIT_INTERRUPTED) {
+            /* Workers block every other signal: this is hv's kick or a
+             * timer; the worker decides what runs next. */
+            v->h.exits++;
+            event_consume_kick();
+            return RUN_KICKED;
+        }
         if (vcpu_handle_exit(v, &ex))
-            return 0;
+            return RUN_TO_PARENT;
     }
+}
+
+int hv_vcpu_run(struct hv_vcpu *v, struct hv_exit *exit)
+{
+    exit->kind = 0;
+    exit->vcpu = v->id;
+    exit->data_len = 0;
+    if (v->h.sched)
+        return -EBUSY;              /* a scheduler's workers run it */
+    if (v->g.wait != WAIT_NONE && v->g.wait != WAIT_EVENT)
+        return -EBUSY;              /* the parent owes hv_vcpu_complete() */
+    v->h.exit = exit;
+    vcpu_run_loop(v, exit, 0);
+    return 0;
 }
 
 int hv_vcpu_complete(struct hv_vcpu *v, int64_t result)

@@ -11,33 +11,53 @@
 /* Wake the vCPU if it sleeps in block or hlt.  Any thread. */
 void vcpu_wake(struct hv_vcpu *v)
 {
+    if (__atomic_load_n(&v->h.sched, __ATOMIC_ACQUIRE)) {
+        sched_vcpu_wake(v);         /* blocked vCPUs sleep in the scheduler */
+        return;
+    }
     pthread_mutex_lock(&v->h.lock);
     pthread_cond_broadcast(&v->h.wake);
     pthread_mutex_unlock(&v->h.lock);
 }
 
-/* Sleep until something is pending, the timer passes, or a pause.
- * The checks run under v->h.lock and a raiser's kick takes it too, so a raise
- * cannot slip between the check and the sleep.  timer_check() raises (and
- * so kicks) itself: it runs with the lock dropped. */
-int event_wait(struct hv_vcpu *v)
+/* T:539 The one answer to "may a vCPU in block or hlt go on?", for the
+ * thread-per-vCPU wait below and for the scheduler's workers alike: 0 if an
+ * event or an APIC interrupt is pending; 1 if not, with *deadline set to
+ * the partition-clock time that would change the answer (0 = none).  The
+ * timers are checked first (they raise events); a deterministic partition
+ * skips its virtual clock ahead to the deadline instead of sleeping. */
+int vcpu_wait_check(struct hv_vcpu *v, uint64_t *deadline)
 {
     for (;;) {
         timer_check(v);
         lapic_poll_timer(v);        /* the local APIC's timer, too (lapic.c) */
-        uint64_t deadline = v->g.timer_deadline, apic = lapic_deadline(v);
-        if (apic && (!deadline || apic < deadline))
-            deadline = apic;
+        uint64_t d = v->g.timer_deadline, apic = lapic_deadline(v);
+        if (apic && (!d || apic < d))
+            d = apic;
+        *deadline = d;
+        if (event_any_pending(v->partition) || lapic_has_interrupt(v))
+            return 0;
+        if (!(v->partition->deterministic && d))
+            return 1;
+        /* Virtual time: an idle guest skips ahead to its deadline. */
+        if (v->g.instructions < d)
+            v->g.instructions = d;
+    }
+}
+
+/* Sleep until something is pending, the timer passes, or a pause.
+ * The final check runs under v->h.lock and a raiser's kick takes it too, so
+ * a raise cannot slip between the check and the sleep.  The timers raise
+ * (and so kick) themselves: vcpu_wait_check() runs with the lock dropped. */
+int event_wait(struct hv_vcpu *v)
+{
+    for (;;) {
+        uint64_t deadline;
+        if (vcpu_wait_check(v, &deadline) == 0)
+            return 0;
         pthread_mutex_lock(&v->h.lock);
         int result = event_any_pending(v->partition) || lapic_has_interrupt(v) ? 0
                    : v->h.pause_requested ? -HV_EAGAIN : 1;
-        if (result == 1 && v->partition->deterministic && deadline) {
-            /* Virtual time: an idle guest skips ahead to its deadline. */
-            if (v->g.instructions < deadline)
-                v->g.instructions = deadline;
-            pthread_mutex_unlock(&v->h.lock);
-            continue;
-        }
         if (result == 1) {
             if (deadline) {
                 struct timespec until = timer_deadline_to_host(v->partition, deadline);

@@ -105,7 +105,8 @@ class Partition:
     """
 
     def __init__(self, kernel, mem="64M", cmdline="", engine="auto", console=None,
-                 deterministic=False, trace=None, devices=(), name=None, initrd=None):
+                 deterministic=False, trace=None, devices=(), name=None, initrd=None,
+                 scheduler=None, weight=0, cap=0):
         mem_size = parse_size(mem) if isinstance(mem, str) else int(mem)
         host_ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         if mem_size > host_ram:
@@ -148,6 +149,18 @@ class Partition:
         self._stop = False
         self._resume = threading.Event()
         self._cond = threading.Condition()   # guards state, _vcpu, _finished
+        # scheduler: None = a host thread runs the vCPU (run()'s own); True =
+        # the process's shared hv.scheduler.Scheduler; or a Scheduler.
+        if scheduler is True:
+            from hv.scheduler import default_scheduler
+            scheduler = default_scheduler()
+        if scheduler is not None and deterministic:
+            raise ValueError("a deterministic partition runs on its own thread, not on the scheduler")
+        self._scheduler = scheduler
+        self.weight, self.cap = int(weight), int(cap)
+        if not 0 <= self.weight <= 65535 or not 0 <= self.cap <= 100:
+            raise ValueError("weight is 1..65535 (0: the default 256), cap a percent 0..100")
+        self._ending = False           # _end() has begun
 
         out = ffi.new("struct hv_partition **")
         err = lib.hv_partition_create(ENGINES[engine], mem_size, out)
@@ -210,48 +223,88 @@ class Partition:
             self._cond.notify_all()
 
     def run(self):
-        """Run the guest on this thread until it stops; returns the state."""
-        with self._cond:
-            if self.state != CREATED:
-                raise StateError(f"cannot run partition {self.id}: it is {self.state}")
-            self.state = RUNNING
-            self._run_thread = threading.get_ident()
-        if self.devices:
-            from hv.devices.virtio import DeviceHost
-            self._device_host = DeviceHost(self, self.devices)
-            self._device_host.start()
+        """Run the guest until it stops; returns the state.  Without a
+        scheduler the vCPU runs on this thread; with one, on its workers,
+        and this thread only waits."""
+        self._begin()
+        if self._scheduler is not None:
+            return self.wait()
         try:
             self._vcpu_loop()
         except Exception as e:          # a fault in the parent stops this guest only
             self._crash(f"parent partition error: {type(e).__name__}: {e}")
         finally:
-            # The trace is complete before wait() returns: a caller that
-            # exits right after must not lose its last records.
-            if self.tracer is not None:
-                self.tracer.finish()
-            with self._cond:
-                if self._vcpu is not None:      # destroyed on the thread that ran it
-                    self.last_counters = self.counters()
-                    lib.hv_vcpu_destroy(self._vcpu)
-                    self._vcpu = None
-            if self._device_host is not None:
-                self._device_host.stop()
-                self._device_host = None
-            self._drain_uart()
-            self.console.flush()
-            # Finished only now: wait() returning means the trace and the
-            # console hold everything (the caller may exit at once).
-            with self._cond:
-                self._finished = True
-                self._cond.notify_all()
+            self._end()
         return self.state
 
     def start(self):
-        """Run the guest on a thread of its own."""
+        """Run the guest in the background: on a thread of its own, or
+        (with a scheduler) on the scheduler's workers, adding no thread."""
+        if self._scheduler is not None:
+            self._begin()
+            return
         if self.state != CREATED:
             raise StateError(f"cannot start partition {self.id}: it is {self.state}")
         self._thread = threading.Thread(target=self.run, name=f"partition-{self.id}", daemon=True)
         self._thread.start()
+
+    def _begin(self):
+        with self._cond:
+            if self.state != CREATED:
+                raise StateError(f"cannot run partition {self.id}: it is {self.state}")
+            self.state = RUNNING
+            if self._scheduler is None:
+                self._run_thread = threading.get_ident()
+        if self.devices:
+            from hv.devices.virtio import DeviceHost
+            self._device_host = DeviceHost(self, self.devices)
+            self._device_host.start()
+        if self._scheduler is None:
+            return
+        if self.debugger is not None:
+            self._crash("the GDB stub needs a partition on a thread of its own (no scheduler)")
+            self._end()
+            return
+        # T:627 Scheduled: the vCPU is handed to the workers and started;
+        # its exits arrive at _serve_exit() on the scheduler's threads.
+        try:
+            vcpu = self._create_vcpu()
+            self._scheduler.attach(self, vcpu, self.weight, self.cap)
+            lib.hv_sched_start(vcpu)
+        except Exception as e:
+            self._crash(f"parent partition error: {type(e).__name__}: {e}")
+            self._end()
+
+    def _end(self):
+        """Take the vCPU down and close what the run opened; once."""
+        with self._cond:
+            if self._ending:
+                self._cond.wait_for(lambda: self._finished)
+                return
+            self._ending = True
+        if self._scheduler is not None and self._vcpu is not None:
+            self.last_counters = self.counters()
+            self._scheduler.detach(self._vcpu)      # off every worker and server
+        # The trace is complete before wait() returns: a caller that
+        # exits right after must not lose its last records.
+        if self.tracer is not None:
+            self.tracer.finish()
+        with self._cond:
+            if self._vcpu is not None:      # destroyed on the thread that ran it
+                if self._scheduler is None:
+                    self.last_counters = self.counters()
+                lib.hv_vcpu_destroy(self._vcpu)
+                self._vcpu = None
+        if self._device_host is not None:
+            self._device_host.stop()
+            self._device_host = None
+        self._drain_uart()
+        self.console.flush()
+        # Finished only now: wait() returning means the trace and the
+        # console hold everything (the caller may exit at once).
+        with self._cond:
+            self._finished = True
+            self._cond.notify_all()
 
     def wait(self, timeout=None):
         """Wait until the guest stops (shutdown, crash); returns the state."""
@@ -276,6 +329,17 @@ class Partition:
             if self.state != RUNNING:
                 raise StateError(f"cannot pause partition {self.id}: it is {self.state}")
             self._resume.clear()
+            if self._scheduler is not None:
+                # Paused is a scheduler state: the vCPU leaves its worker.
+                if not self._cond.wait_for(lambda: self._vcpu is not None or self._finished,
+                                           timeout):
+                    raise StateError(f"partition {self.id} did not pause within {timeout} s")
+                if self._finished or self.state != RUNNING:
+                    return
+                lib.hv_sched_pause(self._vcpu)          # returns once it runs nowhere
+                self.state = PAUSED
+                self._cond.notify_all()
+                return
         if not self._kick_until(lambda: self.state != RUNNING, timeout):
             raise StateError(f"partition {self.id} did not pause within {timeout} s")
 
@@ -283,6 +347,11 @@ class Partition:
         with self._cond:
             if self.state != PAUSED:
                 raise StateError(f"cannot resume partition {self.id}: it is {self.state}")
+            if self._scheduler is not None:
+                self.state = RUNNING
+                lib.hv_sched_resume(self._vcpu)
+                self._cond.notify_all()
+                return
             self._resume.set()
             self._cond.wait_for(lambda: self.state != PAUSED)
 
@@ -296,7 +365,9 @@ class Partition:
                 raise StateError(f"partition {self.id} cannot be destroyed from its own vCPU thread")
             self._stop = True
             self._resume.set()
-        if running:
+        if running and self._scheduler is not None:
+            self._end()                 # takes the vCPU off the scheduler
+        elif running:
             self._kick_until(lambda: self._finished, None)
         with self._cond:
             for device in self.devices:
@@ -313,8 +384,37 @@ class Partition:
         self.destroy()
 
     # -- the slow path -------------------------------------------------
-    def _vcpu_loop(self):
-        # T:620 The vCPU is created on the thread that runs it (KVM's rule).
+    def _serve_exit(self, vcpu):
+        """One exit record of a scheduled vCPU (a server thread): handle it,
+        then put the vCPU back on a runqueue unless the guest stopped."""
+        exit_ = lib.hv_vcpu_exit_record(vcpu)
+        if self.tracer is not None:
+            self.tracer.drain()
+        try:
+            EXIT_HANDLERS[exit_.kind](self, exit_)
+        except Exception as e:          # a fault in the parent stops this guest only
+            self._crash(f"parent partition error: {type(e).__name__}: {e}")
+        with self._cond:
+            go_on = self.state in (RUNNING, PAUSED) and not self._stop
+            if go_on:
+                lib.hv_sched_continue(vcpu)
+        if not go_on:
+            self._scheduler.reap(self)      # _end() on another thread: it waits for this one
+
+    def set_share(self, weight=None, cap=None):
+        """Change the scheduler weight and cap of a scheduled partition, live."""
+        if self._scheduler is None:
+            raise StateError(f"partition {self.id} is not on a scheduler")
+        weight = self.weight if weight is None else int(weight)
+        cap = self.cap if cap is None else int(cap)
+        with self._cond:
+            if self._vcpu is None or lib.hv_sched_set_share(self._vcpu, weight or 256, cap):
+                raise ValueError("weight is 1..65535, cap a percent 0..100, on a running partition")
+            self.weight, self.cap = weight, cap
+
+    def _create_vcpu(self):
+        # T:620 The vCPU is created on the thread that runs it (KVM's rule;
+        # on a scheduler, a worker's first run pays the move once).
         out = ffi.new("struct hv_vcpu **")
         err = lib.hv_vcpu_create(self._p, 0, out)
         if err:
@@ -325,6 +425,10 @@ class Partition:
         err = lib.hv_vcpu_set_pvh_entry(vcpu, self.image.entry, self.image.start_info_gpa)
         if err:
             raise HostError(f"cannot set the PVH entry state: {os.strerror(-err)}")
+        return vcpu
+
+    def _vcpu_loop(self):
+        vcpu = self._create_vcpu()
         if self.debugger is not None:
             self.debugger.vcpu_ready(vcpu)      # hv/gdbstub.py: may hold it at the entry
         exit_ = ffi.new("struct hv_exit *")
@@ -395,7 +499,7 @@ class Partition:
         lib.hv_vcpu_complete(self._vcpu, (1 << (8 * exit_.io_size)) - 1)
 
     def _on_paused(self, exit_):
-        if self._stop:
+        if self._stop or self._scheduler is not None:
             return
         if self.debugger is not None and self.debugger.claim_pause():
             self.debugger.paused()              # GDB asked (attach, Ctrl-C): a debug stop
@@ -445,7 +549,13 @@ class Partition:
             return {}
         vals = ffi.new("uint64_t[3]")
         lib.hv_vcpu_counters(self._vcpu, vals, vals + 1, vals + 2)
-        return {"exits": vals[0], "fast_hypercalls": vals[1], "parent_hypercalls": vals[2]}
+        out = {"exits": vals[0], "fast_hypercalls": vals[1], "parent_hypercalls": vals[2]}
+        info = ffi.new("struct hv_sched_info *")
+        if self._scheduler is not None and lib.hv_sched_vcpu_info(self._vcpu, info) == 0:
+            out.update(run_ns=info.runtime_ns, dispatches=info.dispatches,
+                       blocks=info.blocks, parent_waits=info.parent_waits,
+                       migrations=info.migrations)
+        return out
 
     def metrics(self):
         """A JSON-ready snapshot of what the partition has done so far: the

@@ -269,3 +269,27 @@ def test_woken_vcpu_preempts_a_cpu_bound_one():
         assert lib.hv_test_sched_wake(t, sleeper, 3_000_001 + 2 * lib.HV_SCHED_RATELIMIT_NS) == 0
     finally:
         lib.hv_test_sched_destroy(t)
+
+
+def test_a_yielder_is_not_starved_by_a_spinner():
+    # Regression: a vCPU that yielded was passed over as long as any other
+    # vCPU was runnable, so a guest calling yield never ran again beside a
+    # CPU-bound one.
+    t = lib.hv_test_sched_create(1)
+    try:
+        sl = ffi.new("uint64_t *")
+        spinner = lib.hv_test_sched_add(t, 0, 256, 0, 0)
+        yielder = lib.hv_test_sched_add(t, 0, 256, 0, 0)
+        now = 1
+        lib.hv_test_sched_start(t, spinner, now)
+        lib.hv_test_sched_start(t, yielder, now)
+        runs = {spinner: 0, yielder: 0}
+        for _ in range(200):
+            i = lib.hv_test_sched_pick(t, 0, now, sl)
+            runs[i] += 1
+            now += sl[0] if i == spinner else 10_000
+            why = lib.HV_SCHED_STOP_PREEMPT if i == spinner else lib.HV_SCHED_STOP_YIELD
+            lib.hv_test_sched_stop(t, i, why, 0, now)
+        assert runs[yielder] >= 20, runs
+    finally:
+        lib.hv_test_sched_destroy(t)

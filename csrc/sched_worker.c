@@ -1,0 +1,473 @@
+/*
+ * sched_worker.c - N host threads run M vCPUs.
+ *
+ * T:592 A worker is a host thread that loops: wake blocked vCPUs whose
+ * deadline passed, pick the next vCPU (sched.c), run it through the same
+ * run loop a lone vCPU thread uses (vcpu.c) until its slice ends, it
+ * blocks, yields or needs the parent, and put it back where it belongs.
+ * A per-worker host timer ends the slice with the kick signal, so a guest
+ * spinning without exits is preempted too.  Nothing here holds the policy
+ * lock while guest code runs.
+ *
+ * A vCPU that needs the parent holds no worker: its exit record goes onto
+ * one queue that the parent serves from a few threads
+ * (hv_sched_next_exit), and hv_sched_continue puts it back on a runqueue.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+#include "core.h"
+
+struct worker {
+    struct hv_sched *hs;
+    int index;
+    pthread_t thread;
+    int started;
+    pid_t tid;
+    pthread_cond_t wake;       /* an idle worker sleeps on it */
+    int idle;
+    timer_t timer;             /* ends the slice: the kick signal */
+    int timer_ok;
+    struct hv_vcpu *running;
+};
+
+struct hv_sched {
+    struct sched s;            /* the policy, and the lock everything here takes */
+    struct worker w[SCHED_WORKERS_MAX];
+    int nworkers;
+    int stopping;
+    pthread_cond_t stopped;    /* a vCPU left a worker (pause, detach wait for it) */
+    pthread_cond_t exit_ready; /* the parent's queue has a record */
+    struct hv_vcpu *exitq_head, *exitq_tail;
+};
+
+static __thread struct worker *this_worker;
+
+static uint64_t now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+
+static struct timespec ns_to_timespec(uint64_t ns)
+{
+    return (struct timespec){ (time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull) };
+}
+
+/* A partition-clock deadline as host CLOCK_MONOTONIC ns (0 stays 0). */
+static uint64_t deadline_host_ns(const struct hv_partition *p, uint64_t deadline)
+{
+    if (!deadline || p->deterministic)
+        return 0;               /* virtual time never waits for the host clock */
+    struct timespec t = timer_deadline_to_host(p, deadline);
+    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+
+static uint64_t vcpu_deadline_host(struct hv_vcpu *v)
+{
+    uint64_t d = v->g.timer_deadline, apic = lapic_deadline(v);
+    if (apic && (!d || apic < d))
+        d = apic;
+    return deadline_host_ns(v->partition, d);
+}
+
+/* Tell worker i about new work: wake it if idle, else kick what it runs
+ * (the woken vCPU has more credit).  Under hs->s.lock. */
+static void notify(struct hv_sched *hs, int i)
+{
+    struct worker *w = &hs->w[i];
+    if (w->idle)
+        pthread_cond_signal(&w->wake);
+    else if (w->tid && w->running && w->running->h.in_guest)
+        syscall(SYS_tgkill, getpid(), w->tid, kick_signal());
+}
+
+static void arm(struct worker *w, uint64_t at)
+{
+    if (!w->timer_ok)
+        return;
+    struct itimerspec its;
+    memset(&its, 0, sizeof(its));
+    if (at) {
+        its.it_value = ns_to_timespec(at);
+        /* Repeat until disarmed: a kick can land just before the engine
+         * enters (Unicorn clears its stop request on entry). */
+        its.it_interval.tv_nsec = 1000000;
+    }
+    timer_settime(w->timer, TIMER_ABSTIME, &its, NULL);
+}
+
+static uint64_t earliest(uint64_t a, uint64_t b)
+{
+    return !a ? b : !b ? a : a < b ? a : b;
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    struct hv_sched *hs = w->hs;
+    /* Signals are the parent's business (Python handles them on its main
+     * thread); a worker takes only the kick. */
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    kick_thread_init();
+    this_worker = w;
+    w->tid = (pid_t)syscall(SYS_gettid);
+    struct sigevent sev;
+    memset(&sev, 0, sizeof(sev));
+    sev.sigev_notify = SIGEV_THREAD_ID;
+    sev.sigev_signo = kick_signal();
+    sev._sigev_un._tid = w->tid;
+    w->timer_ok = timer_create(CLOCK_MONOTONIC, &sev, &w->timer) == 0;
+
+    pthread_mutex_lock(&hs->s.lock);
+    while (!hs->stopping) {
+        uint64_t now = now_ns(), slice;
+        int woken[SCHED_WORKERS_MAX], n;
+        uint64_t next_deadline = sched_expire(&hs->s, now, woken, SCHED_WORKERS_MAX, &n);
+        for (int i = 0; i < n; i++)
+            if (woken[i] != w->index)
+                notify(hs, woken[i]);
+        struct sched_entity *e = sched_pick(&hs->s, w->index, now, &slice);
+        if (!e) {
+            w->idle = 1;
+            if (next_deadline) {
+                struct timespec until = ns_to_timespec(next_deadline);
+                pthread_cond_timedwait(&w->wake, &hs->s.lock, &until);
+            } else {
+                pthread_cond_wait(&w->wake, &hs->s.lock);
+            }
+            w->idle = 0;
+            continue;
+        }
+        /* T:594 Dispatch: kicks to this thread now reach this vCPU. */
+        struct hv_vcpu *v = e->owner;
+        w->running = v;
+        pthread_mutex_unlock(&hs->s.lock);
+
+        kick_set_current(v);
+        arm(w, earliest(now + slice, earliest(vcpu_deadline_host(v), next_deadline)));
+        struct hv_exit *exit = v->h.sched_exit;
+        exit->kind = 0;
+        exit->vcpu = v->id;
+        exit->data_len = 0;
+        v->h.exit = exit;
+        enum vcpu_run_end end = vcpu_run_loop(v, exit, 1);
+        arm(w, 0);
+        kick_set_current(NULL);
+        event_consume_kick();
+        uint64_t wake_at = end == RUN_BLOCKED ? vcpu_deadline_host(v) : 0;
+
+        pthread_mutex_lock(&hs->s.lock);
+        w->running = NULL;
+        static const enum sched_stop why[] = {
+            [RUN_TO_PARENT] = SCHED_STOP_PARENT, [RUN_BLOCKED] = SCHED_STOP_BLOCK,
+            [RUN_KICKED] = SCHED_STOP_PREEMPT, [RUN_YIELDED] = SCHED_STOP_YIELD,
+        };
+        sched_stop(&hs->s, e, why[end], wake_at, now_ns());
+        if (e->state == SCHED_PARENT) {
+            /* T:596 The exit record waits for the parent; no worker waits. */
+            v->h.exitq_next = NULL;
+            if (hs->exitq_tail)
+                hs->exitq_tail->h.exitq_next = v;
+            else
+                hs->exitq_head = v;
+            hs->exitq_tail = v;
+            v->h.queued = 1;
+            pthread_cond_signal(&hs->exit_ready);
+        }
+        pthread_cond_broadcast(&hs->stopped);
+    }
+    pthread_mutex_unlock(&hs->s.lock);
+    if (w->timer_ok)
+        timer_delete(w->timer);
+    return NULL;
+}
+
+int hv_sched_create(int nworkers, struct hv_sched **out)
+{
+    if (nworkers <= 0) {
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        nworkers = cpus > 0 ? (int)cpus : 1;
+    }
+    if (nworkers > SCHED_WORKERS_MAX)
+        return -EINVAL;
+    struct hv_sched *hs = calloc(1, sizeof(*hs));
+    if (!hs)
+        return -ENOMEM;
+    pthread_mutex_init(&hs->s.lock, NULL);
+    sched_init(&hs->s, nworkers);
+    hs->nworkers = nworkers;
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&hs->stopped, &attr);
+    pthread_cond_init(&hs->exit_ready, &attr);
+    for (int i = 0; i < nworkers; i++) {
+        hs->w[i].hs = hs;
+        hs->w[i].index = i;
+        pthread_cond_init(&hs->w[i].wake, &attr);
+    }
+    pthread_condattr_destroy(&attr);
+    for (int i = 0; i < nworkers; i++) {
+        if (pthread_create(&hs->w[i].thread, NULL, worker_main, &hs->w[i])) {
+            hv_sched_destroy(hs);
+            return -EAGAIN;
+        }
+        hs->w[i].started = 1;
+    }
+    *out = hs;
+    return 0;
+}
+
+/* Every vCPU must be detached first. */
+void hv_sched_destroy(struct hv_sched *hs)
+{
+    pthread_mutex_lock(&hs->s.lock);
+    hs->stopping = 1;
+    for (int i = 0; i < hs->nworkers; i++)
+        pthread_cond_signal(&hs->w[i].wake);
+    pthread_cond_broadcast(&hs->exit_ready);
+    pthread_mutex_unlock(&hs->s.lock);
+    for (int i = 0; i < hs->nworkers; i++)
+        if (hs->w[i].started)
+            pthread_join(hs->w[i].thread, NULL);
+    for (int i = 0; i < hs->nworkers; i++)
+        pthread_cond_destroy(&hs->w[i].wake);
+    pthread_cond_destroy(&hs->stopped);
+    pthread_cond_destroy(&hs->exit_ready);
+    pthread_mutex_destroy(&hs->s.lock);
+    free(hs);
+}
+
+int hv_sched_workers(const struct hv_sched *hs) { return hs->nworkers; }
+
+/* T:583 The vCPU joins the scheduler DOWN; hv_sched_start()
+ * makes it runnable.  The vCPUs of one TCG partition form a group: Unicorn
+ * has no parallel mode, so they must never run at once. */
+int hv_sched_attach(struct hv_sched *hs, struct hv_vcpu *v, uint32_t weight, uint32_t cap)
+{
+    if (v->h.sched)
+        return -EBUSY;
+    if (v->g.wait != WAIT_NONE && v->g.wait != WAIT_EVENT)
+        return -EBUSY;
+    if (weight > 65535 || cap > 100)
+        return -EINVAL;
+    v->h.sched_exit = calloc(1, sizeof(*v->h.sched_exit));
+    if (!v->h.sched_exit)
+        return -ENOMEM;
+    /* Its worker's timer stands in for the vCPU's own host timer, which
+     * would signal the thread that created it. */
+    timer_host_delete(v);
+    int tcg = v->partition->engine == &engine_tcg_ops;
+    pthread_mutex_lock(&hs->s.lock);
+    v->h.se.owner = v;
+    sched_add(&hs->s, &v->h.se, tcg ? v->partition->id : 0, weight, cap, tcg);
+    v->h.sched = hs;
+    pthread_mutex_unlock(&hs->s.lock);
+    return 0;
+}
+
+int hv_sched_start(struct hv_vcpu *v)
+{
+    struct hv_sched *hs = v->h.sched;
+    if (!hs)
+        return -EINVAL;
+    pthread_mutex_lock(&hs->s.lock);
+    int err = v->h.se.state == SCHED_DOWN ? 0 : -EBUSY;
+    if (!err) {
+        int w = sched_start(&hs->s, &v->h.se, now_ns());
+        if (w >= 0)
+            notify(hs, w);
+    }
+    pthread_mutex_unlock(&hs->s.lock);
+    return err;
+}
+
+struct hv_vcpu *hv_sched_next_exit(struct hv_sched *hs, int timeout_ms)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    uint64_t end = (uint64_t)until.tv_sec * 1000000000ull + (uint64_t)until.tv_nsec
+                 + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000ull;
+    until = ns_to_timespec(end);
+    pthread_mutex_lock(&hs->s.lock);
+    while (!hs->exitq_head && !hs->stopping)
+        if (pthread_cond_timedwait(&hs->exit_ready, &hs->s.lock, &until) == ETIMEDOUT)
+            break;
+    struct hv_vcpu *v = hs->exitq_head;
+    if (v) {
+        hs->exitq_head = v->h.exitq_next;
+        if (!hs->exitq_head)
+            hs->exitq_tail = NULL;
+        v->h.queued = 0;
+    }
+    pthread_mutex_unlock(&hs->s.lock);
+    return v;
+}
+
+struct hv_exit *hv_vcpu_exit_record(struct hv_vcpu *v)
+{
+    return v->h.sched_exit;
+}
+
+int hv_sched_continue(struct hv_vcpu *v)
+{
+    struct hv_sched *hs = v->h.sched;
+    if (!hs)
+        return -EINVAL;
+    if (v->g.wait != WAIT_NONE && v->g.wait != WAIT_EVENT)
+        return -EBUSY;              /* hv_vcpu_complete() first */
+    pthread_mutex_lock(&hs->s.lock);
+    int err = v->h.se.state == SCHED_PARENT && !v->h.queued ? 0 : -EINVAL;
+    if (!err) {
+        int w = sched_parent_done(&hs->s, &v->h.se, now_ns());
+        if (w >= 0)
+            notify(hs, w);
+    }
+    pthread_mutex_unlock(&hs->s.lock);
+    return err;
+}
+
+/* Kick v off its worker (under the lock) so a pending pause or take-down
+ * is applied when it stops. */
+static void kick_running(struct hv_vcpu *v)
+{
+    if (v->h.se.state == SCHED_RUNNING && v->h.in_guest)
+        syscall(SYS_tgkill, getpid(), v->h.tid, kick_signal());
+}
+
+int hv_sched_pause(struct hv_vcpu *v)
+{
+    struct hv_sched *hs = v->h.sched;
+    if (!hs)
+        return -EINVAL;
+    pthread_mutex_lock(&hs->s.lock);
+    if (!sched_pause(&hs->s, &v->h.se)) {
+        while (v->h.se.state == SCHED_RUNNING) {
+            kick_running(v);
+            struct timespec until = ns_to_timespec(now_ns() + 1000000);   /* re-kick each ms */
+            pthread_cond_timedwait(&hs->stopped, &hs->s.lock, &until);
+        }
+    }
+    pthread_mutex_unlock(&hs->s.lock);
+    return 0;
+}
+
+int hv_sched_resume(struct hv_vcpu *v)
+{
+    struct hv_sched *hs = v->h.sched;
+    if (!hs)
+        return -EINVAL;
+    pthread_mutex_lock(&hs->s.lock);
+    int w = sched_resume(&hs->s, &v->h.se, now_ns());
+    if (w >= 0)
+        notify(hs, w);
+    pthread_mutex_unlock(&hs->s.lock);
+    return 0;
+}
+
+/* Take v out of the scheduler; returns once no worker holds it.  Its exit
+ * record, if queued, is withdrawn.  v runs on no thread afterwards. */
+void hv_sched_detach(struct hv_vcpu *v)
+{
+    struct hv_sched *hs = v->h.sched;
+    if (!hs)
+        return;
+    pthread_mutex_lock(&hs->s.lock);
+    if (!sched_take_down(&hs->s, &v->h.se)) {
+        while (v->h.se.state != SCHED_DOWN) {
+            kick_running(v);
+            struct timespec until = ns_to_timespec(now_ns() + 1000000);
+            pthread_cond_timedwait(&hs->stopped, &hs->s.lock, &until);
+        }
+    }
+    if (v->h.queued) {
+        struct hv_vcpu **pp = &hs->exitq_head, *prev = NULL;
+        while (*pp != v) {
+            prev = *pp;
+            pp = &(*pp)->h.exitq_next;
+        }
+        *pp = v->h.exitq_next;
+        if (hs->exitq_tail == v)
+            hs->exitq_tail = prev;
+        v->h.queued = 0;
+    }
+    sched_forget(&hs->s, &v->h.se);
+    v->h.sched = NULL;
+    pthread_mutex_unlock(&hs->s.lock);
+    free(v->h.sched_exit);
+    v->h.sched_exit = NULL;
+    v->h.exit = NULL;
+}
+
+int hv_sched_vcpu_info(struct hv_vcpu *v, struct hv_sched_info *out)
+{
+    struct hv_sched *hs = v->h.sched;
+    if (!hs)
+        return -EINVAL;
+    pthread_mutex_lock(&hs->s.lock);
+    const struct sched_entity *e = &v->h.se;
+    *out = (struct hv_sched_info){
+        .state = e->state, .home = e->home, .worker = e->worker, .credit = e->credit,
+        .runtime_ns = e->runtime_ns, .dispatches = e->dispatches,
+        .migrations = e->migrations, .blocks = e->blocks, .parent_waits = e->parent_waits };
+    pthread_mutex_unlock(&hs->s.lock);
+    return 0;
+}
+
+int hv_sched_set_share(struct hv_vcpu *v, uint32_t weight, uint32_t cap)
+{
+    struct hv_sched *hs = v->h.sched;
+    if (!hs)
+        return -EINVAL;
+    if (weight == 0 || weight > 65535 || cap > 100)
+        return -EINVAL;
+    pthread_mutex_lock(&hs->s.lock);
+    v->h.se.weight = weight;
+    v->h.se.cap = cap;
+    pthread_mutex_unlock(&hs->s.lock);
+    return 0;
+}
+
+/* T:598 An event for a scheduled vCPU (event_raise, a device, a timer):
+ * if it was blocked it becomes runnable, and the worker sched_wake names
+ * (idle, or running something with less credit) hears of it. */
+void sched_vcpu_wake(struct hv_vcpu *v)
+{
+    struct hv_sched *hs = v->h.sched;
+    if (!hs)
+        return;
+    pthread_mutex_lock(&hs->s.lock);
+    int w = sched_wake(&hs->s, &v->h.se, now_ns());
+    if (w >= 0)
+        notify(hs, w);
+    pthread_mutex_unlock(&hs->s.lock);
+}
+
+/* The guest moved its timer while running: cover the new deadline with
+ * this worker's timer (the run loop checks it at the next stop). */
+void sched_vcpu_timer_changed(struct hv_vcpu *v)
+{
+    struct worker *w = this_worker;
+    if (!w || w->running != v)
+        return;                 /* not running: the deadline is read at its next stop */
+    uint64_t at = vcpu_deadline_host(v);
+    if (at) {
+        struct itimerspec cur;
+        if (w->timer_ok && timer_gettime(w->timer, &cur) == 0 &&
+            (cur.it_value.tv_sec || cur.it_value.tv_nsec)) {
+            uint64_t left = (uint64_t)cur.it_value.tv_sec * 1000000000ull +
+                            (uint64_t)cur.it_value.tv_nsec;
+            if (now_ns() + left <= at)
+                return;         /* the slice ends first anyway */
+        }
+        arm(w, at);
+    }
+}

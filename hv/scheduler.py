@@ -1,0 +1,108 @@
+"""The parent's side of the core's scheduler (csrc/sched.c, sched_worker.c).
+
+T:625 With a Scheduler, vCPUs run on the core's N worker threads, not on a
+thread per vCPU: host threads grow with workers, not with partitions.  A
+vCPU that needs the parent leaves its exit record on one queue; a few
+Python threads here take records off it (the C call blocks with the GIL
+released), hand each to its partition's exit handler, and put the vCPU
+back on a runqueue.  A handler must not block: pause and resume are
+scheduler states, not a waiting thread.
+"""
+import os
+import queue
+import threading
+
+from hv.abi import ffi, lib
+
+SERVERS = 2             # Python threads serving exits: a few, not one per vCPU
+
+
+class Scheduler:
+    """N workers (default: one per host CPU) running every attached vCPU."""
+
+    def __init__(self, workers=None, servers=SERVERS):
+        out = ffi.new("struct hv_sched **")
+        err = lib.hv_sched_create(int(workers or 0), out)
+        if err:
+            raise ValueError(f"cannot start {workers} scheduler workers: {os.strerror(-err)}")
+        self._s = out[0]
+        self.workers = lib.hv_sched_workers(self._s)
+        self._owners = {}                   # vCPU address -> Partition
+        self._lock = threading.Condition()
+        self._serving = set()               # vCPU addresses whose exit a server handles
+        self._closed = False
+        self._servers = [threading.Thread(target=self._serve, name=f"hv-exits-{i}", daemon=True)
+                         for i in range(servers)]
+        # Partitions whose guest stopped are closed here, not on a server
+        # (closing waits until no server holds the vCPU's last exit).
+        self._reap = queue.Queue()
+        self._servers.append(threading.Thread(target=self._reaper, name="hv-reaper", daemon=True))
+        for t in self._servers:
+            t.start()
+
+    def attach(self, partition, vcpu, weight=0, cap=0):
+        err = lib.hv_sched_attach(self._s, vcpu, weight, cap)
+        if err:
+            raise ValueError(f"cannot schedule the vCPU: {os.strerror(-err)}")
+        with self._lock:
+            self._owners[int(ffi.cast("uintptr_t", vcpu))] = partition
+
+    def detach(self, vcpu):
+        """Take the vCPU off every worker and out of the exit queue."""
+        lib.hv_sched_detach(vcpu)
+        key = int(ffi.cast("uintptr_t", vcpu))
+        with self._lock:
+            self._owners.pop(key, None)
+            # A server may hold its last exit record: the vCPU outlives that.
+            self._lock.wait_for(lambda: key not in self._serving)
+
+    def reap(self, partition):
+        self._reap.put(partition)
+
+    def _reaper(self):
+        while True:
+            partition = self._reap.get()
+            if partition is None:
+                return
+            partition._end()
+
+    def _serve(self):
+        while not self._closed:
+            vcpu = lib.hv_sched_next_exit(self._s, 100)       # GIL released inside
+            if vcpu == ffi.NULL:
+                continue
+            key = int(ffi.cast("uintptr_t", vcpu))
+            with self._lock:
+                part = self._owners.get(key)
+                if part is None:
+                    continue
+                self._serving.add(key)
+            try:
+                part._serve_exit(vcpu)
+            finally:
+                with self._lock:
+                    self._serving.discard(key)
+                    self._lock.notify_all()
+
+    def close(self):
+        """Stop the servers and the workers (every vCPU must be detached)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._reap.put(None)
+        for t in self._servers:
+            t.join()
+        lib.hv_sched_destroy(self._s)
+
+
+_default = None
+_default_lock = threading.Lock()
+
+
+def default_scheduler():
+    """The process's shared scheduler, started on first use."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Scheduler()
+        return _default
