@@ -299,10 +299,32 @@ static bool tcg_on_unmapped(uc_engine *uc, uc_mem_type type, uint64_t address,
 
 /* Deterministic mode: every instruction counts one nanosecond of virtual
  * time; the timer stops the guest at an exact instruction. */
+/* Deterministic mode: RDTSC reads the instruction clock, not the host's
+ * TSC (Unicorn 2.1.4 cannot hook RDTSC; this hook sees every instruction
+ * anyway).  A 2-byte instruction 0F 31 is answered here and skipped:
+ * writing RIP from a code hook resumes there without leaving
+ * uc_emu_start().  With CR4.TSD in ring 3 QEMU's own #GP stays. */
+#define CR4_TSD (1ull << 2)
+static int emulate_rdtsc(struct tcg_vcpu *c, uint64_t address)
+{
+    uint8_t insn[2];
+    if (uc_vmem_read(c->uc, address, UC_PROT_EXEC, insn, 2) != UC_ERR_OK ||
+        insn[0] != 0x0f || insn[1] != 0x31)
+        return 0;
+    if ((tcg_read_reg(c->uc, UC_X86_REG_CR4) & CR4_TSD) &&
+        (tcg_read_reg(c->uc, UC_X86_REG_CS) & 3))
+        return 0;
+    uint64_t tsc = *c->icount, rax = tsc & 0xffffffffu, rdx = tsc >> 32, next = address + 2;
+    uc_reg_write(c->uc, UC_X86_REG_RAX, &rax);
+    uc_reg_write(c->uc, UC_X86_REG_RDX, &rdx);
+    uc_reg_write(c->uc, UC_X86_REG_RIP, &next);
+    c->regs_valid = 0;
+    return 1;
+}
+
 static void tcg_on_instruction(uc_engine *uc, uint64_t address, uint32_t size, void *user)
 {
     struct tcg_vcpu *c = user;
-    (void)address; (void)size;
     /* A stop a hook requested: here, before this instruction runs (a stop
      * from a code hook is exact), so it is counted when the guest runs
      * again. */
@@ -316,6 +338,8 @@ static void tcg_on_instruction(uc_engine *uc, uint64_t address, uint32_t size, v
         uc_emu_stop(uc);
         return;
     }
+    if (size == 2)
+        emulate_rdtsc(c, address);
     ++*c->icount;
 }
 

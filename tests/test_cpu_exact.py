@@ -68,3 +68,17 @@ def test_cpu_exact(case, engine, request):
     if why:
         request.applymarker(pytest.mark.xfail(reason=why, strict=True))
     run_case(case, engine)
+
+
+@pytest.mark.skipif(engine_missing("tcg") is not None, reason="no TCG engine")
+def test_tsc_follows_the_instruction_clock_when_deterministic():
+    """--deterministic: RDTSC reads the instruction clock (it read the host's
+    TSC), so a guest that reads it repeats exactly; the guest checks that a
+    loop advances it by instructions, not host cycles."""
+    lines = []
+    for _ in range(2):
+        run = boot("cpu-exact", cmdline="case=tsc", engine="tcg", deterministic=True,
+                   timeout=60)
+        assert run.verdict == "SUCCESS", run.describe()
+        lines.append([line for line in run.console.splitlines() if line.startswith("tsc:")])
+    assert lines[0] == lines[1] and lines[0], lines

@@ -23,6 +23,9 @@
  *   sti-upcall    an upcall raised while IF=0 arrives as soon as STI sets IF,
  *                 without waiting for an exit
  *
+ *   tsc           (--deterministic) RDTSC follows the instruction clock
+ *   timer-rearm   n= set_timer calls, half of them already due
+ *
  * `pvm` on the command line: the KVM is kvm_pvm (a software KVM that runs
  * ring 3 natively as a host process), which differs from a CPU in three
  * ways hv cannot change: IOPL 3 does not open ports to ring 3, ring-3 INT3
@@ -361,6 +364,25 @@ static void case_sti_upcall(void)
     test_success();
 }
 
+/* ---- tsc (deterministic mode) ----------------------------------------- */
+
+/* Under --deterministic the TSC is the instruction clock: two runs print
+ * the same values, and a loop of known length advances it by about that
+ * many instructions. */
+static void case_tsc(void)
+{
+    uint64_t t0 = rdtsc();
+    for (volatile unsigned i = 0; i < 1000; i++)
+        ;
+    uint64_t t1 = rdtsc();
+    uint64_t clock = hv_clock_read();
+    printf("tsc: t0=%lu t1=%lu clock=%lu\n", t0, t1, clock);
+    GUEST_ASSERT(t1 > t0);
+    GUEST_ASSERT(t1 - t0 >= 1000 && t1 - t0 < 100000);   /* instructions, not host cycles */
+    GUEST_ASSERT(clock >= t1 && clock - t1 < 1000);
+    test_success();
+}
+
 /* ---- timer-rearm ------------------------------------------------------ */
 
 /* n= set_timer calls alternating between a deadline already past (it fires
@@ -385,7 +407,7 @@ int main(void)
         { "soft-int", case_soft_int },         { "cr3-reserved", case_cr3_reserved },
         { "syscall", case_syscall },           { "twelve-outs", case_twelve_outs },
         { "kick-rmw", case_kick_rmw },         { "sti-upcall", case_sti_upcall },
-        { "timer-rearm", case_timer_rearm },
+        { "timer-rearm", case_timer_rearm },   { "tsc", case_tsc },
     };
     for (unsigned i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
         if (cmdline_is("case", cases[i].name))
