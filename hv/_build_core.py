@@ -94,7 +94,9 @@ VARIANTS = {
     "": (["-O2"], []),
     # UBSan made fatal: a report fails the run, it does not scroll past.
     "asan": (["-O1", "-g"] + _SANITIZE, _SANITIZE),
-    "coverage": (["-O0", "-g", "--coverage", "-DHV_COVERAGE"], ["--coverage"]),
+    # Atomic counters: vCPU and device threads run the same code at once.
+    "coverage": (["-O0", "-g", "--coverage", "-fprofile-update=atomic", "-DHV_COVERAGE"],
+                 ["--coverage"]),
 }
 
 

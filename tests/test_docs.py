@@ -14,7 +14,7 @@ from importlib.machinery import SourceFileLoader
 
 import pytest
 
-from hv._core import ffi, lib
+from hv.abi import ffi, lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ABI_H = os.path.join(ROOT, "csrc", "include", "hv", "abi.h")

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hv._core import ffi, lib
+from hv.abi import ffi, lib
 from hv.loader import BOOT_GPA, LoadError, load_pvh
 from test_cli import assert_one_line_error, hv
 from test_loader import GOOD, LOAD_GPA, PF_R, PF_X, CODE, make_elf

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hv._core import ffi, lib
+from hv.abi import ffi, lib
 from hv.testing.core import Core
 
 UART = lib.HV_UART_PORT

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from hv import loader
-from hv._core import ffi, lib
+from hv.abi import ffi, lib
 from hv.loader import BOOT_GPA, RESERVED_END, LoadError, load_pvh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -193,3 +193,80 @@ def test_sanitizer_build_reports_a_heap_overflow():
     assert proc.returncode != 0
     assert "AddressSanitizer: heap-buffer-overflow" in proc.stderr
     assert "hv_virtio_add" in proc.stderr
+
+
+# ---- validation branches the guest tests do not reach -----------------------------------
+# (make coverage lists the error exits of the input checks; these drive the
+# host-facing ones.  docs/reliability.md lists what stays unreachable.)
+
+def test_virtio_add_refuses_each_bad_argument():
+    from hv.abi import ffi, lib
+    from hv.testing.core import Core
+    fds = [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(2)]
+    qfds = ffi.new("int[]", fds[:1])
+    v1 = 1 << 32
+    pp = ffi.new("struct hv_partition **")
+    assert lib.hv_partition_create(lib.HV_ENGINE_NONE, 1 << 20, pp) == 0
+    p = pp[0]
+    try:
+        for slot, dev_id, feat, nq, qmax, cfg_len in [
+                (lib.HV_VIRTIO_MMIO_SLOTS, 2, v1, 1, 8, 0), (0, 0, v1, 1, 8, 0),
+                (0, 2, v1, 0, 8, 0), (0, 2, v1, lib.HV_VIRTIO_QUEUES_MAX + 1, 8, 0),
+                (0, 2, v1, 1, 0, 0), (0, 2, v1, 1, 65536, 0), (0, 2, v1, 1, 12, 0),
+                (0, 2, v1, 1, 8, lib.HV_VIRTIO_CONFIG_MAX + 1), (0, 2, 0, 1, 8, 0)]:
+            cfg = ffi.new("uint8_t[]", max(cfg_len, 1))
+            assert lib.hv_virtio_add(p, slot, dev_id, feat, nq, qmax, cfg, cfg_len, qfds,
+                                     fds[1]) == -errno.EINVAL, (slot, dev_id, feat, nq, qmax)
+        assert lib.hv_virtio_add(p, 0, 2, v1, 1, 8, b"", 0, qfds, fds[1]) == 0
+        assert lib.hv_virtio_add(p, 0, 2, v1, 1, 8, b"", 0, qfds, fds[1]) == -errno.EINVAL
+        # Every device entry refuses an empty slot.
+        s = ffi.new("struct hv_virtio_state *")
+        assert lib.hv_virtio_state(p, 1, s) == -errno.ENOENT
+        assert lib.hv_virtio_interrupt(p, 1, 1) == -errno.EINVAL
+        assert lib.hv_virtio_interrupt(p, 0, 0) == -errno.EINVAL
+        assert lib.hv_virtio_interrupt(p, 0, 4) == -errno.EINVAL
+        assert lib.hv_virtio_set_config(p, 1, b"x", 1) == -errno.EINVAL
+        assert lib.hv_virtio_set_config(p, 0, bytes(lib.HV_VIRTIO_CONFIG_MAX + 1),
+                                        lib.HV_VIRTIO_CONFIG_MAX + 1) == -errno.EINVAL
+        assert lib.hv_virtio_needs_reset(p, 1) == -errno.ENOENT
+        assert lib.hv_virtio_rings_claim(p, 1, 0) == -errno.ENOENT
+        assert lib.hv_virtio_rings_release(p, 1) == -errno.ENOENT
+        assert lib.hv_virtio_resets(p, 1) == 0
+        # Reservations: empty, outside RAM, straddling its end.
+        for gpa, n in [(0, 0), (1 << 20, 4096), ((1 << 20) - 4096, 8192)]:
+            assert lib.hv_partition_reserve(p, gpa, n) == -errno.EINVAL
+    finally:
+        lib.hv_partition_destroy(p)
+    # RAM up to the device window is refused a device; so is a running partition.
+    assert lib.hv_partition_create(lib.HV_ENGINE_NONE, lib.HV_VIRTIO_MMIO_BASE + (1 << 20), pp) == 0
+    try:
+        assert lib.hv_virtio_add(pp[0], 0, 2, v1, 1, 8, b"", 0, qfds, fds[1]) == -errno.ERANGE
+    finally:
+        lib.hv_partition_destroy(pp[0])
+    core = Core()
+    try:
+        assert lib.hv_virtio_add(core.p, 0, 2, v1, 1, 8, b"", 0, qfds, fds[1]) == -errno.EBUSY
+    finally:
+        core.close()
+        for fd in fds:
+            os.close(fd)
+
+
+def test_page_walk_refuses_tables_outside_the_guest_and_reserved_bits():
+    """A table in a frame the guest does not own, and PS set in a PML4 entry
+    (a reserved bit: the CPU raises #PF), end the walk with -HV_EFAULT."""
+    import struct
+    from hv.abi import ffi, lib
+    from hv.testing.core import Core
+    core = Core()
+    gpa = ffi.new("uint64_t *")
+    try:
+        lib.hv_partition_reserve(core.p, 0x1000, 0x1000)
+        assert lib.hv_test_walk(core.p, 0x1000, 0x400000, 0, 0, gpa) == -lib.HV_EFAULT
+        pml4, pdpt = 0x10000, 0x11000
+        core.ram[pml4:pml4 + 8] = struct.pack("<Q", pdpt | 0x1 | 0x2 | 0x80)   # P, RW, PS
+        assert lib.hv_test_walk(core.p, pml4, 0x0, 0, 0, gpa) == -lib.HV_EFAULT
+        core.ram[pml4:pml4 + 8] = struct.pack("<Q", 0x1000 | 0x1 | 0x2)         # into hv's frame
+        assert lib.hv_test_walk(core.p, pml4, 0x0, 0, 0, gpa) == -lib.HV_EFAULT
+    finally:
+        core.close()

@@ -55,7 +55,9 @@ class BlkDevice(VirtioDevice):
             raise DiskError(f"disk {path} is in use by another partition or process") from None
         self.readonly = readonly
         self.bytes_to_guest = self.bytes_from_guest = 0     # payload read, written
-        self.sectors = os.fstat(self.fd).st_size // SECTOR
+        # The end by seeking: st_size is 0 for a block device (a loop device,
+        # a partition), which would make the disk look empty.
+        self.sectors = os.lseek(self.fd, 0, os.SEEK_END) // SECTOR
         self.serial = os.path.basename(path).encode()[:ID_BYTES]
         if readonly:
             self.FEATURES |= 1 << F_RO
