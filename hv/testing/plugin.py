@@ -64,12 +64,14 @@ def pytest_configure(config):
 
 @pytest.hookimpl(tryfirst=True)       # before -k / -m deselect
 def pytest_collection_modifyitems(session, config, items):
-    """Kernels named by --hv-kernels, or by the ini when pytest runs without
-    explicit paths, are collected even when no test path holds them: added
-    once, after the rest."""
-    named_paths = config.args_source == pytest.Config.ArgsSource.ARGS
-    if named_paths and not config.getoption("hv_kernels"):
-        return
+    """Kernels named by --hv-kernels, or by the ini when pytest runs the
+    whole directory (no paths, or the ini's directory or one above it), are
+    collected even when no test path holds them: added once, after the rest."""
+    if config.args_source == pytest.Config.ArgsSource.ARGS and not config.getoption("hv_kernels"):
+        home = os.path.dirname(str(config.inipath)) if config.inipath else str(config.rootpath)
+        named = [os.path.abspath(str(a).split("::")[0]) for a in config.args]
+        if not any(home == a or home.startswith(a.rstrip(os.sep) + os.sep) for a in named):
+            return
     seen = {str(getattr(item, "kernel", "")) for item in items}
     paths = sorted({os.path.abspath(p) for g in _kernel_globs(config) for p in glob.glob(g)})
     for path in paths:
