@@ -21,6 +21,7 @@ int platform_create(struct hv_partition *p)
         return -1;
     pthread_mutex_init(&p->platform->lock, NULL);
     ioapic_reset(&p->platform->ioapic);
+    rtc_reset(&p->platform->rtc);
     return 0;
 }
 
@@ -83,6 +84,13 @@ int platform_port(struct hv_vcpu *v, uint16_t port, uint8_t size, int write,
         if (!write)
             *value = byte;
         return flush ? platform_uart_flush(p, exit) : 0;
+    }
+    if (port == HV_RTC_PORT || port == HV_RTC_PORT + 1) {
+        uint8_t byte = (uint8_t)*value;
+        rtc_access(&p->platform->rtc, port - HV_RTC_PORT, write, &byte);
+        if (!write)
+            *value = byte;
+        return 0;
     }
     switch (port) {
     case HV_ACPI_SLEEP_CONTROL_PORT:

@@ -40,10 +40,16 @@ struct ioapic {
     uint64_t redir[24];         /* redirection table (HV_IOAPIC_PINS entries) */
 };
 
+struct rtc_cmos {
+    uint8_t index;              /* selected by a write to port 0x70 */
+    uint8_t ram[128];           /* CMOS bytes; the clock registers are read live */
+};
+
 struct platform {
     pthread_mutex_t lock;       /* UART and IOAPIC state: vCPU and device threads */
     struct uart16550 uart;
     struct ioapic ioapic;
+    struct rtc_cmos rtc;        /* the vCPU's thread only */
 };
 
 /* platform.c */
@@ -65,6 +71,10 @@ uint64_t platform_tsc_hz(void);
 /* uart16550.c (called with platform.lock held).  Returns 1 when the
  * transmit buffer should go to the parent now. */
 int  uart_access(struct hv_partition *p, uint16_t reg, int write, uint8_t *value);
+
+/* rtc_cmos.c: port 0 = 0x70 (index), 1 = 0x71 (data). */
+void rtc_reset(struct rtc_cmos *r);
+void rtc_access(struct rtc_cmos *r, unsigned port, int write, uint8_t *value);
 
 /* ioapic.c (platform.lock held for the first three) */
 void ioapic_reset(struct ioapic *io);

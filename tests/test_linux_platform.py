@@ -301,3 +301,38 @@ def test_cpuid_leaf_7_is_the_models_plus_tsc_adjust_and_the_tsc_is_invariant():
     assert list(r) == [model[0], model[1] | 0x2, model[2], model[3]]
     assert not lib.hv_test_cpuid(7, 1, r)                 # other subleaves: the model's
     assert lib.hv_test_cpuid(0x80000007, 0, r) and r[3] == 1 << 8
+
+
+# ---- The CMOS clock --------------------------------------------------------------
+
+def rtc(pc, index, value=None):
+    pc.port(lib.HV_RTC_PORT, index)
+    return pc.port(lib.HV_RTC_PORT + 1, value)[0]
+
+
+def bcd(v):
+    return (v >> 4) * 10 + (v & 0xf)
+
+
+def test_rtc_reads_the_hosts_utc_time_never_mid_update(pc):
+    assert rtc(pc, 0x0a) & 0x80 == 0                      # UIP clear: Linux reads at once
+    assert rtc(pc, 0x0d) & 0x80                           # valid
+    assert rtc(pc, 0x0b) & 0x02                           # 24-hour, BCD
+    before = time.gmtime()
+    fields = [bcd(rtc(pc, i)) for i in (0x09, 0x08, 0x07, 0x04, 0x02)]
+    after = time.gmtime()
+    year = bcd(rtc(pc, 0x32)) * 100 + fields[0]
+    got = (year, *fields[1:])
+    assert (before.tm_year, before.tm_mon, before.tm_mday, before.tm_hour, before.tm_min) <= got
+    assert got <= (after.tm_year, after.tm_mon, after.tm_mday, after.tm_hour, after.tm_min)
+
+
+def test_rtc_binary_mode_and_cmos_ram(pc):
+    rtc(pc, 0x0b, 0x06)                                   # binary, 24-hour
+    before, month, after = time.gmtime().tm_mon, rtc(pc, 0x08), time.gmtime().tm_mon
+    assert month in (before, after)
+    assert rtc(pc, 0x04) <= 23 and rtc(pc, 0x02) <= 59
+    rtc(pc, 0x40, 0x5a)                                   # plain CMOS RAM
+    assert rtc(pc, 0x40) == 0x5a
+    rtc(pc, 0x00, 0x00)                                   # the clock cannot be set
+    assert rtc(pc, 0x0c) == 0

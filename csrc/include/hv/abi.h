@@ -229,7 +229,8 @@ struct hv_multicall_entry {
 
 /* ---- PC platform: what a stock kernel (Linux) finds -------------------------
  * A kernel written for a PC without legacy timers finds, beside hv's own
- * ABI: a 16550A UART, a local APIC and an IOAPIC at their usual places, the
+ * ABI: a 16550A UART, a CMOS real-time clock (the host's UTC time), a local
+ * APIC and an IOAPIC at their usual places, the
  * TSC frequency in CPUID leaves 0x15/0x16, and ACPI tables (start_info's
  * rsdp_paddr) describing them, the virtio-mmio devices (as LNRO0005) and a
  * hardware-reduced power interface: writing HV_ACPI_SLP_EN | (HV_ACPI_S5 <<
@@ -239,6 +240,7 @@ struct hv_multicall_entry {
  */
 #define HV_UART_PORT           0x3f8    /* COM1: 8 registers */
 #define HV_UART_IRQ            4        /* its IOAPIC pin (ISA IRQ 4) */
+#define HV_RTC_PORT            0x70     /* MC146818 clock + CMOS: index, then data at 0x71 */
 #define HV_LAPIC_BASE          0xfee00000
 #define HV_IOAPIC_BASE         0xfec00000
 #define HV_IOAPIC_PINS         24
