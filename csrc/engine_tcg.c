@@ -43,6 +43,12 @@ _Static_assert(NREGS == TCG_NREGS, "one id per hv_regs field");
 _Static_assert(NREGS * 8 == sizeof(struct hv_regs), "one id per hv_regs field");
 
 #define MSR_EFER  0xc0000080
+/* uc_emu_start()'s `until`: never reached.  Unicorn walks the guest's page
+ * tables for the address just below it, and a walk that faults writes CR2:
+ * with UINT64_MAX the guest's CR2 read 0xffff_ffff_ffff_fffe after every
+ * return.  A non-canonical address fails the walk with #GP instead, which
+ * leaves CR2 alone, and no instruction can ever be fetched there. */
+#define RUN_FOREVER 0x8000000000000000ull
 #define RFLAGS_IF (1ull << 9)
 
 struct tcg_vm {
@@ -163,7 +169,7 @@ static int tcg_get_sregs(void *vp, struct hv_sregs *s)
     uc_reg_read(uc, UC_X86_REG_GDTR, &gdtr);
     uc_reg_read(uc, UC_X86_REG_TR, &tr);
     s->cr0 = tcg_read_reg(uc, UC_X86_REG_CR0);
-    s->cr2 = ((struct tcg_vcpu *)vp)->cr2;     /* Unicorn's copy may be clobbered */
+    s->cr2 = tcg_read_reg(uc, UC_X86_REG_CR2);
     s->cr3 = tcg_read_reg(uc, UC_X86_REG_CR3);
     s->cr4 = tcg_read_reg(uc, UC_X86_REG_CR4);
     s->efer = read_msr(uc, MSR_EFER);
@@ -188,7 +194,6 @@ static int tcg_set_sregs(void *vp, const struct hv_sregs *s)
     uc_reg_write(c->uc, UC_X86_REG_CR3, &s->cr3);
     uc_reg_write(c->uc, UC_X86_REG_CR0, &s->cr0);
     uc_reg_write(c->uc, UC_X86_REG_CR2, &s->cr2);
-    c->cr2 = s->cr2;
     c->regs_valid = 0;
     return 0;
 }
@@ -425,9 +430,8 @@ static int tcg_run(void *vp, struct engine_exit *exit)
     uint64_t rip = tcg_regs(vp)->rip;
     c->stop = STOP_NONE;
     c->regs_valid = 0;
-    uc_err err = uc_emu_start(c->uc, rip, UINT64_MAX, 0, 0);
+    uc_err err = uc_emu_start(c->uc, rip, RUN_FOREVER, 0, 0);
     c->regs_valid = 0;
-    tcg_restore_cr2(c);
     if (c->syscall_pending && c->stop == STOP_LOOP) {
         c->stop = STOP_NONE;
         if (tcg_syscall(c, exit))

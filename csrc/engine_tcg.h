@@ -38,7 +38,6 @@ struct tcg_vcpu {
     enum tcg_stop stop;
     struct tcg_exception exception;
     uint64_t bad_address;
-    uint64_t cr2;               /* the guest's CR2 (Unicorn clobbers it on return) */
     volatile sig_atomic_t kicked;
     int syscall_pending;        /* a SYSCALL ran: do the transition */
     /* Port writes made after a stop was requested, in the same translation
@@ -74,7 +73,6 @@ int tcg_exception_hooks_add(struct tcg_vcpu *c);
 void tcg_raise_fault(struct tcg_vcpu *c, uint32_t vector, uint32_t error_code);
 /* Between runs: the SYSCALL transition (1 if it raised #UD into *exit). */
 int tcg_syscall(struct tcg_vcpu *c, struct engine_exit *exit);
-void tcg_restore_cr2(struct tcg_vcpu *c);
 
 /* engine_tcg_debug.c */
 int tcg_set_debug(void *vcpu, uint32_t flags, const uint64_t *addr, const uint32_t *kind);

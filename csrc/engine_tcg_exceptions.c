@@ -9,10 +9,8 @@
  *  - the error code and whether it is a software interrupt (INT n, INT3,
  *    INTO: no error code, RIP already past it, the gate's DPL is checked)
  *    come from QEMU's own exception state (engine_tcg_state.c);
- *  - CR2: QEMU writes it on a page fault, but Unicorn overwrites it with
- *    0xffff_ffff_ffff_fffe when uc_emu_start() returns.  The engine keeps
- *    the guest's value (c->cr2), taken in the hook on a #PF, and writes it
- *    back after every return;
+ *  - CR2 is QEMU's own (set on the #PF); engine_tcg.c's choice of `until`
+ *    keeps Unicorn from overwriting it when uc_emu_start() returns;
  *  - SYSCALL: Unicorn leaves the transition to a hook; the engine stops
  *    after the instruction (it ends its block) and performs it between
  *    runs (SDM vol. 2B, SYSCALL).  SYSRET is QEMU's own.
@@ -30,10 +28,8 @@
 #define VECTOR_UD  6
 #define VECTOR_BP  3
 #define VECTOR_OF  4
-#define VECTOR_PF  14
 #define INSN_INT3  0xcc
 #define INSN_INTO  0xce
-#define CR2_CLOBBERED 0xfffffffffffffffeull   /* what Unicorn leaves in CR2 */
 
 static uint64_t read_msr(uc_engine *uc, uint32_t index)
 {
@@ -64,8 +60,6 @@ static void tcg_on_interrupt(uc_engine *uc, uint32_t intno, void *user)
         e->error_code = 0;
         e->insn_len = software_int_length(c, intno, tcg_read_reg(uc, UC_X86_REG_RIP));
     }
-    if (intno == VECTOR_PF && !e->software)
-        c->cr2 = tcg_read_reg(uc, UC_X86_REG_CR2);      /* QEMU just set it */
     c->stop = STOP_EXCEPTION;
     uc_emu_stop(uc);                /* between blocks: QEMU left the TB already */
 }
@@ -124,15 +118,6 @@ int tcg_syscall(struct tcg_vcpu *c, struct engine_exit *exit)
     uc_reg_write(uc, UC_X86_REG_RIP, &lstar);
     c->regs_valid = 0;
     return 0;
-}
-
-/* After uc_emu_start() returns: the guest's CR2 back in place. */
-void tcg_restore_cr2(struct tcg_vcpu *c)
-{
-    uint64_t now = tcg_read_reg(c->uc, UC_X86_REG_CR2);
-    if (now != CR2_CLOBBERED && !(c->stop == STOP_EXCEPTION && c->exception.vector == VECTOR_PF))
-        c->cr2 = now;               /* the guest wrote CR2 itself */
-    uc_reg_write(c->uc, UC_X86_REG_CR2, &c->cr2);
 }
 
 int tcg_exception_hooks_add(struct tcg_vcpu *c)

@@ -195,6 +195,9 @@ static void case_page_faults(void)
     probe_ring0(write_unmapped, &p);
     printf("page-faults: cr2=0x%lx\n", read_cr2());
     GUEST_ASSERT_EQ(read_cr2(), VBASE + 0x2000);
+    asm volatile("mov %0, %%cr2" : : "r"(0x12345678ull));     /* the guest's own value */
+    printf("page-faults: cr2 written\n");
+    GUEST_ASSERT_EQ(read_cr2(), 0x12345678);
 
     probe_ring0(read_noncanonical, &p);
     expect_fault("read of a non-canonical address", &p, X86_GP, 0, read_noncanonical_insn);
