@@ -74,6 +74,13 @@ def act_on_partition(manager, body, name):
     return 200, getattr(manager, body["action"])(name)
 
 
+def set_partition_share(manager, body, name):
+    body = _object(body)
+    if not body or set(body) - {"weight", "cap"}:
+        raise APIError(400, 'the body must be {"weight": N, "cap": PERCENT}, either or both')
+    return 200, manager.set_share(name, **body)
+
+
 def partition_metrics(manager, body, name):
     return 200, manager.metrics(name)
 
@@ -98,6 +105,7 @@ ROUTES = [
     (re.compile(rf"/partitions/{NAME}"),
      {"PUT": create_partition, "GET": describe_partition, "DELETE": delete_partition}),
     (re.compile(rf"/partitions/{NAME}/actions"), {"PUT": act_on_partition}),
+    (re.compile(rf"/partitions/{NAME}/share"), {"PUT": set_partition_share}),
     (re.compile(rf"/partitions/{NAME}/metrics"), {"GET": partition_metrics}),
     (re.compile(rf"/partitions/{NAME}/console"), {"GET": partition_console}),
 ]

@@ -24,7 +24,11 @@ Device specs are the same dicts `hv run --disk/--rng/--vconsole/--net` build.
 """
 import os
 
-PARTITION_KEYS = {"name", "kernel", "initrd", "mem", "cmdline", "engine", "deterministic", "devices"}
+PARTITION_KEYS = {"name", "kernel", "initrd", "mem", "cmdline", "engine", "deterministic", "devices",
+                  "weight", "cap"}
+# The scheduler's share of a partition (docs/scheduler.md): either key puts it
+# on the process's scheduler.  (lowest, highest) accepted.
+SHARE_RANGES = {"weight": (1, 65535), "cap": (0, 100)}
 DEVICE_KEYS = {
     "blk": {"type", "path", "readonly"},
     "rng": {"type"},
@@ -104,6 +108,9 @@ def check_partition(spec, source=None, base=".", index=None):
     for key, kind in (("mem", str), ("cmdline", str), ("engine", str), ("deterministic", bool)):
         if key in spec and not isinstance(spec[key], kind):
             raise ConfigError(f"{where}: {key} must be {kind.__name__}")
+    for key, (low, high) in SHARE_RANGES.items():
+        if key in spec and (type(spec[key]) is not int or not low <= spec[key] <= high):
+            raise ConfigError(f"{where}: {key} must be an integer {low}..{high}")
     devices = spec.setdefault("devices", [])
     if not isinstance(devices, list):
         raise ConfigError(f"{where}: devices must be a list of tables")

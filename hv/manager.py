@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 
-from hv.config import ConfigError, check_partition, make_devices
+from hv.config import SHARE_RANGES, ConfigError, check_partition, make_devices
 from hv.devices.blk import DiskError
 from hv.loader import LoadError
 from hv.partition import (CRASHED, CREATED, PAUSED, RUNNING, SHUTDOWN, HostError, Partition,
@@ -37,7 +37,7 @@ ENDED = (SHUTDOWN, CRASHED, STOPPED)
 CONSOLE_KEEP = 64 << 10         # bytes of console output kept per partition
 MAX_PARTITIONS = 1024           # records kept, live or ended: the inventory is bounded
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")   # safe in URLs, paths, logs
-SCHEDULER_KEYS = {"smp", "weight", "cap"}   # accepted once the scheduler lands
+SCHEDULER_KEYS = {"smp"}          # accepted once partitions have several vCPUs
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -139,10 +139,28 @@ class Managed:
         self.cpu_seconds = 0.0          # the vCPU thread's CPU time when it ended
         self.last_metrics = {}
         self.resources = claims(spec)
+        self.engine = partition.engine
+        self.scheduled = bool(scheduling(spec))     # its vCPU runs on the scheduler's workers
 
     def current_state(self):
         part = self.partition
         return part.state if part is not None and not self.ended.is_set() else self.state
+
+
+def scheduling(spec):
+    """Partition's scheduler arguments: a weight or a cap puts the partition
+    on the process's scheduler (docs/scheduler.md); without either, its vCPU
+    has a host thread of its own."""
+    if "weight" not in spec and "cap" not in spec:
+        return {}
+    return {"scheduler": True, "weight": spec.get("weight", 0), "cap": spec.get("cap", 0)}
+
+
+def check_share(share):
+    for key, value in share.items():
+        low, high = SHARE_RANGES[key]
+        if type(value) is not int or not low <= value <= high:
+            raise ConfigError(f"{key} must be an integer {low}..{high}")
 
 
 def claims(spec):
@@ -187,7 +205,7 @@ class Manager:
         spec = copy.deepcopy(spec)          # checking fills in defaults and paths
         for key in SCHEDULER_KEYS & set(spec if isinstance(spec, dict) else ()):
             raise BadRequest(f"partition {spec.get('name')!r}: {key} is not supported yet "
-                             "(one vCPU per partition until the scheduler lands)")
+                             "(one vCPU per partition)")
         try:
             check_partition(spec, base=base or os.getcwd())
         except ConfigError as e:
@@ -234,7 +252,8 @@ class Manager:
                              cmdline=spec.get("cmdline", ""), initrd=spec.get("initrd"),
                              engine=spec.get("engine", "auto"),
                              deterministic=spec.get("deterministic", False),
-                             console=console, devices=devices, name=name)
+                             console=console, devices=devices, name=name,
+                             **scheduling(spec))
         except (LoadError, ValueError, HostError, DiskError, OSError) as e:
             for device in devices:
                 device.close()
@@ -244,7 +263,6 @@ class Manager:
                 device.close()
             raise
         entry = Managed(name, spec, part, console)
-        entry.engine = part.engine
         return entry
 
     # -- lifecycle --------------------------------------------------------------
@@ -256,6 +274,8 @@ class Manager:
                 raise Conflict(f"cannot start partition {name!r}: it is {state}")
             part = entry.partition
             entry.started_at = time.time()
+            if entry.scheduled:
+                part.start()        # on the workers; its vCPU exists when this returns
             thread = threading.Thread(target=self._run, args=(entry, part), daemon=True,
                                       name=f"partition-{name}")
             thread.start()
@@ -266,11 +286,15 @@ class Manager:
         return self._describe(entry)
 
     def _run(self, entry, part):
-        """The vCPU thread: run the guest, then, if it ended by itself,
-        record how and free what it held."""
-        entry.vcpu_tid = threading.get_native_id()
+        """The vCPU thread (or, on the scheduler, a thread that waits for
+        the guest): run it, then, if it ended by itself, record how and free
+        what it held."""
         try:
-            part.run()
+            if entry.scheduled:
+                part.wait()
+            else:
+                entry.vcpu_tid = threading.get_native_id()
+                part.run()
         finally:
             with entry.lock:
                 if not entry.ended.is_set():
@@ -310,6 +334,27 @@ class Manager:
             self._end(entry)
         return self._describe(entry)
 
+    def set_share(self, name, weight=None, cap=None):
+        """Change a scheduled partition's weight and cap while it lives."""
+        entry = self._get(name)
+        with entry.lock:
+            state = entry.current_state()
+            if state not in (RUNNING, PAUSED):
+                raise Conflict(f"cannot change the share of partition {name!r}: it is {state}")
+            if not entry.scheduled:
+                raise Conflict(f"partition {name!r} is not on the scheduler "
+                               "(create it with a weight or a cap)")
+            share = {k: v for k, v in (("weight", weight), ("cap", cap)) if v is not None}
+            try:
+                check_share(share)
+                entry.partition.set_share(**share)
+            except (ConfigError, ValueError) as e:
+                raise BadRequest(f"partition {name!r}: {e}") from None
+            except StateError as e:
+                raise Conflict(f"partition {name!r}: {e}") from None
+            entry.spec.update(share)
+        return self._describe(entry)
+
     def delete(self, name):
         """Stop it if it runs, and forget it."""
         entry = self._get(name)
@@ -332,7 +377,9 @@ class Manager:
         entry.exit_code = part.exit_code
         entry.crash_report = part.crash_report
         entry.last_metrics = part.metrics()
-        if entry.vcpu_tid is not None:
+        if entry.last_metrics.get("scheduler"):
+            entry.cpu_seconds = entry.last_metrics["scheduler"]["run_ns"] / 1e9
+        elif entry.vcpu_tid is not None:
             entry.cpu_seconds = thread_cpu_seconds(entry.vcpu_tid) or entry.cpu_seconds
         entry.partition = None          # its RAM goes with the last reference
         entry.ended_at = time.time()
@@ -403,6 +450,9 @@ class Manager:
                 "initrd": entry.spec.get("initrd"),
                 "engine": entry.engine,
                 "deterministic": entry.spec.get("deterministic", False),
+                "scheduled": entry.scheduled,
+                "weight": entry.spec.get("weight"),
+                "cap": entry.spec.get("cap"),
                 "devices": entry.spec["devices"],
                 "consoles": console_sockets(entry.spec),
                 "exit_code": part.exit_code if live else entry.exit_code,
@@ -414,13 +464,19 @@ class Manager:
             }
 
     def _metrics(self, entry):
-        """Partition.metrics() (live, or its last values), with the vCPU
-        thread's CPU time and the partition's age."""
+        """Partition.metrics() (live, or its last values), with the vCPU's
+        CPU time and the partition's age."""
         with entry.lock:
             part = entry.partition
             live = part is not None and not entry.ended.is_set()
             metrics = dict(part.metrics() if live else entry.last_metrics)
-            cpu = thread_cpu_seconds(entry.vcpu_tid) if live and entry.vcpu_tid else None
+            if metrics.get("scheduler"):
+                # On the scheduler's workers: the core counts the vCPU's time.
+                cpu = metrics["scheduler"]["run_ns"] / 1e9
+            elif live and entry.vcpu_tid:
+                cpu = thread_cpu_seconds(entry.vcpu_tid)
+            else:
+                cpu = None
             end = entry.ended_at or time.time()
             metrics.update(
                 name=entry.name, state=entry.current_state(),

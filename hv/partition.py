@@ -22,6 +22,9 @@ ENGINES = {"kvm": lib.HV_ENGINE_KVM, "tcg": lib.HV_ENGINE_TCG}
 # virtio device ids (virtio 1.2, section 5) as metrics and configs name them.
 DEVICE_TYPES = {1: "net", 2: "blk", 3: "console", 4: "rng"}
 
+# What the scheduler counts per vCPU (struct hv_sched_info), as metrics() names it.
+SCHED_COUNTERS = ("run_ns", "dispatches", "blocks", "parent_waits", "migrations")
+
 # Partition states, in lifecycle order.
 CREATED, RUNNING, PAUSED, SHUTDOWN, CRASHED, DESTROYED = (
     "created", "running", "paused", "shutdown", "crashed", "destroyed")
@@ -579,6 +582,9 @@ class Partition:
             "exits": vcpu.get("exits", 0),
             "hypercalls_fast": vcpu.get("fast_hypercalls", 0),
             "hypercalls_slow": vcpu.get("parent_hypercalls", 0),
+            # On the scheduler: the vCPU's time on workers and how it got there.
+            "scheduler": {k: vcpu.get(k, 0) for k in SCHED_COUNTERS}
+                         if self._scheduler is not None else None,
             "devices": [{"slot": slot, "name": d.name, "type": DEVICE_TYPES.get(d.DEVICE_ID, str(d.DEVICE_ID)),
                          "requests": d.requests, "errors": d.errors,
                          "bytes_from_guest": getattr(d, "bytes_from_guest", 0),

@@ -478,3 +478,15 @@ def test_any_create_body_is_refused_cleanly_or_made(inprocess_server, body):
         assert c.json("GET", "/partitions")["partitions"] == []
     finally:
         c.close()
+
+
+def test_client_create_on_the_scheduler_and_share(server, tmp_path):
+    proc = hv(server, "create", "s", guest("vcon-echo"), "--cmdline", "wait=600",
+              "--vconsole", f"unix:{tmp_path / 's.con'}", "--weight", "512", "--start")
+    assert (proc.returncode, proc.stdout) == (0, "s: running\n"), proc.stderr
+    assert "scheduler: weight 512, cap 0%" in hv(server, "describe", "s").stdout
+    share = hv(server, "share", "s", "--weight", "300")
+    assert (share.returncode, share.stdout) == (0, "s: weight 300, cap 0%\n"), share.stderr
+    bad = hv(server, "share", "s", "--weight", "0")
+    assert bad.returncode == 2 and "weight must be an integer" in bad.stderr
+    assert attach_and_send(str(tmp_path / "s.con"), "sched") == "echo: sched\n"

@@ -56,7 +56,7 @@ def test_document_is_valid_openapi():
 
 # How to make each documented answer happen: (method, path template, status) ->
 # fn(tmp_path) -> (url, JSON body, or the Content-Length of a body that is not sent).  The names used:
-# "live" is created and running, "made" created, never started.
+# "live" is created and running, "made" created, never started, "sched" running on the scheduler.
 def _spec(tmp_path, name):
     return waiter_spec(tmp_path, name)
 
@@ -83,6 +83,14 @@ SCENARIOS = {
                                                            {"action": "start"}, None),
     ("PUT", "/partitions/{name}/actions", 409): lambda t: ("/partitions/live/actions",
                                                            {"action": "start"}, None),
+    ("PUT", "/partitions/{name}/share", 200): lambda t: ("/partitions/sched/share",
+                                                         {"weight": 512, "cap": 40}, None),
+    ("PUT", "/partitions/{name}/share", 400): lambda t: ("/partitions/sched/share",
+                                                         {"weight": 0}, None),
+    ("PUT", "/partitions/{name}/share", 404): lambda t: ("/partitions/nope/share",
+                                                         {"cap": 10}, None),
+    ("PUT", "/partitions/{name}/share", 409): lambda t: ("/partitions/live/share",
+                                                         {"cap": 10}, None),
     ("GET", "/partitions/{name}/metrics", 200): lambda t: ("/partitions/live/metrics", None, None),
     ("GET", "/partitions/{name}/metrics", 404): lambda t: ("/partitions/nope/metrics", None, None),
     ("GET", "/partitions/{name}/console", 200): lambda t: ("/partitions/live/console", None, None),
@@ -122,6 +130,8 @@ def test_live_server_answers_as_documented(tmp_path):
         c.json("PUT", "/partitions/live", _spec(tmp_path, "live"), expect=201)
         c.json("PUT", "/partitions/live/actions", {"action": "start"})
         c.json("PUT", "/partitions/made", _spec(tmp_path, "made"), expect=201)
+        c.json("PUT", "/partitions/sched", {**_spec(tmp_path, "sched"), "weight": 256}, expect=201)
+        c.json("PUT", "/partitions/sched/actions", {"action": "start"})
         for (method, template, status), make in sorted(SCENARIOS.items()):
             url, body, length = make(tmp_path)
             if length is None:

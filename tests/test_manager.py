@@ -147,3 +147,38 @@ def test_concurrent_operations_on_one_partition_are_serialized(manager, tmp_path
     assert errors == []
     assert manager.describe("p")["state"] in ("running", "paused")
     assert manager.stop("p")["state"] == "stopped"
+
+
+def test_a_weight_or_a_cap_puts_it_on_the_scheduler(manager, tmp_path):
+    about = manager.create(waiter(tmp_path, "s", weight=512))
+    assert about["scheduled"] and about["weight"] == 512 and about["cap"] is None
+    manager.start("s")
+    assert manager.pause("s")["state"] == "paused"
+    assert manager.resume("s")["state"] == "running"
+    about = manager.set_share("s", cap=50)
+    assert (about["weight"], about["cap"]) == (512, 50)
+    metrics = manager.metrics("s")
+    assert set(metrics["scheduler"]) == {"run_ns", "dispatches", "blocks", "parent_waits", "migrations"}
+    assert metrics["cpu_seconds"] == metrics["scheduler"]["run_ns"] / 1e9
+    with pytest.raises(BadRequest, match="weight must be an integer 1..65535"):
+        manager.set_share("s", weight=0)
+    assert manager.describe("s")["weight"] == 512                     # unchanged
+    assert manager.stop("s")["state"] == "stopped"
+    with pytest.raises(Conflict, match="it is stopped"):
+        manager.set_share("s", cap=10)
+    # A guest that ends by itself on the scheduler is recorded as on a thread.
+    manager.create({"name": "h", "kernel": guest("hello"), "weight": 300})
+    manager.start("h")
+    assert manager.wait("h", timeout=60) == "shutdown"
+    assert manager.describe("h")["exit_code"] == 0
+
+
+def test_share_is_refused_for_a_partition_on_its_own_thread(manager, tmp_path):
+    manager.create(waiter(tmp_path, "t"))
+    assert not manager.start("t")["scheduled"]
+    assert manager.metrics("t")["scheduler"] is None
+    with pytest.raises(Conflict, match="not on the scheduler"):
+        manager.set_share("t", weight=300)
+    for bad in ({"weight": 0}, {"weight": True}, {"cap": 101}, {"cap": "50"}, {"cap": 10, "deterministic": True}):
+        with pytest.raises(BadRequest):
+            manager.create({"name": "x", "kernel": guest("hello"), "engine": "tcg", **bad})

@@ -1,5 +1,5 @@
 """The client commands of a running `hv serve`: hv ps, create, start, pause,
-resume, stop, delete, describe, top.
+resume, stop, share, delete, describe, top.
 
 Exit statuses: 0 done; 2 the server refused the request (bad input, no
 such partition, the partition's state forbids it: its fault_message is the
@@ -8,6 +8,7 @@ one line on stderr); 1 no server answers at the socket (or it failed).
 import json
 import os
 import sys
+from urllib.parse import quote
 
 from hv.cli.common import EXIT_INTERRUPTED, EXIT_USAGE
 from hv.cli.serve import add_api_socket_option
@@ -30,6 +31,7 @@ def add_parsers(sub):
     create.add_argument("name", help="the partition's name")
     add_run_options(create)
     add_api_socket_option(create)
+    add_share_options(create, "and so put it on the scheduler")
     create.add_argument("--start", action="store_true", help="and start it")
     create.set_defaults(func=cmd_create)
 
@@ -38,6 +40,12 @@ def add_parsers(sub):
         cmd.add_argument("name", help="the partition's name")
         add_api_socket_option(cmd)
         cmd.set_defaults(func=cmd_action, action=action)
+
+    share = sub.add_parser("share", help="change a scheduled partition's weight and cap, live")
+    share.add_argument("name")
+    add_share_options(share, "")
+    add_api_socket_option(share)
+    share.set_defaults(func=cmd_share)
 
     delete = sub.add_parser("delete", help="stop a partition if it runs and forget it")
     delete.add_argument("name")
@@ -60,6 +68,13 @@ def add_parsers(sub):
     top.add_argument("--json", action="store_true",
                      help="each sample as JSON lines, one per partition (its metrics), no screen")
     top.set_defaults(func=cmd_top)
+
+
+def add_share_options(parser, why):
+    parser.add_argument("--weight", type=int, metavar="N",
+                        help=f"scheduler weight 1..65535 (default 256) {why}".rstrip())
+    parser.add_argument("--cap", type=int, metavar="PERCENT",
+                        help=f"at most this percent of a CPU, 0 = none {why}".rstrip())
 
 
 def _client_call(args, fn):
@@ -104,6 +119,7 @@ def cmd_create(args):
             "engine": args.engine, "deterministic": args.deterministic}
     if args.initrd:
         spec["initrd"] = args.initrd
+    spec.update({k: v for k, v in (("weight", args.weight), ("cap", args.cap)) if v is not None})
     try:
         spec["devices"] = device_specs(args)
         # Paths are the caller's: made absolute here, since the server's
@@ -129,6 +145,16 @@ def cmd_action(args):
     return _client_call(args, act)
 
 
+def cmd_share(args):
+    share = {k: v for k, v in (("weight", args.weight), ("cap", args.cap)) if v is not None}
+
+    def set_share(client):
+        about = client.call("PUT", f"/partitions/{quote(args.name, safe='')}/share", share)
+        print(f"{about['name']}: weight {about['weight'] or 256}, cap {about['cap'] or 0}%")
+        return 0
+    return _client_call(args, set_share)
+
+
 def cmd_delete(args):
     return _client_call(args, lambda client: client.delete(args.name) or 0)
 
@@ -148,6 +174,8 @@ def describe_text(about):
     m = about["metrics"]
     lines = [f"{key}: {about[key]}" for key in
              ("name", "state", "kernel", "mem", "cmdline", "engine", "exit_code")]
+    if about["scheduled"]:
+        lines.append(f"scheduler: weight {about['weight'] or 256}, cap {about['cap'] or 0}%")
     lines += [f"consoles: {', '.join(about['consoles']) or '-'}",
               f"exits: {m['exits']}  hypercalls: {m['hypercalls_fast']} fast, "
               f"{m['hypercalls_slow']} slow  cpu: {m['cpu_seconds']:.2f}s  "
