@@ -44,7 +44,12 @@ class Server:
         """SIGTERM; (exit status, stdout, stderr)."""
         if self.proc.poll() is None:
             self.proc.terminate()
-        out, err = self.proc.communicate(timeout=60)
+        try:
+            out, err = self.proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()            # a hung server must not outlive the test
+            self.proc.communicate()
+            raise
         return self.proc.returncode, out, err
 
 
