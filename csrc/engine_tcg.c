@@ -277,12 +277,12 @@ static void tcg_on_block(uc_engine *uc, uint64_t address, uint32_t size, void *u
 
 static int tcg_on_cpuid(uc_engine *uc, void *user)
 {
-    (void)user;
     uint64_t leaf = tcg_read_reg(uc, UC_X86_REG_RAX) & 0xffffffffu;
     uint32_t r[4];
     if (leaf >= 0x40000000 && leaf <= 0x4fffffff)
         engine_hv_cpuid((uint32_t)leaf, &r[0], &r[1], &r[2], &r[3]);
-    else if (!platform_cpuid((uint32_t)leaf, (uint32_t)tcg_read_reg(uc, UC_X86_REG_RCX), r))
+    else if (!platform_cpuid(((struct tcg_vcpu *)user)->owner->partition, (uint32_t)leaf,
+                             (uint32_t)tcg_read_reg(uc, UC_X86_REG_RCX), r))
         return 0;                   /* Unicorn's own CPU model answers (platform.c: the rest) */
     const int ids[4] = { UC_X86_REG_RAX, UC_X86_REG_RBX, UC_X86_REG_RCX, UC_X86_REG_RDX };
     for (int i = 0; i < 4; i++) {

@@ -324,7 +324,7 @@ int  hv_test_platform_port(struct hv_vcpu *v, uint16_t port, uint8_t size, int w
                            uint32_t *value, struct hv_exit *exit);
 int  hv_test_platform_mmio(struct hv_vcpu *v, uint64_t addr, uint32_t size, int write,
                            uint64_t *value);
-int  hv_test_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t *r);
+int  hv_test_cpuid(struct hv_partition *p, uint32_t leaf, uint32_t subleaf, uint32_t *r);
 /* Digest of the partition's guest-visible hv state (event, timer, hypercall
  * page), for "no state change on error" checks. */
 uint64_t hv_test_state_digest(struct hv_vcpu *v);

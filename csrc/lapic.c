@@ -160,9 +160,9 @@ static void eoi(struct lapic *a)
 
 /* ---- The timer ------------------------------------------------------------- */
 
-static uint64_t bus_hz(void)
+static uint64_t bus_hz(const struct lapic *a)
 {
-    return platform_tsc_hz() / 2;   /* the crystal platform_cpuid reports */
+    return platform_tsc_hz(a->v->partition) / 2;   /* the crystal platform_cpuid reports */
 }
 
 static uint32_t divisor(const struct lapic *a)
@@ -174,7 +174,7 @@ static uint32_t divisor(const struct lapic *a)
 
 static uint64_t ticks_to_ns(const struct lapic *a, uint64_t ticks)
 {
-    return (uint64_t)((unsigned __int128)ticks * divisor(a) * 1000000000u / bus_hz());
+    return (uint64_t)((unsigned __int128)ticks * divisor(a) * 1000000000u / bus_hz(a));
 }
 
 static void host_timer_set(struct lapic *a)
@@ -206,7 +206,7 @@ static uint32_t timer_current(const struct lapic *a)
     if (!a->timer_initial || (!a->timer_deadline && !(a->lvt[0] & LVT_PERIODIC)))
         return 0;
     uint64_t elapsed = partition_clock_ns(a->v->partition) - a->timer_start;
-    uint64_t ticks = (uint64_t)((unsigned __int128)elapsed * bus_hz() / 1000000000u / divisor(a));
+    uint64_t ticks = (uint64_t)((unsigned __int128)elapsed * bus_hz(a) / 1000000000u / divisor(a));
     if (a->lvt[0] & LVT_PERIODIC)
         return a->timer_initial - (uint32_t)(ticks % a->timer_initial);
     return ticks >= a->timer_initial ? 0 : a->timer_initial - (uint32_t)ticks;

@@ -148,9 +148,9 @@ int hv_test_platform_mmio(struct hv_vcpu *v, uint64_t addr, uint32_t size, int w
     return platform_mmio(v, addr, size, write, value);
 }
 
-int hv_test_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t *r)
+int hv_test_cpuid(struct hv_partition *p, uint32_t leaf, uint32_t subleaf, uint32_t *r)
 {
-    return platform_cpuid(leaf, subleaf, r);
+    return platform_cpuid(p, leaf, subleaf, r);
 }
 
 /* T:551 The TSC frequency.  Both engines run the guest on the host's TSC
@@ -172,8 +172,10 @@ static void measure_tsc(void)
     tsc_hz = (uint64_t)((unsigned __int128)(c1 - c0) * 1000000000u / ns);
 }
 
-uint64_t platform_tsc_hz(void)
+uint64_t platform_tsc_hz(const struct hv_partition *p)
 {
+    if (p->deterministic)
+        return 1000000000;          /* one instruction per nanosecond (engine_tcg.c) */
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, measure_tsc);
     return tsc_hz;
@@ -184,7 +186,7 @@ uint64_t platform_tsc_hz(void)
  * native_calibrate_tsc).  The crystal is half the TSC: Linux multiplies
  * crystal kHz by EBX (and by 1000 for the APIC timer) in 32 bits, and
  * both products stay below 2^32 for any TSC below 8.5 GHz. */
-int platform_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t r[4])
+int platform_cpuid(const struct hv_partition *p, uint32_t leaf, uint32_t subleaf, uint32_t r[4])
 {
     uint64_t hz;
     switch (leaf) {
@@ -195,14 +197,14 @@ int platform_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t r[4])
         r[1] = 0x756e6547; r[2] = 0x6c65746e; r[3] = 0x49656e69;   /* "GenuineIntel" */
         return 1;
     case HV_CPUID_TSC_LEAF:
-        hz = platform_tsc_hz();
+        hz = platform_tsc_hz(p);
         r[0] = 1;                       /* TSC = crystal * EBX / EAX */
         r[1] = 2;
         r[2] = (uint32_t)(hz / 2);      /* crystal Hz: the APIC timer's bus clock */
         r[3] = 0;
         return 1;
     case HV_CPUID_FREQ_LEAF:
-        hz = platform_tsc_hz();
+        hz = platform_tsc_hz(p);
         r[0] = (uint32_t)(hz / 1000000);    /* base MHz */
         r[1] = r[0];                        /* maximum MHz */
         r[2] = (uint32_t)(hz / 2000000);    /* bus MHz */

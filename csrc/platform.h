@@ -62,11 +62,12 @@ int  platform_port(struct hv_vcpu *v, uint16_t port, uint8_t size, int write,
 /* An access outside RAM: -1 = nobody's; 0 = done. */
 int  platform_mmio(struct hv_vcpu *v, uint64_t addr, uint32_t size, int write, uint64_t *value);
 /* 1 if the platform answers this CPUID leaf (r = eax, ebx, ecx, edx). */
-int  platform_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t r[4]);
+int  platform_cpuid(const struct hv_partition *p, uint32_t leaf, uint32_t subleaf, uint32_t r[4]);
 /* Hand buffered UART bytes to the parent in *exit; 1 if there were any. */
 int  platform_uart_flush(struct hv_partition *p, struct hv_exit *exit);
-/* The TSC's frequency in Hz (measured once per process). */
-uint64_t platform_tsc_hz(void);
+/* The guest's TSC frequency in Hz: the host's (measured once per process),
+ * or 1 GHz when deterministic (RDTSC reads the instruction clock). */
+uint64_t platform_tsc_hz(const struct hv_partition *p);
 
 /* uart16550.c (called with platform.lock held).  Returns 1 when the
  * transmit buffer should go to the parent now. */

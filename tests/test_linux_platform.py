@@ -246,10 +246,11 @@ def test_other_ports_are_not_the_platforms(pc):
 
 # ---- CPUID: the clocks without calibration ---------------------------------------
 
-def test_cpuid_names_the_tsc_frequency():
+def test_cpuid_names_the_tsc_frequency(pc):
+    core = pc.core
     r = ffi.new("uint32_t[4]")
-    assert lib.hv_test_cpuid(0, 0, r) and r[0] >= lib.HV_CPUID_FREQ_LEAF
-    assert lib.hv_test_cpuid(lib.HV_CPUID_TSC_LEAF, 0, r)
+    assert lib.hv_test_cpuid(core.p, 0, 0, r) and r[0] >= lib.HV_CPUID_FREQ_LEAF
+    assert lib.hv_test_cpuid(core.p, lib.HV_CPUID_TSC_LEAF, 0, r)
     denominator, numerator, crystal_hz = r[0], r[1], r[2]
     tsc_hz = crystal_hz * numerator // denominator
     # Linux computes crystal_khz * numerator and crystal_khz * 1000 in 32 bits.
@@ -263,8 +264,8 @@ def test_cpuid_names_the_tsc_frequency():
     t1a, c1, t1b = time.monotonic_ns(), rdtsc(), time.monotonic_ns()
     low, high = (c1 - c0) * 1e9 / (t1b - t0a), (c1 - c0) * 1e9 / (t1a - t0b)
     assert low * 0.995 <= tsc_hz <= high * 1.005, (low, tsc_hz, high)
-    assert lib.hv_test_cpuid(lib.HV_CPUID_FREQ_LEAF, 0, r) and abs(r[0] - tsc_hz / 1e6) < 2
-    assert not lib.hv_test_cpuid(1, 0, r)                 # the CPU model's own
+    assert lib.hv_test_cpuid(core.p, lib.HV_CPUID_FREQ_LEAF, 0, r) and abs(r[0] - tsc_hz / 1e6) < 2
+    assert not lib.hv_test_cpuid(core.p, 1, 0, r)                 # the CPU model's own
 
 
 def _tsc_reader():
@@ -283,12 +284,13 @@ def _tsc_reader():
     return rdtsc
 
 
-def test_cpuid_leaf_7_is_the_models_plus_tsc_adjust_and_the_tsc_is_invariant():
+def test_cpuid_leaf_7_is_the_models_plus_tsc_adjust_and_the_tsc_is_invariant(pc):
     """platform.c answers leaf 7 with Unicorn's own Haswell bits plus
     TSC_ADJUST: check those bits against the model, so an engine upgrade
     that changes them is noticed here."""
     from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
     from unicorn.x86_const import UC_X86_REG_EAX, UC_X86_REG_EBX, UC_X86_REG_ECX, UC_X86_REG_EDX
+    core = pc.core
     uc = Uc(UC_ARCH_X86, UC_MODE_64)
     uc.mem_map(0, 0x1000)
     uc.mem_write(0, b"\x0f\xa2")                          # cpuid
@@ -297,10 +299,10 @@ def test_cpuid_leaf_7_is_the_models_plus_tsc_adjust_and_the_tsc_is_invariant():
     uc.emu_start(0, 2)
     model = [uc.reg_read(r) for r in (UC_X86_REG_EAX, UC_X86_REG_EBX, UC_X86_REG_ECX, UC_X86_REG_EDX)]
     r = ffi.new("uint32_t[4]")
-    assert lib.hv_test_cpuid(7, 0, r)
+    assert lib.hv_test_cpuid(core.p, 7, 0, r)
     assert list(r) == [model[0], model[1] | 0x2, model[2], model[3]]
-    assert not lib.hv_test_cpuid(7, 1, r)                 # other subleaves: the model's
-    assert lib.hv_test_cpuid(0x80000007, 0, r) and r[3] == 1 << 8
+    assert not lib.hv_test_cpuid(core.p, 7, 1, r)                 # other subleaves: the model's
+    assert lib.hv_test_cpuid(core.p, 0x80000007, 0, r) and r[3] == 1 << 8
 
 
 # ---- The CMOS clock --------------------------------------------------------------
@@ -336,3 +338,18 @@ def test_rtc_binary_mode_and_cmos_ram(pc):
     assert rtc(pc, 0x40) == 0x5a
     rtc(pc, 0x00, 0x00)                                   # the clock cannot be set
     assert rtc(pc, 0x0c) == 0
+
+
+def test_deterministic_tsc_is_the_instruction_clock():
+    """--deterministic: RDTSC reads the instruction count (1 per ns), so
+    CPUID says 1 GHz and the APIC timer's crystal is 500 MHz."""
+    pp = ffi.new("struct hv_partition **")
+    assert lib.hv_partition_create(lib.HV_ENGINE_TCG, 4 << 20, pp) == 0
+    try:
+        assert lib.hv_partition_set_deterministic(pp[0]) == 0
+        r = ffi.new("uint32_t[4]")
+        assert lib.hv_test_cpuid(pp[0], lib.HV_CPUID_TSC_LEAF, 0, r)
+        assert (r[0], r[1], r[2]) == (1, 2, 500_000_000)
+        assert lib.hv_test_cpuid(pp[0], lib.HV_CPUID_FREQ_LEAF, 0, r) and r[0] == 1000
+    finally:
+        lib.hv_partition_destroy(pp[0])
