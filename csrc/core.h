@@ -26,6 +26,8 @@ enum hv_reg_index {
 #define HC_TO_PARENT INT64_MIN
 
 struct virtio_dev;
+struct evtchn_table;
+struct grant_state;
 
 struct trace_ring {
     struct hv_trace_record *ring;   /* NULL = tracing off */
@@ -65,6 +67,8 @@ struct hv_partition {
     uint64_t insn_trace_start, insn_trace_end;   /* end 0: no instruction trace */
     struct virtio_dev *virtio[HV_VIRTIO_MMIO_SLOTS];   /* virtio_mmio.c */
     struct platform *platform; /* the PC's UART and IOAPIC (platform.c): guest-visible */
+    struct evtchn_table *evtchn;  /* event channel ports, permitted peers (evtchn.c) */
+    struct grant_state *grant;    /* the registered grant table (grant.c) */
 };
 
 /* What a vCPU is waiting on between run calls. */

@@ -177,6 +177,12 @@ int  hv_partition_set_deterministic(struct hv_partition *p);
  * before the vCPU is created). */
 int  hv_partition_trace_instructions(struct hv_partition *p, uint64_t start, uint64_t end);
 
+/* -- Channels between partitions (docs/channels.md) ------------------------- */
+/* Let a and b name each other in event channels and grants (both ways):
+ * 0, -EINVAL (a == b), -ENOSPC (one already talks to 16 peers), -ESRCH
+ * (one is being destroyed). */
+int  hv_channel_permit(struct hv_partition *a, struct hv_partition *b);
+
 /* -- Virtio-mmio devices ------------------------------------------------------ */
 /* Put a device in a slot.  Driver kicks (QueueNotify writes) to queue q are
  * signalled by writing 1 to queue_fds[q] (an eventfd; on KVM also wired as

@@ -12,7 +12,7 @@
 #include <sched.h>
 #include <stddef.h>
 #include <string.h>
-#include "core.h"
+#include "channels.h"
 
 typedef int64_t (*hc_fn)(struct hv_vcpu *v, const uint64_t arg[5], struct hv_exit *exit);
 
@@ -28,7 +28,8 @@ static int64_t hc_features(struct hv_vcpu *v, const uint64_t arg[5], struct hv_e
     (void)v; (void)exit;
     if (index != 0)
         return -HV_EINVAL;
-    return HV_FEATURE_EVENTS | HV_FEATURE_TIMER | HV_FEATURE_MULTICALL | HV_FEATURE_CLOCK;
+    return HV_FEATURE_EVENTS | HV_FEATURE_TIMER | HV_FEATURE_MULTICALL | HV_FEATURE_CLOCK |
+           HV_FEATURE_CHANNELS;
 }
 
 /* The bytes are copied here, once; the parent writes exactly these bytes
@@ -130,6 +131,12 @@ static int64_t hc_multicall(struct hv_vcpu *v, const uint64_t arg[5], struct hv_
     return multicall_continue(v, exit);
 }
 
+static int64_t hc_partition_id(struct hv_vcpu *v, const uint64_t arg[5], struct hv_exit *exit)
+{
+    (void)arg; (void)exit;
+    return v->partition->id;
+}
+
 /* T:510 The table.  Designated initializers: a number with no entry is
  * simply NULL and gets -HV_ENOSYS.  Append-only, like the numbers.  The
  * argument names (as in abi.h's doc blocks) are for traces. */
@@ -149,6 +156,17 @@ static const struct {
     [HV_HC_EVENT_REGISTER] = { hc_event_register, "event_register", "page,vector" },
     [HV_HC_EVENT_RAISE]    = { hc_event_raise,    "event_raise",    "event" },
     [HV_HC_MULTICALL]      = { hc_multicall,      "multicall",      "calls,count" },
+    [HV_HC_PARTITION_ID]   = { hc_partition_id,   "partition_id",   "" },
+    /* Event channels (evtchn.c) and grants (grant.c). */
+    [HV_HC_EVTCHN_ALLOC_UNBOUND]    = { hc_evtchn_alloc_unbound,    "evtchn_alloc_unbound",    "peer" },
+    [HV_HC_EVTCHN_BIND_INTERDOMAIN] = { hc_evtchn_bind_interdomain, "evtchn_bind_interdomain", "peer,remote_port" },
+    [HV_HC_EVTCHN_SEND]             = { hc_evtchn_send,             "evtchn_send",             "port" },
+    [HV_HC_EVTCHN_CLOSE]            = { hc_evtchn_close,            "evtchn_close",            "port" },
+    [HV_HC_EVTCHN_BIND_VCPU]        = { hc_evtchn_bind_vcpu,        "evtchn_bind_vcpu",        "port,vcpu" },
+    [HV_HC_EVTCHN_STATUS]           = { hc_evtchn_status,           "evtchn_status",           "port,out" },
+    [HV_HC_GRANT_TABLE_REGISTER]    = { hc_grant_table_register,    "grant_table_register",    "table,count" },
+    [HV_HC_GRANT_COPY]              = { hc_grant_copy,              "grant_copy",              "segs,count" },
+    [HV_HC_GRANT_END]               = { hc_grant_end,               "grant_end",               "ref" },
 };
 
 int64_t hypercall_dispatch(struct hv_vcpu *v, uint64_t nr, const uint64_t args[5],

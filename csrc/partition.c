@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include "core.h"
+#include "channels.h"
 
 static uint32_t next_partition_id = 1;      /* 0 is HV_OWNER_HV */
 
@@ -53,7 +53,7 @@ int hv_partition_create(int engine, uint64_t mem_size, struct hv_partition **out
         goto fail;
     }
     p->frame_owner = malloc(p->nframes * sizeof(*p->frame_owner));
-    if (!p->frame_owner || platform_create(p))
+    if (!p->frame_owner || platform_create(p) || evtchn_create(p) || grant_create(p))
         goto fail;
     for (uint64_t i = 0; i < p->nframes; i++)
         p->frame_owner[i] = p->id;
@@ -81,6 +81,7 @@ void hv_partition_destroy(struct hv_partition *p)
 {
     if (!p)
         return;
+    evtchn_teardown(p);         /* while peers can still find p: both ends close */
     partition_table_remove(p);
     partition_put(p);
 }
@@ -97,6 +98,8 @@ void partition_free(struct hv_partition *p)
         munmap(p->ram, p->mem_size);
     trace_free(p);
     free(p->frame_owner);
+    evtchn_free(p);
+    grant_free(p);
     pthread_mutex_destroy(&p->vcpu_lock);
     free(p);
 }

@@ -80,7 +80,8 @@ def check_program(paging, entries, calls):
         for i, (op, args) in enumerate(entries):
             struct.pack_into("<Q5Qq", core.ram, SYMS["mc"] + i * ENTRY.size, op, *args, 0)
         model_ram = bytearray(core.ram)
-        model = AbiModel(GuestMemory(model_ram, RESERVED, cr3=cr3))
+        model = AbiModel(GuestMemory(model_ram, RESERVED, cr3=cr3),
+                         partition_id=lib.hv_partition_id(core.p))
         for i, (nr, args) in enumerate(calls):
             values = tuple(resolve(a, SYMS) for a in args)
             if nr == lib.HV_HC_SHUTDOWN and values[0] in (0, 1) and values[1] <= 255:

@@ -22,7 +22,7 @@
 #define EVENT_VECTOR     0xf0
 #define MS               1000000ull    /* partition-clock nanoseconds */
 #define ALL_FEATURES     (HV_FEATURE_EVENTS | HV_FEATURE_TIMER | \
-                          HV_FEATURE_MULTICALL | HV_FEATURE_CLOCK)
+                          HV_FEATURE_MULTICALL | HV_FEATURE_CLOCK | HV_FEATURE_CHANNELS)
 
 long regs_probe(void *stub, const uint64_t in[14], uint64_t out[14]);   /* regs_probe.S */
 

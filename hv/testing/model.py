@@ -25,8 +25,10 @@ from hv.testing.pagetables import NXE, WP, WRITE, walk
 
 PAGE = lib.HV_PAGE_SIZE
 ENTRY = struct.Struct("<Q5Qq")           # struct hv_multicall_entry
+GRANT_SEG = struct.Struct("<QIIHHHHiI")  # struct hv_grant_copy_seg
+GRANT_SEG_STATUS = 24                    # offsetof(struct hv_grant_copy_seg, status)
 FEATURES = (lib.HV_FEATURE_EVENTS | lib.HV_FEATURE_TIMER | lib.HV_FEATURE_MULTICALL
-            | lib.HV_FEATURE_CLOCK)
+            | lib.HV_FEATURE_CLOCK | lib.HV_FEATURE_CHANNELS)
 TIMER_MAX = 1 << 62                       # event.c clamps deadlines here
 CR0_PG, CR0_WP, EFER_NXE = 1 << 31, 1 << 16, 1 << 11
 
@@ -98,8 +100,10 @@ class AbiModel:
     method per hypercall.  call() returns the result (>= 0 or -HV_E*), or
     None when the call stopped the partition (then self.shutdown is set)."""
 
-    def __init__(self, memory):
+    def __init__(self, memory, partition_id=1):
         self.memory = memory
+        self.partition_id = partition_id  # what HV_HC_PARTITION_ID answers
+        self.grant_table = None         # (gpa, count) once registered
         self.event_page = None          # gpa of the registered page
         self.event_vector = None
         self.deadline = 0               # the one-shot timer, 0 = off
@@ -198,6 +202,76 @@ class AbiModel:
                 return -lib.HV_EFAULT
         return 0
 
+    # -- a partition alone: no peer is permitted, so no port is ever made
+    #    (tests/models/channels.py models several partitions talking) ----
+    def hc_partition_id(self, args):
+        return self.partition_id
+
+    def hc_evtchn_alloc_unbound(self, args):
+        return -lib.HV_EINVAL if args[0] == self.partition_id else -lib.HV_EPERM
+
+    hc_evtchn_bind_interdomain = hc_evtchn_alloc_unbound
+
+    def hc_evtchn_no_port(self, args):       # send, close, bind_vcpu: no port is allocated
+        return -lib.HV_EINVAL
+
+    def hc_evtchn_status(self, args):
+        port, out = args[0], args[1]
+        if port >= lib.HV_EVTCHN_PORTS:
+            return -lib.HV_EINVAL
+        state = lib.HV_EVTCHN_RESERVED if port < lib.HV_EVTCHN_FIRST else lib.HV_EVTCHN_FREE
+        if not self.memory.write(out, struct.pack("<4I", state, 0, 0, 0)):
+            return -lib.HV_EFAULT
+        return 0
+
+    def hc_grant_table_register(self, args):
+        table, count = args[0], args[1]
+        if count > lib.HV_GRANT_REFS_MAX:
+            return -lib.HV_E2BIG
+        if table % 8:
+            return -lib.HV_EINVAL
+        if count and not self.memory.owned(table, count * 8):
+            return -lib.HV_EFAULT
+        self.grant_table = (table, count) if count else None
+        return 0
+
+    def hc_grant_copy(self, args):
+        segs, count = args[0], args[1]
+        if count > lib.HV_GRANT_COPY_MAX:
+            return -lib.HV_E2BIG
+        if self.memory.pieces(segs, count * GRANT_SEG.size) is None \
+                or self.memory.pieces(segs, count * GRANT_SEG.size, WRITE) is None:
+            return -lib.HV_EFAULT
+        for i in range(count):
+            at = segs + i * GRANT_SEG.size
+            raw = self.memory.read(at, GRANT_SEG.size)
+            if raw is None:
+                return -lib.HV_EFAULT
+            _buf, _granter, _ref, offset, length, flags, *_ = GRANT_SEG.unpack(raw)
+            if flags & ~lib.HV_GRANT_COPY_TO_PEER or offset + length > PAGE:
+                status = -lib.HV_EINVAL
+            else:
+                status = -lib.HV_EPERM          # no granter is permitted to a partition alone
+            if not self.memory.write(at + GRANT_SEG_STATUS, struct.pack("<i", status)):
+                return -lib.HV_EFAULT
+        return 0
+
+    def hc_grant_end(self, args):
+        ref = args[0]
+        if self.grant_table is None:
+            return -lib.HV_ENOENT
+        table, count = self.grant_table
+        if ref >= count:
+            return -lib.HV_EINVAL
+        at = table + 8 * ref
+        if not self.memory.owned(at, 8):
+            return -lib.HV_EFAULT
+        flags = struct.unpack_from("<H", self.memory.ram, at)[0]
+        if flags & (lib.HV_GTF_READING | lib.HV_GTF_WRITING):
+            return -lib.HV_EBUSY
+        self.memory.ram[at:at + 8] = bytes(8)
+        return 0
+
     #: number -> handler; a subclass extends it with its own hypercalls.
     HYPERCALLS = {
         lib.HV_HC_VERSION: hc_version,
@@ -211,6 +285,16 @@ class AbiModel:
         lib.HV_HC_EVENT_REGISTER: hc_event_register,
         lib.HV_HC_EVENT_RAISE: hc_event_raise,
         lib.HV_HC_MULTICALL: hc_multicall,
+        lib.HV_HC_PARTITION_ID: hc_partition_id,
+        lib.HV_HC_EVTCHN_ALLOC_UNBOUND: hc_evtchn_alloc_unbound,
+        lib.HV_HC_EVTCHN_BIND_INTERDOMAIN: hc_evtchn_bind_interdomain,
+        lib.HV_HC_EVTCHN_SEND: hc_evtchn_no_port,
+        lib.HV_HC_EVTCHN_CLOSE: hc_evtchn_no_port,
+        lib.HV_HC_EVTCHN_BIND_VCPU: hc_evtchn_no_port,
+        lib.HV_HC_EVTCHN_STATUS: hc_evtchn_status,
+        lib.HV_HC_GRANT_TABLE_REGISTER: hc_grant_table_register,
+        lib.HV_HC_GRANT_COPY: hc_grant_copy,
+        lib.HV_HC_GRANT_END: hc_grant_end,
     }
 
     # -- events (abi.h "Events") -------------------------------------------

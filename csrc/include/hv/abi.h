@@ -23,7 +23,7 @@
 
 /* ---- Version ----------------------------------------------------------- */
 #define HV_ABI_VERSION_MAJOR 1
-#define HV_ABI_VERSION_MINOR 1
+#define HV_ABI_VERSION_MINOR 2
 
 /* ---- Discovery: CPUID leaves ---------------------------------------------
  * 0x40000000: EAX = highest hv leaf, EBX:ECX:EDX = "hvhypervisor".
@@ -75,14 +75,17 @@
 #define HV_EBUSY      16   /* already in use */
 #define HV_EEXIST     17   /* already exists */
 #define HV_EINVAL     22   /* bad argument */
+#define HV_ENOSPC     28   /* no free slot (port table full) */
 #define HV_ENOSYS     38   /* unknown hypercall number */
 #define HV_EOPNOTSUPP 95   /* not supported here (e.g. inside a multicall) */
+#define HV_ENOTCONN  107   /* the port has no connected peer (never bound, or the peer closed) */
 
 /* ---- Feature bits (CPUID 0x40000002 EDX and HV_HC_FEATURES word 0) ------- */
 #define HV_FEATURE_EVENTS      0x1   /* event page + vector delivery */
 #define HV_FEATURE_TIMER       0x2   /* one-shot timer */
 #define HV_FEATURE_MULTICALL   0x4   /* batched hypercalls */
 #define HV_FEATURE_CLOCK       0x8   /* HV_HC_CLOCK_READ */
+#define HV_FEATURE_CHANNELS    0x10  /* partition_id, event channels, grant copy (docs/channels.md) */
 
 /* ---- Hypercalls --------------------------------------------------------------
  * Doc block format (parsed by tools/gen_abi_doc):
@@ -169,7 +172,77 @@
  */
 #define HV_HC_MULTICALL       10
 
-#define HV_HC_COUNT           11       /* numbers below this are defined */
+/* HC partition_id: Report the calling partition's id (the id peers name it by).
+ *   args:    none
+ *   returns: the partition id (>= 1)
+ *   errors:  none
+ */
+#define HV_HC_PARTITION_ID    11
+
+/* HC evtchn_alloc_unbound: Allocate a port that one peer may bind to.
+ *   args:    peer: partition id allowed to bind (the parent must have permitted the pair)
+ *   returns: the new local port (HV_EVTCHN_FIRST..HV_EVTCHN_PORTS-1), state unbound
+ *   errors:  -HV_EINVAL peer is the caller; -HV_EPERM the parent did not permit this pair; -HV_ENOSPC no free port
+ */
+#define HV_HC_EVTCHN_ALLOC_UNBOUND 12
+
+/* HC evtchn_bind_interdomain: Connect a new local port to a peer's unbound port.
+ *   args:    peer: partition id; remote_port: the peer's port, unbound for the caller
+ *   returns: the new local port, state interdomain (the remote port becomes interdomain too)
+ *   errors:  -HV_EINVAL peer is the caller, remote_port out of range or not unbound for the caller; -HV_EPERM the parent did not permit this pair; -HV_ENOENT no such peer (or it is being destroyed); -HV_ENOSPC no free port
+ */
+#define HV_HC_EVTCHN_BIND_INTERDOMAIN 13
+
+/* HC evtchn_send: Raise the event of the remote end of a port.
+ *   args:    port: a local interdomain port
+ *   returns: 0 (the peer's event bit remote_port is pending)
+ *   errors:  -HV_EINVAL port out of range, free or reserved; -HV_ENOTCONN port unbound (never bound, or the peer closed or was destroyed)
+ */
+#define HV_HC_EVTCHN_SEND     14
+
+/* HC evtchn_close: Free a port; an interdomain peer's end goes back to unbound.
+ *   args:    port: a local unbound or interdomain port
+ *   returns: 0
+ *   errors:  -HV_EINVAL port out of range, free or reserved
+ */
+#define HV_HC_EVTCHN_CLOSE    15
+
+/* HC evtchn_bind_vcpu: Choose the vCPU a port's events are delivered to.
+ *   args:    port: a local unbound or interdomain port; vcpu: vCPU id (only 0 exists for now)
+ *   returns: 0
+ *   errors:  -HV_EINVAL port out of range, free or reserved, or vcpu is not one of the partition's vCPUs
+ */
+#define HV_HC_EVTCHN_BIND_VCPU 16
+
+/* HC evtchn_status: Describe a port.
+ *   args:    port: any port number; out: guest virtual address of a struct hv_evtchn_status
+ *   returns: 0 (out holds state, peer, remote port, vCPU)
+ *   errors:  -HV_EINVAL port out of range; -HV_EFAULT out is not writable
+ */
+#define HV_HC_EVTCHN_STATUS   17
+
+/* HC grant_table_register: Tell hv where the caller's grant table is (count 0 removes it).
+ *   args:    table: guest-physical address, 8-byte aligned, of struct hv_grant_entry[count]; count: entries
+ *   returns: 0
+ *   errors:  -HV_E2BIG count > HV_GRANT_REFS_MAX; -HV_EINVAL table not 8-byte aligned; -HV_EFAULT the table is not RAM the caller owns
+ */
+#define HV_HC_GRANT_TABLE_REGISTER 18
+
+/* HC grant_copy: Copy between the caller's memory and frames peers granted it, in a batch.
+ *   args:    segs: guest virtual address of struct hv_grant_copy_seg[count]; count: segments
+ *   returns: 0; each segment's status is 0 or a negative error (see "Grants")
+ *   errors:  -HV_E2BIG count > HV_GRANT_COPY_MAX; -HV_EFAULT the array is not readable and writable (checked before any segment runs)
+ */
+#define HV_HC_GRANT_COPY      19
+
+/* HC grant_end: End access through one of the caller's own grant entries.
+ *   args:    ref: index in the caller's grant table
+ *   returns: 0 (the entry is cleared: no peer can use it from now on)
+ *   errors:  -HV_ENOENT no grant table registered; -HV_EINVAL ref >= the table's count; -HV_EFAULT the table is no longer the caller's RAM; -HV_EBUSY a peer's copy is using the entry right now (try again)
+ */
+#define HV_HC_GRANT_END       20
+
+#define HV_HC_COUNT           21       /* numbers below this are defined */
 
 /* ---- Limits ---------------------------------------------------------------- */
 #define HV_CONSOLE_WRITE_MAX   4096
@@ -296,6 +369,75 @@ struct hv_pvh_modlist_entry {
     uint64_t size;              /* bytes */
     uint64_t cmdline_paddr;     /* NUL-terminated module command line; 0 if none */
     uint64_t reserved;
+};
+
+/* ---- Event channels ----------------------------------------------------------
+ * A port is an event number (HV_HC_EVENT_REGISTER's page): raising port P of
+ * a partition sets its pending bit P.  Each partition has HV_EVTCHN_PORTS
+ * ports; those below HV_EVTCHN_FIRST are reserved for hv's own events (the
+ * timer, virtio devices) and never change state.  A port is free, unbound
+ * (allocated for one named peer, not yet connected), or interdomain
+ * (connected to a remote port of that peer).  Closing one end puts the
+ * other back to unbound; destroying a partition closes all its ports.  A
+ * partition may name a peer only if the parent permitted the pair.
+ */
+#define HV_EVTCHN_PORTS        512      /* == HV_EVENTS_MAX: port P is event bit P */
+#define HV_EVTCHN_FIRST        64       /* ports below are reserved (timer, virtio) */
+
+#define HV_EVTCHN_FREE         0
+#define HV_EVTCHN_RESERVED     1        /* hv's own event: not a channel */
+#define HV_EVTCHN_UNBOUND      2        /* waiting for peer to bind */
+#define HV_EVTCHN_INTERDOMAIN  3        /* connected to peer's remote_port */
+
+struct hv_evtchn_status {
+    uint32_t state;             /* HV_EVTCHN_* */
+    uint32_t peer;              /* partition id (unbound, interdomain), else 0 */
+    uint32_t remote_port;       /* interdomain: the peer's port, else 0 */
+    uint32_t vcpu;              /* the vCPU its events go to */
+};
+
+/* ---- Grants --------------------------------------------------------------------
+ * A partition shares a frame of its RAM by writing an entry in its grant
+ * table (Xen's version-1 layout): flags, the peer it is for, the frame.
+ * The peer then copies to or from that frame with HV_HC_GRANT_COPY, naming
+ * (granter id, ref).  For every segment hv reads the entry once, checks
+ * HV_GTF_PERMIT_ACCESS, the peer id, read-only against the direction and
+ * that the granter owns the frame, marks the entry in use (HV_GTF_READING
+ * or HV_GTF_WRITING) with a compare-and-swap of the whole entry, copies,
+ * and clears the mark.  The granter ends access with HV_HC_GRANT_END,
+ * which fails with -HV_EBUSY while a mark is set.  A segment's status:
+ *   0, or -HV_EINVAL (offset + len > one page, flags unknown, ref beyond the
+ *   table), -HV_EFAULT (the caller's buffer), -HV_ENOENT (no such granter or
+ *   it has no table), -HV_EPERM (the entry does not grant this peer this
+ *   access, or the pair is not permitted), -HV_EAGAIN (another copy has the
+ *   entry marked right now).
+ * Entries hold 16-bit peer ids: partitions with ids >= 65536 cannot be granted to.
+ */
+#define HV_GRANT_REFS_MAX      2048
+#define HV_GRANT_COPY_MAX      64
+#define HV_GTF_PERMIT_ACCESS   0x1      /* the entry grants access (type bits 0..1) */
+#define HV_GTF_TYPE_MASK       0x3
+#define HV_GTF_READONLY        0x4      /* the peer may only read the frame */
+#define HV_GTF_READING         0x8      /* set by hv: a copy reads the frame now */
+#define HV_GTF_WRITING         0x10     /* set by hv: a copy writes the frame now */
+#define HV_GRANT_COPY_TO_PEER  0x1      /* segment flag: caller's buffer -> granted frame */
+
+struct hv_grant_entry {
+    uint16_t flags;             /* HV_GTF_* */
+    uint16_t domid;             /* the peer the frame is granted to */
+    uint32_t frame;             /* guest frame number (gpa >> 12) in the granter's RAM */
+};
+
+struct hv_grant_copy_seg {
+    uint64_t buf;               /* caller's guest virtual address */
+    uint32_t granter;           /* partition id that owns the grant */
+    uint32_t ref;               /* index in the granter's table */
+    uint16_t offset;            /* within the granted frame */
+    uint16_t len;               /* offset + len <= HV_PAGE_SIZE */
+    uint16_t flags;             /* HV_GRANT_COPY_TO_PEER or 0 (read the frame) */
+    uint16_t pad;
+    int32_t  status;            /* written by hv: 0 or -HV_E* */
+    uint32_t pad2;
 };
 
 #endif /* HV_ABI_H */
