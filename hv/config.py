@@ -19,8 +19,16 @@ then starts anything:
                { type = "rng" },
                { type = "console", output = "ping-vcon.txt" }]
 
-Switches are made by name on first use and shared by every NIC naming them.
-Device specs are the same dicts `hv run --disk/--rng/--vconsole/--net` build.
+A NIC joins the switch it names; every NIC naming one switch shares it.
+A switch that only one NIC names could carry nothing (it is almost always a
+typo: "lan" here, "lna" there), so it is refused unless it is declared:
+
+    [[switch]]
+    name = "lan"        # e.g. for partitions that join later through the API
+
+Device specs are the same dicts `hv run --disk/--rng/--vconsole/--net` build
+(hv run's NICs share the declared switch "default").  Values have exactly
+their documented types: `readonly = "no"` is refused, not taken as true.
 """
 import os
 
@@ -52,32 +60,72 @@ def load(path):
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: {e}") from None
     base = os.path.dirname(os.path.abspath(path))
-    unknown = set(data) - {"partition"}
+    unknown = set(data) - {"partition", "switch"}
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key {sorted(unknown)[0]!r}")
     specs = data.get("partition")
     if not isinstance(specs, list) or not specs:
         raise ConfigError(f"{path}: no [[partition]] tables")
-    names, macs, disks = set(), set(), set()
+    declared = declared_switches(data.get("switch", []), path)
+    names = set()
     for i, spec in enumerate(specs):
         check_partition(spec, path, base, index=i + 1)
-        name = spec["name"]
-        if name in names:
-            raise ConfigError(f"{path}: partition {i + 1}: name {name!r} is used twice")
-        names.add(name)
-        where = f"{path}: partition {name!r}"
+        if spec["name"] in names:
+            raise ConfigError(f"{path}: partition {i + 1}: name {spec['name']!r} is used twice")
+        names.add(spec["name"])
+    check_together(specs, declared, path)
+    return specs
+
+
+def declared_switches(tables, source):
+    """The names of the [[switch]] tables."""
+    if not isinstance(tables, list):
+        raise ConfigError(f"{source}: switch must be [[switch]] tables")
+    names = set()
+    for i, table in enumerate(tables):
+        where = f"{source}: switch {i + 1}"
+        if not isinstance(table, dict) or set(table) != {"name"}:
+            raise ConfigError(f"{where}: a switch has exactly one key, name")
+        if not isinstance(table["name"], str) or not table["name"] or table["name"] in names:
+            raise ConfigError(f"{where}: name {table['name']!r} is empty, not text, or used twice")
+        names.add(table["name"])
+    return names
+
+
+def check_together(specs, declared, source=None):
+    """What no single partition can check: MACs unique, an image attached
+    read-write once, a console socket listened on once, no switch only one
+    NIC names unless declared.  specs are checked partition specs."""
+    from hv.devices.net import parse_mac
+    from hv.devices.vconsole import console_socket_path
+
+    prefix = f"{source}: " if source else ""
+    macs, disks, sockets, nics_on = {}, {}, {}, {}
+    for spec in specs:
+        where = f"{prefix}partition {spec['name']!r}"
         for dev in spec["devices"]:
             if dev["type"] == "net":
-                from hv.devices.net import parse_mac
                 mac = parse_mac(dev["mac"])
                 if mac in macs:
-                    raise ConfigError(f"{where}: MAC {dev['mac']} is used twice")
-                macs.add(mac)
+                    raise ConfigError(f"{where}: MAC {dev['mac']} is used twice "
+                                      f"(also by partition {macs[mac]!r})")
+                macs[mac] = spec["name"]
+                nics_on.setdefault(dev["switch"], []).append(where)
             if dev["type"] == "blk" and not dev.get("readonly"):
-                if dev["path"] in disks:
+                key = os.path.realpath(dev["path"])
+                if key in disks:
                     raise ConfigError(f"{where}: disk {dev['path']} is attached read-write twice")
-                disks.add(dev["path"])
-    return specs
+                disks[key] = spec["name"]
+            if "socket" in dev:
+                key = os.path.realpath(console_socket_path(dev["socket"], create=False))
+                if key in sockets:
+                    raise ConfigError(f"{where}: console socket {dev['socket']} is used twice "
+                                      f"(also by partition {sockets[key]!r})")
+                sockets[key] = spec["name"]
+    for switch, users in nics_on.items():
+        if len(users) == 1 and switch not in declared:
+            raise ConfigError(f"{users[0]}: net device: switch {switch!r} has no other NIC and "
+                              f"is not declared (a typo? else add [[switch]] name = {switch!r})")
 
 
 def check_partition(spec, source=None, base=".", index=None):
@@ -111,6 +159,14 @@ def check_partition(spec, source=None, base=".", index=None):
     for key, (low, high) in SHARE_RANGES.items():
         if key in spec and (type(spec[key]) is not int or not low <= spec[key] <= high):
             raise ConfigError(f"{where}: {key} must be an integer {low}..{high}")
+    from hv.partition import ENGINES, parse_size
+    try:
+        parse_size(spec.get("mem", "64M"))
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    if spec.get("engine", "auto") not in ("auto", *ENGINES):
+        raise ConfigError(f"{where}: unknown engine {spec['engine']!r} "
+                          f"(choose from auto, {', '.join(ENGINES)})")
     devices = spec.setdefault("devices", [])
     if not isinstance(devices, list):
         raise ConfigError(f"{where}: devices must be a list of tables")
@@ -125,14 +181,21 @@ def check_device(dev, where, base="."):
     extra = set(dev) - DEVICE_KEYS[dev["type"]]
     if extra:
         raise ConfigError(f"{where}: {dev['type']} device: unknown key {sorted(extra)[0]!r}")
+    for key, value in dev.items():
+        kind = bool if key == "readonly" else str
+        if not isinstance(value, kind):
+            raise ConfigError(f"{where}: {dev['type']} device: {key} must be "
+                              f"{'true or false' if kind is bool else 'text'}, not {value!r}")
     if dev["type"] == "blk":
-        if not isinstance(dev.get("path"), str):
+        if "path" not in dev:
             raise ConfigError(f"{where}: blk device: path is required")
         dev["path"] = os.path.join(base, dev["path"])
+    if dev["type"] == "console" and "output" in dev and "socket" in dev:
+        raise ConfigError(f"{where}: console device: output or socket, not both")
     if dev["type"] == "net":
         from hv.devices.net import parse_mac
         dev.setdefault("switch", "default")
-        if not isinstance(dev.get("mac"), str):
+        if "mac" not in dev:
             raise ConfigError(f"{where}: net device: mac is required")
         try:
             parse_mac(dev["mac"])
@@ -143,7 +206,7 @@ def check_device(dev, where, base="."):
     if "socket" in dev:
         # A path (with a /) is relative to the config file; a bare word is a
         # console name that `hv console NAME` finds.
-        if not isinstance(dev["socket"], str) or not dev["socket"]:
+        if not dev["socket"]:
             raise ConfigError(f"{where}: console socket must be a path or a name")
         if "/" in dev["socket"]:
             dev["socket"] = os.path.join(base, dev["socket"])
@@ -163,7 +226,7 @@ def make_devices(specs, switches):
         for dev in specs:
             kind = dev["type"]
             if kind == "blk":
-                devices.append(BlkDevice(dev["path"], readonly=bool(dev.get("readonly"))))
+                devices.append(BlkDevice(dev["path"], readonly=dev.get("readonly", False)))
             elif kind == "rng":
                 devices.append(RngDevice())
             elif kind == "console":

@@ -70,6 +70,14 @@ class LoadError(Exception):
     """One line naming the problem; the CLI prints it and exits 2."""
 
 
+class CmdlineTooLong(LoadError):
+    """The command line does not fit the boot page (length, room in bytes)."""
+
+    def __init__(self, length, room):
+        super().__init__(f"cmdline is {length} bytes; the boot page has room for {room}")
+        self.length, self.room = length, room
+
+
 # Immutable records (namedtuple: dataclasses would cost ~5 ms of imports).
 #: One PT_LOAD: `data` (a read-only view into the image) goes to `gpa`, zero
 #: fill up to `memsz`.
@@ -343,7 +351,7 @@ def _boot_blob(ffi, lib, mem_size, cmdline, modules=()):
     # without a null check, as under QEMU.
     room = lib.HV_PAGE_SIZE - cmd_at - 1
     if len(cmd) > room:
-        raise LoadError(f"cmdline is {len(cmd)} bytes; the boot page has room for {room}")
+        raise CmdlineTooLong(len(cmd), room)
 
     info = ffi.new("struct hv_pvh_start_info *")
     info.magic = lib.HV_PVH_START_MAGIC

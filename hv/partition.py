@@ -11,10 +11,11 @@ parent serves (console output) to theirs.
 import os
 import sys
 import threading
+import time
 
 from hv.abi import ffi, lib
 from hv.console import Console
-from hv.loader import load_pvh
+from hv.loader import CmdlineTooLong, LoadError, load_pvh
 
 # Engines that run guests (the core's "none" engine runs nothing; tests use it).
 ENGINES = {"kvm": lib.HV_ENGINE_KVM, "tcg": lib.HV_ENGINE_TCG}
@@ -24,6 +25,7 @@ DEVICE_TYPES = {1: "net", 2: "blk", 3: "console", 4: "rng"}
 
 # What the scheduler counts per vCPU (struct hv_sched_info), as metrics() names it.
 SCHED_COUNTERS = ("run_ns", "dispatches", "blocks", "parent_waits", "migrations")
+WAIT_SLICE = 0.2                # seconds: see Partition.wait()
 
 # Partition states, in lifecycle order.
 CREATED, RUNNING, PAUSED, SHUTDOWN, CRASHED, DESTROYED = (
@@ -119,13 +121,23 @@ class Partition:
         self.devices = list(devices)
         if len(self.devices) > lib.HV_VIRTIO_MMIO_SLOTS:
             raise ValueError(f"at most {lib.HV_VIRTIO_MMIO_SLOTS} devices per partition")
+        user_cmdline = cmdline
         if self.devices:
             from hv.devices.virtio import VirtioDevice
             entries = [VirtioDevice.cmdline_entry(slot) for slot in range(len(self.devices))]
             cmdline = " ".join(filter(None, [cmdline] + entries))
         # T:610 Validate first: LoadError leaves nothing behind.
-        self.image = load_pvh(kernel, mem_size, cmdline, initrd=initrd,
-                              virtio_slots=len(self.devices))
+        try:
+            self.image = load_pvh(kernel, mem_size, cmdline, initrd=initrd,
+                                  virtio_slots=len(self.devices))
+        except CmdlineTooLong as e:
+            if not self.devices:
+                raise
+            added = len(cmdline.encode()) - len(user_cmdline.encode())
+            raise LoadError(
+                f"cmdline is {e.length} bytes with the {len(self.devices)} device entries hv "
+                f"adds ({added} bytes); the boot page has room for {e.room}: "
+                f"the command line given may have at most {max(e.room - added, 0)} bytes") from None
         if deterministic and engine == "auto":
             engine = "tcg"          # only TCG counts instructions
         engine, self.engine_reason = choose_engine(engine)
@@ -310,10 +322,33 @@ class Partition:
             self._cond.notify_all()
 
     def wait(self, timeout=None):
-        """Wait until the guest stops (shutdown, crash); returns the state."""
+        """Wait until the guest stops (shutdown, crash); returns the state.
+
+        The wait is cut in short slices: the kernel may deliver a signal
+        meant for the main thread (Ctrl-C, SIGTERM) to any thread, and only
+        a main thread that wakes up runs Python's handler."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            self._cond.wait_for(lambda: self._finished or self.state == DESTROYED, timeout)
+            while not (self._finished or self.state == DESTROYED):
+                left = WAIT_SLICE if deadline is None else min(WAIT_SLICE, deadline - time.monotonic())
+                if left <= 0:
+                    break
+                self._cond.wait(left)
         return self.state
+
+    @property
+    def finished(self):
+        """The run has ended (its trace and console complete), whatever the state."""
+        return self._finished
+
+    def request_stop(self):
+        """End the run at the vCPU's next return to the parent, leaving the
+        state as it is (e.g. the trace's reader went away).  Any thread."""
+        self._stop = True
+        self._resume.set()
+        with self._cond:
+            if self._vcpu is not None and threading.get_ident() != self._run_thread:
+                lib.hv_vcpu_request_pause(self._vcpu)
 
     def _kick_until(self, done, timeout):
         """Ask the vCPU to stop running guest code until done() holds.  The

@@ -47,6 +47,8 @@ class Tracer:
         self._console = {}         # vcpu -> bytes of the pending console_write
         self._next_seq = 0
         self._buf = ffi.new("struct hv_trace_record[]", BATCH)
+        self.write_error = None    # the OSError that stopped the output, if one did
+        self.on_write_error = None # fn(OSError), called once, on the thread that wrote
 
     def attach(self, partition):
         err = lib.hv_partition_trace_enable(partition._p, self.capacity)
@@ -81,6 +83,11 @@ class Tracer:
         self._pending.clear()
         if self.dropped:
             self._write(f"... {self.dropped} trace records dropped (ring full)")
+        if self.out is not None and self.write_error is None:
+            try:
+                self.out.flush()        # a full disk shows here, not at exit
+            except OSError as e:
+                self._failed(e)
 
     # -- decoding ------------------------------------------------------------
     def _record(self, r):
@@ -159,5 +166,15 @@ class Tracer:
         self._write(f"{stamp} {line}")
 
     def _write(self, line):
-        if self.out is not None:
-            self.out.write(line + "\n")
+        if self.out is not None and self.write_error is None:
+            try:
+                self.out.write(line + "\n")
+            except OSError as e:
+                self._failed(e)
+
+    def _failed(self, e):
+        """The trace cannot be written (a closed pipe, a full disk): stop
+        writing it, and tell whoever asked (the CLI decides what follows)."""
+        self.write_error = e
+        if self.on_write_error is not None:
+            self.on_write_error(e)

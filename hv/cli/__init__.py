@@ -10,7 +10,7 @@ import argparse
 
 import hv
 from hv.cli import console, control, info, run, serve, up
-from hv.cli.common import EXIT_STATUSES, Parser
+from hv.cli.common import EXIT_STATUSES, Parser, handle_signals, setup_logging
 
 # Each command's module adds its parser(s) and sets `func`; listed here, in
 # the order `hv --help` shows them.
@@ -29,4 +29,6 @@ def parser():
 
 def main(argv=None):
     args = parser().parse_args(argv)
+    handle_signals()
+    setup_logging(args)
     return args.func(args)

@@ -1,5 +1,7 @@
 """What every hv command shares: exit statuses, the one-line error, the parser."""
 import argparse
+import logging
+import signal
 import sys
 
 # Exit statuses (listed in `hv --help` and the README).
@@ -8,6 +10,8 @@ EXIT_CONSOLE_FAILED = 74        # EX_IOERR
 EXIT_CRASHED = 125
 EXIT_INTERRUPTED = 130          # 128 + SIGINT, as a shell reports it
 EXIT_TERMINATED = 143           # 128 + SIGTERM
+
+log = logging.getLogger("hv")
 
 EXIT_STATUSES = f"""\
 exit statuses of hv run / trace / up:
@@ -31,6 +35,68 @@ class Parser(argparse.ArgumentParser):
 
 
 def error(message):
-    """One line on stderr; the status of bad input."""
-    print(f"hv: error: {message}", file=sys.stderr)
+    """One line on stderr (and in the log file); the status of bad input."""
+    if log.handlers:
+        log.error("error: %s", message)
+    else:
+        print(f"hv: error: {message}", file=sys.stderr)
     return EXIT_USAGE
+
+
+# ---- signals ------------------------------------------------------------------
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (systemd, docker, timeout), raised on the main thread the way
+    SIGINT raises KeyboardInterrupt, so each command's Ctrl-C path -- stop
+    the partitions, flush consoles and traces, remove sockets, release disk
+    locks -- serves both."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def handle_signals():
+    signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def interrupted(exc):
+    """One line on stderr and the exit status for a SIGINT or SIGTERM.  A
+    second signal during the cleanup that follows ends hv at once."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if isinstance(exc, Terminated):
+        print("hv: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
+    print("hv: interrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+# ---- logging --------------------------------------------------------------------
+
+
+def add_log_options(parser):
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="report what hv does on stderr: -v engine and exit details, "
+                             "-vv also each step")
+    parser.add_argument("--log-file", metavar="FILE",
+                        help="also write hv's messages, time-stamped, at every level, to FILE")
+
+
+def setup_logging(args):
+    """hv's messages: `hv: ...` lines on stderr at the -v level (warnings
+    and errors always), and everything, time-stamped, in --log-file."""
+    log.handlers.clear()
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(logging.Formatter("hv: %(message)s"))
+    verbose = getattr(args, "verbose", 0)
+    stderr.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO if verbose else logging.WARNING)
+    log.addHandler(stderr)
+    if getattr(args, "log_file", None):
+        try:
+            handler = logging.FileHandler(args.log_file)
+        except OSError as e:
+            raise SystemExit(error(f"cannot open log file: {e.strerror}: {args.log_file}"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)

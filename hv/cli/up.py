@@ -2,7 +2,7 @@
 process (a Manager of its own), or handed to a running `hv serve`."""
 import sys
 
-from hv.cli.common import EXIT_CRASHED, EXIT_INTERRUPTED, error
+from hv.cli.common import EXIT_CRASHED, error, interrupted
 
 
 def add_parsers(sub):
@@ -49,8 +49,8 @@ def cmd_up(args):
                 status = status or EXIT_CRASHED
             elif about["exit_code"]:
                 status = status or about["exit_code"]
-    except KeyboardInterrupt:
-        status = EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:      # SIGINT, and SIGTERM (common.Terminated)
+        status = interrupted(e)
     finally:
         manager.close()
     return status

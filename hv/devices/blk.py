@@ -5,11 +5,14 @@ the chain, data, and a status byte at the very end of the writable part.
 Sector arithmetic is checked before any I/O; a request outside the disk or
 malformed gets VIRTIO_BLK_S_IOERR, an unknown type VIRTIO_BLK_S_UNSUPP, and
 the device goes on.  FLUSH is fsync: a write whose flush completed is on
-disk (the guest may rely on it after a crash).  The image is locked: one
-read-write user at a time, and no writer while it is shared read-only.
+disk (the guest may rely on it after a crash).  The image is locked the way
+QEMU locks it: one read-write user at a time, and no writer while it is
+shared read-only, among hv processes and QEMU alike.
 """
+import errno
 import fcntl
 import os
+import stat
 import struct
 
 from hv.devices.virtio import VirtioDevice
@@ -32,6 +35,70 @@ class DiskError(Exception):
     """The image cannot be used (missing, a directory, locked)."""
 
 
+# T:675 Image locking that QEMU sees, and that sees QEMU.  QEMU's raw-posix
+# driver ("locking" option, on by default) describes each user of an image
+# with open-file-description (OFD) read locks on single bytes: byte
+# LOCK_PERM_BASE + i for each permission i the user holds, byte
+# LOCK_SHARED_BASE + i for each permission it does NOT let others hold.  A
+# user may take permission i only if nobody holds byte SHARED_BASE + i, and
+# may refuse to share it only if nobody holds byte PERM_BASE + i.  hv speaks
+# the same protocol (flock(2), which hv used before, is invisible to it):
+# a writer holds read+write and shares neither write nor resize; a reader
+# holds read and shares no write either, so readers share, writers exclude.
+# OFD locks belong to the open file, so closing the fd releases them, and
+# two opens in one process conflict like two processes.
+LOCK_PERM_BASE, LOCK_SHARED_BASE = 100, 200
+PERM_CONSISTENT_READ, PERM_WRITE, PERM_WRITE_UNCHANGED, PERM_RESIZE = 0, 1, 2, 3
+PERM_NAMES = {PERM_CONSISTENT_READ: "consistent read", PERM_WRITE: "write",
+              PERM_WRITE_UNCHANGED: "write unchanged", PERM_RESIZE: "resize"}
+FLOCK = struct.Struct("hhqqi4x")        # struct flock: type, whence, start, len, pid
+
+
+def _lock_byte(fd, cmd, kind, offset):
+    """One fcntl on one byte; returns the lock type the kernel reports."""
+    arg = fcntl.fcntl(fd, cmd, FLOCK.pack(kind, os.SEEK_SET, offset, 1, 0))
+    return FLOCK.unpack(arg)[0]
+
+
+def image_lock(fd, readonly):
+    """Take QEMU-compatible locks on the image open as fd; None, or why not
+    (another user holds a conflicting lock).  The locks are taken first and
+    checked after, as QEMU does, so two racing openers cannot both win."""
+    held = {PERM_CONSISTENT_READ} | (set() if readonly else {PERM_WRITE})
+    unshared = {PERM_WRITE, PERM_RESIZE}
+    try:
+        for perm in held:
+            _lock_byte(fd, fcntl.F_OFD_SETLK, fcntl.F_RDLCK, LOCK_PERM_BASE + perm)
+        for perm in unshared:
+            _lock_byte(fd, fcntl.F_OFD_SETLK, fcntl.F_RDLCK, LOCK_SHARED_BASE + perm)
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EACCES):     # someone holds a write lock there
+            return "its lock bytes are write-locked"
+        raise DiskError(f"cannot lock the image: {e.strerror}") from None
+    # A test for a write lock fails where anyone else holds a read lock.
+    for perm in held:
+        if _lock_byte(fd, fcntl.F_OFD_GETLK, fcntl.F_WRLCK, LOCK_SHARED_BASE + perm) != fcntl.F_UNLCK:
+            return f"it does not share the {PERM_NAMES[perm]} permission"
+    for perm in unshared:
+        if _lock_byte(fd, fcntl.F_OFD_GETLK, fcntl.F_WRLCK, LOCK_PERM_BASE + perm) != fcntl.F_UNLCK:
+            return f"it holds the {PERM_NAMES[perm]} permission"
+    return None
+
+
+BLKGETSIZE64 = 0x80081272               # _IOR(0x12, 114, size_t), linux/fs.h
+
+
+def image_size(fd, path):
+    """Bytes of the image: a file's length, or a block device's size (whose
+    st_size is 0) from the BLKGETSIZE64 ioctl."""
+    st = os.fstat(fd)
+    if stat.S_ISBLK(st.st_mode):
+        return struct.unpack("Q", fcntl.ioctl(fd, BLKGETSIZE64, bytes(8)))[0]
+    if not stat.S_ISREG(st.st_mode):
+        raise DiskError(f"disk {path} is not a regular file or a block device")
+    return st.st_size
+
+
 class BlkDevice(VirtioDevice):
     DEVICE_ID = 2
     FEATURES = (1 << F_SIZE_MAX) | (1 << F_SEG_MAX) | (1 << F_BLK_SIZE) | (1 << F_FLUSH) | (1 << F_DISCARD)
@@ -46,18 +113,24 @@ class BlkDevice(VirtioDevice):
         try:
             self.fd = os.open(path, os.O_RDONLY if readonly else os.O_RDWR)
         except OSError as e:
-            raise DiskError(f"cannot open disk {path}: {e.strerror}") from None
+            hint = ""
+            if not readonly and e.errno in (errno.EACCES, errno.EROFS, errno.EPERM) \
+                    and os.access(path, os.R_OK):
+                hint = " (to attach it read-only, add ,ro)"
+            raise DiskError(f"cannot open disk {path} read-{'only' if readonly else 'write'}: "
+                            f"{e.strerror}{hint}") from None
         try:
-            # One writer, or any number of readers (like QEMU's image locking).
-            fcntl.flock(self.fd, (fcntl.LOCK_SH if readonly else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-        except OSError:
+            conflict = image_lock(self.fd, readonly)
+            if conflict:
+                raise DiskError(f"disk {path} is in use by another partition or process "
+                                f"({conflict})")
+            self.sectors = image_size(self.fd, path) // SECTOR
+        except BaseException:
             os.close(self.fd)
-            raise DiskError(f"disk {path} is in use by another partition or process") from None
+            self.fd = -1
+            raise
         self.readonly = readonly
         self.bytes_to_guest = self.bytes_from_guest = 0     # payload read, written
-        # The end by seeking: st_size is 0 for a block device (a loop device,
-        # a partition), which would make the disk look empty.
-        self.sectors = os.lseek(self.fd, 0, os.SEEK_END) // SECTOR
         self.serial = os.path.basename(path).encode()[:ID_BYTES]
         if readonly:
             self.FEATURES |= 1 << F_RO

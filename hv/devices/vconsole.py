@@ -6,6 +6,7 @@ attaches to.  Queue 0 (receiveq) takes host input when there is some.
 """
 import os
 import socket
+import stat
 import threading
 
 from hv.devices.virtio import VirtioDevice
@@ -74,16 +75,51 @@ class ConsoleDevice(VirtioDevice):
             self.bytes_to_guest += n
 
 
-def console_socket_path(name):
+def console_socket_path(name, create=True):
     """Where the console called `name` listens: a path (anything with a /)
     as given, or a name in the user's runtime directory, so that
-    `hv console NAME` finds it."""
+    `hv console NAME` finds it (the directory is made if create)."""
     if "/" in name:
         return name
     base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/hv-{os.getuid()}"
     directory = os.path.join(base, "hv")
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    if create:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
     return os.path.join(directory, f"{name}.sock")
+
+
+class ConsoleSocketError(ValueError):
+    """The console socket cannot be listened on (one line naming the path)."""
+
+
+def claim_socket_path(path):
+    """Make `path` free for a new listening socket, removing only what is
+    safe to remove: a stale socket of this user's that nobody listens on
+    (what an hv killed with SIGKILL leaves).  Anything else there -- a
+    regular file, a directory, another program's socket, a live console --
+    is refused, never deleted."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise ConsoleSocketError(f"console socket {path}: {e.strerror}") from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ConsoleSocketError(f"console socket {path}: something else is there "
+                                 "(not a socket); refusing to replace it")
+    if st.st_uid != os.getuid():
+        raise ConsoleSocketError(f"console socket {path}: a socket of another user is there")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)                 # stale: its listener is gone
+        return
+    except OSError as e:
+        raise ConsoleSocketError(f"console socket {path}: {e.strerror}") from None
+    finally:
+        probe.close()
+    raise ConsoleSocketError(f"console socket {path} is in use (a running hv listens on it)")
 
 
 class SocketConsole:
@@ -101,11 +137,18 @@ class SocketConsole:
         self._clients = []
         self._backlog = bytearray()
         self._lock = threading.Lock()
-        if os.path.exists(path):
-            os.unlink(path)
+        claim_socket_path(path)
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._server.bind(path)
-        self._server.listen(4)
+        try:
+            self._server.bind(path)
+            self._server.listen(4)
+        except OSError as e:
+            self._server.close()
+            raise ConsoleSocketError(f"cannot listen on console socket {path}: {e.strerror}") \
+                from None
+        # Which file is ours: close() removes it only if it is still this one.
+        st = os.stat(path)
+        self._identity = (st.st_dev, st.st_ino)
         threading.Thread(target=self._accept, daemon=True, name=f"console-{path}").start()
 
     def _accept(self):
@@ -151,5 +194,9 @@ class SocketConsole:
             except OSError:
                 pass
             client.close()
-        if os.path.exists(self.path):
-            os.unlink(self.path)
+        try:
+            st = os.lstat(self.path)
+            if (st.st_dev, st.st_ino) == self._identity:
+                os.unlink(self.path)
+        except OSError:
+            pass                        # already gone
