@@ -388,7 +388,12 @@ class Manager:
     def wait(self, name, timeout=None):
         """Wait until the partition has ended; returns its state."""
         entry = self._get(name)
-        entry.ended.wait(timeout)
+        # In slices, as Partition.wait(): a Ctrl-C or SIGTERM delivered to
+        # another thread still wakes the main thread to run its handler.
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not entry.ended.wait(0.2):
+            if deadline is not None and time.monotonic() >= deadline:
+                break
         return entry.current_state()
 
     def close(self):
