@@ -379,3 +379,12 @@ def test_up_refuses_one_named_console_for_two_partitions(tmp_path):
     sock = '{ type = "console", socket = "twice-named" }'
     config = up_file(tmp_path, ("a", "hello", sock), ("b", "hello", sock))
     one_line_error(hv("up", config), "used twice")
+
+
+def test_up_bad_kernel_names_the_partition_and_file(tmp_path):
+    bad = tmp_path / "bad.elf"
+    bad.write_text("not a kernel")
+    config = tmp_path / "up.toml"
+    config.write_text(f'[[partition]]\nname = "good"\nkernel = "{guest("hello")}"\n'
+                      f'[[partition]]\nname = "broken"\nkernel = "{bad}"\n')
+    one_line_error(hv("up", config), "'broken'", str(config))

@@ -71,6 +71,12 @@ def test_installed_hv_runs_hello_outside_the_tree(installed, tmp_path):
     proc = run([hv, "run", guest("hello")], cwd=tmp_path, env=env)
     assert proc.stdout == "Hello from an hv guest!\n"
     assert run([hv, "--version"], cwd=tmp_path, env=env).stdout.startswith("hv ")
+    trace = run([hv, "trace", guest("hello")], cwd=tmp_path, env=env).stdout
+    assert trace.splitlines()[-1].endswith("shutdown(reason=0, code=0) [parent]"), trace
+    config = tmp_path / "up.toml"
+    config.write_text(f'[[partition]]\nname = "h"\nkernel = "{guest("hello")}"\n')
+    assert run([hv, "up", config], cwd=tmp_path, env=env).stdout == "[h] Hello from an hv guest!\n"
+    assert "--wait" in run([hv, "console", "--help"], cwd=tmp_path, env=env).stdout
     facts = json.loads(run([hv, "info", "--json"], cwd=tmp_path, env=env).stdout)
     assert facts["engines"]["tcg"]["available"], facts
     # The core was loaded from the installed wheel, and libunicorn from the

@@ -363,6 +363,9 @@ def cmd_run(args):
         part.start()
         return run.status(run.wait())
     except KeyboardInterrupt as e:     # SIGINT, and SIGTERM (common.Terminated)
-        return interrupted(e)
+        status = interrupted(e)
+        if args.json and run.part is not None:
+            print(json.dumps({**run.part.metrics(), "exit_status": status}), file=sys.stderr)
+        return status
     finally:
         run.close()
