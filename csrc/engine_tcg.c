@@ -393,6 +393,7 @@ static int tcg_vcpu_create(void *vmp, uint32_t id, struct hv_vcpu *owner, void *
     if (!c)
         return -ENOMEM;
     c->owner = owner;
+    tcg_state_init();
     uc_hook h;
     if (uc_open(UC_ARCH_X86, UC_MODE_64, &c->uc) != UC_ERR_OK)
         goto fail;
@@ -492,7 +493,7 @@ static int tcg_run(void *vp, struct engine_exit *exit)
 
 static int tcg_interruptible(void *vp)
 {
-    return !!(tcg_regs(vp)->rflags & (1u << 9));
+    return !!(tcg_regs(vp)->rflags & RFLAGS_IF);
 }
 
 static void tcg_request_window(void *vp, int on)

@@ -80,6 +80,9 @@ int tcg_set_debug(void *vcpu, uint32_t flags, const uint64_t *addr, const uint32
 void tcg_debug_exit(struct tcg_vcpu *c, struct engine_exit *exit);
 void tcg_debug_free(struct tcg_vcpu *c);
 
+/* engine_tcg_state.c: find the offsets below (once per process, before
+ * any CPU runs: vcpu_create). */
+void tcg_state_init(void);
 /* engine_tcg_state.c: forget QEMU's pending exception (forget_exception)
  * and/or set the CPL (cpl >= 0).  The caller's register cache is stale
  * afterwards. */

@@ -135,10 +135,7 @@ static void find_hflags_offset(void)
  * and/or set the CPL (cpl < 0: leave it). */
 void tcg_patch_cpu_state(uc_engine *uc, int forget_exception, int cpl)
 {
-    static pthread_once_t once = PTHREAD_ONCE_INIT, once_hflags = PTHREAD_ONCE_INIT;
-    pthread_once(&once, find_old_exception_offset);
-    if (cpl >= 0)
-        pthread_once(&once_hflags, find_hflags_offset);
+    tcg_state_init();
     int exception = forget_exception && old_exception_offset >= 0;
     int privilege = cpl >= 0 && hflags_offset >= 0;
     if (!exception && !privilege)
@@ -189,8 +186,6 @@ static void find_exception_offsets(void)
 
 void tcg_exception_details(uc_engine *uc, uint32_t *error_code, int *software)
 {
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, find_exception_offsets);
     *error_code = 0;
     *software = 0;
     uc_context *ctx;
@@ -207,4 +202,19 @@ void tcg_exception_details(uc_engine *uc, uint32_t *error_code, int *software)
         *software = word != 0;
     }
     uc_context_free(ctx);
+}
+
+static void find_all_offsets(void)
+{
+    find_old_exception_offset();
+    find_hflags_offset();
+    find_exception_offsets();
+}
+
+/* The offsets are found with scratch CPUs, which must not run inside
+ * another CPU's hook: vcpu_create calls this first. */
+void tcg_state_init(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, find_all_offsets);
 }
