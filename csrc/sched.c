@@ -116,9 +116,13 @@ static uint64_t cap_budget(const struct sched_entity *e)
 static void cap_refill(struct sched_entity *e, uint64_t now)
 {
     if (e->cap && now - e->period_start >= SCHED_CAP_PERIOD_NS) {
-        /* Periods stay on their grid, so a late look does not stretch one. */
-        e->period_start += (now - e->period_start) / SCHED_CAP_PERIOD_NS * SCHED_CAP_PERIOD_NS;
-        e->budget_used = 0;
+        /* Periods stay on their grid, so a late look does not stretch one,
+         * and a slice that overran (the host was late to stop it) is paid
+         * for out of the next periods' budgets. */
+        uint64_t periods = (now - e->period_start) / SCHED_CAP_PERIOD_NS;
+        uint64_t refill = periods * cap_budget(e);
+        e->period_start += periods * SCHED_CAP_PERIOD_NS;
+        e->budget_used = e->budget_used > refill ? e->budget_used - refill : 0;
     }
 }
 

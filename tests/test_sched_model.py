@@ -293,3 +293,31 @@ def test_a_yielder_is_not_starved_by_a_spinner():
         assert runs[yielder] >= 20, runs
     finally:
         lib.hv_test_sched_destroy(t)
+
+
+def test_a_capped_overrun_is_paid_from_the_next_period():
+    # Regression: an overrun (the host stopped the slice late) was forgiven
+    # at each refill, so a 25% cap measured 40% on a busy host.
+    t = lib.hv_test_sched_create(1)
+    try:
+        sl = ffi.new("uint64_t *")
+        period, budget = lib.HV_SCHED_CAP_PERIOD_NS, lib.HV_SCHED_CAP_PERIOD_NS // 4
+        capped = lib.hv_test_sched_add(t, 0, 256, 25, 0)
+        other = lib.hv_test_sched_add(t, 0, 256, 0, 0)
+        lib.hv_test_sched_start(t, capped, 0)
+        lib.hv_test_sched_start(t, other, 0)
+        assert lib.hv_test_sched_pick(t, 0, 0, sl) == capped
+        overrun = budget + period                     # stopped one period late
+        lib.hv_test_sched_stop(t, capped, lib.HV_SCHED_STOP_PREEMPT, 0, overrun)
+        # The next period's budget went to the overrun: only `other` runs.
+        assert lib.hv_test_sched_pick(t, 0, period + budget + 1, sl) == other
+        lib.hv_test_sched_stop(t, other, lib.HV_SCHED_STOP_PREEMPT, 0, 2 * period - 1)
+        assert lib.hv_test_sched_pick(t, 0, 2 * period - 1, sl) == other
+        lib.hv_test_sched_stop(t, other, lib.HV_SCHED_STOP_PREEMPT, 0, 2 * period)
+        # 12.5 ms run against 2.5 ms a period: paid off only by the fifth
+        # period (with `other` gone, the worker idles until then).
+        assert lib.hv_test_sched_take_down(t, other) == 1
+        assert lib.hv_test_sched_pick(t, 0, 4 * period, sl) == -1
+        assert lib.hv_test_sched_pick(t, 0, 5 * period, sl) == capped
+    finally:
+        lib.hv_test_sched_destroy(t)

@@ -70,12 +70,22 @@ class Scheduler:
             e.period_start = now
             self._runnable(e, now)
 
+    @staticmethod
+    def _refilled(e, now):
+        """(period start, budget used) once the periods up to now refilled
+        the budget; an overrun is paid from later periods."""
+        periods = (now - e.period_start) // CAP_PERIOD_NS
+        if not periods:
+            return e.period_start, e.budget_used
+        refill = periods * (CAP_PERIOD_NS * e.cap // 100)
+        return e.period_start + periods * CAP_PERIOD_NS, max(0, e.budget_used - refill)
+
     def eligible(self, i, now):
         e = self.entities[i]
         if e.state != RUNNABLE:
             return False
         if e.cap:
-            used = 0 if now - e.period_start >= CAP_PERIOD_NS else e.budget_used
+            used = self._refilled(e, now)[1]
             if used >= CAP_PERIOD_NS * e.cap // 100:
                 return False
         return not any(c is not None and c != i and self.entities[c].group == e.group
@@ -100,9 +110,8 @@ class Scheduler:
                               f" allowed {sorted(allowed)}")
         assert self.current[w] is None
         e = self.entities[i]
-        if e.cap and now - e.period_start >= CAP_PERIOD_NS:
-            e.period_start += (now - e.period_start) // CAP_PERIOD_NS * CAP_PERIOD_NS
-            e.budget_used = 0
+        if e.cap:
+            e.period_start, e.budget_used = self._refilled(e, now)
         e.state, e.worker, e.home, e.run_start = RUNNING, w, w, now
         for o in self.entities:
             if e.group and o.group == e.group:
