@@ -117,6 +117,7 @@ class GdbStub:
         self._stops = queue.Queue()         # vCPU thread -> stub: stop replies
         self._pause_wanted = threading.Event()
         self._stale_pause = False
+        self._gone = threading.Event()      # GDB has disconnected
         self.breakpoints = {}               # address -> the byte the INT3 replaced
         self.slots = [None] * lib.HV_DEBUG_SLOTS    # (address, kind word, Z type)
         self.last_stop = "S05"
@@ -188,12 +189,23 @@ class GdbStub:
             self._hold(f"T{SIGTRAP:02x}thread:1;")
 
     def _hold(self, stop_reply):
+        if self._gone.is_set():             # a stop after GDB left (a stale INT3, a pause)
+            self._let_go()
+            return
         if self._pause_wanted.is_set():     # GDB wanted a stop: this is it
             self._pause_wanted.clear()
             self._stale_pause = True        # the core may still return PAUSED once
         self._stops.put(stop_reply)
         while True:
-            request = self._requests.get()
+            try:
+                request = self._requests.get(timeout=0.1)
+            except queue.Empty:
+                # GDB went away, or the partition is being destroyed (hv's
+                # own Ctrl-C): let the guest go rather than hold it for ever.
+                if self._gone.is_set() or self.part._stop:
+                    self._let_go()
+                    return
+                continue
             if isinstance(request, _Resume):
                 self._apply_debug(request.step)
                 return
@@ -201,6 +213,15 @@ class GdbStub:
                 self._replies.put(request())
             except Exception as e:              # noqa: BLE001 - the stub replies E..
                 self._replies.put(e)
+
+    def _let_go(self):
+        """On the vCPU's thread, with no debugger left: the guest's own code
+        back in place, nothing to stop it."""
+        for address in list(self.breakpoints):
+            self._remove_breakpoint(address)
+        self.slots = [None] * lib.HV_DEBUG_SLOTS
+        self.watches.clear()
+        self._apply_debug(False)
 
     def _soft_watch_hit(self):
         for address, (length, kind, before) in self.watches.items():
@@ -319,6 +340,7 @@ class GdbStub:
         except (OSError, ConnectionError):
             pass
         finally:
+            self._gone.set()                # a held vCPU lets itself go (_hold)
             self.conn.close()
 
     def _wait_for_stop(self, interrupt=False, report=True):

@@ -168,3 +168,43 @@ def test_hardware_breakpoint_stepi_and_a_memory_write(engine, tmp_path):
     assert "exited with code 05" in text, text
     # 100 + 1 + 2 + 3 + 4: the guest read what GDB wrote, and says so.
     assert "total=110" in stdout and "FAILURE" in stdout and hv.returncode == 5, (stdout, stderr)
+
+
+def test_gdb_leaving_lets_the_guest_run_on(tmp_path):
+    """A debugger that disconnects while the guest is held at a breakpoint
+    it inserted: the INT3 comes out, the guest runs to its end."""
+    from elftools.elf.elffile import ELFFile
+    with open(guest("debug-demo"), "rb") as f:
+        add_up = ELFFile(f).get_section_by_name(".symtab").get_symbol_by_name("add_up")[0]["st_value"]
+    path = str(tmp_path / "gdb.sock")
+    hv, _ = start_hv("--engine", "tcg", "--gdb", f"unix:{path}", "--gdb-wait", guest("debug-demo"))
+    try:
+        conn = socket.socket(socket.AF_UNIX)
+        conn.connect(path)
+        conn.settimeout(30)
+        conn.sendall(packet(b"?"))
+        assert read_reply(conn).startswith(b"T05")             # held at the entry
+        conn.sendall(packet(b"Z0,%x,1" % add_up))
+        assert read_reply(conn) == b"OK"
+        conn.sendall(packet(b"c"))
+        assert b"swbreak" in read_reply(conn)                   # at add_up
+        conn.close()
+        stdout, stderr = hv.communicate(timeout=60)
+    finally:
+        hv.kill()
+    assert (hv.returncode, stdout) == (0, "total=10\nSUCCESS\n"), stderr
+
+
+def test_ctrl_c_at_hv_ends_a_held_guest(tmp_path):
+    """hv's own Ctrl-C while --gdb-wait holds the guest (no GDB came):
+    hv stops as after any Ctrl-C, it does not wait for a debugger."""
+    import signal
+    hv, _ = start_hv("--engine", "tcg", "--gdb", f"unix:{tmp_path / 'gdb.sock'}", "--gdb-wait",
+                     guest("debug-demo"))
+    try:
+        time.sleep(0.3)
+        hv.send_signal(signal.SIGINT)
+        stdout, stderr = hv.communicate(timeout=30)
+    finally:
+        hv.kill()
+    assert hv.returncode == 130 and "interrupted" in stderr and stdout == "", stderr
