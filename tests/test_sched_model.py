@@ -152,7 +152,13 @@ class SchedulerModel(RuleBasedStateMachine):
         waiting = {i for i, e in enumerate(self.m.entities)
                    if e.state == model.RUNNABLE and not e.cap}
         ran = set()
-        rounds = 8 * (len(self.m.entities) + 1)
+        # Credit stays within [-(one 10 ms slice at the lowest weight),
+        # CREDIT_INIT]; each round a runner loses at least 0.5 ms at the
+        # highest weight.  So one entity can be passed over for at most
+        # gap / debit rounds per entity ahead of it.
+        gap = lib.HV_SCHED_CREDIT_INIT + lib.HV_SCHED_SLICE_MAX_NS * 256 // 128
+        debit = lib.HV_SCHED_SLICE_MIN_NS * 256 // 512
+        rounds = (gap // debit + 2) * (len(self.m.entities) + 1)
         for _ in range(rounds):
             for w in range(self.nworkers):
                 if self.m.current[w] is None:
