@@ -96,7 +96,7 @@ test-asan-short: build/asan/.built guests .stamp-test-deps   ## the part of test
 # that drive it (tracing all of Python would triple the suite's time); then
 # the error exits of the input checks not taken (tools/coverage-report).
 # Needs requirements-coverage.txt.
-COVERAGE_PY_TESTS = tests/test_loader.py tests/test_cli.py
+COVERAGE_PY_TESTS = tests/test_loader.py tests/test_linux_initrd.py tests/test_cli.py
 
 .stamp-coverage-deps: .stamp-test-deps requirements-coverage.txt
 	$(PIP) install -q -r requirements-coverage.txt

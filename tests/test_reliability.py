@@ -270,3 +270,12 @@ def test_page_walk_refuses_tables_outside_the_guest_and_reserved_bits():
         assert lib.hv_test_walk(core.p, pml4, 0x0, 0, 0, gpa) == -lib.HV_EFAULT
     finally:
         core.close()
+
+
+def test_loader_refuses_a_command_line_that_is_not_unicode():
+    """A str with a lone surrogate cannot be encoded for the guest: one
+    LoadError, not a UnicodeEncodeError from deep inside."""
+    from conftest import guest
+    from hv.loader import LoadError, load_pvh
+    with pytest.raises(LoadError, match="not valid Unicode"):
+        load_pvh(guest("hello"), 16 << 20, cmdline="console=\ud800")
