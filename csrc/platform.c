@@ -110,6 +110,18 @@ int platform_port(struct hv_vcpu *v, uint16_t port, uint8_t size, int write,
         if (!write)
             *value = 0;
         return 0;
+    /* The other ways a PC resets (Linux tries them after ACPI's): the
+     * keyboard controller's reset pulse and the reset control register.
+     * Only those writes are the platform's; the rest of these ports is
+     * the empty bus it was. */
+    case HV_KBC_PORT:
+        if (write && (uint8_t)*value == HV_KBC_RESET)
+            return power(exit, HV_SHUTDOWN_REBOOT);
+        return -1;
+    case HV_RESET_CONTROL_PORT:
+        if (write && size == 1 && (*value & 0x04))
+            return power(exit, HV_SHUTDOWN_REBOOT);
+        return -1;
     default:
         return -1;
     }

@@ -92,8 +92,22 @@ Segment = namedtuple("Segment", "gpa data memsz")
 #:   reserved        ((gpa, length), ...) ranges hv keeps for itself
 #:   modules         tuple of Segment: the initrd (PVH module 0), if any
 #:   acpi            Segment: the ACPI tables (hv/acpi.py) in hv's ACPI page
-BootImage = namedtuple("BootImage",
-                       "entry segments boot_gpa boot_blob start_info_gpa reserved modules acpi")
+#:   firmware        tuple of Segment written before the kernel: the reset stub
+BootImage = namedtuple("BootImage", "entry segments boot_gpa boot_blob start_info_gpa reserved "
+                                    "modules acpi firmware")
+
+# T:207 The real-mode reset vector (f000:fff0).  A kernel that reboots "through
+# the BIOS" (Linux's last resort, and its default without reboot=acpi) jumps
+# there in real mode; hv has no BIOS, so the vector holds what a BIOS would do
+# for a reset: write the ACPI reset register.  It lies in the guest's own RAM
+# below 1 MiB, which Linux never allocates; a kernel segment there wins.
+#   mov al, HV_ACPI_RESET_VALUE; mov dx, HV_ACPI_RESET_PORT; out dx, al; hlt; jmp $-1
+
+
+def _reset_stub(lib):
+    code = (bytes([0xb0, lib.HV_ACPI_RESET_VALUE, 0xba]) + lib.HV_ACPI_RESET_PORT.to_bytes(2, "little")
+            + bytes([0xee, 0xf4, 0xeb, 0xfd]))
+    return Segment(gpa=lib.HV_RESET_VECTOR, data=code, memsz=len(code))
 
 # The PVH entry runs in 32-bit mode: start_info and modules lie below 4 GiB.
 _LOW_LIMIT = 1 << 32
@@ -126,7 +140,8 @@ def load_pvh(source, mem_size: int, cmdline: str = "", initrd=None,
     return BootImage(entry=entry, segments=segments, boot_gpa=lib.HV_BOOT_PAGE_GPA,
                      boot_blob=boot_blob, start_info_gpa=lib.HV_BOOT_PAGE_GPA,
                      reserved=((0, lib.HV_RESERVED_END),), modules=modules,
-                     acpi=Segment(gpa=lib.HV_ACPI_GPA, data=tables, memsz=len(tables)))
+                     acpi=Segment(gpa=lib.HV_ACPI_GPA, data=tables, memsz=len(tables)),
+                     firmware=(_reset_stub(lib),))
 
 
 def _check_mem_size(mem_size, page_size):

@@ -206,7 +206,7 @@ class Partition:
     # -- construction ---------------------------------------------------
     def _write_image(self):
         ram = self.memory()
-        for seg in self.image.segments + self.image.modules + (self.image.acpi,):
+        for seg in self.image.firmware + self.image.segments + self.image.modules + (self.image.acpi,):
             ram[seg.gpa:seg.gpa + len(seg.data)] = seg.data
             # The rest up to memsz is already zero: fresh anonymous memory.
         for gpa, length in self.image.reserved:

@@ -11,7 +11,7 @@ One boot of each serves all the milestone checks (module fixtures):
 
 They run in the default suite when the fixture is already built
 (build/linux/, `make linux-fixture`); `make linux-test` builds it and runs
-them whatever the state.  A boot takes ~10-30 s of
+them (and a reboot) whatever the state.  A boot takes ~10-30 s of
 wall time on the development machine, depending on its load.
 """
 import os
@@ -77,6 +77,15 @@ def test_m3_init_runs_and_poweroff_exits_0(hv_run):
     assert out.index(info["marker_init"]) < out.index("sum: 42") < out.index(info["marker_poweroff"])
     assert "reboot: Power down" in out, detail(proc)
     assert proc.returncode == 0, detail(proc)
+
+
+@pytest.mark.skipif(not FORCED, reason="a second boot: `make linux-test` runs it")
+def test_reboot_ends_the_partition_with_status_0():
+    """`reboot -f`: Debian's kernel takes its BIOS path (f000:fff0), where
+    hv's reset stub writes the ACPI reset register."""
+    proc, info = hv_boot("hvfixture.end=reboot")
+    assert info["marker_poweroff"] in proc.stdout, detail(proc)
+    assert "reboot: Restarting system" in proc.stdout and proc.returncode == 0, detail(proc)
 
 
 # ---- The peer: stock QEMU, same files -----------------------------------------

@@ -231,6 +231,34 @@ def test_s5_powers_off_and_reset_reboots(pc):
 
 
 @pytest.mark.parametrize("port, value", [
+    (lib.HV_KBC_PORT, lib.HV_KBC_RESET),                 # the 8042's reset pulse
+    (lib.HV_RESET_CONTROL_PORT, 0x06),                   # reset control: hard reset
+])
+def test_pc_reset_paths_reboot(pc, port, value):
+    assert pc.port(port, value) == (1, lib.HV_EXIT_SHUTDOWN)
+    assert pc.core.exit.reason == lib.HV_SHUTDOWN_REBOOT
+
+
+def test_other_kbc_and_reset_control_accesses_are_not_the_platforms(pc):
+    for port, value in ((lib.HV_KBC_PORT, 0xd1), (lib.HV_RESET_CONTROL_PORT, 0x02)):
+        pc.value[0] = value
+        assert lib.hv_test_platform_port(pc.core.v, port, 1, 1, pc.value, pc.core.exit) == -1
+    assert lib.hv_test_platform_port(pc.core.v, lib.HV_KBC_PORT, 1, 0, pc.value, pc.core.exit) == -1
+
+
+def test_reset_vector_writes_the_reset_register():
+    """The stub at f000:fff0, disassembled: what a BIOS would do for a reset."""
+    from capstone import CS_ARCH_X86, CS_MODE_16, Cs
+    from hv.loader import load_pvh
+    from test_loader import GOOD
+    (stub,) = load_pvh(GOOD, 2 << 20).firmware
+    assert stub.gpa == lib.HV_RESET_VECTOR and stub.gpa + stub.memsz <= 0x100000
+    insns = [f"{i.mnemonic} {i.op_str}".strip() for i in Cs(CS_ARCH_X86, CS_MODE_16).disasm(stub.data, 0)]
+    assert insns[:4] == [f"mov al, {lib.HV_ACPI_RESET_VALUE}", f"mov dx, {lib.HV_ACPI_RESET_PORT:#x}",
+                         "out dx, al", "hlt"]
+
+
+@pytest.mark.parametrize("port, value", [
     (lib.HV_ACPI_SLEEP_CONTROL_PORT, lib.HV_ACPI_S5 << 2),          # no SLP_EN
     (lib.HV_ACPI_SLEEP_CONTROL_PORT, lib.HV_ACPI_SLP_EN | (3 << 2)),  # S3: not offered
     (lib.HV_ACPI_RESET_PORT, 0x2),

@@ -321,6 +321,10 @@ struct hv_multicall_entry {
 #define HV_ACPI_SLEEP_STATUS_PORT  0x601  /* FADT SLEEP_STATUS_REG (8 bits): WAK_STS */
 #define HV_ACPI_RESET_PORT     0x602    /* FADT RESET_REG (8 bits) */
 #define HV_ACPI_RESET_VALUE    0x1
+#define HV_KBC_PORT            0x64     /* 8042 command port: 0xfe pulses reset (reboots) */
+#define HV_KBC_RESET           0xfe
+#define HV_RESET_CONTROL_PORT  0xcf9    /* PC reset control: bit 2 (0x04) resets (reboots) */
+#define HV_RESET_VECTOR        0xffff0  /* real-mode f000:fff0: hv puts a stub writing the reset port */
 #define HV_ACPI_SLP_EN         0x20     /* sleep control: SLP_EN, SLP_TYP in bits 2..4 */
 #define HV_ACPI_S5             5        /* SLP_TYP of \_S5 (soft off) in hv's DSDT */
 #define HV_ACPI_SCI_IRQ        9        /* FADT SCI_INT (nothing raises it) */
