@@ -388,3 +388,24 @@ def test_up_bad_kernel_names_the_partition_and_file(tmp_path):
     config.write_text(f'[[partition]]\nname = "good"\nkernel = "{guest("hello")}"\n'
                       f'[[partition]]\nname = "broken"\nkernel = "{bad}"\n')
     one_line_error(hv("up", config), "'broken'", str(config))
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_console_socket_close_hangs_up_every_client(tmp_path):
+    """A client that connects as the console closes still sees its end
+    (one accepted after close() had looked at the clients waited forever),
+    and no reader thread dies of the closed socket."""
+    from hv.devices.vconsole import SocketConsole
+    for i in range(30):
+        path = str(tmp_path / f"c{i}.sock")
+        sink = SocketConsole(path)
+        client = socket.socket(socket.AF_UNIX)
+        client.connect(path)
+        sink.close()
+        client.settimeout(20)
+        try:
+            assert client.recv(16) == b""
+        except ConnectionResetError:
+            pass            # still in the listen queue when it closed: refused, also an end
+        client.close()
+        assert not os.path.exists(path)

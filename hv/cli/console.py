@@ -107,7 +107,10 @@ def relay(conn, stdin, raw):
     while True:
         for key, _ in sel.select():
             if key.fileobj is conn:
-                data = conn.recv(4096)
+                try:
+                    data = conn.recv(4096)
+                except ConnectionResetError:    # the console closed before taking us
+                    data = b""
                 if not data:
                     return "closed"
                 out.write(data)

@@ -136,7 +136,8 @@ class SocketConsole:
         self.device = None              # set by ConsoleDevice when attached
         self._clients = []
         self._backlog = bytearray()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()      # guards _clients, _backlog, _closed
+        self._closed = False
         claim_socket_path(path)
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -158,6 +159,9 @@ class SocketConsole:
             except OSError:
                 return                  # closed
             with self._lock:
+                if self._closed:        # accepted as close() ran: it sees end-of-file too
+                    _hang_up(client)
+                    return
                 if self._backlog:
                     client.sendall(bytes(self._backlog))
                     self._backlog.clear()
@@ -165,7 +169,13 @@ class SocketConsole:
             threading.Thread(target=self._read, args=(client,), daemon=True).start()
 
     def _read(self, client):
-        while (data := client.recv(4096)):
+        while True:
+            try:
+                data = client.recv(4096)
+            except OSError:             # close() hung up on this client
+                data = b""
+            if not data:
+                break
             if self.device is not None:
                 self.device.feed_from_host(data)
         with self._lock:
@@ -187,16 +197,28 @@ class SocketConsole:
         pass
 
     def close(self):
+        with self._lock:
+            self._closed = True
+            clients, self._clients = self._clients, []
+        try:
+            self._server.shutdown(socket.SHUT_RDWR)    # wakes the accept() blocked on it
+        except OSError:
+            pass
         self._server.close()
-        for client in self._clients:
-            try:
-                client.shutdown(socket.SHUT_RDWR)   # the client sees end-of-file
-            except OSError:
-                pass
-            client.close()
+        for client in clients:
+            _hang_up(client)
         try:
             st = os.lstat(self.path)
             if (st.st_dev, st.st_ino) == self._identity:
                 os.unlink(self.path)
         except OSError:
             pass                        # already gone
+
+
+def _hang_up(client):
+    """End a client's connection so that it sees end-of-file at once."""
+    try:
+        client.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    client.close()
