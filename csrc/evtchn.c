@@ -263,6 +263,9 @@ static int64_t close_port(struct hv_partition *p, uint32_t port)
                     rp->remote_port == port) {
                     rp->state = HV_EVTCHN_UNBOUND;
                     rp->remote_port = 0;
+                    /* Wake whoever waits on the other end: it finds the
+                     * port unbound (its sends say -HV_ENOTCONN). */
+                    event_raise(peer, now.remote_port);
                 }
             }
         }

@@ -49,8 +49,9 @@ class ConfigError(ValueError):
     """One line naming the problem."""
 
 
-def load(path):
-    """The parsed, checked list of partition specs (dicts)."""
+def load(path, with_channels=False):
+    """The parsed, checked list of partition specs (dicts); with_channels:
+    (specs, the [[channel]] tables checked against them)."""
     import tomllib
     try:
         with open(path, "rb") as f:
@@ -60,7 +61,7 @@ def load(path):
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: {e}") from None
     base = os.path.dirname(os.path.abspath(path))
-    unknown = set(data) - {"partition", "switch"}
+    unknown = set(data) - {"partition", "switch", "channel"}
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key {sorted(unknown)[0]!r}")
     specs = data.get("partition")
@@ -74,7 +75,29 @@ def load(path):
             raise ConfigError(f"{path}: partition {i + 1}: name {spec['name']!r} is used twice")
         names.add(spec["name"])
     check_together(specs, declared, path)
-    return specs
+    channels = data.get("channel", [])
+    check_channels(channels, names, path)
+    return (specs, channels) if with_channels else specs
+
+
+def check_channels(channels, names, path):
+    """[[channel]] a = "NAME" b = "NAME": two existing partitions, once per pair."""
+    if not isinstance(channels, list):
+        raise ConfigError(f"{path}: channel must be [[channel]] tables")
+    pairs = set()
+    for i, ch in enumerate(channels):
+        where = f"{path}: channel {i + 1}"
+        if not isinstance(ch, dict) or set(ch) != {"a", "b"}:
+            raise ConfigError(f"{where}: needs exactly a = NAME and b = NAME")
+        for side in "ab":
+            if ch[side] not in names:
+                raise ConfigError(f"{where}: no partition named {ch[side]!r}")
+        if ch["a"] == ch["b"]:
+            raise ConfigError(f"{where}: a partition cannot have a channel to itself")
+        pair = frozenset((ch["a"], ch["b"]))
+        if pair in pairs:
+            raise ConfigError(f"{where}: {ch['a']!r} and {ch['b']!r} already have a channel")
+        pairs.add(pair)
 
 
 def declared_switches(tables, source):

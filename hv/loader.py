@@ -144,6 +144,14 @@ def load_pvh(source, mem_size: int, cmdline: str = "", initrd=None,
                      firmware=(_reset_stub(lib),))
 
 
+def with_cmdline(image, mem_size, cmdline):
+    """The same image with another command line (LoadError if it does not
+    fit): the parent completes a command line once the partition has an id
+    (hv up's channels name their peers' ids)."""
+    from hv.abi import ffi, lib
+    return image._replace(boot_blob=_boot_blob(ffi, lib, mem_size, cmdline, image.modules))
+
+
 def _check_mem_size(mem_size, page_size):
     from hv.abi import lib
     # bool is an int subclass; True bytes of RAM is a caller bug, not a size.

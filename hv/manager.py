@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 
+from hv.abi import lib
 from hv.config import SHARE_RANGES, ConfigError, check_partition, make_devices
 from hv.devices.blk import DiskError
 from hv.loader import LoadError
@@ -264,6 +265,26 @@ class Manager:
             raise
         entry = Managed(name, spec, part, console)
         return entry
+
+    # -- channels -----------------------------------------------------------
+    def connect(self, a, b, gref=0):
+        """T:805 A channel between two created partitions (docs/channels.md):
+        the core lets them name each other, and each guest's command line
+        gets `channel=PEER_NAME,PEER_ID,SIDE,GREF` (side a serves the rings
+        from grant ref gref of its table; b connects)."""
+        ea, eb = self._get(a), self._get(b)
+        for entry in (ea, eb):
+            if entry.current_state() != CREATED:
+                raise Conflict(f"partition {entry.name!r} has started: connect before start")
+        pa, pb = ea.partition, eb.partition
+        err = lib.hv_channel_permit(pa._live(), pb._live())
+        if err:
+            raise Conflict(f"channel {a!r}-{b!r}: {os.strerror(-err)}")
+        try:
+            pa.append_cmdline(f"channel={b},{pb.id},a,{gref}")
+            pb.append_cmdline(f"channel={a},{pa.id},b,{gref}")
+        except LoadError as e:
+            raise BadRequest(f"channel {a!r}-{b!r}: {e}") from None
 
     # -- lifecycle --------------------------------------------------------------
     def start(self, name):

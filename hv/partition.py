@@ -15,7 +15,7 @@ import time
 
 from hv.abi import ffi, lib
 from hv.console import Console
-from hv.loader import CmdlineTooLong, LoadError, load_pvh
+from hv.loader import CmdlineTooLong, LoadError, load_pvh, with_cmdline
 
 # Engines that run guests (the core's "none" engine runs nothing; tests use it).
 ENGINES = {"kvm": lib.HV_ENGINE_KVM, "tcg": lib.HV_ENGINE_TCG}
@@ -126,6 +126,7 @@ class Partition:
             from hv.devices.virtio import VirtioDevice
             entries = [VirtioDevice.cmdline_entry(slot) for slot in range(len(self.devices))]
             cmdline = " ".join(filter(None, [cmdline] + entries))
+        self.cmdline = cmdline
         # T:610 Validate first: LoadError leaves nothing behind.
         try:
             self.image = load_pvh(kernel, mem_size, cmdline, initrd=initrd,
@@ -213,6 +214,18 @@ class Partition:
             lib.hv_partition_reserve(self._p, gpa, length)
         blob = self.image.boot_blob
         ram[self.image.boot_gpa:self.image.boot_gpa + len(blob)] = blob
+
+    def append_cmdline(self, words):
+        """Add words to the guest's command line before it starts (hv up
+        hands channel ends over this way, once both partitions have ids)."""
+        with self._cond:
+            if self.state != CREATED:
+                raise StateError(f"partition {self.id} has started: its command line is fixed")
+            cmdline = " ".join(filter(None, [self.cmdline, words]))
+            self.image = with_cmdline(self.image, self.mem_size, cmdline)
+            self.cmdline = cmdline
+            blob = self.image.boot_blob
+            self.memory()[self.image.boot_gpa:self.image.boot_gpa + len(blob)] = blob
 
     def _live(self):
         if self._p is None:

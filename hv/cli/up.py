@@ -23,10 +23,14 @@ def cmd_up(args):
     from hv.manager import CRASHED, Manager, ManagerError
 
     try:
-        specs = load(args.config)       # the whole file is checked before anything is made
+        # the whole file is checked before anything is made
+        specs, channels = load(args.config, with_channels=True)
     except ConfigError as e:
         return error(str(e))
     if args.api_socket is not None:
+        if channels:
+            return error(f"{args.config}: [[channel]] needs the partitions in this process "
+                         "(without --api-socket)")
         return register(args, specs)
     manager = Manager(console_stream=sys.stdout.buffer)
     status = 0
@@ -34,6 +38,11 @@ def cmd_up(args):
         try:
             for spec in specs:
                 manager.create(spec)
+            served = {}                 # each channel a partition serves takes 16 grant refs
+            for ch in channels:
+                gref = 16 * served.get(ch["a"], 0)
+                served[ch["a"]] = served.get(ch["a"], 0) + 1
+                manager.connect(ch["a"], ch["b"], gref)
         except ManagerError as e:
             return error(f"{args.config}: {e}")
         for spec in specs:

@@ -117,6 +117,7 @@ class ChannelsModel:
         if old.state == INTERDOMAIN:
             rp = self.parts[old.peer].ports[old.remote]
             rp.state, rp.remote = UNBOUND, 0    # offered back to us
+            self.parts[old.peer].pending.add(old.remote)   # and its waiter woken
         return 0
 
     def bind_vcpu(self, me, port, vcpu):

@@ -200,7 +200,7 @@
  */
 #define HV_HC_EVTCHN_SEND     14
 
-/* HC evtchn_close: Free a port; an interdomain peer's end goes back to unbound.
+/* HC evtchn_close: Free a port; an interdomain peer's end goes back to unbound, its event raised.
  *   args:    port: a local unbound or interdomain port
  *   returns: 0
  *   errors:  -HV_EINVAL port out of range, free or reserved

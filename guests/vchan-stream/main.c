@@ -1,0 +1,164 @@
+/*
+ * vchan-stream - two partitions stream bytes over a vchan (lib/vchan.h).
+ *
+ *   channel=NAME,PEER_ID,SIDE,GREF   given by `hv up` for a [[channel]]:
+ *                                    side a is the server, b the client
+ *   bytes=N    the server sends N pseudo-random bytes (default 1 MiB);
+ *              the client checks every byte against the same generator,
+ *              sends back its FNV-1a checksum, the server compares
+ *   echo=M     then M round trips of size= bytes (default 64): the
+ *              server sends, the client echoes, the server checks
+ *
+ * One info line per phase, then the result line:
+ *   vchan: 1048576 bytes in 12345678 ns, checksum 0123456789abcdef ok
+ *   vchan: 100 round trips of 64 bytes, 1234 ns each
+ * ERROR if no channel is named or the peer never appears.
+ */
+#include "channels.h"
+#include "events.h"
+#include "kernel.h"
+#include "printf.h"
+#include "test.h"
+#include "vchan.h"
+#include "virtio_cmdline.h"
+#include "x86.h"
+
+#define MAX_MSG 4096
+
+static struct vchan chan;
+static uint8_t block[16384], msg[MAX_MSG], back[MAX_MSG];
+
+static void no_op(unsigned event) { (void)event; }
+
+/* The stream both sides agree on: xorshift64 from a fixed seed. */
+static uint64_t state = 0x9e3779b97f4a7c15ull;
+static uint8_t next_byte(void)
+{
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    return (uint8_t)(state >> 24);
+}
+
+static uint64_t fnv(uint64_t h, const uint8_t *p, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        h = (h ^ p[i]) * 0x100000001b3ull;
+    return h;
+}
+
+static void check(long r, const char *what)
+{
+    if (r < 0)
+        test_failure("vchan: %s: %ld", what, r);
+}
+
+/* channel=NAME,PEER,SIDE,GREF: the numbers and side from the first one. */
+static bool parse_channel(uint32_t *peer, bool *server, uint32_t *gref)
+{
+    size_t len;
+    const char *v = cmdline_value("channel", 0, &len);
+    if (!v)
+        return false;
+    size_t i = 0;
+    while (i < len && v[i] != ',')
+        i++;
+    uint64_t n;
+    size_t used;
+    if (++i >= len || !cmdline_parse_uint(v + i, len - i, &n, &used))
+        return false;
+    *peer = (uint32_t)n;
+    i += used;
+    if (i + 2 >= len || v[i] != ',' || (v[i + 1] != 'a' && v[i + 1] != 'b') || v[i + 2] != ',')
+        return false;
+    *server = v[i + 1] == 'a';
+    i += 3;
+    if (!cmdline_parse_uint(v + i, len - i, &n, &used))
+        return false;
+    *gref = (uint32_t)n;
+    return true;
+}
+
+static void serve(uint64_t bytes, uint64_t echoes, uint32_t size)
+{
+    check(vchan_server_wait_connected(&chan), "wait for the client");
+    uint64_t t0 = hv_clock_read(), h = 0xcbf29ce484222325ull;
+    for (uint64_t sent = 0; sent < bytes;) {
+        uint32_t n = bytes - sent < sizeof(block) ? (uint32_t)(bytes - sent) : sizeof(block);
+        for (uint32_t i = 0; i < n; i++)
+            block[i] = next_byte();
+        h = fnv(h, block, n);
+        check(vchan_send_all(&chan, block, n), "send");
+        sent += n;
+    }
+    uint64_t theirs;
+    check(vchan_recv_all(&chan, &theirs, sizeof(theirs)), "receive the checksum");
+    uint64_t ns = hv_clock_read() - t0;
+    if (theirs != h)
+        test_failure("vchan: client's checksum %016lx, sent %016lx", theirs, h);
+    printf("vchan: %lu bytes in %lu ns, checksum %016lx ok\n", bytes, ns, h);
+    t0 = hv_clock_read();
+    for (uint64_t k = 0; k < echoes; k++) {
+        for (uint32_t i = 0; i < size; i++)
+            msg[i] = (uint8_t)(k + i);
+        check(vchan_send_all(&chan, msg, size), "echo send");
+        check(vchan_recv_all(&chan, back, size), "echo receive");
+        for (uint32_t i = 0; i < size; i++)
+            if (back[i] != msg[i])
+                test_failure("vchan: echo %lu byte %u is %02x, sent %02x", k, i, back[i], msg[i]);
+    }
+    if (echoes)
+        printf("vchan: %lu round trips of %u bytes, %lu ns each\n", echoes, size,
+               (hv_clock_read() - t0) / echoes);
+    /* Wait for the client's goodbye (its close), so it finishes reading first. */
+    while (vchan_wait(&chan) == 0)
+        ;
+    vchan_close(&chan);
+}
+
+static void client(uint64_t bytes, uint64_t echoes, uint32_t size)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (uint64_t got = 0; got < bytes;) {
+        uint32_t n = bytes - got < sizeof(block) ? (uint32_t)(bytes - got) : sizeof(block);
+        check(vchan_recv_all(&chan, block, n), "receive");
+        for (uint32_t i = 0; i < n; i++) {
+            uint8_t want = next_byte();
+            if (block[i] != want)
+                test_failure("vchan: byte %lu is %02x, expected %02x", got + i, block[i], want);
+        }
+        h = fnv(h, block, n);
+        got += n;
+    }
+    check(vchan_send_all(&chan, &h, sizeof(h)), "send the checksum");
+    printf("vchan: %lu bytes received, checksum %016lx\n", bytes, h);
+    for (uint64_t k = 0; k < echoes; k++) {
+        check(vchan_recv_all(&chan, back, size), "echo receive");
+        check(vchan_send_all(&chan, back, size), "echo send");
+    }
+    vchan_close(&chan);
+}
+
+int main(void)
+{
+    uint32_t peer, gref;
+    bool server;
+    if (!parse_channel(&peer, &server, &gref))
+        test_error("vchan: no channel=NAME,PEER,SIDE,GREF on the command line");
+    uint64_t bytes = cmdline_uint("bytes", 1 << 20), echoes = cmdline_uint("echo", 0);
+    uint32_t size = (uint32_t)cmdline_uint("size", 64);
+    if (size == 0 || size > MAX_MSG)
+        test_error("vchan: size=%u is not 1..%u", size, MAX_MSG);
+    check(hv_events_init(0xf0, no_op), "events");
+    sti();
+    printf("vchan: partition %ld, %s of peer %u\n", hv_partition_id(), server ? "server" : "client",
+           peer);
+    if (server) {
+        check(vchan_server_init(&chan, peer, gref), "server init");
+        serve(bytes, echoes, size);
+    } else {
+        check(vchan_client_init(&chan, peer, gref, 30ull * 1000 * 1000 * 1000), "connect");
+        client(bytes, echoes, size);
+    }
+    test_success();
+}
