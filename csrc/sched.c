@@ -428,6 +428,16 @@ uint64_t sched_expire(struct sched *s, uint64_t now, int *notify, int max_notify
     uint64_t next = 0;
     *nnotify = 0;
     for (struct sched_entity *e = s->all; e; e = e->all_next) {
+        if (e->state == SCHED_RUNNABLE && e->cap) {
+            /* A capped entity out of budget is runnable but not eligible:
+             * the worker idles until its next period, so that refill is a
+             * deadline too (else an idle worker would sleep past it). */
+            cap_refill(e, now);
+            uint64_t refill = e->period_start + SCHED_CAP_PERIOD_NS;
+            if (e->budget_used >= cap_budget(e) && (!next || refill < next))
+                next = refill;
+            continue;
+        }
         if (e->state != SCHED_BLOCKED || !e->wake_at)
             continue;
         if (e->wake_at <= now) {

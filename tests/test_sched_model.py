@@ -251,6 +251,28 @@ def test_cap_holds_within_a_point():
         lib.hv_test_sched_destroy(t)
 
 
+def test_a_capped_vcpu_out_of_budget_is_a_deadline_for_idle_workers():
+    """Regression: a capped vCPU that used its budget is runnable but not
+    eligible, so the worker idles; sched_expire must name the next period
+    as the time to look again (it returned 0, and the worker slept until
+    some unrelated event: a capped guest with nothing else to wake it froze)."""
+    t = lib.hv_test_sched_create(1)
+    try:
+        capped = lib.hv_test_sched_add(t, 0, 256, 50, 0)
+        now = 1_000
+        lib.hv_test_sched_start(t, capped, now)
+        sl = ffi.new("uint64_t *")
+        assert lib.hv_test_sched_pick(t, 0, now, sl) == capped
+        now += sl[0]                                    # runs its whole budget
+        lib.hv_test_sched_stop(t, capped, lib.HV_SCHED_STOP_PREEMPT, 0, now)
+        assert lib.hv_test_sched_pick(t, 0, now, sl) < 0   # throttled: the worker idles
+        deadline = lib.hv_test_sched_expire(t, now)
+        assert now < deadline <= now + 10_000_000, deadline
+        assert lib.hv_test_sched_pick(t, 0, deadline, sl) == capped
+    finally:
+        lib.hv_test_sched_destroy(t)
+
+
 def test_woken_vcpu_preempts_a_cpu_bound_one():
     """A vCPU woken on a busy worker is worth preempting for once the CPU
     hog there has run past the rate limit (the sleeper spent no credit):
