@@ -6,6 +6,9 @@
  *   seed=S     the generator's seed (default 1); the same seed makes the
  *              same calls, so on deterministic TCG a run replays exactly
  *   count=N    how many calls (default 100000)
+ *   every=K    also print "at <i>: <digest>" after every K calls, and from
+ *   from=F     call F on (default 0): where two runs' digests part, the call
+ *              that differs (compare two engines, or two runs)
  *
  * Each call takes a number from 0..HV_HC_COUNT+3 (the unknown ones too) or
  * a large one through the bare trap, and arguments drawn from edge values
@@ -177,6 +180,7 @@ static void check_canaries(uint64_t at)
 int main(void)
 {
     uint64_t seed = cmdline_uint("seed", 1), count = cmdline_uint("count", 100000);
+    uint64_t every = cmdline_uint("every", 0), from = cmdline_uint("from", 0);
     uint64_t digest = 0xcbf29ce484222325ull;
 
     state = seed * 0x9e3779b97f4a7c15ull + 1;
@@ -224,6 +228,8 @@ int main(void)
                                  "not a documented result", seed, i, e, arena.mc[e].op, arena.mc[e].result);
         if (i % 4096 == 4095)
             check_canaries(i);
+        if (every && i >= from && (i - from) % every == 0)
+            printf("\nat %lu: nr %lu (%lx, %lx) = %ld, digest %lx\n", i, nr, a[0], a[1], r, digest);
     }
     check_canaries(count);
     printf("\nfuzz: seed %lu, %lu calls, digest %lx\n", seed, count, digest);
