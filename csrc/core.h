@@ -57,7 +57,7 @@ struct hv_partition {
     /* Host plumbing: how the parent set the partition up, and its lifetime. */
     uint32_t refs;             /* partition_table.c, under its lock */
     int      dying;            /* destroy has begun: partition_get() fails */
-    int      ram_taken;        /* the parent frees RAM (hv_partition_take_ram) */
+    struct hv_ram_hold *ram_hold;  /* RAM's holders: unmapped when the last lets go */
     uint8_t  route[HV_HC_COUNT];  /* HV_ROUTE_CORE or HV_ROUTE_PARENT */
     struct timespec epoch;     /* partition clock zero */
     int deterministic;         /* clock = guest instructions (TCG) */

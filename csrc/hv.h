@@ -149,10 +149,12 @@ uint32_t hv_partition_count(void);
 uint64_t hv_partition_mem_size(const struct hv_partition *p);
 /* Pointer to guest RAM (mem_size bytes): the parent's zero-copy view. */
 uint8_t *hv_partition_ram(struct hv_partition *p);
-/* Hand RAM's lifetime to the parent: destroy no longer unmaps it, and the
- * parent calls hv_ram_free() once nothing refers to it any more. */
-uint8_t *hv_partition_take_ram(struct hv_partition *p);
-void hv_ram_free(uint8_t *ram, uint64_t size);
+/* The parent holds RAM too: it is unmapped when both the partition (at its
+ * last reference, after destroy) and the parent (hv_ram_release, once no
+ * view of it is left) have let go. */
+struct hv_ram_hold;
+struct hv_ram_hold *hv_partition_hold_ram(struct hv_partition *p);
+void hv_ram_release(struct hv_ram_hold *hold);
 /* Mark [gpa, gpa+len) as hv's own (boot info): not RAM the guest owns.
  * Before any device is added. */
 int  hv_partition_reserve(struct hv_partition *p, uint64_t gpa, uint64_t len);

@@ -12,6 +12,16 @@
 #include <sys/mman.h>
 #include "channels.h"
 
+/* T:411 Guest RAM outlives whichever of its holders lets go last: the
+ * partition (at its last reference, which a peer in the middle of a grant
+ * copy may hold after destroy) and the parent (whose memoryviews over RAM
+ * may live on after destroy).  Neither may unmap it under the other. */
+struct hv_ram_hold {
+    int      refs;
+    uint8_t *ram;
+    uint64_t size;
+};
+
 static uint32_t next_partition_id = 1;      /* 0 is HV_OWNER_HV */
 
 int hv_engine_probe(int engine, char *why, size_t why_len)
@@ -52,6 +62,10 @@ int hv_partition_create(int engine, uint64_t mem_size, struct hv_partition **out
         p->ram = NULL;
         goto fail;
     }
+    p->ram_hold = malloc(sizeof(*p->ram_hold));
+    if (!p->ram_hold)
+        goto fail;
+    *p->ram_hold = (struct hv_ram_hold){ .refs = 1, .ram = p->ram, .size = mem_size };
     p->frame_owner = malloc(p->nframes * sizeof(*p->frame_owner));
     if (!p->frame_owner || platform_create(p) || evtchn_create(p) || grant_create(p))
         goto fail;
@@ -94,7 +108,9 @@ void partition_free(struct hv_partition *p)
     platform_free(p);
     if (p->engine_vm)
         p->engine->vm_destroy(p->engine_vm);
-    if (p->ram && !p->ram_taken)
+    if (p->ram_hold)
+        hv_ram_release(p->ram_hold);
+    else if (p->ram)
         munmap(p->ram, p->mem_size);
     trace_free(p);
     free(p->frame_owner);
@@ -108,15 +124,18 @@ uint32_t hv_partition_id(const struct hv_partition *p) { return p->id; }
 uint64_t hv_partition_mem_size(const struct hv_partition *p) { return p->mem_size; }
 uint8_t *hv_partition_ram(struct hv_partition *p) { return p->ram; }
 
-uint8_t *hv_partition_take_ram(struct hv_partition *p)
+struct hv_ram_hold *hv_partition_hold_ram(struct hv_partition *p)
 {
-    p->ram_taken = 1;
-    return p->ram;
+    __atomic_add_fetch(&p->ram_hold->refs, 1, __ATOMIC_RELAXED);
+    return p->ram_hold;
 }
 
-void hv_ram_free(uint8_t *ram, uint64_t size)
+void hv_ram_release(struct hv_ram_hold *h)
 {
-    munmap(ram, size);
+    if (__atomic_sub_fetch(&h->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+        munmap(h->ram, h->size);
+        free(h);
+    }
 }
 
 int hv_partition_set_route(struct hv_partition *p, uint64_t nr, int route)

@@ -188,8 +188,9 @@ class Partition:
         self.mem_size = mem_size
         # Guest RAM outlives the partition while Python still holds a view of
         # it: the mapping is freed when the last reference goes.
-        self._ram = ffi.gc(lib.hv_partition_take_ram(self._p),
-                           lambda ram, size=mem_size: lib.hv_ram_free(ram, size))
+        hold = lib.hv_partition_hold_ram(self._p)
+        self._ram = ffi.gc(lib.hv_partition_ram(self._p),
+                           lambda ram, hold=hold: lib.hv_ram_release(hold))
         if deterministic and lib.hv_partition_set_deterministic(self._p):
             self.destroy()
             raise HostError(f"--deterministic needs the tcg engine, not {engine}")

@@ -115,3 +115,36 @@ def test_table_grows_and_shrinks_past_many_partitions():
     for i in stay:
         lib.hv_partition_destroy(kept[i])
     assert lib.hv_partition_count() == base
+
+
+def _mapped(address):
+    with open("/proc/self/maps") as f:
+        for line in f:
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            if lo <= address < hi:
+                return True
+    return False
+
+
+def _ram_outlives_its_last_holder():
+    p = create()
+    hold = lib.hv_partition_hold_ram(p)         # the parent's views of RAM
+    ram = lib.hv_partition_ram(p)
+    address = int(ffi.cast("uintptr_t", ram))
+    ram[0] = 0x5a
+    peer = lib.hv_partition_get(lib.hv_partition_id(p))    # a peer mid grant copy
+    lib.hv_partition_destroy(p)
+    lib.hv_ram_release(hold)                    # the parent lets go first
+    still = ram[0]                              # the peer's copy reads on
+    mapped_while_held = _mapped(address)
+    lib.hv_partition_put(peer)                  # the last holder
+    return still, mapped_while_held, _mapped(address)
+
+
+def test_ram_outlives_destroy_while_a_peer_holds_the_partition():
+    """Regression: RAM the parent had taken was unmapped as soon as the
+    parent let go, even while a peer held a reference to the destroyed
+    partition (a grant copy in flight): a use after free.  RAM now goes with
+    the last of its holders, and then it does go."""
+    from hv.testing import run_isolated
+    assert run_isolated(_ram_outlives_its_last_holder) == (0x5a, True, False)
