@@ -5,9 +5,26 @@ The binding is cffi in API mode (hv/_build_core.py): the C compiler, not a
 hand-written table, supplies every ABI value to Python.  cffi_modules has no
 pyproject.toml spelling, hence this file.
 """
+import os
 import re
+import shutil
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+# hv.testing reads the ABI's doc blocks and the guests' result codes from the
+# headers themselves; an installed wheel has no source tree, so the build
+# copies the two headers into the package (the tree stays their one source).
+TESTING_HEADERS = {"csrc/include/hv/abi.h": "abi.h", "guests/lib/result.h": "result.h"}
+
+
+class BuildPyWithHeaders(build_py):
+    def run(self):
+        super().run()
+        data = os.path.join(self.build_lib, "hv", "testing", "data")
+        os.makedirs(data, exist_ok=True)
+        for source, name in TESTING_HEADERS.items():
+            shutil.copyfile(source, os.path.join(data, name))
 
 with open("hv/__init__.py") as f:
     VERSION = re.search(r'^__version__ = "(.+)"$', f.read(), re.M).group(1)
@@ -18,4 +35,5 @@ setup(
     # found, not listed, so a new subpackage cannot be left out of the wheel.
     packages=find_packages(include=["hv", "hv.*"]),
     cffi_modules=["hv/_build_core.py:ffibuilder"],
+    cmdclass={"build_py": BuildPyWithHeaders},
 )

@@ -88,3 +88,19 @@ def test_installed_hv_runs_hello_outside_the_tree(installed, tmp_path):
     assert maps.splitlines()[0].startswith(venv), maps.splitlines()[0]
     libs = {line.split()[-1] for line in maps.splitlines() if "libunicorn" in line}
     assert libs and all(lib.startswith(venv) for lib in libs), libs
+
+
+def test_installed_hv_testing_reads_the_packaged_headers(installed, tmp_path):
+    """hv.testing takes the ABI's errors and the result codes from abi.h and
+    result.h; installed, it finds the copies the wheel carries."""
+    bin_dir, _ = installed
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    out = run([str(bin_dir / "python"), "-c",
+               "import json; from hv.testing import RESULT_CODES; "
+               "from hv.testing.core import documented_errors; from hv.testing.paths import ABI_H; "
+               "print(json.dumps([ABI_H, RESULT_CODES, len(documented_errors())]))"],
+              cwd=tmp_path, env=env).stdout
+    abi_h, codes, documented = json.loads(out)
+    assert abi_h.startswith(os.path.dirname(str(bin_dir))), abi_h
+    assert codes == {"SUCCESS": 0, "SKIP": 3, "ERROR": 4, "FAILURE": 5}, codes
+    assert documented > 0

@@ -8,8 +8,18 @@ import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GUEST_BUILD = os.environ.get("HV_GUEST_BUILD") or os.path.join(ROOT, "guests", "build")
-ABI_H = os.path.join(ROOT, "csrc", "include", "hv", "abi.h")
-RESULT_H = os.path.join(ROOT, "guests", "lib", "result.h")
+# Copies the wheel carries (setup.py copies them at build time), for an
+# installed hv that has no source tree beside it.
+PACKAGED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+
+
+def _tree_or_packaged(*parts):
+    path = os.path.join(ROOT, *parts)
+    return path if os.path.exists(path) else os.path.join(PACKAGED, parts[-1])
+
+
+ABI_H = _tree_or_packaged("csrc", "include", "hv", "abi.h")
+RESULT_H = _tree_or_packaged("guests", "lib", "result.h")
 
 
 def guest_path(name):
