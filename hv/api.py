@@ -12,9 +12,7 @@ server by tests/test_api_openapi.py.
 import json
 import os
 import re
-import socket
 import socketserver
-import stat
 import sys
 import threading
 import traceback
@@ -23,6 +21,8 @@ from http.server import BaseHTTPRequestHandler
 from urllib.parse import unquote, urlsplit
 
 from hv.manager import BadRequest, ManagerError
+from hv.unix_socket import claim_socket_path as _claim
+from hv.unix_socket import remove_if_ours, socket_identity
 
 API_VERSION = "1.0"
 MAX_BODY = 1 << 20                  # bytes of request body accepted (413 above)
@@ -254,7 +254,7 @@ class APIServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             super().__init__(path, Handler)
         finally:
             os.umask(old)
-        self.ino = os.stat(path).st_ino
+        self.identity = socket_identity(path)
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
 
     def process_request(self, request, client_address):
@@ -283,11 +283,7 @@ class APIServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     def close(self):
         """Stop listening and remove the socket (if it is still ours)."""
         self.server_close()
-        try:
-            if os.stat(self.path).st_ino == self.ino:
-                os.unlink(self.path)
-        except OSError:
-            pass
+        remove_if_ours(self.path, self.identity)
 
 
 def claim_socket_path(path):
@@ -296,20 +292,4 @@ def claim_socket_path(path):
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise BadRequest(f"cannot create the API socket {path}: no directory {directory}")
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise BadRequest(f"{path} exists and is not a socket: not removing it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except ConnectionRefusedError:
-        os.unlink(path)                 # stale: its server has gone
-        return
-    except OSError as e:
-        raise BadRequest(f"cannot use {path}: {e.strerror}") from None
-    finally:
-        probe.close()
-    raise BadRequest(f"{path} is in use by a running server")
+    _claim(path, "API socket", "is in use by a running server", BadRequest)

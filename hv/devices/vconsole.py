@@ -6,10 +6,11 @@ attaches to.  Queue 0 (receiveq) takes host input when there is some.
 """
 import os
 import socket
-import stat
 import threading
 
 from hv.devices.virtio import VirtioDevice
+from hv.unix_socket import claim_socket_path as _claim
+from hv.unix_socket import remove_if_ours, socket_identity
 
 RECEIVEQ, TRANSMITQ = 0, 1
 
@@ -93,33 +94,8 @@ class ConsoleSocketError(ValueError):
 
 
 def claim_socket_path(path):
-    """Make `path` free for a new listening socket, removing only what is
-    safe to remove: a stale socket of this user's that nobody listens on
-    (what an hv killed with SIGKILL leaves).  Anything else there -- a
-    regular file, a directory, another program's socket, a live console --
-    is refused, never deleted."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    except OSError as e:
-        raise ConsoleSocketError(f"console socket {path}: {e.strerror}") from None
-    if not stat.S_ISSOCK(st.st_mode):
-        raise ConsoleSocketError(f"console socket {path}: something else is there "
-                                 "(not a socket); refusing to replace it")
-    if st.st_uid != os.getuid():
-        raise ConsoleSocketError(f"console socket {path}: a socket of another user is there")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except ConnectionRefusedError:
-        os.unlink(path)                 # stale: its listener is gone
-        return
-    except OSError as e:
-        raise ConsoleSocketError(f"console socket {path}: {e.strerror}") from None
-    finally:
-        probe.close()
-    raise ConsoleSocketError(f"console socket {path} is in use (a running hv listens on it)")
+    """Make `path` free for a console's listening socket (hv/unix_socket.py)."""
+    _claim(path, "console socket", "is in use (a running hv listens on it)", ConsoleSocketError)
 
 
 class SocketConsole:
@@ -148,8 +124,7 @@ class SocketConsole:
             raise ConsoleSocketError(f"cannot listen on console socket {path}: {e.strerror}") \
                 from None
         # Which file is ours: close() removes it only if it is still this one.
-        st = os.stat(path)
-        self._identity = (st.st_dev, st.st_ino)
+        self._identity = socket_identity(path)
         threading.Thread(target=self._accept, daemon=True, name=f"console-{path}").start()
 
     def _accept(self):
@@ -207,12 +182,7 @@ class SocketConsole:
         self._server.close()
         for client in clients:
             _hang_up(client)
-        try:
-            st = os.lstat(self.path)
-            if (st.st_dev, st.st_ino) == self._identity:
-                os.unlink(self.path)
-        except OSError:
-            pass                        # already gone
+        remove_if_ours(self.path, self._identity)
 
 
 def _hang_up(client):
