@@ -395,7 +395,7 @@ static int kvm_run(void *vp, struct engine_exit *exit)
     case KVM_EXIT_DEBUG:
         kvm_debug_exit(c, exit);
         break;
-    default:            /* FAIL_ENTRY, INTERNAL_ERROR, anything unexpected */
+    default:            /* FAIL_ENTRY, other internal errors, anything unexpected */
         exit->kind = ENGINE_EXIT_FAIL;
         break;
     }

@@ -208,7 +208,7 @@ static int tcg_load_segments(void *vp, uint16_t cs, uint64_t cs_desc, uint16_t s
     (void)cs_desc; (void)ss_desc;   /* Unicorn reads the GDT itself */
     uint64_t cs64 = cs, ss64 = ss, old_cs = tcg_read_reg(c->uc, UC_X86_REG_CS);
     if ((old_cs & 3) != (cs & 3)) {
-        tcg_patch_cpu_state(c->uc, 0, cs & 3);
+        tcg_patch_cpu_state(c, 0, cs & 3);
         c->regs_valid = 0;
     }
     if (uc_reg_write(c->uc, UC_X86_REG_CS, &cs64) || uc_reg_write(c->uc, UC_X86_REG_SS, &ss64))
@@ -378,6 +378,8 @@ static int tcg_count_instructions(void *vp, uint64_t *counter, const uint64_t *d
 static void tcg_vcpu_destroy(void *vp)
 {
     struct tcg_vcpu *c = vp;
+    if (c->scratch)
+        uc_context_free(c->scratch);
     if (c->uc)
         uc_close(c->uc);
     tcg_debug_free(c);
@@ -395,7 +397,8 @@ static int tcg_vcpu_create(void *vmp, uint32_t id, struct hv_vcpu *owner, void *
     c->owner = owner;
     tcg_state_init();
     uc_hook h;
-    if (uc_open(UC_ARCH_X86, UC_MODE_64, &c->uc) != UC_ERR_OK)
+    if (uc_open(UC_ARCH_X86, UC_MODE_64, &c->uc) != UC_ERR_OK ||
+        uc_context_alloc(c->uc, &c->scratch) != UC_ERR_OK)
         goto fail;
     if (uc_mem_map_ptr(c->uc, 0, vm->size, UC_PROT_ALL, vm->ram) != UC_ERR_OK ||
         tcg_io_hooks_add(c, vm->size) || tcg_exception_hooks_add(c) ||
@@ -426,7 +429,7 @@ static int tcg_run(void *vp, struct engine_exit *exit)
     }
     /* Faults QEMU took without delivering them (ours are delivered by the
      * core) must not turn the next one into a double fault. */
-    tcg_patch_cpu_state(c->uc, 1, -1);
+    tcg_patch_cpu_state(c, 1, -1);
     c->regs_valid = 0;
     uint64_t rip = tcg_regs(vp)->rip;
     c->stop = STOP_NONE;

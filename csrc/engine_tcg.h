@@ -31,6 +31,7 @@ struct tcg_exception {
 
 struct tcg_vcpu {
     uc_engine *uc;
+    uc_context *scratch;        /* engine_tcg_state.c's saved-context window, made once */
     struct hv_vcpu *owner;
     struct hv_regs regs;        /* the view the core reads and writes */
     struct hv_regs synced;      /* what Unicorn holds, for write-back of changes */
@@ -86,9 +87,9 @@ void tcg_state_init(void);
 /* engine_tcg_state.c: forget QEMU's pending exception (forget_exception)
  * and/or set the CPL (cpl >= 0).  The caller's register cache is stale
  * afterwards. */
-void tcg_patch_cpu_state(uc_engine *uc, int forget_exception, int cpl);
+void tcg_patch_cpu_state(struct tcg_vcpu *c, int forget_exception, int cpl);
 /* From inside an interrupt hook: the error code QEMU computed for the
  * exception and whether it is a software interrupt (INT n). */
-void tcg_exception_details(uc_engine *uc, uint32_t *error_code, int *software);
+void tcg_exception_details(struct tcg_vcpu *c, uint32_t *error_code, int *software);
 
 #endif

@@ -53,7 +53,7 @@ static void tcg_on_interrupt(uc_engine *uc, uint32_t intno, void *user)
 {
     struct tcg_vcpu *c = user;
     struct tcg_exception *e = &c->exception;
-    tcg_exception_details(uc, &e->error_code, &e->software);
+    tcg_exception_details(c, &e->error_code, &e->software);
     e->vector = intno;
     e->insn_len = 0;
     if (e->software) {
@@ -107,9 +107,9 @@ int tcg_syscall(struct tcg_vcpu *c, struct engine_exit *exit)
     uint64_t star = read_msr(uc, MSR_STAR), lstar = read_msr(uc, MSR_LSTAR);
     uint64_t fmask = read_msr(uc, MSR_FMASK);
     uint64_t rflags = tcg_read_reg(uc, UC_X86_REG_RFLAGS) & ~RFLAGS_RF;
-    uint64_t new_rflags = rflags & ~fmask & ~RFLAGS_RF;
+    uint64_t new_rflags = rflags & ~fmask;
     uint64_t cs = (star >> 32) & 0xfffc, ss = cs + 8;
-    tcg_patch_cpu_state(uc, 0, 0);
+    tcg_patch_cpu_state(c, 0, 0);
     uc_reg_write(uc, UC_X86_REG_RCX, &next);
     uc_reg_write(uc, UC_X86_REG_R11, &rflags);
     uc_reg_write(uc, UC_X86_REG_CS, &cs);

@@ -133,17 +133,14 @@ static void find_hflags_offset(void)
 
 /* Patch QEMU state the API does not reach: forget a pending exception
  * and/or set the CPL (cpl < 0: leave it). */
-void tcg_patch_cpu_state(uc_engine *uc, int forget_exception, int cpl)
+void tcg_patch_cpu_state(struct tcg_vcpu *c, int forget_exception, int cpl)
 {
-    tcg_state_init();
     int exception = forget_exception && old_exception_offset >= 0;
     int privilege = cpl >= 0 && hflags_offset >= 0;
     if (!exception && !privilege)
         return;                     /* not found: see docs/engines.md */
-    uc_context *ctx;
-    if (uc_context_alloc(uc, &ctx) != UC_ERR_OK)
-        return;
-    uc_context_save(uc, ctx);
+    uc_context *ctx = c->scratch;
+    uc_context_save(c->uc, ctx);
     if (exception) {
         const int32_t none = -1;
         memcpy((uint8_t *)ctx + old_exception_offset, &none, 4);
@@ -154,8 +151,7 @@ void tcg_patch_cpu_state(uc_engine *uc, int forget_exception, int cpl)
         hflags = (hflags & ~3u) | (uint32_t)cpl;
         memcpy((uint8_t *)ctx + hflags_offset, &hflags, 4);
     }
-    uc_context_restore(uc, ctx);
-    uc_context_free(ctx);
+    uc_context_restore(c->uc, ctx);
 }
 
 /* The error code: the word that goes from 0 to 0x1230 when loading DS with
@@ -184,14 +180,14 @@ static void find_exception_offsets(void)
     is_int_offset = find_context_word(int_0x40, sizeof(int_0x40), NULL, 0, 1, is_int_changed);
 }
 
-void tcg_exception_details(uc_engine *uc, uint32_t *error_code, int *software)
+void tcg_exception_details(struct tcg_vcpu *c, uint32_t *error_code, int *software)
 {
     *error_code = 0;
     *software = 0;
-    uc_context *ctx;
-    if ((error_code_offset < 0 && is_int_offset < 0) || uc_context_alloc(uc, &ctx) != UC_ERR_OK)
+    uc_context *ctx = c->scratch;
+    if (error_code_offset < 0 && is_int_offset < 0)
         return;                     /* not found: error code 0 (docs/engines.md) */
-    uc_context_save(uc, ctx);
+    uc_context_save(c->uc, ctx);
     int32_t word;
     if (error_code_offset >= 0) {
         memcpy(&word, (uint8_t *)ctx + error_code_offset, 4);
@@ -201,7 +197,6 @@ void tcg_exception_details(uc_engine *uc, uint32_t *error_code, int *software)
         memcpy(&word, (uint8_t *)ctx + is_int_offset, 4);
         *software = word != 0;
     }
-    uc_context_free(ctx);
 }
 
 static void find_all_offsets(void)
