@@ -44,6 +44,43 @@ struct engine_exit {
     uint8_t  insn_len;        /* ... of that many bytes */
 };
 
+/* T:401 The host interface: everything an engine may ask of the core, set
+ * when a vCPU is created (vcpu_create's `host`, with the core's vCPU as an
+ * opaque handle).  An engine that handles exits inside the emulator (TCG's
+ * instruction hooks) calls back through this table and never reaches into
+ * the core's structures, so the core can change how it runs vCPUs (the
+ * scheduler) without touching an engine. */
+struct engine_host {
+    /* Handle one exit now, as the run loop would after run() returned it:
+     * 0 = go on, 1 = the exit record is filled for the parent (run() then
+     * returns ENGINE_EXIT_RETURN). */
+    int  (*handle_exit)(struct hv_vcpu *v, const struct engine_exit *ex);
+    /* Must the run loop look at the vCPU before it re-enters the guest (a
+     * wait, a multicall to resume, a pause, an upcall, a trace drain, a
+     * timer, a yield)?  The same predicate the run loop itself uses. */
+    int  (*needs_loop)(const struct hv_vcpu *v);
+    /* Is an interrupt (an upcall or a local APIC vector) waiting for the
+     * guest to set IF?  Cheap: TCG asks before every translation block. */
+    int  (*interrupt_waiting)(const struct hv_vcpu *v);
+    /* Read guest-virtual memory as the CPU's own implicit accesses do
+     * (supervisor, whatever the CPL): 0, or nonzero if it is not mapped. */
+    int  (*read_guest)(struct hv_vcpu *v, uint64_t gva, void *buf, uint64_t len);
+    /* A port read the PC platform answers (UART, ACPI): 0 and *value, or
+     * < 0 if no device is there. */
+    int  (*port_read)(struct hv_vcpu *v, uint16_t port, uint8_t size, uint32_t *value);
+    /* An access outside RAM the core answers without an exit (the virtio
+     * window, IOAPIC, local APIC): 0, or < 0 if nothing is there. */
+    int  (*mmio)(struct hv_vcpu *v, uint64_t gpa, uint32_t size, int write, uint64_t *value);
+    /* CPUID leaves the core's platform answers: 1 and r[], or 0 to leave
+     * the leaf to the engine's own CPU model.  (hv's leaves: engine_hv_cpuid.) */
+    int  (*cpuid)(struct hv_vcpu *v, uint32_t leaf, uint32_t subleaf, uint32_t r[4]);
+    /* hv trace --insn: the guest is about to run the instruction at rip. */
+    void (*trace_insn)(struct hv_vcpu *v, uint64_t rip, uint32_t size);
+};
+
+/* engine_host.c: the core's side of the table. */
+extern const struct engine_host engine_core_host;
+
 struct engine_ops {
     const char *name;
     /* 0 if usable here; else -errno and a human reason. */
@@ -54,8 +91,10 @@ struct engine_ops {
     /* Optional: a 4-byte write of `match` to `addr` signals `fd` without
      * leaving the kernel (KVM ioeventfd).  NULL: the core signals it. */
     int  (*add_ioeventfd)(void *vm, uint64_t addr, uint32_t len, uint64_t match, int fd);
-    /* Called on the thread that will run the vCPU (KVM wants one thread). */
-    int  (*vcpu_create)(void *vm, uint32_t id, struct hv_vcpu *owner, void **vcpu);
+    /* Called on the thread that will run the vCPU (KVM wants one thread).
+     * `owner` is opaque to the engine: it only hands it back to `host`. */
+    int  (*vcpu_create)(void *vm, uint32_t id, const struct engine_host *host,
+                        struct hv_vcpu *owner, void **vcpu);
     void (*vcpu_destroy)(void *vcpu);
     /* Live register view, valid between runs; call regs_dirty() after writing. */
     struct hv_regs *(*regs)(void *vcpu);
@@ -86,8 +125,8 @@ struct engine_ops {
     /* Deterministic mode (NULL if unsupported): count every guest
      * instruction into *counter and stop when it reaches *deadline (0 = none). */
     int  (*count_instructions)(void *vcpu, uint64_t *counter, const uint64_t *deadline);
-    /* Optional: call trace_insn(owner, rip, size) before each instruction in
-     * [start, end] (TCG: a code hook on that range). */
+    /* Optional: call host->trace_insn(owner, rip, size) before each
+     * instruction in [start, end] (TCG: a code hook on that range). */
     int  (*trace_code)(void *vcpu, uint64_t start, uint64_t end);
     /* Async-signal-safe: make the current or next run() return promptly. */
     void (*kick_from_signal)(void *vcpu);

@@ -178,9 +178,10 @@ static void kvm_vcpu_destroy(void *vp)
     free(c);
 }
 
-static int kvm_vcpu_create(void *vmp, uint32_t id, struct hv_vcpu *owner, void **out)
+static int kvm_vcpu_create(void *vmp, uint32_t id, const struct engine_host *host,
+                           struct hv_vcpu *owner, void **out)
 {
-    (void)owner;
+    (void)host; (void)owner;   /* every exit returns to the run loop */
     struct kvm_vm *vm = vmp;
     struct kvm_vcpu_state *c = calloc(1, sizeof(*c));
     if (!c)

@@ -27,9 +27,10 @@ static int none_map_ram(void *vm, uint64_t gpa, void *host, uint64_t size)
 { (void)vm; (void)gpa; (void)host; (void)size; return 0; }
 static void none_vm_destroy(void *vm) { (void)vm; }
 
-static int none_vcpu_create(void *vm, uint32_t id, struct hv_vcpu *owner, void **out)
+static int none_vcpu_create(void *vm, uint32_t id, const struct engine_host *host,
+                            struct hv_vcpu *owner, void **out)
 {
-    (void)vm; (void)id; (void)owner;
+    (void)vm; (void)id; (void)host; (void)owner;
     struct none_vcpu *c = calloc(1, sizeof(*c));
     if (!c)
         return -ENOMEM;

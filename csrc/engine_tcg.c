@@ -7,9 +7,9 @@
  * with uc_mem_map_ptr (zero-copy).  Two differences from KVM shape this file:
  *
  *  - Port I/O arrives as a hook *inside* the emulator (engine_tcg_io.c).
- *    The hook calls the core's vcpu_handle_exit() on the spot, so a fast
- *    hypercall is finished without leaving uc_emu_start(); only exits for
- *    the parent stop it.
+ *    The hook hands the exit to the core on the spot (host->handle_exit,
+ *    engine.h), so a fast hypercall is finished without leaving
+ *    uc_emu_start(); only exits for the parent stop it.
  *  - Stops happen only at block boundaries.  uc_emu_stop() called in the
  *    middle of a block (from a signal handler, an I/O or MMIO hook) takes
  *    effect at the next memory access's exit check, and Unicorn 2.1.4 then
@@ -267,9 +267,7 @@ static void tcg_on_block(uc_engine *uc, uint64_t address, uint32_t size, void *u
         uc_emu_stop(uc);
         return;
     }
-    if ((__atomic_load_n(&c->owner->g.inject_pending, __ATOMIC_RELAXED) ||
-         __atomic_load_n(&c->owner->lapic_pending, __ATOMIC_RELAXED)) &&
-        (tcg_read_reg(uc, UC_X86_REG_RFLAGS) & RFLAGS_IF)) {
+    if (c->host->interrupt_waiting(c->owner) && (tcg_read_reg(uc, UC_X86_REG_RFLAGS) & RFLAGS_IF)) {
         c->stop = STOP_LOOP;
         uc_emu_stop(uc);
     }
@@ -278,10 +276,11 @@ static void tcg_on_block(uc_engine *uc, uint64_t address, uint32_t size, void *u
 static int tcg_on_cpuid(uc_engine *uc, void *user)
 {
     uint64_t leaf = tcg_read_reg(uc, UC_X86_REG_RAX) & 0xffffffffu;
+    struct tcg_vcpu *c = user;
     uint32_t r[4];
     if (leaf >= 0x40000000 && leaf <= 0x4fffffff)
         engine_hv_cpuid((uint32_t)leaf, &r[0], &r[1], &r[2], &r[3]);
-    else if (!platform_cpuid(((struct tcg_vcpu *)user)->owner->partition, (uint32_t)leaf,
+    else if (!c->host->cpuid(c->owner, (uint32_t)leaf,
                              (uint32_t)tcg_read_reg(uc, UC_X86_REG_RCX), r))
         return 0;                   /* Unicorn's own CPU model answers (platform.c: the rest) */
     const int ids[4] = { UC_X86_REG_RAX, UC_X86_REG_RBX, UC_X86_REG_RCX, UC_X86_REG_RDX };
@@ -354,7 +353,7 @@ static void tcg_on_traced_instruction(uc_engine *uc, uint64_t address, uint32_t 
 {
     struct tcg_vcpu *c = user;
     (void)uc;
-    trace_insn(c->owner, address, size);
+    c->host->trace_insn(c->owner, address, size);
 }
 
 static int tcg_trace_code(void *vp, uint64_t start, uint64_t end)
@@ -387,13 +386,15 @@ static void tcg_vcpu_destroy(void *vp)
     free(c);
 }
 
-static int tcg_vcpu_create(void *vmp, uint32_t id, struct hv_vcpu *owner, void **out)
+static int tcg_vcpu_create(void *vmp, uint32_t id, const struct engine_host *host,
+                           struct hv_vcpu *owner, void **out)
 {
     struct tcg_vm *vm = vmp;
     (void)id;
     struct tcg_vcpu *c = calloc(1, sizeof(*c));
     if (!c)
         return -ENOMEM;
+    c->host = host;
     c->owner = owner;
     tcg_state_init();
     uc_hook h;
@@ -486,7 +487,7 @@ static int tcg_run(void *vp, struct engine_exit *exit)
     /* Unicorn returns without a reason after executing hlt. */
     uint8_t insn = 0;
     uint64_t now = tcg_regs(vp)->rip;
-    if (copy_guest_system(c->owner, now - 1, &insn, 1, 0) == 0 && insn == 0xf4) {
+    if (c->host->read_guest(c->owner, now - 1, &insn, 1) == 0 && insn == 0xf4) {
         exit->kind = ENGINE_EXIT_HLT;
         return 0;
     }

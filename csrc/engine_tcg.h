@@ -7,7 +7,7 @@
 
 #include <signal.h>
 #include <unicorn/unicorn.h>
-#include "core.h"
+#include "engine.h"
 
 #define TCG_NREGS 18                /* struct hv_regs, in order */
 
@@ -32,7 +32,8 @@ struct tcg_exception {
 struct tcg_vcpu {
     uc_engine *uc;
     uc_context *scratch;        /* engine_tcg_state.c's saved-context window, made once */
-    struct hv_vcpu *owner;
+    const struct engine_host *host; /* the core, for the hooks (engine.h) */
+    struct hv_vcpu *owner;          /* opaque: handed back to host */
     struct hv_regs regs;        /* the view the core reads and writes */
     struct hv_regs synced;      /* what Unicorn holds, for write-back of changes */
     int regs_valid;

@@ -43,7 +43,7 @@ static uint8_t software_int_length(struct tcg_vcpu *c, uint32_t vector, uint64_t
 {
     uint8_t last = 0;
     if ((vector == VECTOR_BP || vector == VECTOR_OF) &&
-        copy_guest_system(c->owner, rip - 1, &last, 1, 0) == 0 &&
+        c->host->read_guest(c->owner, rip - 1, &last, 1) == 0 &&
         last == (vector == VECTOR_BP ? INSN_INT3 : INSN_INTO))
         return 1;
     return 2;                       /* int imm8 */

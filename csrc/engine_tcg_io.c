@@ -38,14 +38,14 @@ static int io_allowed(struct tcg_vcpu *c, uint16_t port, int size)
     uc_reg_read(uc, UC_X86_REG_TR, &tr);
     uint16_t base;
     if (tr.limit < TSS_IOMAP_BASE + 1 ||
-        copy_guest_system(c->owner, tr.base + TSS_IOMAP_BASE, &base, 2, 0))
+        c->host->read_guest(c->owner, tr.base + TSS_IOMAP_BASE, &base, 2))
         return 0;
     /* The two bytes holding the access's bits must lie within the limit. */
     uint32_t at = base + port / 8u;
     if (at + 1 > tr.limit)
         return 0;
     uint16_t bits;
-    if (copy_guest_system(c->owner, tr.base + at, &bits, 2, 0))
+    if (c->host->read_guest(c->owner, tr.base + at, &bits, 2))
         return 0;
     uint16_t mask = (uint16_t)(((1u << size) - 1) << (port % 8));
     return (bits & mask) == 0;
@@ -85,7 +85,7 @@ static void after_inline_exit(struct tcg_vcpu *c, int to_parent)
 {
     if (to_parent)
         tcg_request_stop(c, STOP_RETURN);
-    else if (vcpu_needs_loop(c->owner))
+    else if (c->host->needs_loop(c->owner))
         tcg_request_stop(c, STOP_LOOP);
 }
 
@@ -109,7 +109,7 @@ static void tcg_on_out(uc_engine *uc, uint32_t port, int size, uint32_t value, v
             tcg_raise_fault(c, 8, 0);       /* out of host memory: give up on the guest */
         return;
     }
-    after_inline_exit(c, vcpu_handle_exit(c->owner, &ex));
+    after_inline_exit(c, c->host->handle_exit(c->owner, &ex));
     c->regs_valid = 0;              /* the guest runs on and changes them */
 }
 
@@ -125,7 +125,7 @@ static uint32_t tcg_on_in(uc_engine *uc, uint32_t port, int size, void *user)
         tcg_raise_fault(c, 13, 0);
         return 0;
     }
-    if (platform_port(c->owner, (uint16_t)port, (uint8_t)size, 0, &value, NULL) == 0)
+    if (c->host->port_read(c->owner, (uint16_t)port, (uint8_t)size, &value) == 0)
         return value;
     return size == 4 ? 0xffffffffu : size == 2 ? 0xffffu : 0xffu;
 }
@@ -138,7 +138,7 @@ static uint64_t tcg_mmio_read(uc_engine *uc, uint64_t offset, unsigned size, voi
     struct tcg_vcpu *c = user;
     uint64_t value = 0;
     (void)uc;
-    virtio_mmio_access(c->owner->partition, HV_VIRTIO_MMIO_BASE + offset, size, 0, &value);
+    c->host->mmio(c->owner, HV_VIRTIO_MMIO_BASE + offset, size, 0, &value);
     return value;
 }
 
@@ -146,7 +146,7 @@ static void tcg_mmio_write(uc_engine *uc, uint64_t offset, unsigned size, uint64
 {
     struct tcg_vcpu *c = user;
     (void)uc;
-    virtio_mmio_access(c->owner->partition, HV_VIRTIO_MMIO_BASE + offset, size, 1, &value);
+    c->host->mmio(c->owner, HV_VIRTIO_MMIO_BASE + offset, size, 1, &value);
 }
 
 /* The IOAPIC and local APIC windows (platform.c), answered the same way.
@@ -156,7 +156,7 @@ static uint64_t tcg_platform_read(uc_engine *uc, uint64_t offset, unsigned size,
     struct tcg_window *w = user;
     uint64_t value = 0;
     (void)uc;
-    platform_mmio(w->c->owner, w->base + offset, size, 0, &value);
+    w->c->host->mmio(w->c->owner, w->base + offset, size, 0, &value);
     return value;
 }
 
@@ -165,7 +165,7 @@ static void tcg_platform_write(uc_engine *uc, uint64_t offset, unsigned size, ui
 {
     struct tcg_window *w = user;
     (void)uc;
-    platform_mmio(w->c->owner, w->base + offset, size, 1, &value);
+    w->c->host->mmio(w->c->owner, w->base + offset, size, 1, &value);
 }
 
 int tcg_io_hooks_add(struct tcg_vcpu *c, uint64_t ram_size)

@@ -36,7 +36,7 @@ int hv_vcpu_create(struct hv_partition *p, uint32_t id, struct hv_vcpu **out)
     pthread_cond_init(&v->h.wake, &attr);
     pthread_condattr_destroy(&attr);
 
-    int err = p->engine->vcpu_create(p->engine_vm, id, v, &v->engine_vcpu);
+    int err = p->engine->vcpu_create(p->engine_vm, id, &engine_core_host, v, &v->engine_vcpu);
     /* The engine's optional watchers: an instruction trace, the
      * deterministic clock. */
     if (!err && p->insn_trace_end)
@@ -301,11 +301,52 @@ int vcpu_handle_exit(struct hv_vcpu *v, const struct engine_exit *ex)
     }
 }
 
+/* T:589 The one predicate "does this vCPU need the loop before it
+ * re-enters the guest?".  The run loop below does its pending work only
+ * when it holds, and engines that handle exits inside the emulator (TCG)
+ * ask it through the host interface (engine.h) to decide whether to stop. */
 int vcpu_needs_loop(const struct hv_vcpu *v)
 {
     return v->g.wait != WAIT_NONE || v->g.mc.active || v->h.pause_requested ||
            v->g.inject_pending || v->lapic_pending || v->h.trace_drain || v->h.timer_due ||
            v->h.yielded;
+}
+
+#define RUN_ON (-1)     /* pending_work: nothing stops the run, enter the guest */
+
+/* The pending work vcpu_needs_loop() announced, in order: a suspended
+ * multicall, block/hlt, a pause, a trace drain, a yield.  (Upcalls and
+ * timers are event_before_entry()'s.)  RUN_ON, or why the run ends. */
+static int pending_work(struct hv_vcpu *v, struct hv_exit *exit, int scheduled)
+{
+    if (v->g.mc.active && multicall_resume(v, exit))
+        return RUN_TO_PARENT;
+    if (v->g.wait == WAIT_EVENT) {
+        uint64_t deadline;
+        if (!scheduled) {
+            if (event_wait(v) == 0)
+                v->g.wait = WAIT_NONE;
+        } else if (vcpu_wait_check(v, &deadline) == 0) {
+            v->g.wait = WAIT_NONE;
+        } else {
+            return RUN_BLOCKED;
+        }
+    }
+    if (v->h.pause_requested) {
+        v->h.pause_requested = 0;
+        exit->kind = HV_EXIT_PAUSED;
+        return RUN_TO_PARENT;
+    }
+    if (v->h.trace_drain) {
+        v->h.trace_drain = 0;
+        exit->kind = HV_EXIT_TRACE;
+        return RUN_TO_PARENT;
+    }
+    if (v->h.yielded) {
+        v->h.yielded = 0;
+        return RUN_YIELDED;
+    }
+    return RUN_ON;
 }
 
 /* T:590 The run loop, shared by both ways of running a vCPU.  Alone on a
@@ -318,32 +359,10 @@ enum vcpu_run_end vcpu_run_loop(struct hv_vcpu *v, struct hv_exit *exit, int sch
 {
     const struct engine_ops *e = v->partition->engine;
     for (;;) {
-        if (v->g.mc.active && multicall_resume(v, exit))
-            return RUN_TO_PARENT;
-        if (v->g.wait == WAIT_EVENT) {
-            uint64_t deadline;
-            if (!scheduled) {
-                if (event_wait(v) == 0)
-                    v->g.wait = WAIT_NONE;
-            } else if (vcpu_wait_check(v, &deadline) == 0) {
-                v->g.wait = WAIT_NONE;
-            } else {
-                return RUN_BLOCKED;
-            }
-        }
-        if (v->h.pause_requested) {
-            v->h.pause_requested = 0;
-            exit->kind = HV_EXIT_PAUSED;
-            return RUN_TO_PARENT;
-        }
-        if (v->h.trace_drain) {
-            v->h.trace_drain = 0;
-            exit->kind = HV_EXIT_TRACE;
-            return RUN_TO_PARENT;
-        }
-        if (v->h.yielded) {
-            v->h.yielded = 0;
-            return RUN_YIELDED;
+        if (vcpu_needs_loop(v)) {
+            int end = pending_work(v, exit, scheduled);
+            if (end != RUN_ON)
+                return (enum vcpu_run_end)end;
         }
         event_before_entry(v);
 

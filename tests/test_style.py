@@ -2,6 +2,7 @@
 unused names or undefined ones (ruff's pyflakes rules)."""
 import glob
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,6 +26,18 @@ def test_core_compiles_without_warnings():
              "-I", os.path.join(ROOT, "csrc", "include"), "-I", include, source],
             capture_output=True, text=True)
         assert proc.returncode == 0, f"{source}:\n{proc.stderr}"
+
+
+def test_engines_reach_the_core_only_through_the_host_interface():
+    """An engine includes engine.h (and its own headers), never core.h or
+    another part of the core: what it may ask of the core is struct
+    engine_host (engine.h), so the core's internals can change freely."""
+    allowed = {"engine.h", "engine_tcg.h", "hv.h"}
+    for path in sorted(glob.glob(os.path.join(ROOT, "csrc", "engine_*.[ch]"))):
+        if os.path.basename(path) == "engine_host.c":
+            continue                        # the core's side of the interface
+        local = re.findall(r'^#include "([^"]+)"', open(path).read(), flags=re.M)
+        assert set(local) <= allowed, f"{path} includes {sorted(set(local) - allowed)}"
 
 
 @pytest.mark.skipif(shutil.which("ruff") is None and
