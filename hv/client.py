@@ -12,11 +12,7 @@ import os
 import socket
 from urllib.parse import quote
 
-
-def runtime_dir():
-    """hv's directory for sockets: $XDG_RUNTIME_DIR/hv, or /tmp/hv-UID/hv."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/hv-{os.getuid()}"
-    return os.path.join(base, "hv")
+from hv.unix_socket import runtime_dir
 
 
 def default_socket():

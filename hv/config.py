@@ -253,11 +253,13 @@ def make_devices(specs, switches):
             elif kind == "rng":
                 devices.append(RngDevice())
             elif kind == "console":
+                # Opened when attached: after the kernel was checked.
                 if "socket" in dev:
-                    sink = SocketConsole(console_socket_path(dev["socket"]))
+                    def sink(path=dev["socket"]):
+                        return SocketConsole(console_socket_path(path))
                 else:
-                    output = dev.get("output", "-")
-                    sink = Console() if output == "-" else Console(path=output)
+                    def sink(output=dev.get("output", "-")):
+                        return Console() if output == "-" else Console(path=output)
                 devices.append(ConsoleDevice(sink))
             elif kind == "net":
                 switch = switches.setdefault(dev["switch"], Switch(dev["switch"]))

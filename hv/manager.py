@@ -22,7 +22,6 @@ code, crash report, last counters, console output) stays until delete.
 import copy
 import os
 import re
-import sys
 import threading
 import time
 
@@ -30,6 +29,7 @@ from hv.abi import lib
 from hv.config import SHARE_RANGES, ConfigError, check_partition, make_devices
 from hv.devices.blk import DiskError
 from hv.loader import LoadError
+from hv.log import log
 from hv.partition import (CRASHED, CREATED, PAUSED, RUNNING, SHUTDOWN, HostError, Partition,
                           StateError)
 
@@ -98,8 +98,8 @@ class ConsoleLog:
             self.out.flush()
         except (OSError, ValueError) as e:      # ValueError: the stream was closed
             self.out = None
-            print(f"hv: partition {self.name!r}: console stream failed ({e}); "
-                  "its output is kept for the API only", file=sys.stderr)
+            log.warning("partition %r: console stream failed (%s); "
+                        "its output is kept for the API only", self.name, e)
 
     def text(self):
         with self._lock:

@@ -9,13 +9,13 @@ each exit kind to a method, and PARENT_HYPERCALLS maps the hypercalls the
 parent serves (console output) to theirs.
 """
 import os
-import sys
 import threading
 import time
 
 from hv.abi import ffi, lib
 from hv.console import Console
 from hv.loader import CmdlineTooLong, LoadError, load_pvh, with_cmdline
+from hv.log import log
 
 # Engines that run guests (the core's "none" engine runs nothing; tests use it).
 ENGINES = {"kvm": lib.HV_ENGINE_KVM, "tcg": lib.HV_ENGINE_TCG}
@@ -517,8 +517,7 @@ class Partition:
             # The guest loses its console, nothing else; it hears why.
             if not self.console_failed:
                 self.console_failed = True
-                print(f"hv: partition {self.id}: console output failed: {e.strerror}",
-                      file=sys.stderr)
+                log.warning("partition %s: console output failed: %s", self.id, e.strerror)
             return -lib.HV_EIO
         return exit_.data_len
 

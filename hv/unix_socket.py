@@ -11,6 +11,13 @@ import socket
 import stat
 
 
+def runtime_dir():
+    """hv's directory for sockets: $XDG_RUNTIME_DIR/hv, or /tmp/hv-UID/hv.
+    The API socket and the named consoles live here, side by side."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/hv-{os.getuid()}"
+    return os.path.join(base, "hv")
+
+
 def claim_socket_path(path, what, busy, error):
     """Make `path` free for a new listening socket, or raise error(message).
     what names the socket ("console socket"); busy says who listens."""

@@ -127,6 +127,21 @@ def test_vconsole_file_with_a_colon_still_works(tmp_path):
     assert (tmp_path / "tcp:out").exists(), proc.stderr
 
 
+@pytest.mark.parametrize("where", ["out.txt", "unix:./con.sock"])
+def test_vconsole_output_is_not_created_for_a_bad_kernel(where, tmp_path):
+    """A --vconsole file or socket is made only once the kernel is known
+    good: a bad kernel leaves the directory as it was (the file was created,
+    and the socket bound, before the kernel was read)."""
+    bad = tmp_path / "bad.elf"
+    bad.write_bytes(b"not an ELF")
+    proc = subprocess.run([sys.executable, "-m", "hv", "run", "--engine", "tcg",
+                           "--vconsole", where, str(bad)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+    one_line_error(proc, "bad magic")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.elf"]
+
+
 # ---- disks ---------------------------------------------------------------------------
 
 def image(path, size=1 << 20):

@@ -404,3 +404,19 @@ def test_hv_run_with_its_output_closed(tmp_path):
     assert proc.returncode == EXIT_CONSOLE_FAILED, err
     assert "Traceback" not in err, err
     assert "console output failed: Broken pipe" in err, err
+
+
+def test_device_and_console_warnings_reach_the_log_file(tmp_path):
+    """Warnings raised inside the library (here: the console's output failed)
+    go through hv's logger, so --log-file records them beside stderr (they
+    were printed straight to stderr and the log file never saw them)."""
+    logfile = tmp_path / "hv.log"
+    proc = subprocess.Popen([sys.executable, "-m", "hv", "run", "--engine", "tcg",
+                             "--log-file", str(logfile), guest("hello")],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.wait(60)
+    assert "hv: partition" in err and "console output failed: Broken pipe" in err, err
+    logged = logfile.read_text()
+    assert "WARNING partition" in logged and "console output failed: Broken pipe" in logged, logged

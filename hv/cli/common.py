@@ -11,7 +11,7 @@ EXIT_CRASHED = 125
 EXIT_INTERRUPTED = 130          # 128 + SIGINT, as a shell reports it
 EXIT_TERMINATED = 143           # 128 + SIGTERM
 
-log = logging.getLogger("hv")
+from hv.log import log, stderr_handler
 
 EXIT_STATUSES = f"""\
 exit statuses of hv run / trace / up:
@@ -88,11 +88,9 @@ def setup_logging(args):
     log.handlers.clear()
     log.setLevel(logging.DEBUG)
     log.propagate = False
-    stderr = logging.StreamHandler(sys.stderr)
-    stderr.setFormatter(logging.Formatter("hv: %(message)s"))
     verbose = getattr(args, "verbose", 0)
-    stderr.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO if verbose else logging.WARNING)
-    log.addHandler(stderr)
+    log.addHandler(stderr_handler(logging.DEBUG if verbose >= 2 else
+                                  logging.INFO if verbose else logging.WARNING))
     if getattr(args, "log_file", None):
         try:
             handler = logging.FileHandler(args.log_file)

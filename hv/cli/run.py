@@ -303,7 +303,11 @@ class Run:
         else:
             status = part.exit_code
         if self.views and self.tracer.records:
-            self.write_views()
+            try:
+                self.write_views()
+            except BrokenPipeError:     # `| head`: the reader took what it wanted
+                self.reader_gone = True
+                return EXIT_READER_GONE
         if self.args.json:
             print(json.dumps({**part.metrics(), "exit_status": status}), file=sys.stderr)
         return status

@@ -25,7 +25,8 @@ def cmd_serve(args):
     """Serve until SIGINT or SIGTERM; then stop every partition, remove the
     socket and exit 0."""
     from hv.api import APIServer
-    from hv.client import default_socket, runtime_dir
+    from hv.client import default_socket
+    from hv.unix_socket import runtime_dir
     from hv.manager import Manager, ManagerError
 
     path = args.api_socket or default_socket()

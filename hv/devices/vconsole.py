@@ -10,7 +10,7 @@ import threading
 
 from hv.devices.virtio import VirtioDevice
 from hv.unix_socket import claim_socket_path as _claim
-from hv.unix_socket import remove_if_ours, socket_identity
+from hv.unix_socket import remove_if_ours, runtime_dir, socket_identity
 
 RECEIVEQ, TRANSMITQ = 0, 1
 
@@ -22,14 +22,34 @@ class ConsoleDevice(VirtioDevice):
     HOST_FED_QUEUES = frozenset({RECEIVEQ})
 
     def __init__(self, output, name="vconsole"):
+        """output has write(bytes) and flush(); or it is a function that
+        makes one, called when the device is attached, so that a file or
+        socket the user named is created only once the partition's kernel
+        is known good (bad input leaves nothing behind)."""
         super().__init__(name)
-        self.output = output            # has write(bytes) and flush()
+        self._open_output = output if not hasattr(output, "write") else None
+        self.output = None
         self._input = bytearray()       # host input waiting for receive buffers
         self._pending = bytearray()     # host input not yet taken by the device thread
         self._lock = threading.Lock()
         self.bytes_to_guest = self.bytes_from_guest = 0     # input, output
+        if self._open_output is None:
+            self._take_output(output)
+
+    def _take_output(self, output):
+        self.output = output
         if hasattr(output, "device"):
             output.device = self
+
+    def attach(self, partition, slot):
+        if self._open_output is not None:
+            try:
+                self._take_output(self._open_output())
+            except OSError as e:
+                raise ValueError(f"cannot open console output: {e.strerror}: "
+                                 f"{e.filename}") from None
+            self._open_output = None
+        super().attach(partition, slot)
 
     def config(self):
         return bytes(12)                # cols, rows, max_nr_ports, emerg_wr: unused
@@ -65,7 +85,7 @@ class ConsoleDevice(VirtioDevice):
 
     def close(self):
         super().close()
-        if hasattr(self.output, "close"):
+        if self.output is not None and hasattr(self.output, "close"):
             self.output.close()
 
     def _deliver(self, queue):
@@ -82,8 +102,7 @@ def console_socket_path(name, create=True):
     `hv console NAME` finds it (the directory is made if create)."""
     if "/" in name:
         return name
-    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/hv-{os.getuid()}"
-    directory = os.path.join(base, "hv")
+    directory = runtime_dir()
     if create:
         os.makedirs(directory, mode=0o700, exist_ok=True)
     return os.path.join(directory, f"{name}.sock")

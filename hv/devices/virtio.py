@@ -17,13 +17,13 @@ with one log line and a counter; nothing else is touched.
 """
 import os
 import selectors
-import sys
 import threading
 import time
 
 from hv.abi import ffi, lib
 from hv.devices.guestmem import GuestMemory
 from hv.devices.virtqueue import QueueError, SplitQueue
+from hv.log import log
 
 # Feature bits (virtio 1.2, section 6) every hv device offers, and status
 # and interrupt bits: csrc/include/hv/virtio_mmio.h, through cffi.
@@ -219,8 +219,7 @@ class VirtioDevice:
         self.errors += 1
         self._drop_queues()
         self._broken = True
-        print(f"hv: partition {self.partition.id}: {self.name}: {why}; device needs reset",
-              file=sys.stderr)
+        log.warning("partition %s: %s: %s; device needs reset", self.partition.id, self.name, why)
         lib.hv_virtio_needs_reset(self.partition._p, self.slot)
 
     # -- what backends implement ------------------------------------------------
