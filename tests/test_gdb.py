@@ -56,19 +56,25 @@ def start_hv(*args):
     return proc, m.group(1)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_gdb_session(engine, tmp_path):
+def gdb_session(engine, script_text, tmp_path):
+    """Start hv held at the entry of debug-demo, run GDB's batch script on
+    it; returns (GDB's output, hv's stdout, hv's stderr, hv's exit status)."""
     hv, address = start_hv("--engine", engine, "--gdb", "127.0.0.1:0", "--gdb-wait",
                            guest("debug-demo"))
     script = tmp_path / "session.gdb"
-    script.write_text(SESSION.format(address=address))
+    script.write_text(script_text.format(address=address))
     try:
         out = subprocess.run([GDB, "-batch", "-nx", "-x", str(script), guest("debug-demo")],
                              capture_output=True, text=True, timeout=120)
         stdout, stderr = hv.communicate(timeout=60)
     finally:
         hv.kill()
-    text = out.stdout + out.stderr
+    return out.stdout + out.stderr, stdout, stderr, hv.returncode
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_gdb_session(engine, tmp_path):
+    text, stdout, stderr, status = gdb_session(engine, SESSION, tmp_path)
     # --gdb-wait: held at the PVH entry, the first instruction.
     assert re.search(r"rip\s+0x100200\s+0x100200 <pvh_start32>", text), text
     assert "Breakpoint 1, add_up (n=n@entry=4) at debug-demo/main.c:" in text, text
@@ -81,7 +87,7 @@ def test_gdb_session(engine, tmp_path):
     assert re.search(r"Old value = 3\s+New value = 6", text), text
     assert "$3 = 6" in text, text
     assert "[Inferior 1 (Remote target) exited normally]" in text, text
-    assert hv.returncode == 0 and stdout == "total=10\nSUCCESS\n", stderr
+    assert status == 0 and stdout == "total=10\nSUCCESS\n", stderr
 
 
 def packet(payload):
@@ -151,23 +157,13 @@ continue
 def test_hardware_breakpoint_stepi_and_a_memory_write(engine, tmp_path):
     """TCG's hardware breakpoints (code hooks), one stepi, and a memory
     write through the guest's page tables that the guest then sees."""
-    hv, address = start_hv("--engine", engine, "--gdb", "127.0.0.1:0", "--gdb-wait",
-                           guest("debug-demo"))
-    script = tmp_path / "hw.gdb"
-    script.write_text(HARDWARE.format(address=address))
-    try:
-        out = subprocess.run([GDB, "-batch", "-nx", "-x", str(script), guest("debug-demo")],
-                             capture_output=True, text=True, timeout=120)
-        stdout, stderr = hv.communicate(timeout=60)
-    finally:
-        hv.kill()
-    text = out.stdout + out.stderr
+    text, stdout, stderr, status = gdb_session(engine, HARDWARE, tmp_path)
     assert re.search(r"Breakpoint 1, step \(i=i@entry=1\) at debug-demo/main.c:16", text), text
     assert "$1 = 1" in text and "$2 = 100" in text, text
     assert re.search(r"\n0x0*10025[0-9a-f]\s+16\s+total \+= i;", text), text   # stepi: one instruction on
     assert "exited with code 05" in text, text
     # 100 + 1 + 2 + 3 + 4: the guest read what GDB wrote, and says so.
-    assert "total=110" in stdout and "FAILURE" in stdout and hv.returncode == 5, (stdout, stderr)
+    assert "total=110" in stdout and "FAILURE" in stdout and status == 5, (stdout, stderr)
 
 
 def test_gdb_leaving_lets_the_guest_run_on(tmp_path):

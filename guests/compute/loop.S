@@ -27,10 +27,10 @@ hash_loop:
 /*
  * uint64_t user_call(uint64_t n, uint64_t h, void *user_stack_top)
  *
- * Runs hash_loop(n, h) in ring 3 and returns its result.  main.c has set up
+ * Runs hash_loop(n, h) in ring 3 and returns its result.  main.c has set up (with guests/lib/ring3.c)
  * the GDT (user code 0x20, user data 0x18, both DPL 3), the TSS (RSP0), the
  * user bit in the page tables, and an interrupt gate for USER_EXIT_VECTOR
- * with DPL 3.  IRETQ to CS 0x23 / SS 0x1b enters ring 3; `int $0x80` comes
+ * with DPL 3.  IRETQ to CS 0x23 / SS 0x1b enters ring 3; `int3` comes
  * back through that gate onto the TSS's RSP0 stack, and user_exit returns
  * from user_call on the saved kernel stack (the interrupt frame is dropped).
  * RDI and RSI pass through IRETQ untouched, so they are hash_loop's

@@ -88,15 +88,19 @@ def _client_call(args, fn):
         return EXIT_USAGE if 400 <= e.status < 500 else EXIT_NO_SERVER
 
 
-def cmd_ps(args):
+def _show(args, fetch, as_text):
+    """Ask the server (fetch(client)), then print its answer: JSON with
+    --json, else as_text(answer)."""
     def show(client):
-        parts = client.list()
-        if args.json:
-            print(json.dumps(parts, indent=2))
-            return 0
-        print(ps_table(parts), end="")
+        answer = fetch(client)
+        print(json.dumps(answer, indent=2) if args.json else as_text(answer),
+              end="\n" if args.json else "")
         return 0
     return _client_call(args, show)
+
+
+def cmd_ps(args):
+    return _show(args, lambda client: client.list(), ps_table)
 
 
 def ps_table(parts):
@@ -160,14 +164,7 @@ def cmd_delete(args):
 
 
 def cmd_describe(args):
-    def show(client):
-        about = client.describe(args.name)
-        if args.json:
-            print(json.dumps(about, indent=2))
-            return 0
-        print(describe_text(about), end="")
-        return 0
-    return _client_call(args, show)
+    return _show(args, lambda client: client.describe(args.name), describe_text)
 
 
 def describe_text(about):
