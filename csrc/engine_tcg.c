@@ -29,6 +29,7 @@
 #include <string.h>
 #include <unicorn/unicorn.h>
 #include "engine_tcg.h"
+#include "x86_insn.h"
 
 /* Register ids in struct hv_regs order. */
 static const int reg_ids[] = {
@@ -43,6 +44,7 @@ _Static_assert(NREGS == TCG_NREGS, "one id per hv_regs field");
 _Static_assert(NREGS * 8 == sizeof(struct hv_regs), "one id per hv_regs field");
 
 #define MSR_EFER  0xc0000080
+#define EFER_LMA  (1ull << 10)
 /* uc_emu_start()'s `until`: never reached.  Unicorn walks the guest's page
  * tables for the address just below it, and a walk that faults writes CR2:
  * with UINT64_MAX the guest's CR2 read 0xffff_ffff_ffff_fffe after every
@@ -198,22 +200,28 @@ static int tcg_set_sregs(void *vp, const struct hv_sregs *s)
     return 0;
 }
 
-/* Segment loads go through the guest GDT, as a far jump would.  A change of
- * privilege (an interrupt taken in ring 3) sets QEMU's CPL first, because
- * Unicorn checks the loads against it. */
+/* Loading CS and SS for a software-delivered interrupt.  A 64-bit Unicorn
+ * writes only the selectors: the descriptor caches and the hflags the
+ * translator decodes with stay as they were, so a handler entered from
+ * compatibility mode (a 32-bit process) ran its 64-bit code as 32-bit
+ * code.  So hv sets QEMU's CPL and code/stack sizes from the descriptors
+ * itself, as the CPU's own load would (SDM vol. 3, 5.2.1). */
+#define DESC_DB (1ull << 54)
+#define DESC_L  (1ull << 53)
 static int tcg_load_segments(void *vp, uint16_t cs, uint64_t cs_desc, uint16_t ss,
                              uint64_t ss_desc)
 {
     struct tcg_vcpu *c = vp;
-    (void)cs_desc; (void)ss_desc;   /* Unicorn reads the GDT itself */
-    uint64_t cs64 = cs, ss64 = ss, old_cs = tcg_read_reg(c->uc, UC_X86_REG_CS);
-    if ((old_cs & 3) != (cs & 3)) {
-        tcg_patch_cpu_state(c, 0, cs & 3);
-        c->regs_valid = 0;
-    }
+    uint64_t cs64 = cs, ss64 = ss;
+    uint32_t bits = cs & TCG_HF_CPL;
+    if ((cs_desc & DESC_L) && (read_msr(c->uc, MSR_EFER) & EFER_LMA))
+        bits |= TCG_HF_CS64 | TCG_HF_CS32 | TCG_HF_SS32;
+    else
+        bits |= (cs_desc & DESC_DB ? TCG_HF_CS32 : 0) | (ss_desc & DESC_DB ? TCG_HF_SS32 : 0);
+    tcg_patch_cpu_state(c, 0, TCG_HF_CPL | TCG_HF_CS64 | TCG_HF_CS32 | TCG_HF_SS32, bits);
+    c->regs_valid = 0;
     if (uc_reg_write(c->uc, UC_X86_REG_CS, &cs64) || uc_reg_write(c->uc, UC_X86_REG_SS, &ss64))
         return -EFAULT;
-    c->regs_valid = 0;
     return 0;
 }
 
@@ -232,7 +240,8 @@ static int tcg_set_pvh_entry(void *vp, uint32_t entry, uint32_t info,
     tcg_set_sregs(vp, &s);
     const int data[] = { UC_X86_REG_DS, UC_X86_REG_ES, UC_X86_REG_FS, UC_X86_REG_GS };
     uint64_t data_sel = 0x18;
-    if (tcg_load_segments(vp, 0x10, 0, 0x18, 0))
+    /* hv's boot GDT holds flat 32-bit segments: code at 0x10, data at 0x18. */
+    if (tcg_load_segments(vp, 0x10, 0x00cf9b000000ffffull, 0x18, 0x00cf93000000ffffull))
         return -EINVAL;
     for (size_t i = 0; i < sizeof(data) / sizeof(data[0]); i++)
         if (uc_reg_write(c->uc, data[i], &data_sel))
@@ -430,7 +439,7 @@ static int tcg_run(void *vp, struct engine_exit *exit)
     }
     /* Faults QEMU took without delivering them (ours are delivered by the
      * core) must not turn the next one into a double fault. */
-    tcg_patch_cpu_state(c, 1, -1);
+    tcg_patch_cpu_state(c, 1, 0, 0);
     c->regs_valid = 0;
     uint64_t rip = tcg_regs(vp)->rip;
     c->stop = STOP_NONE;
@@ -487,7 +496,7 @@ static int tcg_run(void *vp, struct engine_exit *exit)
     /* Unicorn returns without a reason after executing hlt. */
     uint8_t insn = 0;
     uint64_t now = tcg_regs(vp)->rip;
-    if (c->host->read_guest(c->owner, now - 1, &insn, 1) == 0 && insn == 0xf4) {
+    if (c->host->read_guest(c->owner, now - 1, &insn, 1) == 0 && insn == INSN_HLT) {
         exit->kind = ENGINE_EXIT_HLT;
         return 0;
     }

@@ -85,10 +85,21 @@ void tcg_debug_free(struct tcg_vcpu *c);
 /* engine_tcg_state.c: find the offsets below (once per process, before
  * any CPU runs: vcpu_create). */
 void tcg_state_init(void);
+/* Bits of QEMU's env->hflags (target/i386/cpu.h of the pinned Unicorn):
+ * the CPL, the one-instruction interrupt shadow after STI or MOV SS, and
+ * the code and stack sizes the translator decodes with. */
+#define TCG_HF_CPL          3u
+#define TCG_HF_INHIBIT_IRQ  (1u << 3)
+#define TCG_HF_CS32         (1u << 4)
+#define TCG_HF_SS32         (1u << 5)
+#define TCG_HF_CS64         (1u << 15)
+
 /* engine_tcg_state.c: forget QEMU's pending exception (forget_exception)
- * and/or set the CPL (cpl >= 0).  The caller's register cache is stale
- * afterwards. */
-void tcg_patch_cpu_state(struct tcg_vcpu *c, int forget_exception, int cpl);
+ * and/or set the hflags bits in `mask` to `bits`.  The caller's register
+ * cache is stale afterwards. */
+void tcg_patch_cpu_state(struct tcg_vcpu *c, int forget_exception, uint32_t mask, uint32_t bits);
+/* QEMU's hflags (0 if their offset was not found). */
+uint32_t tcg_hflags(struct tcg_vcpu *c);
 /* From inside an interrupt hook: the error code QEMU computed for the
  * exception and whether it is a software interrupt (INT n). */
 void tcg_exception_details(struct tcg_vcpu *c, uint32_t *error_code, int *software);

@@ -17,6 +17,7 @@
  */
 #include <errno.h>
 #include "engine_tcg.h"
+#include "x86_insn.h"
 
 #define MSR_EFER   0xc0000080
 #define MSR_STAR   0xc0000081
@@ -28,8 +29,6 @@
 #define VECTOR_UD  6
 #define VECTOR_BP  3
 #define VECTOR_OF  4
-#define INSN_INT3  0xcc
-#define INSN_INTO  0xce
 
 static uint64_t read_msr(uc_engine *uc, uint32_t index)
 {
@@ -109,7 +108,8 @@ int tcg_syscall(struct tcg_vcpu *c, struct engine_exit *exit)
     uint64_t rflags = tcg_read_reg(uc, UC_X86_REG_RFLAGS) & ~RFLAGS_RF;
     uint64_t new_rflags = rflags & ~fmask;
     uint64_t cs = (star >> 32) & 0xfffc, ss = cs + 8;
-    tcg_patch_cpu_state(c, 0, 0);
+    tcg_patch_cpu_state(c, 0, TCG_HF_CPL | TCG_HF_CS64 | TCG_HF_CS32 | TCG_HF_SS32,
+                        TCG_HF_CS64 | TCG_HF_CS32 | TCG_HF_SS32);   /* CPL 0, 64-bit */
     uc_reg_write(uc, UC_X86_REG_RCX, &next);
     uc_reg_write(uc, UC_X86_REG_R11, &rflags);
     uc_reg_write(uc, UC_X86_REG_CS, &cs);

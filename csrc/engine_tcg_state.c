@@ -132,12 +132,12 @@ static void find_hflags_offset(void)
 }
 
 /* Patch QEMU state the API does not reach: forget a pending exception
- * and/or set the CPL (cpl < 0: leave it). */
-void tcg_patch_cpu_state(struct tcg_vcpu *c, int forget_exception, int cpl)
+ * and/or set hflags bits (mask 0: leave them). */
+void tcg_patch_cpu_state(struct tcg_vcpu *c, int forget_exception, uint32_t mask, uint32_t bits)
 {
     int exception = forget_exception && old_exception_offset >= 0;
-    int privilege = cpl >= 0 && hflags_offset >= 0;
-    if (!exception && !privilege)
+    int flags = mask && hflags_offset >= 0;
+    if (!exception && !flags)
         return;                     /* not found: see docs/engines.md */
     uc_context *ctx = c->scratch;
     uc_context_save(c->uc, ctx);
@@ -145,13 +145,23 @@ void tcg_patch_cpu_state(struct tcg_vcpu *c, int forget_exception, int cpl)
         const int32_t none = -1;
         memcpy((uint8_t *)ctx + old_exception_offset, &none, 4);
     }
-    if (privilege) {
+    if (flags) {
         uint32_t hflags;
         memcpy(&hflags, (uint8_t *)ctx + hflags_offset, 4);
-        hflags = (hflags & ~3u) | (uint32_t)cpl;
+        hflags = (hflags & ~mask) | (bits & mask);
         memcpy((uint8_t *)ctx + hflags_offset, &hflags, 4);
     }
     uc_context_restore(c->uc, ctx);
+}
+
+uint32_t tcg_hflags(struct tcg_vcpu *c)
+{
+    uint32_t hflags = 0;
+    if (hflags_offset < 0)
+        return 0;
+    uc_context_save(c->uc, c->scratch);
+    memcpy(&hflags, (uint8_t *)c->scratch + hflags_offset, 4);
+    return hflags;
 }
 
 /* The error code: the word that goes from 0 to 0x1230 when loading DS with

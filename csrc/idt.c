@@ -17,6 +17,7 @@
  */
 #include <string.h>
 #include "core.h"
+#include "x86_insn.h"
 
 #define EFER_LMA  (1ull << 10)
 #define RFLAGS_TF (1ull << 8)
@@ -26,7 +27,6 @@
 #define RFLAGS_VM (1ull << 17)
 #define GATE_INTERRUPT 0xe
 #define GATE_TRAP      0xf
-#define INSN_HLT 0xf4
 #define VECTOR_DF 8
 #define VECTOR_NP 11
 #define VECTOR_GP 13

@@ -15,6 +15,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 #include "core.h"
+#include "x86_insn.h"
 
 #define RFLAGS_IF (1ull << 9)
 
@@ -182,12 +183,30 @@ static int multicall_resume(struct hv_vcpu *v, struct hv_exit *exit)
 
 /* An instruction the engine could not run.  This machine's KVM gives up on
  * software interrupts (INT3, INT n, INTO) with an internal error; the core
- * delivers them through the guest's IDT as the CPU would.  Anything else
- * is an engine failure. */
-#define INSN_INT3 0xcc
-#define INSN_INT  0xcd
-#define INSN_INTO 0xce
+ * runs them as the CPU would (SDM vol. 2A, INT n/INTO/INT3/INT1): INT3 and
+ * INT n deliver through the guest's IDT with RIP past them; INTO is #UD in
+ * 64-bit mode, and elsewhere does nothing with OF clear and delivers #OF
+ * past itself with OF set.  Anything else is an engine failure. */
 #define RFLAGS_OF (1ull << 11)
+#define EFER_LMA  (1ull << 10)
+#define DESC_L    (1ull << 53)      /* a code segment's 64-bit flag */
+#define VECTOR_UD 6
+
+/* 64-bit mode: long mode active and CS.L set (1); compatibility or legacy
+ * mode (0); -1 if the code segment's descriptor cannot be read. */
+static int in_64bit_mode(struct hv_vcpu *v)
+{
+    const struct engine_ops *e = v->partition->engine;
+    struct hv_sregs s;
+    uint64_t desc;
+    if (e->get_sregs(v->engine_vcpu, &s))
+        return -1;
+    if (!(s.efer & EFER_LMA))
+        return 0;
+    if ((s.cs & 4) || copy_guest_system(v, s.gdt_base + (s.cs & ~7u), &desc, 8, 0))
+        return -1;                  /* an LDT code segment: not emulated */
+    return !!(desc & DESC_L);
+}
 
 static int vcpu_emulate(struct hv_vcpu *v, const struct engine_exit *ex, struct hv_exit *exit)
 {
@@ -199,15 +218,31 @@ static int vcpu_emulate(struct hv_vcpu *v, const struct engine_exit *ex, struct 
     uint8_t vector, len = 1;
     if (insn[0] == INSN_INT3 && (v->h.debug_flags & HV_DEBUG_SW_BP))
         return debug_stop(exit, HV_DEBUG_STOP_BREAKPOINT, r->rip);   /* a debugger's */
-    if (insn[0] == INSN_INT3)
+    if (insn[0] == INSN_INT3) {
         vector = 3;
-    else if (insn[0] == INSN_INTO && (r->rflags & RFLAGS_OF))
+    } else if (insn[0] == INSN_INTO) {
+        int mode64 = in_64bit_mode(v);
+        if (mode64 < 0)
+            return crash(exit, HV_CRASH_ENGINE, ex->detail);
+        if (mode64) {               /* a fault at the instruction */
+            TRACE(v, HV_TRACE_EXIT, HV_TRACE_EXIT_EXCEPTION,
+                  ((uint64_t[5]){ VECTOR_UD, r->rip }), 0);
+            if (idt_deliver(v, VECTOR_UD, IDT_EXCEPTION, 0, 0))
+                return crash(exit, HV_CRASH_TRIPLE_FAULT, VECTOR_UD);
+            return 0;
+        }
+        if (!(r->rflags & RFLAGS_OF)) {
+            r->rip += 1;            /* nothing to raise: on to the next instruction */
+            e->regs_dirty(v->engine_vcpu);
+            return 0;
+        }
         vector = 4;
-    else if (insn[0] == INSN_INT && copy_guest_system(v, r->rip + 1, &insn[1], 1, 0) == 0) {
+    } else if (insn[0] == INSN_INT && copy_guest_system(v, r->rip + 1, &insn[1], 1, 0) == 0) {
         vector = insn[1];
         len = 2;
-    } else
+    } else {
         return crash(exit, HV_CRASH_ENGINE, ex->detail);
+    }
     TRACE(v, HV_TRACE_EXIT, HV_TRACE_EXIT_EXCEPTION, ((uint64_t[5]){ vector, r->rip }), 0);
     r->rip += len;                  /* a software interrupt returns past itself */
     e->regs_dirty(v->engine_vcpu);

@@ -22,6 +22,7 @@ CASES = {
     "io-privilege": {},
     "page-faults": {},
     "soft-int": {},
+    "into": {},
     "cr3-reserved": {},
     "syscall": {},
     "twelve-outs": {},

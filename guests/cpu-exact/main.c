@@ -13,6 +13,10 @@
  *                 instruction); `int $13` pushes no error code; a vector past
  *                 the IDT limit is #GP(vector*8+2); ring-3 int3 through a
  *                 DPL-0 gate is #GP(3*8+2)
+ *   into          INTO in 64-bit mode is #UD with OF clear or set (it is
+ *                 invalid there); in compatibility mode it does nothing with
+ *                 OF clear and raises #OF (a trap: RIP past it) with OF set;
+ *                 `int $3` (CD 03) is vector 3 past its two bytes
  *   cr3-reserved  MOV to CR3 with a reserved bit set is #GP(0)
  *   syscall       SYSCALL/SYSRET between ring 3 and ring 0 (STAR, LSTAR,
  *                 FMASK, RCX, R11); #UD while EFER.SCE is 0; SYSRET to a
@@ -58,6 +62,10 @@ void out_port80(void), outw_port80(void), twelve_outs(void);
 void write_read_only(void), fetch_nx(void), write_unmapped(void), read_unmapped(void);
 void read_supervisor(void), read_reserved(void), read_noncanonical(void);
 void do_int3(void), do_int3_fault(void), do_int40(void), do_int13(void), bad_cr3(void);
+void into_of_clear(void), into_of_set(void), do_int_3_long(void);
+void compat_into_of_clear(void), compat_into_of_set(void);
+extern const char into_of_clear_insn[], into_of_set_insn[], do_int_3_long_after[];
+extern const char compat_into_of_set_after[];
 void user_syscall(void), syscall_entry(void), sysret_noncanonical(void);
 extern const char out_hypercall_insn[], out_dx_hypercall_insn[], in_hypercall_port_insn[];
 extern const char outw_port80_insn[], write_read_only_insn[], write_unmapped_insn[];
@@ -249,6 +257,39 @@ static void case_soft_int(void)
     test_success();
 }
 
+/* ---- into ------------------------------------------------------------ */
+
+static void case_into(void)
+{
+    struct probe p;
+    probe_ring0(into_of_clear, &p);
+    expect_fault("into with OF clear (64-bit mode)", &p, X86_UD, 0, into_of_clear_insn);
+    probe_ring0(into_of_set, &p);
+    expect_fault("into with OF set (64-bit mode)", &p, X86_UD, 0, into_of_set_insn);
+    probe_ring0(do_int_3_long, &p);
+    expect_fault("int $3 (CD 03)", &p, X86_BP, 0, do_int_3_long_after);
+
+    /* Compatibility mode: start.S's GDT plus a 32-bit ring-0 code segment
+     * (snippets.S: COMPAT_CS = 0x18). */
+    static const uint64_t gdt[] __attribute__((aligned(16))) = {
+        0, 0x00af9a000000ffffull, 0x00cf92000000ffffull,
+        0x00cf9a000000ffffull,          /* 0x18: ring-0 code, D=1, L=0 */
+    };
+    struct desc_ptr saved, compat = { .limit = sizeof(gdt) - 1, .base = (uint64_t)gdt };
+    asm volatile("sgdt %0" : "=m"(saved));
+    asm volatile("lgdt %0" : : "m"(compat));
+    probe_ring0(compat_into_of_clear, &p);
+    struct probe q;
+    probe_ring0(compat_into_of_set, &q);
+    asm volatile("lgdt %0" : : "m"(saved));
+    expect_no_fault("into with OF clear (compatibility mode)", &p);
+    expect_fault("into with OF set (compatibility mode)", &q, X86_OF, 0,
+                 compat_into_of_set_after);
+    if (q.cs != 0x18)
+        test_failure("into with OF set: the frame's CS is 0x%lx, expected 0x18", q.cs);
+    test_success();
+}
+
 /* ---- cr3-reserved ----------------------------------------------------- */
 
 static void case_cr3_reserved(void)
@@ -408,6 +449,7 @@ int main(void)
     static const struct { const char *name; void (*run)(void); } cases[] = {
         { "io-privilege", case_io_privilege }, { "page-faults", case_page_faults },
         { "soft-int", case_soft_int },         { "cr3-reserved", case_cr3_reserved },
+        { "into", case_into },
         { "syscall", case_syscall },           { "twelve-outs", case_twelve_outs },
         { "kick-rmw", case_kick_rmw },         { "sti-upcall", case_sti_upcall },
         { "timer-rearm", case_timer_rearm },   { "tsc", case_tsc },

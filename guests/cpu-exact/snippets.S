@@ -101,6 +101,51 @@ snippet do_int13
     int     $13
 at do_int13_after
     ret
+/* INTO is not valid in 64-bit mode: #UD at the instruction, whatever OF
+ * says (0xce is emitted by hand: the assembler refuses it in 64-bit code). */
+snippet into_of_clear
+    xor     %eax, %eax              /* OF = 0 */
+at into_of_clear_insn
+    .byte   0xce
+    ret
+snippet into_of_set
+    mov     $0x7f, %al
+    add     $1, %al                 /* OF = 1 */
+at into_of_set_insn
+    .byte   0xce
+    ret
+ /* INTO in compatibility mode (main.c loads a GDT with a 32-bit ring-0
+ * code segment at COMPAT_CS): a far call there, INTO, a far return. */
+#define COMPAT_CS 0x18
+snippet compat_into_of_clear
+    lcall   *compat_of_clear(%rip)
+    ret
+snippet compat_into_of_set
+    lcall   *compat_of_set(%rip)
+    ret
+    .code32
+compat_of_clear_code:
+    xor     %eax, %eax              /* OF = 0: INTO does nothing */
+    .globl compat_into_of_clear_insn
+compat_into_of_clear_insn:
+    into
+    lret
+compat_of_set_code:
+    mov     $0x7f, %al
+    add     $1, %al                 /* OF = 1: #OF, a trap past the INTO */
+    into
+    .globl compat_into_of_set_after
+compat_into_of_set_after:
+    lret
+    .code64
+    .section .rodata
+compat_of_clear:  .long compat_of_clear_code; .word COMPAT_CS
+compat_of_set:    .long compat_of_set_code;   .word COMPAT_CS
+    .text
+snippet do_int_3_long               /* CD 03: a software interrupt, two bytes */
+    int     $3
+at do_int_3_long_after
+    ret
 
 /* ---- CR3 with reserved bits (bit 62: above any MAXPHYADDR, not PCID's 63) ---- */
 snippet bad_cr3

@@ -38,6 +38,7 @@
 
 /* Exception vectors (SDM Vol. 3A 6.3.1). */
 #define X86_BP          3
+#define X86_OF          4
 #define X86_UD          6
 #define X86_DF          8
 #define X86_NP          11
