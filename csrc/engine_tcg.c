@@ -52,6 +52,12 @@ _Static_assert(NREGS * 8 == sizeof(struct hv_regs), "one id per hv_regs field");
  * leaves CR2 alone, and no instruction can ever be fetched there. */
 #define RUN_FOREVER 0x8000000000000000ull
 #define RFLAGS_IF (1ull << 9)
+/* The translated-code buffer of one vCPU.  Unicorn reserves 1 GiB of RWX
+ * address space by default, per instance; 64 MiB holds a stock Linux
+ * boot's translations (boot time within noise of the default, measured)
+ * and when it fills QEMU starts over with an empty cache, which costs
+ * only retranslation.  Set before anything makes Unicorn initialise. */
+#define TCG_CODE_BUFFER (64u << 20)
 
 struct tcg_vm {
     void *ram;
@@ -408,6 +414,7 @@ static int tcg_vcpu_create(void *vmp, uint32_t id, const struct engine_host *hos
     tcg_state_init();
     uc_hook h;
     if (uc_open(UC_ARCH_X86, UC_MODE_64, &c->uc) != UC_ERR_OK ||
+        uc_ctl_set_tcg_buffer_size(c->uc, TCG_CODE_BUFFER) != UC_ERR_OK ||
         uc_context_alloc(c->uc, &c->scratch) != UC_ERR_OK)
         goto fail;
     if (uc_mem_map_ptr(c->uc, 0, vm->size, UC_PROT_ALL, vm->ram) != UC_ERR_OK ||

@@ -10,7 +10,8 @@ back where it was:
   threads            exactly the baseline (vCPU and device threads joined)
   big mappings       exactly the baseline: none of the guest's RAM (an odd
                      24 MiB, so it is told from anything else) and none of
-                     Unicorn's 1 GiB code buffers stays mapped
+                     Unicorn's code buffers (anonymous, executable, tens
+                     of MiB) stays mapped
   mappings           the baseline + glibc's malloc arenas: each new thread
                      may get one, up to 8 per CPU, two mappings each; they
                      are reused, not leaked (measured: +4 after 12 and 300
@@ -34,6 +35,7 @@ from hv.testing import fork_call
 DEFAULT_CYCLES = {"tcg": 12, "kvm": 6}
 WARMUP = 3
 GUEST_RAM = 24 << 20
+CODE_BUFFER_MIN = 16 << 20      # csrc/engine_tcg.c: TCG_CODE_BUFFER, 64 MiB
 MAPPINGS_SLACK = 2 * 8 * os.cpu_count() + 8
 RSS_SLACK = 16 << 20
 RSS_PER_CYCLE = 2 << 10
@@ -41,12 +43,14 @@ RSS_PER_CYCLE = 2 << 10
 
 def usage():
     """(fds, threads, mappings, big mappings, rss bytes) of this process."""
-    sizes = []
+    sizes, big = [], 0
     with open("/proc/self/maps") as f:
         for line in f:
-            start, end = (int(x, 16) for x in line.split()[0].split("-"))
+            fields = line.split()
+            start, end = (int(x, 16) for x in fields[0].split("-"))
             sizes.append(end - start)
-    big = sum(1 for n in sizes if n == GUEST_RAM or n >= 1 << 30)
+            code_buffer = "x" in fields[1] and len(fields) < 6 and end - start >= CODE_BUFFER_MIN
+            big += end - start == GUEST_RAM or code_buffer
     with open("/proc/self/statm") as f:
         rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     return (len(os.listdir("/proc/self/fd")), len(os.listdir("/proc/self/task")), len(sizes),
@@ -94,7 +98,7 @@ def test_create_run_destroy_returns_everything(engine, tmp_path):
     assert kind == "ok", value
     (fds0, threads0, maps0, big0, rss0), (fds1, threads1, maps1, big1, rss1) = value
     print(f"\n{engine}: {n} cycles: fds {fds0}->{fds1}, threads {threads0}->{threads1}, "
-          f"mappings {maps0}->{maps1} (RAM-sized or 1 GiB: {big0}->{big1}), "
+          f"mappings {maps0}->{maps1} (guest RAM or code buffers: {big0}->{big1}), "
           f"RSS {rss0 >> 10}->{rss1 >> 10} KiB")
     assert fds1 == fds0, "file descriptors leaked"
     assert threads1 == threads0, "threads leaked"
