@@ -107,6 +107,12 @@ static int64_t copy_segment(struct hv_vcpu *v, const struct hv_grant_copy_seg *s
     int to_peer = s->flags & HV_GRANT_COPY_TO_PEER;
     if (s->flags & ~HV_GRANT_COPY_TO_PEER || (uint32_t)s->offset + s->len > HV_PAGE_SIZE)
         return -HV_EINVAL;
+    /* Ids are checked for width before anything is looked up: an entry's
+     * domid has 16 bits, so a caller whose id does not fit could only ever
+     * match an entry meant for the partition its low bits alias.  The
+     * segment's granter field is as wide as a partition id (32 bits). */
+    if (self->id > UINT16_MAX)
+        return -HV_EPERM;
     if (s->granter == self->id || !evtchn_permitted(self, s->granter))
         return -HV_EPERM;
     struct hv_partition *g = partition_get(s->granter);
@@ -123,7 +129,7 @@ static int64_t copy_segment(struct hv_vcpu *v, const struct hv_grant_copy_seg *s
     uint16_t flags = ENTRY_FLAGS(e), mark = to_peer ? HV_GTF_WRITING : HV_GTF_READING;
     uint32_t frame = ENTRY_FRAME(e);
     if ((flags & HV_GTF_TYPE_MASK) != HV_GTF_PERMIT_ACCESS || ENTRY_DOMID(e) != self->id ||
-        (to_peer && (flags & HV_GTF_READONLY)) || self->id > UINT16_MAX) {
+        (to_peer && (flags & HV_GTF_READONLY))) {
         r = -HV_EPERM;
         goto out;
     }

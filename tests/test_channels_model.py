@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from hv.abi import lib
+from hv.abi import ffi, lib
 from hv.testing.core import Core
 from hv.testing.isolate import run_isolated
 from models.channels import ENTRY, ChannelsModel
@@ -319,3 +319,46 @@ def test_every_port_can_be_taken_and_one_more_fails():
         assert a.call(lib.HV_HC_EVTCHN_ALLOC_UNBOUND, peer) == (-lib.HV_ENOSPC, None)
         assert a.call(lib.HV_HC_EVTCHN_CLOSE, 100) == (0, None)
         assert a.call(lib.HV_HC_EVTCHN_ALLOC_UNBOUND, peer) == (100, None)
+
+
+def _wide_ids():
+    """Partition ids only grow, so a long-lived parent gets past 65535.
+    A grant entry names its peer in 16 bits: a caller whose id is
+    65536 + X must not be given what was granted to X, and a granter with
+    a wide id still grants to narrow ones."""
+    granter, narrow = Core(MEM), Core(MEM)
+    want = lib.hv_partition_id(narrow.p) + 0x10000
+    pp = ffi.new("struct hv_partition **")
+    while True:                                     # burn ids: ~15 us each
+        assert lib.hv_partition_create(lib.HV_ENGINE_NONE, MEM, pp) == 0
+        last = lib.hv_partition_id(pp[0])
+        lib.hv_partition_destroy(pp[0])
+        if last + 1 == want:
+            break
+    wide = Core(MEM)
+    assert lib.hv_partition_id(wide.p) == want
+    ids = [lib.hv_partition_id(c.p) for c in (granter, narrow, wide)]
+    for other in (narrow, wide):
+        assert lib.hv_channel_permit(granter.p, other.p) == 0
+    assert lib.hv_channel_permit(wide.p, narrow.p) == 0
+    results = {}
+    for g, peer in ((granter, narrow), (wide, narrow)):
+        g.ram[TABLE:TABLE + 8] = ENTRY.pack(lib.HV_GTF_PERMIT_ACCESS, lib.hv_partition_id(peer.p) & 0xffff,
+                                           FRAMES[0])
+        g.ram[FRAMES[0] << 12:(FRAMES[0] << 12) + 8] = b"granted!"
+        assert g.call(lib.HV_HC_GRANT_TABLE_REGISTER, TABLE, 1) == (0, None)
+    for name, caller, g in (("alias", wide, granter), ("intended", narrow, granter),
+                            ("wide granter", narrow, wide)):
+        caller.ram[BUF:BUF + 8] = bytes(8)
+        SEG.pack_into(caller.ram, SEGS, BUF, lib.hv_partition_id(g.p), 0, 0, 8, 0, 0, 1, 0)
+        assert caller.call(lib.HV_HC_GRANT_COPY, SEGS, 1) == (0, None)
+        results[name] = (SEG.unpack_from(caller.ram, SEGS)[7], bytes(caller.ram[BUF:BUF + 8]))
+    return ids, results
+
+
+def test_grant_copy_checks_id_width():
+    ids, results = run_isolated(_wide_ids, timeout=120)
+    assert ids[2] == ids[1] + 0x10000
+    assert results["alias"] == (-lib.HV_EPERM, bytes(8))
+    assert results["intended"] == (0, b"granted!")
+    assert results["wide granter"] == (0, b"granted!")

@@ -168,6 +168,8 @@ class ChannelsModel:
         (status, granter frame gpa or None)."""
         if flags_extra or offset + length > PAGE:
             return -lib.HV_EINVAL, None
+        if me > 0xffff:                 # entries name peers in 16 bits: never this caller
+            return -lib.HV_EPERM, None
         if granter == me or granter not in self.parts[me].permitted:
             return -lib.HV_EPERM, None
         g = self._live(granter)
