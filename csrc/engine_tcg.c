@@ -397,6 +397,7 @@ static void tcg_vcpu_destroy(void *vp)
     if (c->uc)
         uc_close(c->uc);
     tcg_debug_free(c);
+    tcg_checks_free(c);
     free(c->queued);
     free(c);
 }
@@ -418,7 +419,7 @@ static int tcg_vcpu_create(void *vmp, uint32_t id, const struct engine_host *hos
         uc_context_alloc(c->uc, &c->scratch) != UC_ERR_OK)
         goto fail;
     if (uc_mem_map_ptr(c->uc, 0, vm->size, UC_PROT_ALL, vm->ram) != UC_ERR_OK ||
-        tcg_io_hooks_add(c, vm->size) || tcg_exception_hooks_add(c) ||
+        tcg_io_hooks_add(c, vm->size) || tcg_exception_hooks_add(c) || tcg_checks_add(c) ||
         uc_hook_add(c->uc, &h, UC_HOOK_BLOCK, (void *)tcg_on_block, c, 1, 0) ||
         uc_hook_add(c->uc, &h, UC_HOOK_INSN, (void *)tcg_on_cpuid, c, 1, 0, UC_X86_INS_CPUID) ||
         uc_hook_add(c->uc, &h, UC_HOOK_MEM_UNMAPPED, (void *)tcg_on_unmapped, c, 1, 0))
@@ -453,6 +454,10 @@ static int tcg_run(void *vp, struct engine_exit *exit)
     c->regs_valid = 0;
     uc_err err = uc_emu_start(c->uc, rip, RUN_FOREVER, 0, 0);
     c->regs_valid = 0;
+    if (c->check_pending && tcg_checks_apply(c)) {
+        exit->kind = ENGINE_EXIT_FAIL;      /* out of host memory */
+        return 0;
+    }
     if (c->syscall_pending && c->stop == STOP_LOOP) {
         c->stop = STOP_NONE;
         if (tcg_syscall(c, exit))

@@ -54,6 +54,11 @@ struct tcg_vcpu {
     uint64_t batch_vals[TCG_NREGS];
     uint64_t *icount;               /* deterministic mode */
     const uint64_t *icount_deadline;
+    /* engine_tcg_checks.c: the MOV-to-CR and SYSRET sites hooked so far,
+     * and one found in a new block, to hook between runs. */
+    uint64_t *checked;
+    unsigned checked_n, checked_cap;
+    uint64_t check_pending, check_block, check_block_end;
     struct tcg_debug *debug;        /* engine_tcg_debug.c, while a debugger is attached */
     /* The IOAPIC and local APIC windows (engine_tcg_io.c). */
     struct tcg_window { struct tcg_vcpu *c; uint64_t base; } windows[2];
@@ -75,6 +80,13 @@ int tcg_exception_hooks_add(struct tcg_vcpu *c);
 void tcg_raise_fault(struct tcg_vcpu *c, uint32_t vector, uint32_t error_code);
 /* Between runs: the SYSCALL transition (1 if it raised #UD into *exit). */
 int tcg_syscall(struct tcg_vcpu *c, struct engine_exit *exit);
+
+/* engine_tcg_checks.c: #GP(0) for MOV to CR0/3/4/8 with reserved bits and
+ * SYSRETQ to a non-canonical RCX, which QEMU 5.0 lets through. */
+int  tcg_checks_add(struct tcg_vcpu *c);
+/* Between runs: hook a site a new block ended with (0, or -1 out of memory). */
+int  tcg_checks_apply(struct tcg_vcpu *c);
+void tcg_checks_free(struct tcg_vcpu *c);
 
 /* engine_tcg_debug.c */
 int tcg_set_debug(void *vcpu, uint32_t flags, const uint64_t *addr, const uint32_t *kind);
@@ -100,6 +112,10 @@ void tcg_state_init(void);
 void tcg_patch_cpu_state(struct tcg_vcpu *c, int forget_exception, uint32_t mask, uint32_t bits);
 /* QEMU's hflags (0 if their offset was not found). */
 uint32_t tcg_hflags(struct tcg_vcpu *c);
+/* Unicorn's own CPU model: a CPUID leaf, and MAXPHYADDR (found once by
+ * running CPUID on a scratch CPU in tcg_state_init). */
+void tcg_model_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t r[4]);
+unsigned tcg_model_phys_bits(void);
 /* From inside an interrupt hook: the error code QEMU computed for the
  * exception and whether it is a software interrupt (INT n). */
 void tcg_exception_details(struct tcg_vcpu *c, uint32_t *error_code, int *software);

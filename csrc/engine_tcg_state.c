@@ -209,11 +209,58 @@ void tcg_exception_details(struct tcg_vcpu *c, uint32_t *error_code, int *softwa
     }
 }
 
+/* Unicorn's CPU model: the CPUID leaves engine_tcg_checks.c needs, read
+ * by running CPUID on a scratch CPU (a live vCPU cannot be asked). */
+static struct { uint32_t leaf, subleaf, r[4]; } model_leaves[] = {
+    { 1, 0, {0} }, { 7, 0, {0} }, { 0x80000008, 0, {0} },
+};
+
+static void run_model_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t r[4])
+{
+    static const uint8_t code[] = { 0x0f, 0xa2, 0xf4 };     /* cpuid; hlt */
+    static const int ids[4] = { UC_X86_REG_EAX, UC_X86_REG_EBX, UC_X86_REG_ECX, UC_X86_REG_EDX };
+    uc_engine *uc;
+    memset(r, 0, 4 * sizeof(r[0]));
+    if (uc_open(UC_ARCH_X86, UC_MODE_64, &uc) != UC_ERR_OK)
+        return;
+    uint64_t rax = leaf, rcx = subleaf;
+    if (uc_mem_map(uc, 0, 0x2000, UC_PROT_ALL) == UC_ERR_OK &&
+        uc_mem_write(uc, 0x1000, code, sizeof(code)) == UC_ERR_OK &&
+        uc_reg_write(uc, UC_X86_REG_RAX, &rax) == UC_ERR_OK &&
+        uc_reg_write(uc, UC_X86_REG_RCX, &rcx) == UC_ERR_OK &&
+        uc_emu_start(uc, 0x1000, 0x1000 + sizeof(code), 0, 0) == UC_ERR_OK)
+        for (int i = 0; i < 4; i++) {
+            uint32_t v = 0;
+            uc_reg_read(uc, ids[i], &v);
+            r[i] = v;
+        }
+    uc_close(uc);
+}
+
+void tcg_model_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t r[4])
+{
+    for (size_t i = 0; i < sizeof(model_leaves) / sizeof(model_leaves[0]); i++)
+        if (model_leaves[i].leaf == leaf && model_leaves[i].subleaf == subleaf) {
+            memcpy(r, model_leaves[i].r, sizeof(model_leaves[i].r));
+            return;
+        }
+    memset(r, 0, 4 * sizeof(r[0]));
+}
+
+unsigned tcg_model_phys_bits(void)
+{
+    uint32_t r[4];
+    tcg_model_cpuid(0x80000008, 0, r);
+    return (r[0] & 0xff) ? (r[0] & 0xff) : 36;     /* 36: the SDM's default */
+}
+
 static void find_all_offsets(void)
 {
     find_old_exception_offset();
     find_hflags_offset();
     find_exception_offsets();
+    for (size_t i = 0; i < sizeof(model_leaves) / sizeof(model_leaves[0]); i++)
+        run_model_cpuid(model_leaves[i].leaf, model_leaves[i].subleaf, model_leaves[i].r);
 }
 
 /* The offsets are found with scratch CPUs, which must not run inside

@@ -23,7 +23,7 @@ CASES = {
     "page-faults": {},
     "soft-int": {},
     "into": {},
-    "cr3-reserved": {},
+    "cr-reserved": {},
     "syscall": {},
     "twelve-outs": {},
     # Many kicks (a 3 us timer every `every` iterations) during memory RMWs.
@@ -57,9 +57,7 @@ def run_case(case, engine):
 
 #: Findings not fixed yet on an engine, with the reason (docs/engines.md).
 #: strict: the day one passes, this list must shrink.
-KNOWN_DIFFERENCES = {
-    ("cr3-reserved", "tcg"): "Unicorn has no hook for MOV to CR3 and accepts reserved bits",
-}
+KNOWN_DIFFERENCES = {}
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -157,6 +157,25 @@ at bad_cr3_insn
     mov     %rcx, %cr3              /* not reached on a correct CPU */
     ret
 
+/* ---- MOV to CR0/CR4/CR8 of cr_value (main.c sets it); r8 as the source
+ * for CR4, so the instruction carries a REX prefix ---- */
+    .globl cr_value
+snippet write_cr0
+    mov     cr_value(%rip), %rax
+at write_cr0_insn
+    mov     %rax, %cr0
+    ret
+snippet write_cr4
+    mov     cr_value(%rip), %r8
+at write_cr4_insn
+    mov     %r8, %cr4
+    ret
+snippet write_cr8
+    mov     cr_value(%rip), %rax
+at write_cr8_insn
+    mov     %rax, %cr8
+    ret
+
 /* ---- SYSCALL / SYSRET ---- */
     .globl syscall_seen_rcx, syscall_seen_r11, syscall_seen_cs, syscall_seen_ss
     .globl syscall_seen_rflags, sysret_seen_cs, sysret_seen_ss
@@ -195,6 +214,7 @@ at sysret_noncanonical_insn
 
     .bss
     .balign 8
+cr_value:            .skip 8
 syscall_seen_rcx:    .skip 8
 syscall_seen_r11:    .skip 8
 syscall_seen_cs:     .skip 8
