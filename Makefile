@@ -9,6 +9,8 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 HV     := $(VENV)/bin/hv
 CORE   := hv/_core.abi3.so
 CSRC   := $(wildcard csrc/*.c csrc/*.h csrc/include/hv/*.h) hv/_build_core.py
+# The device data path Cython compiles (setup.py, hv/devices/datapath.py).
+DATAPATH := hv/devices/guestmem.py hv/devices/virtqueue.py hv/devices/blk_io.py
 # The venv's own file, written once when it is made.  (bin/python is a
 # symlink that make dates by the system interpreter, which is older than any
 # stamp: as a target it would rebuild the venv on every call.)
@@ -53,8 +55,10 @@ $(HV): .stamp-deps pyproject.toml setup.py
 
 build: $(CORE) $(HV)
 
-$(CORE): .stamp-deps $(CSRC)
+# One build_ext makes both: the cffi core and the compiled data path.
+$(CORE): .stamp-deps $(CSRC) $(DATAPATH)
 	$(PY) setup.py -q build_ext --inplace
+	touch $@
 
 guests: .stamp-system
 	$(MAKE) -s -C guests
@@ -126,5 +130,5 @@ sloc:                                     ## lines per layer
 	  printf '%-8s %6s\n' $$d "$$(find $$d -name '*.[chS]' -o -name '*.py' | grep -v _core | xargs cat | wc -l)"; done
 
 clean:
-	rm -rf build hv/_core*.so hv/_core.c .stamp-* 
+	rm -rf build hv/_core*.so hv/_core.c hv/devices/_*_compiled*.so .stamp-* 
 	$(MAKE) -s -C guests clean

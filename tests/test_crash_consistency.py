@@ -14,8 +14,8 @@ before it are durable.  Two claims are tested:
    reached the platter.
 
 2. The stronger claim behind it: hv never acknowledges a flush before
-   fsync() returned.  In-process, the blk module's os.fsync/os.pwrite are
-   wrapped (and fsync slowed down) and a BlkDevice subclass records when
+   fsync() returned.  In-process, the blk request path's os.fsync/os.pwritev
+   are wrapped (and fsync slowed down) and a BlkDevice subclass records when
    each request's completion is pushed to the used ring; the guest's
    `flushed` lines are recorded by the console.  Every flush completion,
    and every `flushed` line, must come after its own fsync finished, no
@@ -251,19 +251,28 @@ def recording_blk_class():
             queue = super()._make_queue(s, q)
             if queue is not None:
                 self.queue = queue
-                push = queue.push
-
-                def logged_push(chain, written):
-                    kind = (HEADER.unpack_from(chain.readable)[0]
-                            if len(chain.readable) >= HEADER.size else None)
-                    self.log.add("push-flush" if kind == T_FLUSH else "push", kind)
-                    return push(chain, written)
-                queue.push = logged_push
+                queue = LoggedPushes(queue, self.log)
             return queue
 
         def used_idx(self):
             q = self.queue
             return None if q is None else q.mem.read_u16(q.used + 2)
+
+    class LoggedPushes:
+        """A queue (compiled objects take no new attributes: wrap it) that
+        logs each push before it writes the used ring."""
+
+        def __init__(self, queue, log):
+            self._queue, self._log = queue, log
+
+        def __getattr__(self, name):
+            return getattr(self._queue, name)
+
+        def push(self, chain, written):
+            kind = (HEADER.unpack_from(chain.readable)[0]
+                    if len(chain.readable) >= HEADER.size else None)
+            self._log.add("push-flush" if kind == T_FLUSH else "push", kind)
+            return self._queue.push(chain, written)
 
     return RecordingBlk, T_FLUSH
 
@@ -290,7 +299,6 @@ class FlushedConsole:
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_flush_is_acknowledged_only_after_fsync_returns(engine, tmp_path, monkeypatch):
-    import hv.devices.blk as blk_mod
     from hv.partition import Partition
 
     RecordingBlk, _ = recording_blk_class()
@@ -302,7 +310,7 @@ def test_flush_is_acknowledged_only_after_fsync_returns(engine, tmp_path, monkey
         f.truncate(blocks * bsize * SECTOR)
     blk = RecordingBlk(str(image), log)
 
-    real_fsync, real_pwrite = os.fsync, os.pwrite
+    real_fsync, real_pwritev = os.fsync, os.pwritev
 
     def fsync(fd):
         log.add("fsync-start", fd, blk.used_idx())
@@ -310,15 +318,15 @@ def test_flush_is_acknowledged_only_after_fsync_returns(engine, tmp_path, monkey
         real_fsync(fd)
         log.add("fsync-end", fd, blk.used_idx())
 
-    def pwrite(fd, data, offset):
-        n = real_pwrite(fd, data, offset)
+    def pwritev(fd, buffers, offset):
+        n = real_pwritev(fd, buffers, offset)
         log.add("pwrite", fd, offset, n)
         return n
 
     fake_os = types.SimpleNamespace(**{name: getattr(os, name) for name in dir(os)
                                        if not name.startswith("__")})
-    fake_os.fsync, fake_os.pwrite = fsync, pwrite
-    monkeypatch.setattr(blk_mod, "os", fake_os)
+    fake_os.fsync, fake_os.pwritev = fsync, pwritev
+    monkeypatch.setattr(blk.datapath.blk_io, "os", fake_os)
 
     console = FlushedConsole(log)
     part = Partition(guest("blk-durable"), engine=engine, console=console, devices=[blk],

@@ -114,10 +114,18 @@ def test_backend_raising_mid_request_costs_only_that_device(engine, tmp_path, ca
     from hv.devices.blk import BlkDevice
 
     class Buggy(BlkDevice):
-        def _request(self, chain):
-            if self.requests == 4:
-                raise RuntimeError("injected backend bug")
-            return super()._request(chain)
+        def __init__(self, path):
+            super().__init__(path)
+
+            class BuggyRequests(type(self.io)):     # the compiled or the pure request path
+                calls = 0
+
+                def request(self, queue, chain):
+                    BuggyRequests.calls += 1
+                    if BuggyRequests.calls == 5:
+                        raise RuntimeError("injected backend bug")
+                    return super().request(queue, chain)
+            self.io = BuggyRequests(self.fd, self.sectors, self.readonly, self.serial)
 
     buggy = Buggy(str(make_image(tmp_path / "buggy.img")))
     bad = Run("blk-test", engine, [buggy], "sectors=64 seed=3")
@@ -226,7 +234,7 @@ def test_dead_device_thread_costs_only_that_partitions_devices(tmp_path):
     from hv.devices.blk import BlkDevice
 
     class Fatal(BlkDevice):
-        def _request(self, chain):
+        def serve(self, index, queue):
             raise SystemExit("the device thread dies here")
 
     bad = Run("blk-test", "tcg", [Fatal(str(make_image(tmp_path / "dead.img")))], "sectors=8")

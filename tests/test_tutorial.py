@@ -67,8 +67,8 @@ def insert(path, body, before=None, after=None):
 
 
 def scratch_copy(dest):
-    """The tracked files, plus what the README's build made: the core and
-    the guests (make rebuilds only what a step changes)."""
+    """The tracked files, plus what the README's build made: the core, the
+    compiled data path and the guests (make rebuilds only what a step changes)."""
     files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
                            check=True).stdout.decode().split("\0")
     for name in filter(None, files):
@@ -81,6 +81,10 @@ def scratch_copy(dest):
     for name in os.listdir(os.path.join(ROOT, "hv")):
         if name.startswith("_core") and name.endswith(".so"):
             shutil.copy2(os.path.join(ROOT, "hv", name), os.path.join(dest, "hv", name))
+    devices = os.path.join(ROOT, "hv", "devices")     # the compiled data path
+    for name in os.listdir(devices):
+        if name.endswith(".so"):
+            shutil.copy2(os.path.join(devices, name), os.path.join(dest, "hv", "devices", name))
 
 
 def test_blocks_are_recognised():

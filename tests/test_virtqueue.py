@@ -1,22 +1,34 @@
 """The device side of a split virtqueue (hv/devices/virtqueue.py) against a
 driver model (tests/models/virtqueue_ref.py): a Hypothesis state machine for
 well-behaved drivers, a table of malformed rings, a double-fetch test and
-random corruption of a valid ring.  Pure Python: no engine needed.
+random corruption of a valid ring.  No engine needed.
+
+Every test runs twice, on both copies of the data path
+(hv/devices/datapath.py): the pure-Python one and the one Cython compiled
+from the same files.  The same checks on both is how they are kept one.
 """
 import random
 import struct
+import types
 from collections import deque
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
-                                 rule)
-
-from hv.devices.guestmem import GuestMemory, GuestMemoryError
-from hv.devices.virtqueue import QueueError, SplitQueue, vring_need_event
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 from models import virtqueue_ref as ref
 from models.virtqueue_ref import INDIRECT, NEXT, WRITE, Driver
+
+from hv.devices import datapath
+from hv.devices.errors import GuestMemoryError, QueueError
+from hv.devices.virtqueue import vring_need_event
 
 MEM = 0x10000                      # guest RAM in these tests
 RING = 0x1000                      # the three ring parts start here
@@ -24,23 +36,70 @@ DATA, DATA_END = 0x3000, 0xF000    # the driver's buffers and indirect tables
 SIZES = [1, 2, 4, 8, 16, 256]
 
 
-class BoundedMemory(GuestMemory):
-    """Counts reads, and fails once a test's budget is spent: a device that
-    loops forever over the ring reads on every turn, so it fails, not hangs."""
-    budget = 10_000
+def memory_classes(GuestMemory):
+    """The test doubles of guest memory, over one data path's GuestMemory."""
 
-    def __init__(self, buf):
-        super().__init__(buf)
-        self.reads = 0
+    class BoundedMemory(GuestMemory):
+        """Counts reads, and fails once a test's budget is spent: a device that
+        loops forever over the ring reads on every turn, so it fails, not hangs."""
+        budget = 10_000
 
-    def read(self, gpa, n):
-        self.reads += 1
-        assert self.reads <= self.budget, "the device is reading without end"
-        return super().read(gpa, n)
+        def __init__(self, buf):
+            super().__init__(buf)
+            self.reads = 0
+
+        def read(self, gpa, n):
+            self.reads += 1
+            assert self.reads <= self.budget, "the device is reading without end"
+            return super().read(gpa, n)
+
+    class RewritingMemory(GuestMemory):
+        """Another vCPU that rewrites whatever the device has just read, and a log
+        of reads and writes.  A device that read anything twice would see the rewrite."""
+
+        def __init__(self, buf):
+            super().__init__(buf)
+            self.buf, self.reads, self.writes = buf, [], []
+
+        def read(self, gpa, n):
+            data = super().read(gpa, n)
+            self.reads.append((gpa, n))
+            self.buf[gpa:gpa + n] = bytes(b ^ 0xFF for b in data)
+            return data
+
+        def write(self, gpa, data):
+            super().write(gpa, data)
+            self.writes.append((gpa, len(data)))
+
+    return BoundedMemory, RewritingMemory
 
 
-def make_ring(size=4, event_idx=False, indirect=True, start=0, memory=BoundedMemory, seed=0, **kw):
-    """Guest RAM full of noise, a driver model, and the device's SplitQueue."""
+def use_data_path(name):
+    """Point this module's GuestMemory, SplitQueue and memory doubles at one
+    copy of the data path."""
+    global GuestMemory, SplitQueue, BoundedMemory, RewritingMemory
+    path = datapath.PURE if name == "pure" else datapath.COMPILED
+    if path is None:
+        pytest.fail(f"the compiled data path is missing: {datapath.WHY_NOT_COMPILED}")
+    GuestMemory, SplitQueue = path.GuestMemory, path.SplitQueue
+    BoundedMemory, RewritingMemory = memory_classes(GuestMemory)
+
+
+use_data_path("pure")
+
+
+@pytest.fixture(autouse=True, params=["pure", "compiled"])
+def data_path(request):
+    """Every test in this file runs on both copies of the data path."""
+    use_data_path(request.param)
+    yield request.param
+    use_data_path("pure")
+
+
+def make_ring(size=4, event_idx=False, indirect=True, start=0, memory=None, seed=0, **kw):
+    """Guest RAM full of noise, a driver model, and the device's SplitQueue
+    (over BoundedMemory unless `memory` says otherwise)."""
+    memory = memory or BoundedMemory
     mem = bytearray(random.Random(seed).randbytes(MEM))
     drv = Driver(mem, size, RING, DATA, DATA_END, event_idx, start)
     q = SplitQueue(memory(mem), size, drv.ring.desc, drv.ring.avail, drv.ring.used,
@@ -224,9 +283,10 @@ class RingMachine(RuleBasedStateMachine):
         assert self.bytes_outside() == self.outside, "a byte outside the ring and buffers changed"
 
 
-TestRingMachine = RingMachine.TestCase
-TestRingMachine.settings = settings(max_examples=250, stateful_step_count=50, deadline=None,
-                                    suppress_health_check=list(HealthCheck))
+def test_ring_machine():
+    run_state_machine_as_test(RingMachine, settings=settings(
+        max_examples=250, stateful_step_count=50, deadline=None,
+        suppress_health_check=list(HealthCheck)))
 
 
 # ---- spec corners a correct driver may use ---------------------------------------
@@ -435,25 +495,6 @@ def test_a_memory_fault_after_pop_halts_the_queue():
 
 
 # ---- double fetch: every guest byte is read once -----------------------------------
-class RewritingMemory(GuestMemory):
-    """Another vCPU that rewrites whatever the device has just read, and a log
-    of reads and writes.  A device that read anything twice would see the rewrite."""
-
-    def __init__(self, buf):
-        super().__init__(buf)
-        self.buf, self.reads, self.writes = buf, [], []
-
-    def read(self, gpa, n):
-        data = super().read(gpa, n)
-        self.reads.append((gpa, n))
-        self.buf[gpa:gpa + n] = bytes(b ^ 0xFF for b in data)
-        return data
-
-    def write(self, gpa, data):
-        super().write(gpa, data)
-        self.writes.append((gpa, len(data)))
-
-
 @pytest.mark.parametrize("indirect", [False, True])
 def test_pop_reads_each_guest_byte_once(indirect):
     mem, drv, q = make_ring(size=8, start=0xFFFF, memory=RewritingMemory)
@@ -522,3 +563,41 @@ def test_corrupted_ring_pops_valid_chains_or_raises_queue_error(case):
         assert chain.head < size and chain.writable_len < 2**32
         assert all(0 <= a and a + n <= MEM for a, n in chain.writable)
         seen = avail_idx
+
+
+# ---- pop(copy=N): the header copied, the payload left where it is ---------------------
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(readable=st.lists(st.binary(max_size=40), min_size=1, max_size=4),
+       copy=st.integers(0, 100), indirect=st.booleans())
+def test_pop_copy_splits_readable_bytes_at_n(readable, copy, indirect):
+    """chain.readable holds the first `copy` readable bytes; chain.uncopied
+    names the rest, in order, and views() of it reads them from guest RAM."""
+    mem, drv, q = make_ring(size=8)
+    drv.add(readable, [4], indirect=indirect)
+    chain = q.pop(copy)
+    data = b"".join(readable)
+    assert chain.readable == data[:copy]
+    assert b"".join(bytes(v) for v in q.views(chain.uncopied)) == data[copy:]
+    assert all(n > 0 for _, n in chain.uncopied)
+
+
+def test_views_are_checked_and_a_fault_halts_the_queue():
+    mem, drv, q = make_ring(size=4)
+    drv.add([b"r"], [8])
+    chain = q.pop()
+    (view,) = q.views(chain.writable)
+    view[:3] = b"abc"
+    assert mem[chain.writable[0][0]:chain.writable[0][0] + 3] == b"abc"
+    with pytest.raises(QueueError):
+        q.views([(MEM - 4, 8)])
+    assert q.halted
+
+
+def test_the_compiled_path_is_built_and_is_the_default(monkeypatch):
+    """make builds it; a device without a datapath= takes it."""
+    assert datapath.COMPILED is not None, datapath.WHY_NOT_COMPILED
+    monkeypatch.delenv("HV_DATAPATH", raising=False)
+    assert datapath.select() is datapath.COMPILED
+    assert datapath.COMPILED.SplitQueue.__module__ == "hv.devices._virtqueue_compiled"
+    assert not isinstance(datapath.COMPILED.SplitQueue.pop, types.FunctionType), "not compiled"
+    assert isinstance(datapath.PURE.SplitQueue.pop, types.FunctionType)

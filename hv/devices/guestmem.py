@@ -3,37 +3,37 @@ and only the frames the partition owns.
 
 Every access names a guest-physical range (gpa, n) and is checked before a
 byte moves: 0 <= gpa, 0 <= n, gpa + n <= size, written so that no sum can
-overflow in a C port.  A range outside guest RAM raises GuestMemoryError; a
-range that touches a frame the partition does not own (hv's boot area:
-csrc/memory.c keeps the owner of every frame, and the C core refuses the
-same ranges) or that the optional `allowed(gpa, n)` hook refuses raises
-NotGuestFrameError (a GuestMemoryError).  Either way nothing is read or
-written.  Reads return copies, so a caller that checks a value then uses it
-acts on one snapshot (XSA-155).
+overflow (the compiled copy does this arithmetic in C integers).  A range
+outside guest RAM raises GuestMemoryError; a range that touches a frame the
+partition does not own (hv's boot area: csrc/memory.c keeps the owner of
+every frame, and the C core refuses the same ranges) or that the optional
+`allowed(gpa, n)` hook refuses raises NotGuestFrameError (a
+GuestMemoryError).  Either way nothing is read or written.  Reads return
+copies, so a caller that checks a value then uses it acts on one snapshot
+(XSA-155); views() hands out checked windows into guest RAM for data the
+device only moves and never interprets (disk payloads: preadv/pwritev go
+straight between the file and guest RAM).
 
 Frame ownership is fixed once a device is added (the core refuses
 hv_partition_reserve after), so for_partition() copies
 the few ranges that are not the guest's once, and a check costs a compare
 per range rather than a call into the core.
+
+T:662 Compiled by Cython as hv.devices._guestmem_compiled (setup.py); the
+annotations are Cython's pure-Python mode, so this file also runs as it is
+(hv/devices/datapath.py picks the copy).
 """
+try:
+    import cython
+except ImportError:                 # the pure path where Cython is not installed
+    from hv.devices import cython_shim as cython
+
 from hv.abi import ffi, lib
+from hv.devices.errors import GuestMemoryError, NotGuestFrameError
+
+__all__ = ["GuestMemory", "GuestMemoryError", "NotGuestFrameError", "foreign_ranges"]
 
 MAX_FOREIGN_RANGES = 64     # hv reserves one range today (loader.py's boot area)
-
-
-class GuestMemoryError(ValueError):
-    """A guest-physical range outside guest RAM or refused by `allowed`."""
-
-    def __init__(self, gpa, length, why="is outside guest memory"):
-        super().__init__(f"guest range gpa={gpa:#x} length={length:#x} {why}")
-        self.gpa, self.length = gpa, length
-
-
-class NotGuestFrameError(GuestMemoryError):
-    """A range inside guest RAM that touches a frame the guest does not own."""
-
-    def __init__(self, gpa, length):
-        super().__init__(gpa, length, "is not the guest's")
 
 
 def foreign_ranges(p):
@@ -45,43 +45,73 @@ def foreign_ranges(p):
     return tuple((out[2 * i], out[2 * i + 1]) for i in range(n))
 
 
+@cython.cclass
 class GuestMemory:
-    """A writable buffer (Partition.memory(), or a bytearray in tests)."""
+    """A writable buffer (Partition.memory(), or a bytearray in tests).
+
+    Tests subclass it and override read() or write() (to count or to play
+    a racing vCPU); every other method goes through those two, so an
+    override sees every access on both the compiled and the pure path."""
+
+    size = cython.declare(cython.longlong, visibility="public")
+    _view = cython.declare(object)          # memoryview of unsigned bytes
+    _allowed = cython.declare(object)
+    _foreign = cython.declare(tuple)        # ((start, end), ...) not the guest's
 
     def __init__(self, buf, allowed=None, foreign=()):
         view = memoryview(buf)
         if view.readonly:
             raise ValueError("guest memory must be writable")
-        self._buf = view.cast("B")
-        self.size = len(self._buf)
+        self._view = view.cast("B")
+        self.size = len(self._view)
         self._allowed = allowed
-        self._foreign = tuple(foreign)      # ((start, end), ...) not the guest's
+        self._foreign = tuple(foreign)
 
     @classmethod
     def for_partition(cls, partition):
         """The RAM of a live hv.partition.Partition, minus the frames hv owns."""
         return cls(partition.memory(), foreign=foreign_ranges(partition._live()))
 
+    @cython.ccall
     def check(self, gpa, n):
         """Raise GuestMemoryError unless [gpa, gpa + n) may be accessed."""
+        # Python ints first: a guest value can be any 64-bit number, more
+        # than a C long long holds; past this test both fit.
         if gpa < 0 or n < 0 or n > self.size or gpa > self.size - n:
             raise GuestMemoryError(gpa, n)
+        start: cython.longlong
+        end: cython.longlong
+        at: cython.longlong = gpa
+        length: cython.longlong = n
         for start, end in self._foreign:
-            if gpa < end and start < gpa + n:
+            if at < end and start < at + length:
                 raise NotGuestFrameError(gpa, n)
         if self._allowed is not None and not self._allowed(gpa, n):
             raise NotGuestFrameError(gpa, n)
 
-    def read(self, gpa, n):
+    @cython.ccall
+    def read(self, gpa, n) -> bytes:
         self.check(gpa, n)
-        return bytes(self._buf[gpa:gpa + n])
+        return bytes(self._view[gpa:gpa + n])
 
+    @cython.ccall
     def write(self, gpa, data):
-        self.check(gpa, len(data))
-        self._buf[gpa:gpa + len(data)] = data
+        n: cython.Py_ssize_t = len(data)
+        self.check(gpa, n)
+        self._view[gpa:gpa + n] = data
 
-    def read_u16(self, gpa):
-        return int.from_bytes(self.read(gpa, 2), "little")
+    def views(self, ranges):
+        """Checked windows [(gpa, len), ...] into guest RAM, for data the
+        device moves but never reads (it may change under the device: the
+        guest's own business).  All are checked before any is returned."""
+        for gpa, n in ranges:
+            self.check(gpa, n)
+        return [self._view[gpa:gpa + n] for gpa, n in ranges]
+
+    @cython.ccall
+    def read_u16(self, gpa) -> cython.uint:
+        d: bytes = self.read(gpa, 2)
+        return d[0] | d[1] << 8
 
     def read_u32(self, gpa):
         return int.from_bytes(self.read(gpa, 4), "little")
@@ -89,8 +119,9 @@ class GuestMemory:
     def read_u64(self, gpa):
         return int.from_bytes(self.read(gpa, 8), "little")
 
+    @cython.ccall
     def write_u16(self, gpa, value):
-        self.write(gpa, value.to_bytes(2, "little"))
+        self.write(gpa, (value & 0xFFFF).to_bytes(2, "little"))
 
     def write_u32(self, gpa, value):
         self.write(gpa, value.to_bytes(4, "little"))

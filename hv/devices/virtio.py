@@ -21,8 +21,8 @@ import threading
 import time
 
 from hv.abi import ffi, lib
-from hv.devices.guestmem import GuestMemory
-from hv.devices.virtqueue import QueueError, SplitQueue
+from hv.devices import datapath as datapaths
+from hv.devices.errors import QueueError
 from hv.log import log
 
 # Feature bits (virtio 1.2, section 6) every hv device offers, and status
@@ -57,8 +57,11 @@ class VirtioDevice:
     # Chain.refused), False if the ring is broken (DEVICE_NEEDS_RESET).
     REFUSES_FOREIGN_BUFFERS = False
 
-    def __init__(self, name):
+    def __init__(self, name, datapath=None):
+        """datapath: "compiled", "pure" or None, the copy of the data path
+        this device runs (hv/devices/datapath.py)."""
         self.name = name
+        self.datapath = datapaths.select(datapath)
         self.partition = None
         self.slot = None
         self.errors = 0             # bad requests and broken rings seen
@@ -79,7 +82,7 @@ class VirtioDevice:
 
     def attach(self, partition, slot):
         self.partition, self.slot = partition, slot
-        self._mem = GuestMemory.for_partition(partition)
+        self._mem = self.datapath.GuestMemory.for_partition(partition)
         flags = os.EFD_CLOEXEC | os.EFD_NONBLOCK
         self.queue_fds = [os.eventfd(0, flags) for _ in range(self.QUEUES)]
         self.control_fd = os.eventfd(0, flags)
@@ -159,7 +162,7 @@ class VirtioDevice:
 
     def _make_queue(self, s, q):
         try:
-            return SplitQueue(self._mem, q.num, q.desc, q.avail, q.used,
+            return self.datapath.SplitQueue(self._mem, q.num, q.desc, q.avail, q.used,
                               event_idx=bool(s.driver_features & VIRTIO_F_RING_EVENT_IDX),
                               indirect=bool(s.driver_features & VIRTIO_F_RING_INDIRECT_DESC),
                               refuse_foreign=self.REFUSES_FOREIGN_BUFFERS)

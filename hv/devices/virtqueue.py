@@ -19,6 +19,11 @@ producer index halts the ring, it is not processed).  A failing pop() writes
 nothing to guest memory and consumes nothing.  Mistakes of the calling
 device (a head >= size, more bytes than the chain holds) raise ValueError.
 
+T:664 Compiled by Cython as hv.devices._virtqueue_compiled (setup.py); the
+annotations are Cython's pure-Python mode, so this same file is also the
+pure-Python path (hv/devices/datapath.py picks one; the reference-model
+tests run both).
+
 Use from a device, for one kick (2.7.10, notification suppression):
 
     q.disable_kicks()
@@ -30,13 +35,21 @@ Use from a device, for one kick (2.7.10, notification suppression):
     if q.should_notify():
         interrupt the guest
 """
+try:
+    import cython
+except ImportError:                 # the pure path where Cython is not installed
+    from hv.devices import cython_shim as cython
+
 import struct
 from collections import namedtuple
 
-from hv.devices.guestmem import GuestMemoryError, NotGuestFrameError
+from hv.devices.errors import GuestMemoryError, NotGuestFrameError, QueueError
+
+__all__ = ["Chain", "QueueError", "SplitQueue", "vring_need_event", "first_bytes"]
 
 DESC = struct.Struct("<QIHH")          # struct virtq_desc: addr, len, flags, next (2.7.5)
 USED_ELEM = struct.Struct("<II")       # struct virtq_used_elem: id, len (2.7.8)
+DESC_SIZE, USED_ELEM_SIZE = 16, 8      # DESC.size, USED_ELEM.size as C constants
 DESC_F_NEXT, DESC_F_WRITE, DESC_F_INDIRECT = 1, 2, 4
 AVAIL_F_NO_INTERRUPT = 1               # avail.flags: driver needs no interrupt (2.7.7)
 USED_F_NO_NOTIFY = 1                   # used.flags: device needs no kick (2.7.10)
@@ -44,20 +57,23 @@ MAX_QUEUE_SIZE = 32768                 # 2.7: a power of 2, at most 32768
 MAX_CHAIN_BYTES = 1 << 32              # 2.7.5.2: no chain longer than 2^32 bytes
 MAX_READABLE = 16 << 20                # default bound on bytes one pop() copies (XSA-392)
 
+
 class Chain(namedtuple("Chain", "head readable writable writable_len")):
     """One popped request: the head descriptor index (its id in the used
     ring), the readable bytes as copied once, the writable buffers as
-    ((gpa, len), ...) in chain order, and their total length.  `refused`
-    lists buffers in frames the guest does not own, when the queue was built
-    with refuse_foreign=True: then nothing readable was copied (readable is
-    b""), and the device answers the request with an error of its own (blk:
-    IOERR).  It is an attribute, not a field: a chain still unpacks as four."""
+    ((gpa, len), ...) in chain order, and their total length.
+
+    Two attributes, not fields (a chain still unpacks as four):
+    `uncopied` lists the readable buffers past the bytes pop(copy=N) copied,
+    as ((gpa, len), ...), for data the device passes on without reading it
+    (a disk write's payload, written to the file straight from guest RAM).
+    `refused` lists buffers in frames the guest does not own, when the
+    queue was built with refuse_foreign=True: then nothing readable was
+    copied (readable is b""), and the device answers the request with an
+    error of its own (blk: IOERR)."""
 
     refused = ()
-
-
-class QueueError(ValueError):
-    """The guest broke the ring; the queue is halted until reset."""
+    uncopied = ()
 
 
 def vring_need_event(event, new, old):
@@ -66,8 +82,47 @@ def vring_need_event(event, new, old):
     return (new - event - 1) & 0xFFFF < (new - old) & 0xFFFF
 
 
+def first_bytes(ranges, n):
+    """The part of ((gpa, len), ...) that holds its first n bytes."""
+    out = []
+    for gpa, length in ranges:
+        if n <= 0:
+            break
+        take = min(length, n)
+        out.append((gpa, take))
+        n -= take
+    return out
+
+
+def past_bytes(ranges, n):
+    """The part of ((gpa, len), ...) past its first n bytes."""
+    out = []
+    for gpa, length in ranges:
+        skip = min(length, n)
+        n -= skip
+        if length > skip:
+            out.append((gpa + skip, length - skip))
+    return out
+
+
+@cython.cclass
 class SplitQueue:
     """The device's view of one split virtqueue at guest-physical desc/avail/used."""
+
+    mem = cython.declare(object, visibility="public")       # a GuestMemory
+    size = cython.declare(cython.uint, visibility="public")
+    desc = cython.declare(cython.ulonglong, visibility="public")
+    avail = cython.declare(cython.ulonglong, visibility="public")
+    used = cython.declare(cython.ulonglong, visibility="public")
+    event_idx = cython.declare(cython.bint, visibility="public")
+    indirect = cython.declare(cython.bint, visibility="public")
+    refuse_foreign = cython.declare(cython.bint, visibility="public")
+    max_readable = cython.declare(cython.longlong, visibility="public")
+    last_avail = cython.declare(cython.uint, visibility="public")   # next avail.ring entry to consume
+    used_idx = cython.declare(cython.uint, visibility="public")     # what we last stored in used.idx
+    _seen_avail = cython.declare(cython.uint)       # avail.idx as last read
+    _signalled = cython.declare(cython.uint)        # used_idx at the last should_notify()
+    halted = cython.declare(object, visibility="public")   # why, once the guest broke the ring
 
     def __init__(self, mem, size, desc, avail, used, event_idx=False, indirect=False,
                  last_avail=0, used_idx=0, max_readable=MAX_READABLE, refuse_foreign=False):
@@ -82,9 +137,9 @@ class SplitQueue:
             raise QueueError(f"queue size {size} is not a power of 2 up to {MAX_QUEUE_SIZE}")
         # 2.7: part, alignment, size in bytes (the avail and used rings end
         # with used_event and avail_event, present whether EVENT_IDX is on or not).
-        for name, gpa, align, length in (("descriptor table", desc, 16, DESC.size * size),
+        for name, gpa, align, length in (("descriptor table", desc, 16, DESC_SIZE * size),
                                          ("available ring", avail, 2, 6 + 2 * size),
-                                         ("used ring", used, 4, 6 + USED_ELEM.size * size)):
+                                         ("used ring", used, 4, 6 + USED_ELEM_SIZE * size)):
             if gpa % align:
                 raise QueueError(f"{name} at {gpa:#x} is not {align}-byte aligned")
             try:
@@ -96,46 +151,45 @@ class SplitQueue:
         self.event_idx, self.indirect = event_idx, indirect
         self.max_readable = max_readable
         self.refuse_foreign = refuse_foreign
-        self.last_avail = last_avail & 0xFFFF    # next avail.ring entry to consume
-        self.used_idx = used_idx & 0xFFFF        # what we last stored in used.idx
-        self._seen_avail = self.last_avail       # avail.idx as last read
-        self._signalled = self.used_idx          # used_idx at the last should_notify()
-        self.halted = None                       # why, once the guest broke the ring
+        self.last_avail = last_avail & 0xFFFF
+        self.used_idx = used_idx & 0xFFFF
+        self._seen_avail = self.last_avail
+        self._signalled = self.used_idx
+        self.halted = None
 
     # -- the four places in guest memory the device reads or writes --------
-    def _used_event(self):
+    @cython.cfunc
+    def _used_event(self) -> cython.ulonglong:
         return self.avail + 4 + 2 * self.size    # after avail.ring[size] (2.7.6)
 
-    def _avail_event(self):
-        return self.used + 4 + USED_ELEM.size * self.size   # after used.ring[size] (2.7.8)
+    @cython.cfunc
+    def _avail_event(self) -> cython.ulonglong:
+        return self.used + 4 + USED_ELEM_SIZE * self.size   # after used.ring[size] (2.7.8)
 
-    def _guest_access(self):
-        """Every public operation runs in here: a halted queue refuses work,
-        and any guest fault halts it."""
+    # Every public operation starts with _refuse_if_halted() and turns a
+    # guest fault into a halted queue with _halt() (try/except costs nothing
+    # until something is raised; a `with` block per call did).
+    @cython.cfunc
+    def _refuse_if_halted(self):
         if self.halted:
             raise QueueError(f"queue halted: {self.halted}")
-        return self
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, error, tb):
-        # A plain class rather than @contextmanager: this runs several times
-        # per request, and a generator per call costs more than the checks.
-        if isinstance(error, GuestMemoryError):
-            self.halted = str(error)
-            raise QueueError(str(error)) from error
-        if isinstance(error, QueueError):
-            self.halted = str(error)
-        return False
+    @cython.cfunc
+    def _halt(self, error):
+        """The queue is halted by `error`: the QueueError to raise for it."""
+        self.halted = str(error)
+        return error if isinstance(error, QueueError) else QueueError(str(error))
 
     # -- taking requests ---------------------------------------------------
-    def pop(self):
-        """The next available Chain, or None if the driver has offered none."""
-        with self._guest_access():
-            avail_idx = self.mem.read_u16(self.avail + 2)         # read once (2.7.6)
-            pending = (avail_idx - self.last_avail) & 0xFFFF
-            seen = (self._seen_avail - self.last_avail) & 0xFFFF
+    def pop(self, copy=None):
+        """The next available Chain, or None if the driver has offered none.
+        copy=N copies only the first N readable bytes into chain.readable and
+        leaves the rest as chain.uncopied ranges (checked, in guest RAM)."""
+        self._refuse_if_halted()
+        try:
+            avail_idx: cython.uint = self.mem.read_u16(self.avail + 2)     # read once (2.7.6)
+            pending: cython.uint = (avail_idx - self.last_avail) & 0xFFFF
+            seen: cython.uint = (self._seen_avail - self.last_avail) & 0xFFFF
             # The driver only moves avail.idx forward, and never more than `size`
             # ahead of us: the ring has `size` entries (2.7.6).  Else it is bogus.
             if pending > self.size or pending < seen:
@@ -144,27 +198,24 @@ class SplitQueue:
             if pending == 0:
                 return None
             head = self.mem.read_u16(self.avail + 4 + 2 * (self.last_avail % self.size))
-            chain = self._walk(head)
-            self._seen_avail = avail_idx
-            self.last_avail = (self.last_avail + 1) & 0xFFFF
-            return chain
+            chain = self._walk(head, copy)
+        except GuestMemoryError as e:
+            raise self._halt(e) from e
+        except QueueError as e:
+            self._halt(e)
+            raise
+        self._seen_avail = avail_idx
+        self.last_avail = (self.last_avail + 1) & 0xFFFF
+        return chain
 
-    def _walk(self, head):
+    @cython.cfunc
+    def _walk(self, head, copy):
         """Follow the chain at `head`, check it whole, then copy its readable bytes."""
         buffers = []                                              # (gpa, len, writable)
-        for addr, length, flags in self._follow(head, self.size, self._read_desc):
-            if flags & DESC_F_INDIRECT:
-                # Last in the chain (_indirect_table refuses NEXT); its entries
-                # chain from entry 0, with indices into the table (2.7.5.3).
-                table = self._indirect_table(addr, length, flags)
-                for entry in self._follow(0, len(table) // DESC.size,
-                                          lambda i: DESC.unpack_from(table, i * DESC.size)):
-                    if entry[2] & DESC_F_INDIRECT:
-                        raise QueueError("an indirect table holds an INDIRECT descriptor (2.7.5.3.1)")
-                    buffers.append((entry[0], entry[1], entry[2] & DESC_F_WRITE))
-            else:
-                buffers.append((addr, length, flags & DESC_F_WRITE))
-        readable, writable, refused, total = [], [], [], 0
+        self._follow(head, self.size, None, buffers)
+        readable, writable, refused = [], [], []
+        total: cython.longlong = 0
+        readable_len: cython.longlong = 0
         for addr, length, is_writable in buffers:
             try:
                 self.mem.check(addr, length)
@@ -179,36 +230,57 @@ class SplitQueue:
                 raise QueueError("a readable descriptor follows a writable one (2.7.4.2)")
             else:
                 readable.append((addr, length))
+                readable_len += length
         if total > MAX_CHAIN_BYTES:
             raise QueueError(f"chain of {total} bytes is longer than 2^32 (2.7.5.2)")
-        readable_len = sum(length for _, length in readable)
         if readable_len > self.max_readable:
             raise QueueError(f"chain has {readable_len} readable bytes, more than {self.max_readable}")
         if refused:
             chain = Chain(head, b"", tuple(writable), total - readable_len)
             chain.refused = tuple(refused)
             return chain
-        data = b"".join(self.mem.read(addr, length) for addr, length in readable)
-        return Chain(head, data, tuple(writable), total - readable_len)
+        uncopied = ()
+        if copy is not None and readable_len > copy:
+            copied = first_bytes(readable, copy)
+            uncopied = tuple(past_bytes(readable, copy))
+            readable = copied
+        data = b"".join([self.mem.read(addr, length) for addr, length in readable])
+        chain = Chain(head, data, tuple(writable), total - readable_len)
+        if uncopied:
+            chain.uncopied = uncopied
+        return chain
 
-    def _read_desc(self, i):
-        return DESC.unpack(self.mem.read(self.desc + i * DESC.size, DESC.size))
-
-    @staticmethod
-    def _follow(i, count, read):
-        """Yield (addr, len, flags) along NEXT links from entry i of a table of
-        `count` descriptors, reading each visited entry once.  A chain can
-        hold at most `count` descriptors, so one more is a loop (2.7.5.2)."""
+    @cython.cfunc
+    def _follow(self, first, count: cython.uint, table, buffers: list):
+        """Append (addr, len, writable) along NEXT links from entry `first` of
+        a table of `count` descriptors -- the ring's own (table None: each
+        visited entry read from guest memory once) or an indirect table's
+        copy -- with the entries of an indirect table in its place.  A chain
+        can hold at most `count` descriptors, so one more is a loop (2.7.5.2)."""
+        i = first
         for _ in range(count):
             if i >= count:
                 raise QueueError(f"descriptor index {i} is outside a table of {count}")
-            addr, length, flags, nxt = read(i)
-            yield addr, length, flags
+            if table is None:
+                addr, length, flags, nxt = DESC.unpack(self.mem.read(self.desc + DESC_SIZE * i,
+                                                                     DESC_SIZE))
+            else:
+                addr, length, flags, nxt = DESC.unpack_from(table, DESC_SIZE * i)
+            if flags & DESC_F_INDIRECT:
+                if table is not None:
+                    raise QueueError("an indirect table holds an INDIRECT descriptor (2.7.5.3.1)")
+                # Last in the chain (_indirect_table refuses NEXT); its entries
+                # chain from entry 0, with indices into the table (2.7.5.3).
+                entries = self._indirect_table(addr, length, flags)
+                self._follow(0, len(entries) // DESC_SIZE, entries, buffers)
+            else:
+                buffers.append((addr, length, flags & DESC_F_WRITE))
             if not flags & DESC_F_NEXT:
                 return
             i = nxt
         raise QueueError(f"descriptor chain longer than {count} (a loop?)")
 
+    @cython.cfunc
     def _indirect_table(self, addr, length, flags):
         """Copy an indirect table once: a nonzero multiple of 16 bytes, at most
         `size` entries, never combined with NEXT; its WRITE flag means
@@ -217,8 +289,8 @@ class SplitQueue:
             raise QueueError("INDIRECT descriptor without VIRTIO_F_INDIRECT_DESC")
         if flags & DESC_F_NEXT:
             raise QueueError("INDIRECT descriptor with NEXT (2.7.5.3.1)")
-        if length == 0 or length % DESC.size or length > DESC.size * self.size:
-            raise QueueError(f"indirect table of {length} bytes: not 16..{DESC.size * self.size} "
+        if length == 0 or length % DESC_SIZE or length > DESC_SIZE * self.size:
+            raise QueueError(f"indirect table of {length} bytes: not 16..{DESC_SIZE * self.size} "
                              "in multiples of 16")
         return self.mem.read(addr, length)
 
@@ -229,7 +301,8 @@ class SplitQueue:
         Every range is checked before the first byte moves: a fault writes nothing."""
         if offset < 0:
             raise ValueError(f"offset {offset} is negative")
-        with self._guest_access():
+        self._refuse_if_halted()
+        try:
             pieces, done = [], 0
             for gpa, length in chain.writable:
                 skip = min(offset, length)
@@ -243,60 +316,88 @@ class SplitQueue:
             for gpa, piece in pieces:
                 self.mem.write(gpa, piece)
             return done
+        except GuestMemoryError as e:
+            raise self._halt(e) from e
+
+    def views(self, ranges):
+        """Checked memoryviews of guest RAM for ((gpa, len), ...) -- a chain's
+        writable or uncopied buffers -- to read a file into or write one
+        from (os.preadv/os.pwritev: no copy in between, the GIL released)."""
+        self._refuse_if_halted()
+        try:
+            return self.mem.views(ranges)
+        except GuestMemoryError as e:
+            raise self._halt(e) from e
 
     def push(self, chain_or_head, written):
         """Give a chain back: used.ring[used.idx % size] = (head, written),
         then used.idx + 1 -- the element before the index (2.7.8.2)."""
-        head = chain_or_head.head if isinstance(chain_or_head, Chain) else chain_or_head
+        is_chain = isinstance(chain_or_head, Chain)
+        head = chain_or_head.head if is_chain else chain_or_head
         if not 0 <= head < self.size:
             raise ValueError(f"head {head} is outside a queue of {self.size}")
-        limit = chain_or_head.writable_len if isinstance(chain_or_head, Chain) else 0xFFFFFFFF
+        limit = chain_or_head.writable_len if is_chain else 0xFFFFFFFF
         if not 0 <= written <= min(limit, 0xFFFFFFFF):
             raise ValueError(f"{written} bytes written, but the chain holds {limit}")
-        with self._guest_access():
-            slot = self.used + 4 + USED_ELEM.size * (self.used_idx % self.size)
+        self._refuse_if_halted()
+        try:
+            slot = self.used + 4 + USED_ELEM_SIZE * (self.used_idx % self.size)
             self.mem.write(slot, USED_ELEM.pack(head, written))
             # x86 keeps stores in order; a C port needs a write barrier here.
-            new_idx = (self.used_idx + 1) & 0xFFFF
+            new_idx: cython.uint = (self.used_idx + 1) & 0xFFFF
             self.mem.write_u16(self.used + 2, new_idx)
             self.used_idx = new_idx
+        except GuestMemoryError as e:
+            raise self._halt(e) from e
 
     # -- notification suppression ----------------------------------------
     def should_notify(self):
         """After push()es: must the device interrupt the driver?  (2.7.7.2)
         Call once per batch; it compares used.idx with its value at the last call."""
-        with self._guest_access():
+        self._refuse_if_halted()
+        try:
             old, new = self._signalled, self.used_idx
             self._signalled = new
             if self.event_idx:
                 # avail.flags is ignored; notify if used.idx crossed used_event.
                 return vring_need_event(self.mem.read_u16(self._used_event()), new, old)
             return new != old and not self.mem.read_u16(self.avail) & AVAIL_F_NO_INTERRUPT
+        except GuestMemoryError as e:
+            raise self._halt(e) from e
 
     def disable_kicks(self):
         """Advise the driver not to notify us of new buffers; a hint (2.7.10)."""
-        with self._guest_access():
+        self._refuse_if_halted()
+        try:
             if self.event_idx:
                 # The driver kicks when avail.idx crosses avail_event; one
                 # behind what we consumed lies behind every index it can reach.
                 self.mem.write_u16(self._avail_event(), (self.last_avail - 1) & 0xFFFF)
             else:
                 self.mem.write_u16(self.used, USED_F_NO_NOTIFY)
+        except GuestMemoryError as e:
+            raise self._halt(e) from e
 
     def pending(self):
         """Has the driver offered buffers we have not popped?  (Reads avail.idx
         only; pop() does the checking.)"""
-        with self._guest_access():
+        self._refuse_if_halted()
+        try:
             return self.mem.read_u16(self.avail + 2) != self.last_avail
+        except GuestMemoryError as e:
+            raise self._halt(e) from e
 
     def enable_kicks(self):
         """Ask for kicks again, then look once more: the driver may have added
         buffers while kicks were off, and will not kick for them.  Returns
         True if buffers are pending (pop them rather than wait for a kick)."""
-        with self._guest_access():
+        self._refuse_if_halted()
+        try:
             if self.event_idx:
                 self.mem.write_u16(self._avail_event(), self.last_avail)   # kick at the next one
             else:
                 self.mem.write_u16(self.used, 0)
             # A C port needs a full barrier here: the store above before the load below.
             return self.mem.read_u16(self.avail + 2) != self.last_avail
+        except GuestMemoryError as e:
+            raise self._halt(e) from e

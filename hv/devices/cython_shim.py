@@ -1,0 +1,30 @@
+"""Stand-in for the `cython` module where Cython is not installed (an
+installed wheel: its compiled copies never import it), so the pure-Python
+data path still imports.  It gives the names hv's annotated modules use
+the meaning they have when run uncompiled: types are Python's, decorators
+change nothing.
+"""
+compiled = False
+
+# C types used in annotations: uncompiled, they are plain Python ints.
+int = long = longlong = ulonglong = uint = ushort = uchar = Py_ssize_t = size_t = bint = int
+
+
+def declare(*args, **kwargs):
+    """A typed attribute or variable: uncompiled, just a Python name."""
+    return None
+
+
+def _same(f=None, *args, **kwargs):
+    return f if callable(f) else _same
+
+
+cclass = cfunc = ccall = inline = final = _same
+
+
+def locals(**kwargs):
+    return _same
+
+
+def exceptval(*args, **kwargs):
+    return _same
