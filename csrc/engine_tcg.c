@@ -270,10 +270,19 @@ void tcg_request_stop(struct tcg_vcpu *c, enum tcg_stop why)
         c->stop = why;
 }
 
+/* STI and MOV/POP SS hold interrupts off until the next instruction has
+ * run (SDM vol. 3, 6.8.3).  QEMU marks that in hflags and translates that
+ * instruction as a block of its own, so the shadow is over at the block
+ * start after it.  Read only when an interrupt waits: a context save. */
+static int tcg_in_shadow(struct tcg_vcpu *c)
+{
+    return !!(tcg_hflags(c) & TCG_HF_INHIBIT_IRQ);
+}
+
 /* T:481 Before the first instruction of every translation block: the one
  * place the emulator stops for a kick, a hook's request, or an upcall that
  * became deliverable because the guest set IF (STI, POPF and IRET end their
- * block, so the next block start sees the new IF). */
+ * block, so the next block start sees the new IF -- after STI's shadow). */
 static void tcg_on_block(uc_engine *uc, uint64_t address, uint32_t size, void *user)
 {
     struct tcg_vcpu *c = user;
@@ -282,7 +291,8 @@ static void tcg_on_block(uc_engine *uc, uint64_t address, uint32_t size, void *u
         uc_emu_stop(uc);
         return;
     }
-    if (c->host->interrupt_waiting(c->owner) && (tcg_read_reg(uc, UC_X86_REG_RFLAGS) & RFLAGS_IF)) {
+    if (c->host->interrupt_waiting(c->owner) && (tcg_read_reg(uc, UC_X86_REG_RFLAGS) & RFLAGS_IF) &&
+        !tcg_in_shadow(c)) {
         c->stop = STOP_LOOP;
         uc_emu_stop(uc);
     }
@@ -518,7 +528,7 @@ static int tcg_run(void *vp, struct engine_exit *exit)
 
 static int tcg_interruptible(void *vp)
 {
-    return !!(tcg_regs(vp)->rflags & RFLAGS_IF);
+    return (tcg_regs(vp)->rflags & RFLAGS_IF) && !tcg_in_shadow(vp);
 }
 
 static void tcg_request_window(void *vp, int on)

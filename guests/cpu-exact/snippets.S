@@ -176,6 +176,32 @@ at write_cr8_insn
     mov     %rax, %cr8
     ret
 
+/* ---- STI's interrupt shadow (main.c: an upcall is pending, IF=0) ---- */
+    .globl shadow_entry, shadow_seen_rip
+shadow_entry:                       /* the event vector: note where it struck */
+    push    %rax
+    mov     8(%rsp), %rax           /* the interrupted RIP */
+    cmpq    $0, shadow_seen_rip(%rip)
+    jne     1f
+    mov     %rax, shadow_seen_rip(%rip)
+1:  pop     %rax
+    jmp     event_entry
+snippet sti_nop
+    sti
+at sti_nop_shadowed
+    nop                             /* runs before the upcall */
+at sti_nop_after
+    nop
+    cli
+    ret
+snippet sti_hlt
+    sti
+at sti_hlt_insn
+    hlt                             /* the upcall wakes it: taken after the hlt */
+at sti_hlt_after
+    cli
+    ret
+
 /* ---- SYSCALL / SYSRET ---- */
     .globl syscall_seen_rcx, syscall_seen_r11, syscall_seen_cs, syscall_seen_ss
     .globl syscall_seen_rflags, sysret_seen_cs, sysret_seen_ss
@@ -215,6 +241,7 @@ at sysret_noncanonical_insn
     .bss
     .balign 8
 cr_value:            .skip 8
+shadow_seen_rip:     .skip 8
 syscall_seen_rcx:    .skip 8
 syscall_seen_r11:    .skip 8
 syscall_seen_cs:     .skip 8
