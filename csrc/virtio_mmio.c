@@ -10,6 +10,12 @@
  * control eventfd.  The parent's backend then walks the queue in guest
  * memory, and signals completion with hv_virtio_interrupt(), which raises
  * the device's hv event.  On KVM a kick is an ioeventfd: no exit at all.
+ *
+ * T:577 A guest without an hv event page (a stock kernel) gets a device's
+ * interrupt as a PC device's instead: slots below HV_VIRTIO_IRQ_SLOTS drive
+ * IOAPIC pin HV_VIRTIO_IRQ_BASE + slot, a level-triggered line that is high
+ * while InterruptStatus is non-zero (hv/acpi.py describes the pin in the
+ * DSDT).  The driver's InterruptACK (or a reset) lowers it.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -36,6 +42,7 @@ struct virtio_dev {
      * an old request can only land in the old rings. */
     int rings_held;
     uint32_t status_before_reset;   /* what Status reads while s.reset_pending */
+    int irq_line;                   /* the IOAPIC pin's level, last told to it */
 };
 
 static void signal_fd(int fd)
@@ -115,6 +122,19 @@ int hv_virtio_state(struct hv_partition *p, uint32_t slot, struct hv_virtio_stat
     return 0;
 }
 
+/* The device's IOAPIC line follows InterruptStatus (d->lock held; the
+ * platform lock nests inside it, never the other way round). */
+static void update_irq_line(struct hv_partition *p, uint32_t slot, struct virtio_dev *d)
+{
+    int level = d->s.interrupt_status != 0;
+    if (slot >= HV_VIRTIO_IRQ_SLOTS || level == d->irq_line)
+        return;
+    d->irq_line = level;
+    pthread_mutex_lock(&p->platform->lock);
+    ioapic_set_line(p, HV_VIRTIO_IRQ_BASE + slot, level);
+    pthread_mutex_unlock(&p->platform->lock);
+}
+
 int hv_virtio_interrupt(struct hv_partition *p, uint32_t slot, uint32_t bits)
 {
     struct virtio_dev *d = device(p, slot);
@@ -124,9 +144,15 @@ int hv_virtio_interrupt(struct hv_partition *p, uint32_t slot, uint32_t bits)
     d->s.interrupt_status |= bits;
     uint32_t event = d->s.event;
     pthread_mutex_unlock(&d->lock);
-    /* No event page: the guest polls its used rings; nothing to raise. */
     int err = event_raise(p, event);
-    return err == -HV_EPERM ? 0 : err;
+    if (err != -HV_EPERM)
+        return err;
+    /* No event page: the IOAPIC pin, for a guest that took it from ACPI;
+     * one that uses neither polls its used rings. */
+    pthread_mutex_lock(&d->lock);
+    update_irq_line(p, slot, d);
+    pthread_mutex_unlock(&d->lock);
+    return 0;
 }
 
 int hv_virtio_set_config(struct hv_partition *p, uint32_t slot, const uint8_t *config, uint32_t len)
@@ -321,9 +347,11 @@ int virtio_mmio_access(struct hv_partition *p, uint64_t addr, uint32_t size,
             for (uint32_t i = 0; i < size && at + i < d->s.config_len; i++)
                 *value |= (uint64_t)d->s.config[at + i] << (8 * i);
     } else if (size == 4 && off % 4 == 0) {
-        if (write)
+        if (write) {
             fd = write_reg(d, off, (uint32_t)*value);
-        else
+            if (d->irq_line)
+                update_irq_line(p, slot, d);    /* an ACK or a reset lowers it */
+        } else
             *value = read_reg(d, off);
     }
     pthread_mutex_unlock(&d->lock);

@@ -14,7 +14,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE_DIR = os.path.join(ROOT, "build", "linux")
-FILES = ("vmlinux", "initramfs.cpio", "fixture.json")
+FILES = ("vmlinux", "initramfs.cpio", "rootfs.ext4", "fixture.json")
 
 
 def load_fixture_tool():
@@ -33,7 +33,8 @@ _failure = None
 
 
 def linux_fixture():
-    """{'vmlinux': path, 'initramfs': path, 'info': fixture.json as a dict}."""
+    """{'vmlinux': path, 'initramfs': path, 'rootfs': path (the ext4 image:
+    copy it before booting from it), 'info': fixture.json as a dict}."""
     global _failure
     if not fixture_built() and _failure is None:
         r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "linux-fixture"),
@@ -47,4 +48,30 @@ def linux_fixture():
     with open(os.path.join(FIXTURE_DIR, "fixture.json")) as f:
         info = json.load(f)
     return {"vmlinux": os.path.join(FIXTURE_DIR, "vmlinux"),
-            "initramfs": os.path.join(FIXTURE_DIR, "initramfs.cpio"), "info": info}
+            "initramfs": os.path.join(FIXTURE_DIR, "initramfs.cpio"),
+            "rootfs": os.path.join(FIXTURE_DIR, "rootfs.ext4"), "info": info}
+
+
+def host_tsc_khz():
+    """The TSC rate hv's CPUID 0x15 reports (TSC = crystal * EBX / EAX):
+    the host's, which QEMU's TCG RDTSC reads too."""
+    from hv.abi import ffi, lib
+    pp = ffi.new("struct hv_partition **")
+    assert lib.hv_partition_create(lib.HV_ENGINE_NONE, 4 << 20, pp) == 0
+    try:
+        r = ffi.new("uint32_t[4]")
+        assert lib.hv_test_cpuid(pp[0], 0x15, 0, r) == 1
+        return r[2] * r[1] // r[0] // 1000
+    finally:
+        lib.hv_partition_destroy(pp[0])
+
+
+def qemu_microvm_command(vmlinux, initramfs, mem, cmdline):
+    """Stock QEMU's microvm on TCG with ACPI, the peer of an hv boot.
+    Its hardware-reduced platform has no PIT (pit=on adds one) and its TCG
+    CPU no CPUID 0x15, so Linux would calibrate the TSC against the PIT,
+    which fails on a loaded host ("Marking TSC unstable") and stalls the
+    boot: tsc_early_khz gives it the rate hv's CPUID names."""
+    return ["qemu-system-x86_64", "-M", "microvm,acpi=on,pit=on", "-accel", "tcg", "-m", mem,
+            "-nodefaults", "-nographic", "-no-reboot", "-serial", "stdio", "-kernel", vmlinux,
+            "-initrd", initramfs, "-append", f"{cmdline} tsc_early_khz={host_tsc_khz()}"]

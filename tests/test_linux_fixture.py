@@ -1,6 +1,7 @@
-"""tools/linux-fixture: bzImage payload extraction and the newc initramfs
-writer, on synthetic inputs (no network), then the real fixture: Debian's
-vmlinux has the PVH note and hv's loader takes it quickly."""
+"""tools/linux-fixture: bzImage payload extraction, the newc initramfs
+writer and the module dependency order, on synthetic inputs (no network),
+then the real fixture: Debian's vmlinux has the PVH note and hv's loader
+takes it quickly; the root image holds its /sbin/init."""
 import gzip
 import lzma
 import os
@@ -97,6 +98,74 @@ def test_newc_round_trip(files):
     assert len(set(inodes)) == len(inodes) and 0 not in inodes
 
 
+def fake_module(modinfo_fields):
+    """A 64-bit ELF with only what elf_section reads: section headers for
+    (null, .modinfo, .shstrtab)."""
+    modinfo = b"".join(f.encode() + b"\0" for f in modinfo_fields)
+    shstrtab = b"\0.modinfo\0.shstrtab\0"
+    body = bytearray(64)
+    body[:6] = b"\x7fELF\x02\x01"
+    modinfo_at = len(body)
+    body += modinfo
+    shstrtab_at = len(body)
+    body += shstrtab
+    shoff = len(body)
+    struct.pack_into("<Q", body, 0x28, shoff)
+    struct.pack_into("<HHH", body, 0x3a, 64, 3, 2)
+
+    def section(name, offset, size):
+        header = bytearray(64)
+        struct.pack_into("<I", header, 0, name)
+        struct.pack_into("<QQ", header, 0x18, offset, size)
+        return bytes(header)
+
+    body += section(0, 0, 0) + section(1, modinfo_at, len(modinfo)) + \
+        section(10, shstrtab_at, len(shstrtab))
+    return bytes(body)
+
+
+def test_modinfo_depends_are_read_from_the_elf_section():
+    ko = fake_module(["license=GPL", "depends=jbd2,mbcache,crc16", "name=ext4"])
+    assert fx.module_depends(ko) == ["jbd2", "mbcache", "crc16"]
+    assert fx.module_depends(fake_module(["depends=", "name=crc16"])) == []
+    with pytest.raises(fx.FixtureError, match="64-bit"):
+        fx.module_depends(b"not an elf")
+
+
+deps_graphs = st.dictionaries(st.sampled_from("abcdefgh"), st.sets(st.sampled_from("abcdefgh")),
+                              min_size=1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(graph=deps_graphs)
+def test_modules_load_after_their_dependencies(graph):
+    """Any acyclic dependency graph: every module once, after what it needs;
+    a cycle or a missing module: one error."""
+    available = {name: fake_module([f"depends={','.join(sorted(deps))}"])
+                 for name, deps in graph.items()}
+    try:
+        order = [name for name, _ in fx.modules_in_load_order(sorted(graph), available)]
+    except fx.FixtureError as e:
+        assert "cycle" in str(e) or "no module" in str(e)
+        return
+    assert sorted(order) == sorted(set(order)) and set(graph) <= set(order)
+    for i, name in enumerate(order):
+        assert set(graph[name]) <= set(order[:i])
+
+
+def test_module_names_use_underscores():
+    assert fx.module_name("lib/modules/6.1.0-57-amd64/kernel/arch/x86/crypto/crc32c-intel.ko") \
+        == "crc32c_intel"
+
+
+def test_initramfs_holds_the_modules_and_loads_them_in_order():
+    modules = [("virtio", b"ko 1"), ("virtio_blk", b"ko 2")]
+    back = {name: data for name, _, data, _, _, _ in read_newc(fx.initramfs(b"bb", modules))}
+    assert back["lib/modules/virtio.ko"] == b"ko 1" and back["lib/modules/virtio_blk.ko"] == b"ko 2"
+    assert b"for module in virtio virtio_blk; do" in back["init"]
+    assert b"switch_root /newroot /sbin/init" in back["init"]
+
+
 def test_initramfs_holds_init_busybox_and_console():
     back = {name: (mode, data, rdev) for name, mode, data, rdev, _, _ in
             read_newc(fx.initramfs(b"\x7fELF fake busybox"))}
@@ -129,3 +198,17 @@ def test_vmlinux_has_the_pvh_note_and_loads_quickly():
     assert grown_kib * 1024 < 1.3 * size, f"loader grew RSS by {grown_kib} KiB for a {size} B file"
     assert cpu < 5, f"loader took {cpu:.2f} s of CPU"
     assert lib.HV_PVH_NOTE_ENTRY == 18
+
+
+def test_root_image_holds_busybox_and_its_init():
+    import shutil
+    import subprocess
+    files = linux_fixture()
+    debugfs = shutil.which("debugfs", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+    if debugfs is None:
+        pytest.skip("debugfs (e2fsprogs) is not installed")
+    r = subprocess.run([debugfs, "-R", "cat /sbin/init", files["rootfs"]], capture_output=True)
+    assert fx.MARKER_ROOT.encode() in r.stdout and b"poweroff -f" in r.stdout
+    r = subprocess.run([debugfs, "-R", "stat /bin/busybox", files["rootfs"]], capture_output=True,
+                       text=True)
+    assert "Mode:  0755" in r.stdout and "User:     0" in r.stdout, r.stdout

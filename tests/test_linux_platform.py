@@ -381,3 +381,73 @@ def test_deterministic_tsc_is_the_instruction_clock():
         assert lib.hv_test_cpuid(pp[0], lib.HV_CPUID_FREQ_LEAF, 0, r) and r[0] == 1000
     finally:
         lib.hv_partition_destroy(pp[0])
+
+
+# ---- virtio-mmio interrupts on IOAPIC pins (a guest without an event page) ----
+
+VIRTIO_SLOT = 2
+VIRTIO_PIN = lib.HV_VIRTIO_IRQ_BASE + VIRTIO_SLOT
+INTERRUPT_ACK, STATUS = 0x064, 0x070        # virtio-mmio registers (virtio 1.2, 4.2.2)
+
+
+class _VcpuOnly:
+    def __init__(self, v):
+        self.v, self.exit = v, ffi.new("struct hv_exit *")
+
+
+@pytest.fixture
+def pc_with_device():
+    """A partition with a virtio device in VIRTIO_SLOT (added, as always,
+    before the vCPU exists) and no event page: a stock kernel's view."""
+    import os
+    pp = ffi.new("struct hv_partition **")
+    assert lib.hv_partition_create(lib.HV_ENGINE_NONE, 4 << 20, pp) == 0
+    p = pp[0]
+    fds = [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(2)]
+    version_1 = 1 << 32
+    assert lib.hv_virtio_add(p, VIRTIO_SLOT, 2, version_1, 1, 64, b"", 0,
+                             ffi.new("int[]", fds[:1]), fds[1]) == 0
+    vv = ffi.new("struct hv_vcpu **")
+    assert lib.hv_vcpu_create(p, 0, vv) == 0
+    pc = Platform(_VcpuOnly(vv[0]))
+    enable_apic(pc)
+
+    def device_write(off, value):
+        v = ffi.new("uint64_t *", value)
+        base = lib.HV_VIRTIO_MMIO_BASE + VIRTIO_SLOT * lib.HV_VIRTIO_MMIO_SLOT
+        assert lib.hv_test_mmio(p, base + off, 4, 1, v) == 0
+
+    yield pc, p, device_write
+    lib.hv_partition_destroy(p)
+    for fd in fds:
+        os.close(fd)
+
+
+def test_virtio_interrupt_without_event_page_raises_its_ioapic_pin(pc_with_device):
+    pc, p, _ = pc_with_device
+    pc.ioapic(0x10 + 2 * VIRTIO_PIN, 0x8051)              # level, vector 0x51 (as the DSDT says)
+    assert lib.hv_virtio_interrupt(p, VIRTIO_SLOT, 1) == 0
+    assert pc.pending(IRR, 0x51) and pc.pending(TMR, 0x51)
+    assert pc.ioapic(0x10 + 2 * VIRTIO_PIN) & (1 << 14)  # remote IRR: waits for the EOI
+
+
+@pytest.mark.parametrize("lower", ["ack", "reset"])
+def test_virtio_line_stays_high_until_acked_or_reset(pc_with_device, lower):
+    """The line is InterruptStatus != 0.  Watched on an edge-triggered entry
+    with a fresh vector each time: a new vector arrives only on a rising line."""
+    pc, p, device_write = pc_with_device
+    entry = 0x10 + 2 * VIRTIO_PIN
+    pc.ioapic(entry, 0x61)                                # edge
+    assert lib.hv_virtio_interrupt(p, VIRTIO_SLOT, 1) == 0
+    assert pc.pending(IRR, 0x61)
+    pc.ioapic(entry, 0x62)
+    assert lib.hv_virtio_interrupt(p, VIRTIO_SLOT, 2) == 0   # still high: no edge
+    device_write(INTERRUPT_ACK, 1)                           # one bit left: still high
+    assert not pc.pending(IRR, 0x62)
+    if lower == "ack":
+        device_write(INTERRUPT_ACK, 2)
+    else:
+        device_write(STATUS, 0)
+    pc.ioapic(entry, 0x63)
+    assert lib.hv_virtio_interrupt(p, VIRTIO_SLOT, 1) == 0   # low -> high: delivered
+    assert pc.pending(IRR, 0x63) and not pc.pending(IRR, 0x62)
