@@ -10,7 +10,7 @@ HV     := $(VENV)/bin/hv
 CORE   := hv/_core.abi3.so
 CSRC   := $(wildcard csrc/*.c csrc/*.h csrc/include/hv/*.h) hv/_build_core.py
 # The device data path Cython compiles (setup.py, hv/devices/datapath.py).
-DATAPATH := hv/devices/guestmem.py hv/devices/virtqueue.py hv/devices/blk_io.py
+DATAPATH := hv/devices/guestmem.py hv/devices/virtqueue.py hv/devices/blk_io.py hv/devices/net_io.py
 # The venv's own file, written once when it is made.  (bin/python is a
 # symlink that make dates by the system interpreter, which is older than any
 # stamp: as a target it would rebuild the venv on every call.)

@@ -18,7 +18,7 @@ from setuptools import Extension, find_packages, setup
 from setuptools.command.build_py import build_py
 
 # One source each, compiled beside itself (hv/devices/datapath.py).
-DATAPATH_MODULES = ["guestmem", "virtqueue", "blk_io"]
+DATAPATH_MODULES = ["guestmem", "virtqueue", "blk_io", "net_io"]
 
 # hv.testing reads the ABI's doc blocks and the guests' result codes from the
 # headers themselves; an installed wheel has no source tree, so the build

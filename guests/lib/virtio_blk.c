@@ -1,4 +1,4 @@
-/* virtio_blk.c - a virtio block device (virtio v1.2, 5.2), synchronous. */
+/* virtio_blk.c - a virtio block device (virtio v1.2, 5.2). */
 #include "virtio_blk.h"
 
 /* Request types and status values (5.2.6) */
@@ -19,12 +19,6 @@
 
 #define CHUNK_SECTORS_MAX       128     /* 64 KiB per request: bounded polling */
 #define STATUS_UNSET            0xff    /* not a status the device can write */
-
-struct blk_req_hdr {
-    uint32_t type;
-    uint32_t reserved;
-    uint64_t sector;
-};
 
 struct blk_discard_seg {
     uint64_t sector;
@@ -64,6 +58,21 @@ int virtio_blk_init(struct virtio_blk *blk, unsigned nth)
     return 0;
 }
 
+/* A status byte (5.2.6) as a result: 0 or a negative error. */
+static int status_result(uint8_t status)
+{
+    switch (status) {
+    case VIRTIO_BLK_S_OK:
+        return 0;
+    case VIRTIO_BLK_S_IOERR:
+        return -VIRTIO_EIO;
+    case VIRTIO_BLK_S_UNSUPP:
+        return -VIRTIO_EUNSUPP;
+    default:
+        return -VIRTIO_EDEVICE;
+    }
+}
+
 /*
  * T:388 One block request (5.2.6): a device-readable header, an optional
  * data buffer (readable for OUT/DISCARD, writable for IN/GET_ID), then one
@@ -74,7 +83,7 @@ int virtio_blk_init(struct virtio_blk *blk, unsigned nth)
 static int blk_request(struct virtio_blk *blk, uint32_t type, uint64_t sector,
                        const void *data, uint32_t len, bool device_writes)
 {
-    struct blk_req_hdr hdr = { .type = type, .sector = sector };
+    struct virtio_blk_hdr hdr = { .type = type, .sector = sector };
     volatile uint8_t status = STATUS_UNSET;
     struct virtq_buf bufs[3];
     unsigned n = 0, n_out;
@@ -97,16 +106,7 @@ static int blk_request(struct virtio_blk *blk, uint32_t type, uint64_t sector,
         return r;
     if (token != &hdr || written < 1)
         return -VIRTIO_EDEVICE;
-    switch (status) {
-    case VIRTIO_BLK_S_OK:
-        return 0;
-    case VIRTIO_BLK_S_IOERR:
-        return -VIRTIO_EIO;
-    case VIRTIO_BLK_S_UNSUPP:
-        return -VIRTIO_EUNSUPP;
-    default:
-        return -VIRTIO_EDEVICE;
-    }
+    return status_result(status);
 }
 
 /* sector + count within the disk, without overflowing. */
@@ -182,4 +182,46 @@ int virtio_blk_discard(struct virtio_blk *blk, uint64_t sector, uint64_t count)
         count -= n;
     }
     return 0;
+}
+
+/*
+ * Asynchronous requests: the same three buffers as blk_request, the
+ * request itself as the token, so a completion names its request whatever
+ * order the device finishes them in (virtio allows any, 2.7.14).
+ */
+int virtio_blk_submit(struct virtio_blk *blk, struct virtio_blk_req *req, bool write,
+                      uint64_t sector, void *buf, uint32_t count)
+{
+    struct virtq_buf bufs[3];
+
+    if (count == 0 || count > blk->chunk_sectors || !in_range(blk, sector, count))
+        return -VIRTIO_ERANGE;
+    if (write && virtio_blk_read_only(blk))
+        return -VIRTIO_EUNSUPP;
+    req->hdr = (struct virtio_blk_hdr){ .type = write ? VIRTIO_BLK_T_OUT : VIRTIO_BLK_T_IN,
+                                        .sector = sector };
+    req->status = STATUS_UNSET;
+    bufs[0] = (struct virtq_buf){ &req->hdr, sizeof(req->hdr) };
+    bufs[1] = (struct virtq_buf){ buf, count * VIRTIO_BLK_SECTOR };
+    bufs[2] = (struct virtq_buf){ (const void *)&req->status, 1 };
+    return virtq_add(&blk->vq, bufs, write ? 2 : 1, write ? 1 : 2, req);
+}
+
+void virtio_blk_kick(struct virtio_blk *blk)
+{
+    virtq_kick(&blk->vq);
+}
+
+int virtio_blk_reap(struct virtio_blk *blk, struct virtio_blk_req **req)
+{
+    void *token;
+    uint32_t written;
+    int r = virtq_wait(&blk->vq, &token, &written, VIRTIO_TIMEOUT_DEFAULT);
+
+    if (r < 0)
+        return r;
+    *req = token;
+    if (written < 1)
+        return -VIRTIO_EDEVICE;
+    return status_result((*req)->status);
 }

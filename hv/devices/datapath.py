@@ -1,8 +1,8 @@
 """Which copy of the device data path a device runs: compiled or pure Python.
 
 T:661 The per-request work -- guest-memory range checks and copies
-(guestmem.py), the virtqueue walk (virtqueue.py) and the block request path
-(blk_io.py) -- is one source per module, written in Cython's pure-Python
+(guestmem.py), the virtqueue walk (virtqueue.py), the block request path
+(blk_io.py) and the network frame path (net_io.py) -- is one source per module, written in Cython's pure-Python
 mode: C types in annotations and `cython.declare`, decorators such as
 `@cython.cclass`, nothing that plain Python cannot run.  setup.py compiles
 each file into hv.devices._<name>_compiled; the file itself, imported as
@@ -17,9 +17,9 @@ HV_DATAPATH=pure|compiled in the environment changes the default.
 import importlib
 import os
 
-from hv.devices import blk_io, guestmem, virtqueue
+from hv.devices import blk_io, guestmem, net_io, virtqueue
 
-COMPILED_MODULES = ("guestmem", "virtqueue", "blk_io")
+COMPILED_MODULES = ("guestmem", "virtqueue", "blk_io", "net_io")
 HERE = os.path.dirname(os.path.abspath(__file__))
 # A development tree (a git checkout) can hold a compiled copy older than
 # its source; an installed package cannot, since both come from one build.
@@ -29,11 +29,11 @@ IN_SOURCE_TREE = os.path.exists(os.path.join(HERE, "..", "..", ".git"))
 class DataPath:
     """One copy of the data path: its name and its modules' classes."""
 
-    def __init__(self, name, guestmem, virtqueue, blk_io):
+    def __init__(self, name, guestmem, virtqueue, blk_io, net_io):
         self.name = name
         self.GuestMemory = guestmem.GuestMemory
         self.SplitQueue = virtqueue.SplitQueue
-        self.blk_io = blk_io
+        self.blk_io, self.net_io = blk_io, net_io
 
     def __repr__(self):
         return f"<DataPath {self.name}>"
@@ -54,7 +54,7 @@ def _load_compiled():
     return DataPath("compiled", **modules), None
 
 
-PURE = DataPath("pure", guestmem, virtqueue, blk_io)
+PURE = DataPath("pure", guestmem, virtqueue, blk_io, net_io)
 COMPILED, WHY_NOT_COMPILED = _load_compiled()
 
 

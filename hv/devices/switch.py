@@ -22,7 +22,7 @@ class Switch:
         self._lock = threading.Lock()
 
     def connect(self, port):
-        """port has deliver(frame: bytes); returns nothing."""
+        """port has deliver(frames: a list of bytes-like frames); returns nothing."""
         with self._lock:
             self.ports.append(port)
 
@@ -33,22 +33,35 @@ class Switch:
 
     def send(self, source, frame):
         """A frame from port `source`: forward it (from the sender's thread)."""
+        self.send_batch(source, [frame])
+
+    def send_batch(self, source, frames):
+        """Frames from port `source`, in order: forward each (from the
+        sender's thread), handing each port its frames in one deliver()
+        call, so a receiver fills its ring and interrupts its guest once."""
+        out = {}                         # port -> its frames, in order
+        with self._lock:
+            for frame in frames:
+                for port in self._route(source, frame):
+                    out.setdefault(port, []).append(frame)
+        for port, batch in out.items():
+            port.deliver(batch)
+
+    def _route(self, source, frame):
+        """The ports `frame` goes to (learning its source on the way); under the lock."""
         if not ETH_MIN <= len(frame) <= ETH_MAX:
             self.dropped += 1
-            return
-        dst, src = frame[0:6], frame[6:12]
-        with self._lock:
-            if not src[0] & 1:           # a unicast source: learn it
-                if src in self.macs or len(self.macs) < MAC_TABLE_MAX:
-                    self.macs[src] = source
-            target = None if dst[0] & 1 else self.macs.get(dst)
-            if target is source:
-                self.dropped += 1        # it would go back where it came from
-                return
-            targets = [target] if target is not None else [p for p in self.ports if p is not source]
-            if target is None:
-                self.flooded += 1
-            else:
-                self.forwarded += 1
-        for port in targets:
-            port.deliver(frame)
+            return ()
+        dst, src = bytes(frame[0:6]), bytes(frame[6:12])
+        if not src[0] & 1:               # a unicast source: learn it
+            if src in self.macs or len(self.macs) < MAC_TABLE_MAX:
+                self.macs[src] = source
+        target = None if dst[0] & 1 else self.macs.get(dst)
+        if target is source:
+            self.dropped += 1            # it would go back where it came from
+            return ()
+        if target is None:
+            self.flooded += 1
+            return [p for p in self.ports if p is not source]
+        self.forwarded += 1
+        return (target,)
