@@ -42,6 +42,8 @@ struct partition_guest_state {
     uint64_t hypercall_page_gpa;  /* 0 = not placed */
     uint64_t event_page_gpa;      /* 0 = not registered */
     uint32_t event_vector;
+    uint8_t  event_vcpu[HV_EVENTS_MAX];   /* the vCPU each event goes to (0 by default) */
+    uint64_t instructions;        /* deterministic mode: the partition clock (every vCPU counts) */
 };
 
 struct hv_partition {
@@ -61,8 +63,11 @@ struct hv_partition {
     uint8_t  route[HV_HC_COUNT];  /* HV_ROUTE_CORE or HV_ROUTE_PARENT */
     struct timespec epoch;     /* partition clock zero */
     int deterministic;         /* clock = guest instructions (TCG) */
-    struct hv_vcpu *vcpu;      /* one vCPU for now; SMP adds an array */
-    pthread_mutex_t vcpu_lock; /* other threads (device interrupts) use vcpu under it */
+    uint32_t nvcpus;           /* vCPUs it has (hv_partition_set_vcpus; 1 by default) */
+    struct hv_vcpu *vcpus[HV_VCPUS_MAX];   /* those created, by id (smp.c brings them up) */
+    struct hv_vcpu *vcpu;      /* vCPU 0, the boot vCPU (== vcpus[0]) */
+    pthread_mutex_t vcpu_lock; /* other threads (device interrupts, IPIs) use vcpus under it */
+    int      paused;           /* hv_partition_pause: vCPUs brought up start paused */
     struct trace_ring trace;
     uint64_t insn_trace_start, insn_trace_end;   /* end 0: no instruction trace */
     struct virtio_dev *virtio[HV_VIRTIO_MMIO_SLOTS];   /* virtio_mmio.c */
@@ -95,7 +100,9 @@ struct vcpu_guest_state {
     struct multicall_state mc;
     uint64_t timer_deadline;       /* partition-clock ns, 0 = disarmed */
     volatile int inject_pending;   /* an upcall must be injected */
-    uint64_t instructions;         /* deterministic mode: the virtual clock */
+    int      up;                   /* running its code (vCPU 0 from boot; others after vcpu_up) */
+    volatile int down_requested;   /* vcpu_down: stop before the next instruction */
+    volatile int tlb_flush_pending;   /* tlb_flush: flush before the next guest entry */
 };
 
 /* How the host runs the vCPU: its thread, locks, host timer, counters. */
@@ -134,12 +141,13 @@ struct hv_vcpu {
 };
 
 /* vcpu.c: run the guest until something ends the stretch (vcpu_run_loop). */
-enum vcpu_run_end { RUN_TO_PARENT, RUN_BLOCKED, RUN_KICKED, RUN_YIELDED };
+enum vcpu_run_end { RUN_TO_PARENT, RUN_BLOCKED, RUN_KICKED, RUN_YIELDED, RUN_DOWN };
 enum vcpu_run_end vcpu_run_loop(struct hv_vcpu *v, struct hv_exit *exit, int scheduled);
 
 /* sched_worker.c: the scheduler's side of a scheduled vCPU. */
 void sched_vcpu_wake(struct hv_vcpu *v);           /* an event for it; any thread */
 void sched_vcpu_timer_changed(struct hv_vcpu *v);  /* its deadline moved; its worker */
+void sched_vcpu_start(struct hv_vcpu *v, int paused); /* vcpu_up: DOWN -> RUNNABLE (or PAUSED) */
 
 /* vcpu.c: does the vCPU need the run loop before it re-enters the guest
  * (a wait, a multicall to resume, a pause, an upcall, a trace drain)?  The
@@ -205,6 +213,21 @@ int  copy_guest_system(struct hv_vcpu *v, uint64_t gva, void *buf, uint64_t len,
 /* Check that [gva, gva+len) is accessible (no copy). */
 int  guest_range_ok(struct hv_vcpu *v, uint64_t gva, uint64_t len, uint32_t access);
 
+/* vcpu.c: hv's boot GDT (page 0): PVH's 32-bit selectors and vcpu_up's. */
+#define HV_BOOT_GDT_LIMIT 39
+int  vcpu_set_long_entry(struct hv_vcpu *t, const struct hv_vcpu_context *ctx);
+
+/* smp.c: the SMP hypercalls, and what the run loop does for them. */
+int64_t hc_vcpu_up(struct hv_vcpu *v, const uint64_t arg[5], struct hv_exit *exit);
+int64_t hc_vcpu_down(struct hv_vcpu *v, const uint64_t arg[5], struct hv_exit *exit);
+int64_t hc_vcpu_id(struct hv_vcpu *v, const uint64_t arg[5], struct hv_exit *exit);
+int64_t hc_vcpu_count(struct hv_vcpu *v, const uint64_t arg[5], struct hv_exit *exit);
+int64_t hc_vcpu_send_event(struct hv_vcpu *v, const uint64_t arg[5], struct hv_exit *exit);
+int64_t hc_tlb_flush(struct hv_vcpu *v, const uint64_t arg[5], struct hv_exit *exit);
+int64_t hc_event_bind_vcpu(struct hv_vcpu *v, const uint64_t arg[5], struct hv_exit *exit);
+/* Right after in_guest is set, before the engine runs: a flush owed. */
+void smp_before_run(struct hv_vcpu *v);
+
 /* hypercall.c */
 int64_t hypercall_dispatch(struct hv_vcpu *v, uint64_t nr, const uint64_t args[5],
                            struct hv_exit *exit);
@@ -212,9 +235,12 @@ int64_t multicall_continue(struct hv_vcpu *v, struct hv_exit *exit);
 void    multicall_store_result(struct hv_vcpu *v, int64_t result);
 void    hypercall_page_place(struct hv_vcpu *v, uint64_t pfn);
 
-/* event.c: event bits, injection. */
+/* event.c: event bits, injection.  event_raise delivers to the vCPU the
+ * event is bound to (HV_HC_EVENT_BIND_VCPU, default 0), event_raise_vcpu
+ * to the one named. */
 int  event_raise(struct hv_partition *p, uint32_t event);
-int  event_any_pending(const struct hv_partition *p);
+int  event_raise_vcpu(struct hv_partition *p, uint32_t vcpu, uint32_t event);
+int  event_any_pending(const struct hv_vcpu *v);
 /* The one check before every guest entry. */
 void event_before_entry(struct hv_vcpu *v);
 

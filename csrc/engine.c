@@ -40,7 +40,7 @@ void engine_hv_cpuid(uint32_t leaf, uint32_t *eax, uint32_t *ebx,
         *ebx = HV_PORT_HYPERCALL;
         *ecx = HV_PORT_HYPERCALL_PAGE;
         *edx = HV_FEATURE_EVENTS | HV_FEATURE_TIMER | HV_FEATURE_MULTICALL | HV_FEATURE_CLOCK |
-               HV_FEATURE_CHANNELS;
+               HV_FEATURE_CHANNELS | HV_FEATURE_SMP;
         break;
     }
 }

@@ -110,6 +110,16 @@ struct engine_ops {
      * the GDT at gdt (selectors 0x10 code, 0x18 data) is already in RAM. */
     int  (*set_pvh_entry)(void *vcpu, uint32_t entry, uint32_t info,
                           uint32_t gdt, uint16_t gdt_limit);
+    /* SMP (smp.c), between runs, from any thread while the vCPU runs
+     * nowhere: start in 64-bit mode at ctx as abi.h's "SMP" says, with
+     * CS = HV_VCPU_UP_CS and data segments HV_VCPU_UP_DS from the boot GDT
+     * at gdt (already in RAM). */
+    int  (*set_long_entry)(void *vcpu, const struct hv_vcpu_context *ctx,
+                           uint32_t gdt, uint16_t gdt_limit);
+    /* Forget every cached guest translation before the next guest
+     * instruction: on the vCPU's own run thread, between runs or from a
+     * hook inside run(). */
+    void (*flush_tlb)(void *vcpu);
     /* The value an IN instruction reads, set before the next run. */
     void (*complete_in)(void *vcpu, uint64_t value);
     int  (*run)(void *vcpu, struct engine_exit *exit);

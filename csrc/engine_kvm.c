@@ -285,6 +285,50 @@ static int kvm_set_pvh_entry(void *vp, uint32_t entry, uint32_t info,
     return 0;
 }
 
+/* T:417 A secondary vCPU's start (abi.h, "SMP"): straight into 64-bit
+ * mode, CS the boot GDT's 64-bit code, the data segments flat. */
+static int kvm_set_long_entry(void *vp, const struct hv_vcpu_context *ctx,
+                              uint32_t gdt, uint16_t gdt_limit)
+{
+    struct kvm_vcpu_state *c = vp;
+    struct kvm_sregs *k = &c->run->s.regs.sregs;
+    k->cs = flat_segment(HV_VCPU_UP_CS, 0xb);
+    k->cs.l = 1;
+    k->cs.db = 0;
+    k->ds = k->es = k->fs = k->gs = k->ss = flat_segment(HV_VCPU_UP_DS, 0x3);
+    k->tr = (struct kvm_segment){ .limit = 0x67, .type = 0xb, .present = 1 };   /* busy 64-bit TSS */
+    k->gdt.base = gdt;
+    k->gdt.limit = gdt_limit;
+    k->idt.base = 0;
+    k->idt.limit = 0;
+    k->cr0 = 0x80010031;                             /* PG | WP | NE | ET | PE */
+    k->cr3 = ctx->cr3;
+    k->cr4 = 0x20;                                   /* PAE */
+    k->efer = 0xd00;                                 /* LME | LMA | NXE */
+    struct kvm_regs *r = &c->run->s.regs.regs;
+    memset(r, 0, sizeof(*r));
+    r->rip = ctx->rip;
+    r->rsp = ctx->rsp;
+    r->rdi = ctx->arg;
+    r->rflags = 0x2;
+    c->run->kvm_dirty_regs |= KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS;
+    return 0;
+}
+
+/* KVM has no "flush this vCPU's TLB" call.  A control-register change
+ * through SET_SREGS resets the vCPU's MMU context, which drops every
+ * cached translation (shadow pages included): set the sregs once with
+ * CR4.PGE flipped, and let the next KVM_RUN set them back (sync regs). */
+#define CR4_PGE 0x80
+static void kvm_flush_tlb(void *vp)
+{
+    struct kvm_vcpu_state *c = vp;
+    struct kvm_sregs flipped = c->run->s.regs.sregs;
+    flipped.cr4 ^= CR4_PGE;
+    if (ioctl(c->fd, KVM_SET_SREGS, &flipped) == 0)
+        c->run->kvm_dirty_regs |= KVM_SYNC_X86_SREGS;
+}
+
 /* A segment register's cache from its GDT descriptor (SDM vol. 3, 3.4.5),
  * for interrupts the core delivers itself (idt.c). */
 static struct kvm_segment segment_from_descriptor(uint16_t selector, uint64_t d)
@@ -494,6 +538,8 @@ const struct engine_ops engine_kvm_ops = {
     .get_sregs = kvm_get_sregs,
     .set_sregs = kvm_set_sregs,
     .set_pvh_entry = kvm_set_pvh_entry,
+    .set_long_entry = kvm_set_long_entry,
+    .flush_tlb = kvm_flush_tlb,
     .complete_in = kvm_complete_in,
     .run = kvm_run,
     .interruptible = kvm_interruptible,

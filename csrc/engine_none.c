@@ -61,6 +61,21 @@ static int none_set_pvh_entry(void *vcpu, uint32_t entry, uint32_t info,
     return 0;
 }
 
+static int none_set_long_entry(void *vcpu, const struct hv_vcpu_context *ctx,
+                               uint32_t gdt, uint16_t gdt_limit)
+{
+    struct none_vcpu *c = vcpu;
+    memset(&c->regs, 0, sizeof(c->regs));
+    c->regs.rip = ctx->rip;
+    c->regs.rsp = ctx->rsp;
+    c->regs.rdi = ctx->arg;
+    c->regs.rflags = 2;
+    c->sregs = (struct hv_sregs){ .cr0 = 0x80010031, .cr3 = ctx->cr3, .cr4 = 0x20, .efer = 0xd00,
+                                  .gdt_base = gdt, .gdt_limit = gdt_limit,
+                                  .cs = HV_VCPU_UP_CS, .ss = HV_VCPU_UP_DS };
+    return 0;
+}
+static void none_flush_tlb(void *vcpu) { (void)vcpu; }
 static void none_complete_in(void *vcpu, uint64_t value) { (void)vcpu; (void)value; }
 static int none_run(void *vcpu, struct engine_exit *exit)
 { (void)vcpu; (void)exit; return -ENOSYS; }
@@ -95,6 +110,8 @@ const struct engine_ops engine_none_ops = {
     .get_sregs = none_get_sregs,
     .set_sregs = none_set_sregs,
     .set_pvh_entry = none_set_pvh_entry,
+    .set_long_entry = none_set_long_entry,
+    .flush_tlb = none_flush_tlb,
     .complete_in = none_complete_in,
     .run = none_run,
     .interruptible = none_interruptible,

@@ -59,9 +59,18 @@ _Static_assert(NREGS * 8 == sizeof(struct hv_regs), "one id per hv_regs field");
  * only retranslation.  Set before anything makes Unicorn initialise. */
 #define TCG_CODE_BUFFER (64u << 20)
 
+/* T:486 The vCPUs of one TCG partition never run at once (the scheduler
+ * runs them as a group, interleaved), because Unicorn has no parallel mode.
+ * Each has its own Unicorn instance, and translations are per instance: a
+ * store by one vCPU to code another has translated does not reach the
+ * other's translation cache.  So a vCPU entered after another vCPU of its
+ * partition ran drops its translations first (last_run): self-modifying
+ * and cross-modifying code stay exact at the price of retranslating after
+ * a switch. */
 struct tcg_vm {
     void *ram;
     uint64_t size;
+    struct tcg_vcpu *last_run;  /* the vCPU that entered the emulator last */
 };
 
 static int tcg_probe(char *why, size_t len)
@@ -261,6 +270,49 @@ static int tcg_set_pvh_entry(void *vp, uint32_t entry, uint32_t info,
     return 0;
 }
 
+/* T:488 A secondary vCPU's start (abi.h, "SMP").  Back to the CPU as
+ * uc_open made it -- long mode with paging off -- so CS and SS load from
+ * the boot GDT by physical address, with the L bit taking effect; then
+ * paging on (PG with LME set keeps LMA).  Nothing translated or cached
+ * before survives. */
+static int tcg_set_long_entry(void *vp, const struct hv_vcpu_context *ctx,
+                              uint32_t gdt, uint16_t gdt_limit)
+{
+    struct tcg_vcpu *c = vp;
+    if (uc_context_restore(c->uc, c->pristine) != UC_ERR_OK)
+        return -EIO;
+    c->regs_valid = 0;
+    uc_x86_mmr gdtr = { .base = gdt, .limit = gdt_limit };
+    uc_reg_write(c->uc, UC_X86_REG_GDTR, &gdtr);
+    uint64_t cs = HV_VCPU_UP_CS, ds = HV_VCPU_UP_DS;
+    const int data[] = { UC_X86_REG_SS, UC_X86_REG_DS, UC_X86_REG_ES, UC_X86_REG_FS, UC_X86_REG_GS };
+    if (uc_reg_write(c->uc, UC_X86_REG_CS, &cs))
+        return -EINVAL;
+    for (size_t i = 0; i < sizeof(data) / sizeof(data[0]); i++)
+        if (uc_reg_write(c->uc, data[i], &ds))
+            return -EINVAL;
+    struct hv_sregs s = { .cr0 = 0x80010031, .cr3 = ctx->cr3, .cr4 = 0x20, .efer = 0xd00,
+                          .gdt_base = gdt, .gdt_limit = gdt_limit };
+    tcg_set_sregs(vp, &s);
+    struct hv_regs *r = tcg_regs(vp);
+    memset(r, 0, sizeof(*r));
+    r->rip = ctx->rip;
+    r->rsp = ctx->rsp;
+    r->rdi = ctx->arg;
+    r->rflags = 0x2;
+    tcg_regs_dirty(vp);
+    uc_ctl_flush_tlb(c->uc);
+    uc_ctl_flush_tb(c->uc);
+    c->syscall_pending = 0;
+    c->nqueued = c->queue_head = 0;
+    return 0;
+}
+
+static void tcg_flush_tlb(void *vp)
+{
+    uc_ctl_flush_tlb(((struct tcg_vcpu *)vp)->uc);
+}
+
 /* ---- Hooks: called from inside uc_emu_start() ------------------------------ */
 
 /* Stop before the next block runs anything (see the top of the file). */
@@ -402,6 +454,10 @@ static int tcg_count_instructions(void *vp, uint64_t *counter, const uint64_t *d
 static void tcg_vcpu_destroy(void *vp)
 {
     struct tcg_vcpu *c = vp;
+    if (c->vm && c->vm->last_run == c)
+        c->vm->last_run = NULL;
+    if (c->pristine)
+        uc_context_free(c->pristine);
     if (c->scratch)
         uc_context_free(c->scratch);
     if (c->uc)
@@ -422,11 +478,14 @@ static int tcg_vcpu_create(void *vmp, uint32_t id, const struct engine_host *hos
         return -ENOMEM;
     c->host = host;
     c->owner = owner;
+    c->vm = vm;
     tcg_state_init();
     uc_hook h;
     if (uc_open(UC_ARCH_X86, UC_MODE_64, &c->uc) != UC_ERR_OK ||
         uc_ctl_set_tcg_buffer_size(c->uc, TCG_CODE_BUFFER) != UC_ERR_OK ||
-        uc_context_alloc(c->uc, &c->scratch) != UC_ERR_OK)
+        uc_context_alloc(c->uc, &c->scratch) != UC_ERR_OK ||
+        uc_context_alloc(c->uc, &c->pristine) != UC_ERR_OK ||
+        uc_context_save(c->uc, c->pristine) != UC_ERR_OK)
         goto fail;
     if (uc_mem_map_ptr(c->uc, 0, vm->size, UC_PROT_ALL, vm->ram) != UC_ERR_OK ||
         tcg_io_hooks_add(c, vm->size) || tcg_exception_hooks_add(c) || tcg_checks_add(c) ||
@@ -459,6 +518,12 @@ static int tcg_run(void *vp, struct engine_exit *exit)
      * core) must not turn the next one into a double fault. */
     tcg_patch_cpu_state(c, 1, 0, 0);
     c->regs_valid = 0;
+    if (c->vm->last_run != c) {
+        if (c->ran && c->vm->last_run)
+            uc_ctl_flush_tb(c->uc);     /* another vCPU ran: its stores may have changed code */
+        c->vm->last_run = c;
+    }
+    c->ran = 1;
     uint64_t rip = tcg_regs(vp)->rip;
     c->stop = STOP_NONE;
     c->regs_valid = 0;
@@ -560,6 +625,8 @@ const struct engine_ops engine_tcg_ops = {
     .get_sregs = tcg_get_sregs,
     .set_sregs = tcg_set_sregs,
     .set_pvh_entry = tcg_set_pvh_entry,
+    .set_long_entry = tcg_set_long_entry,
+    .flush_tlb = tcg_flush_tlb,
     .complete_in = tcg_complete_in,
     .run = tcg_run,
     .interruptible = tcg_interruptible,

@@ -29,9 +29,14 @@ struct tcg_exception {
     uint8_t  insn_len;      /* of the software interrupt instruction */
 };
 
+struct tcg_vm;
+
 struct tcg_vcpu {
     uc_engine *uc;
     uc_context *scratch;        /* engine_tcg_state.c's saved-context window, made once */
+    uc_context *pristine;       /* the CPU as uc_open made it (64-bit, paging off): SMP starts */
+    struct tcg_vm *vm;
+    int ran;                    /* has run guest code (its translations may be stale) */
     const struct engine_host *host; /* the core, for the hooks (engine.h) */
     struct hv_vcpu *owner;          /* opaque: handed back to host */
     struct hv_regs regs;        /* the view the core reads and writes */

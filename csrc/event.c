@@ -13,17 +13,24 @@
 #include <pthread.h>
 #include "core.h"
 
-static struct hv_event_page *event_page(const struct hv_partition *p)
+_Static_assert(sizeof(struct hv_vcpu_events) == HV_VCPU_EVENTS_SIZE, "abi.h: one block per vCPU");
+_Static_assert(HV_VCPUS_MAX * HV_VCPU_EVENTS_SIZE <= HV_PAGE_SIZE, "abi.h: the blocks fit the page");
+_Static_assert(sizeof(struct hv_event_page) <= sizeof(struct hv_vcpu_events), "1.2's page is block 0");
+
+/* T:531 vCPU `id`'s block of the event page (abi.h, "Events"): its own
+ * pending, masked and upcall_pending.  NULL: no page registered. */
+static struct hv_vcpu_events *event_block(const struct hv_partition *p, uint32_t id)
 {
     uint64_t gpa = __atomic_load_n(&p->g.event_page_gpa, __ATOMIC_ACQUIRE);
-    return gpa ? (struct hv_event_page *)(p->ram + gpa) : NULL;
+    return gpa ? (struct hv_vcpu_events *)(p->ram + gpa + (uint64_t)id * HV_VCPU_EVENTS_SIZE)
+               : NULL;
 }
 
-int event_raise(struct hv_partition *p, uint32_t event)
+int event_raise_vcpu(struct hv_partition *p, uint32_t id, uint32_t event)
 {
-    if (event >= HV_EVENTS_MAX)
+    if (event >= HV_EVENTS_MAX || id >= p->nvcpus)
         return -HV_EINVAL;
-    struct hv_event_page *page = event_page(p);
+    struct hv_vcpu_events *page = event_block(p, id);
     if (!page)
         return -HV_EPERM;
     uint64_t bit = 1ull << (event % 64);
@@ -32,7 +39,7 @@ int event_raise(struct hv_partition *p, uint32_t event)
     int masked = !!(__atomic_load_n(&page->masked[word], __ATOMIC_SEQ_CST) & bit);
     /* The vCPU may be going away on its own thread: hold it while we kick. */
     pthread_mutex_lock(&p->vcpu_lock);
-    struct hv_vcpu *v = p->vcpu;
+    struct hv_vcpu *v = p->vcpus[id];
     if (v) {
         /* Only the 0 -> 1 edge of upcall_pending injects: one upcall at a time. */
         if (!masked && __atomic_exchange_n(&page->upcall_pending, 1, __ATOMIC_SEQ_CST) == 0) {
@@ -46,9 +53,17 @@ int event_raise(struct hv_partition *p, uint32_t event)
     return 0;
 }
 
-int event_any_pending(const struct hv_partition *p)
+int event_raise(struct hv_partition *p, uint32_t event)
 {
-    const struct hv_event_page *page = event_page(p);
+    if (event >= HV_EVENTS_MAX)
+        return -HV_EINVAL;
+    uint32_t id = __atomic_load_n(&p->g.event_vcpu[event], __ATOMIC_RELAXED);
+    return event_raise_vcpu(p, id, event);
+}
+
+int event_any_pending(const struct hv_vcpu *v)
+{
+    const struct hv_vcpu_events *page = event_block(v->partition, v->id);
     if (!page)
         return 0;
     for (int i = 0; i < HV_EVENT_WORDS; i++)

@@ -171,6 +171,11 @@ int  hv_partition_set_route(struct hv_partition *p, uint64_t nr, int route);
 int  hv_partition_trace_enable(struct hv_partition *p, uint32_t capacity);
 /* Move up to max records out of the ring; returns how many. */
 uint32_t hv_partition_trace_read(struct hv_partition *p, struct hv_trace_record *out, uint32_t max);
+/* SMP: the partition has n vCPUs (1..HV_VCPUS_MAX; before any is created).
+ * Create each (hv_vcpu_create with its id); vCPU 0 boots, the others are
+ * down until the guest's vcpu_up (hv_vcpu_is_up tells). */
+int  hv_partition_set_vcpus(struct hv_partition *p, uint32_t n);
+uint32_t hv_partition_vcpus(const struct hv_partition *p);
 /* Deterministic execution (TCG only; before the vCPU is created): the
  * partition clock counts guest instructions (1 ns each) and the timer fires
  * at an exact instruction. */
@@ -219,6 +224,7 @@ uint32_t hv_uart_drain(struct hv_partition *p, uint8_t *buf, uint32_t max);
 
 /* -- vCPUs: create and run on one thread ------------------------------------ */
 int  hv_vcpu_create(struct hv_partition *p, uint32_t id, struct hv_vcpu **out);
+int  hv_vcpu_is_up(const struct hv_vcpu *v);
 void hv_vcpu_destroy(struct hv_vcpu *v);
 /* Put the vCPU at a PVH entry point: 32-bit flat protected mode, EBX = info. */
 int  hv_vcpu_set_pvh_entry(struct hv_vcpu *v, uint32_t entry, uint32_t start_info);
@@ -268,6 +274,7 @@ int  hv_copy_to_guest(struct hv_vcpu *v, uint64_t gva, const void *src, uint64_t
 #define HV_SCHED_STOP_YIELD   1
 #define HV_SCHED_STOP_BLOCK   2
 #define HV_SCHED_STOP_PARENT  3
+#define HV_SCHED_STOP_DOWN    4   /* vcpu_down: DOWN, and startable again */
 /* Scheduling constants (ns; weight is relative, default 256). */
 #define HV_SCHED_WEIGHT_DEFAULT    256
 #define HV_SCHED_SLICE_MIN_NS      500000
@@ -303,6 +310,10 @@ int  hv_sched_resume(struct hv_vcpu *v);
 /* Take a vCPU out (hv_vcpu_destroy does it too). */
 void hv_sched_detach(struct hv_vcpu *v);
 int  hv_sched_set_share(struct hv_vcpu *v, uint32_t weight, uint32_t cap);
+/* Every vCPU of a scheduled partition at once (SMP): pause returns once
+ * none runs, and one the guest brings up meanwhile starts paused. */
+int  hv_partition_pause(struct hv_partition *p);
+int  hv_partition_resume(struct hv_partition *p);
 
 struct hv_sched_info {
     uint32_t state;            /* HV_SCHED_* */

@@ -29,7 +29,7 @@ static int64_t hc_features(struct hv_vcpu *v, const uint64_t arg[5], struct hv_e
     if (index != 0)
         return -HV_EINVAL;
     return HV_FEATURE_EVENTS | HV_FEATURE_TIMER | HV_FEATURE_MULTICALL | HV_FEATURE_CLOCK |
-           HV_FEATURE_CHANNELS;
+           HV_FEATURE_CHANNELS | HV_FEATURE_SMP;
 }
 
 /* The bytes are copied here, once; the parent writes exactly these bytes
@@ -167,6 +167,14 @@ static const struct {
     [HV_HC_GRANT_TABLE_REGISTER]    = { hc_grant_table_register,    "grant_table_register",    "table,count" },
     [HV_HC_GRANT_COPY]              = { hc_grant_copy,              "grant_copy",              "segs,count" },
     [HV_HC_GRANT_END]               = { hc_grant_end,               "grant_end",               "ref" },
+    /* SMP (smp.c). */
+    [HV_HC_VCPU_UP]         = { hc_vcpu_up,         "vcpu_up",         "vcpu,context" },
+    [HV_HC_VCPU_DOWN]       = { hc_vcpu_down,       "vcpu_down",       "vcpu" },
+    [HV_HC_VCPU_ID]         = { hc_vcpu_id,         "vcpu_id",         "" },
+    [HV_HC_VCPU_COUNT]      = { hc_vcpu_count,      "vcpu_count",      "" },
+    [HV_HC_VCPU_SEND_EVENT] = { hc_vcpu_send_event, "vcpu_send_event", "vcpu,event" },
+    [HV_HC_TLB_FLUSH]       = { hc_tlb_flush,       "tlb_flush",       "mask,va" },
+    [HV_HC_EVENT_BIND_VCPU] = { hc_event_bind_vcpu, "event_bind_vcpu", "event,vcpu" },
 };
 
 int64_t hypercall_dispatch(struct hv_vcpu *v, uint64_t nr, const uint64_t args[5],

@@ -48,6 +48,7 @@ int hv_partition_create(int engine, uint64_t mem_size, struct hv_partition **out
     if (!p)
         return -ENOMEM;
     p->engine = ops;
+    p->nvcpus = 1;
     pthread_mutex_init(&p->vcpu_lock, NULL);
     p->mem_size = mem_size;
     p->nframes = mem_size / HV_PAGE_SIZE;
@@ -102,8 +103,9 @@ void hv_partition_destroy(struct hv_partition *p)
 
 void partition_free(struct hv_partition *p)
 {
-    if (p->vcpu)
-        hv_vcpu_destroy(p->vcpu);
+    for (uint32_t i = 0; i < HV_VCPUS_MAX; i++)
+        if (p->vcpus[i])
+            hv_vcpu_destroy(p->vcpus[i]);
     virtio_free(p);
     platform_free(p);
     if (p->engine_vm)
@@ -146,6 +148,21 @@ int hv_partition_set_route(struct hv_partition *p, uint64_t nr, int route)
     return 0;
 }
 
+/* T:413 SMP: how many vCPUs the partition has, fixed before the first is
+ * created.  vCPU 0 boots; the guest brings the others up (smp.c). */
+int hv_partition_set_vcpus(struct hv_partition *p, uint32_t n)
+{
+    if (n < 1 || n > HV_VCPUS_MAX)
+        return -EINVAL;
+    for (uint32_t i = 0; i < HV_VCPUS_MAX; i++)
+        if (p->vcpus[i])
+            return -EBUSY;
+    p->nvcpus = n;
+    return 0;
+}
+
+uint32_t hv_partition_vcpus(const struct hv_partition *p) { return p->nvcpus; }
+
 int hv_partition_set_deterministic(struct hv_partition *p)
 {
     if (!p->engine->count_instructions)
@@ -172,7 +189,7 @@ int hv_partition_trace_instructions(struct hv_partition *p, uint64_t start, uint
 uint64_t partition_clock_ns(const struct hv_partition *p)
 {
     if (p->deterministic)
-        return p->vcpu ? p->vcpu->g.instructions : 0;
+        return p->g.instructions;
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
     return (uint64_t)(now.tv_sec - p->epoch.tv_sec) * 1000000000ull

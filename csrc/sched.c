@@ -263,6 +263,11 @@ void sched_stop(struct sched *s, struct sched_entity *e, enum sched_stop why,
         return;
     }
     switch (why) {
+    case SCHED_STOP_DOWN:
+        /* The guest's vcpu_down: DOWN until a vcpu_up starts it again. */
+        e->state = SCHED_DOWN;
+        e->wake_pending = e->pause_pending = e->paused_blocked = e->yielded = 0;
+        return;
     case SCHED_STOP_BLOCK:
         e->blocks++;
         if (e->wake_pending)
@@ -334,6 +339,16 @@ int sched_start(struct sched *s, struct sched_entity *e, uint64_t now)
         return -1;
     e->period_start = now;
     return make_runnable(s, e, now);
+}
+
+void sched_start_paused(struct sched *s, struct sched_entity *e, uint64_t now)
+{
+    (void)s;
+    if (e->state != SCHED_DOWN || e->down_pending)
+        return;
+    e->period_start = now;
+    e->state = SCHED_PAUSED;
+    e->paused_blocked = 0;
 }
 
 /* T:588 An event for a blocked vCPU: it goes back on its runqueue and a

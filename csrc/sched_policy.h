@@ -38,6 +38,7 @@ enum sched_stop {
     SCHED_STOP_YIELD = HV_SCHED_STOP_YIELD,          /* the guest gave the CPU away */
     SCHED_STOP_BLOCK = HV_SCHED_STOP_BLOCK,          /* nothing to do until an event */
     SCHED_STOP_PARENT = HV_SCHED_STOP_PARENT,         /* an exit record for the parent */
+    SCHED_STOP_DOWN = HV_SCHED_STOP_DOWN,             /* the guest took it down (vcpu_down) */
 };
 
 struct sched_entity {
@@ -86,6 +87,8 @@ void sched_add(struct sched *s, struct sched_entity *e, uint32_t group, uint32_t
 void sched_forget(struct sched *s, struct sched_entity *e);   /* must be DOWN */
 /* DOWN -> RUNNABLE.  Returns a worker to notify, or -1. */
 int  sched_start(struct sched *s, struct sched_entity *e, uint64_t now);
+/* DOWN -> PAUSED (started while its partition is paused): resume runs it. */
+void sched_start_paused(struct sched *s, struct sched_entity *e, uint64_t now);
 /* The entity worker w should run next (RUNNING from now), and its slice. */
 struct sched_entity *sched_pick(struct sched *s, int w, uint64_t now, uint64_t *slice);
 /* Worker w stops running e.  wake_at: for SCHED_STOP_BLOCK. */

@@ -169,8 +169,11 @@ static void *worker_main(void *arg)
         static const enum sched_stop why[] = {
             [RUN_TO_PARENT] = SCHED_STOP_PARENT, [RUN_BLOCKED] = SCHED_STOP_BLOCK,
             [RUN_KICKED] = SCHED_STOP_PREEMPT, [RUN_YIELDED] = SCHED_STOP_YIELD,
+            [RUN_DOWN] = SCHED_STOP_DOWN,
         };
         sched_stop(&hs->s, e, why[end], wake_at, now_ns());
+        if (end == RUN_DOWN)        /* parked in DOWN: now vcpu_up may start it (smp.c) */
+            __atomic_store_n(&v->g.up, 0, __ATOMIC_RELEASE);
         if (e->state == SCHED_PARENT) {
             /* T:596 The exit record waits for the parent; no worker waits. */
             v->h.exitq_next = NULL;
@@ -288,6 +291,21 @@ int hv_sched_start(struct hv_vcpu *v)
     }
     pthread_mutex_unlock(&hs->s.lock);
     return err;
+}
+
+/* vcpu_up (smp.c, under the partition's vcpu_lock): v is parked DOWN. */
+void sched_vcpu_start(struct hv_vcpu *v, int paused)
+{
+    struct hv_sched *hs = v->h.sched;
+    pthread_mutex_lock(&hs->s.lock);
+    if (paused) {
+        sched_start_paused(&hs->s, &v->h.se, now_ns());
+    } else {
+        int w = sched_start(&hs->s, &v->h.se, now_ns());
+        if (w >= 0)
+            notify(hs, w);
+    }
+    pthread_mutex_unlock(&hs->s.lock);
 }
 
 struct hv_vcpu *hv_sched_next_exit(struct hv_sched *hs, int timeout_ms)

@@ -77,7 +77,7 @@ void timer_check(struct hv_vcpu *v)
     uint64_t now = partition_clock_ns(v->partition);
     if (now >= deadline) {
         v->g.timer_deadline = 0;
-        event_raise(v->partition, HV_EVENT_TIMER);
+        event_raise_vcpu(v->partition, v->id, HV_EVENT_TIMER);   /* its own timer: on itself */
         return;
     }
     aim_host_timer(v, deadline, now);

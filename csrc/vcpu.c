@@ -21,15 +21,16 @@
 
 int hv_vcpu_create(struct hv_partition *p, uint32_t id, struct hv_vcpu **out)
 {
-    if (id != 0)
-        return -EINVAL;             /* one vCPU per partition until SMP */
-    if (p->vcpu)
+    if (id >= p->nvcpus)
+        return -EINVAL;             /* hv_partition_set_vcpus says how many */
+    if (p->vcpus[id])
         return -EBUSY;
     struct hv_vcpu *v = calloc(1, sizeof(*v));
     if (!v)
         return -ENOMEM;
     v->partition = p;
     v->id = id;
+    v->g.up = id == 0;              /* vCPU 0 boots; the others wait for vcpu_up */
     pthread_mutex_init(&v->h.lock, NULL);
     pthread_condattr_t attr;
     pthread_condattr_init(&attr);
@@ -43,7 +44,7 @@ int hv_vcpu_create(struct hv_partition *p, uint32_t id, struct hv_vcpu **out)
     if (!err && p->insn_trace_end)
         err = p->engine->trace_code(v->engine_vcpu, p->insn_trace_start, p->insn_trace_end);
     if (!err && p->deterministic)
-        err = p->engine->count_instructions(v->engine_vcpu, &v->g.instructions, &v->g.timer_deadline);
+        err = p->engine->count_instructions(v->engine_vcpu, &p->g.instructions, &v->g.timer_deadline);
     if (err) {
         if (v->engine_vcpu)
             p->engine->vcpu_destroy(v->engine_vcpu);
@@ -55,10 +56,17 @@ int hv_vcpu_create(struct hv_partition *p, uint32_t id, struct hv_vcpu **out)
     vcpu_thread_setup(v);
     v->lapic = lapic_create(v);     /* NULL (no memory): the guest sees no APIC */
     pthread_mutex_lock(&p->vcpu_lock);
-    p->vcpu = v;
+    p->vcpus[id] = v;
+    if (id == 0)
+        p->vcpu = v;
     pthread_mutex_unlock(&p->vcpu_lock);
     *out = v;
     return 0;
+}
+
+int hv_vcpu_is_up(const struct hv_vcpu *v)
+{
+    return __atomic_load_n(&v->g.up, __ATOMIC_ACQUIRE);
 }
 
 void hv_vcpu_destroy(struct hv_vcpu *v)
@@ -68,7 +76,9 @@ void hv_vcpu_destroy(struct hv_vcpu *v)
     /* Unpublish first: a device interrupt on another thread may be about
      * to kick this vCPU. */
     pthread_mutex_lock(&v->partition->vcpu_lock);
-    v->partition->vcpu = NULL;
+    v->partition->vcpus[v->id] = NULL;
+    if (v->id == 0)
+        v->partition->vcpu = NULL;
     pthread_mutex_unlock(&v->partition->vcpu_lock);
     hv_sched_detach(v);             /* off every worker first */
     vcpu_thread_teardown(v);
@@ -83,10 +93,11 @@ void hv_vcpu_destroy(struct hv_vcpu *v)
  * segment (selector 0x10) and data segment (0x18) described by a small GDT
  * that hv writes into its own reserved page 0; the guest loads its own GDT
  * before it reloads a segment register. */
-static const uint64_t pvh_boot_gdt[4] = {
+static const uint64_t pvh_boot_gdt[5] = {
     0, 0,
     0x00cf9b000000ffffull,      /* 0x10: code, base 0, limit 4 GiB, 32-bit */
-    0x00cf93000000ffffull,      /* 0x18: data, base 0, limit 4 GiB */
+    0x00cf93000000ffffull,      /* 0x18: data, base 0, limit 4 GiB (HV_VCPU_UP_DS) */
+    0x00af9b000000ffffull,      /* 0x20: code, 64-bit (HV_VCPU_UP_CS: vcpu_up) */
 };
 
 _Static_assert(HV_BOOT_GDT_GPA + sizeof(pvh_boot_gdt) <= HV_BOOT_PAGE_GPA,
@@ -100,6 +111,20 @@ int hv_vcpu_set_pvh_entry(struct hv_vcpu *v, uint32_t entry, uint32_t start_info
     memcpy(p->ram + HV_BOOT_GDT_GPA, pvh_boot_gdt, sizeof(pvh_boot_gdt));
     return p->engine->set_pvh_entry(v->engine_vcpu, entry, start_info, HV_BOOT_GDT_GPA,
                                     sizeof(pvh_boot_gdt) - 1);
+}
+
+_Static_assert(HV_BOOT_GDT_LIMIT == sizeof(pvh_boot_gdt) - 1, "core.h's limit");
+_Static_assert(HV_VCPU_UP_CS == 4 * 8 && HV_VCPU_UP_DS == 3 * 8, "abi.h's selectors");
+
+/* vcpu_up (smp.c): t runs nowhere.  The boot GDT is written again: the
+ * guest may have reused page 0 since it booted. */
+int vcpu_set_long_entry(struct hv_vcpu *t, const struct hv_vcpu_context *ctx)
+{
+    struct hv_partition *p = t->partition;
+    if (hv_partition_frame_owner(p, HV_BOOT_GDT_GPA) != HV_OWNER_HV)
+        return -EINVAL;
+    memcpy(p->ram + HV_BOOT_GDT_GPA, pvh_boot_gdt, sizeof(pvh_boot_gdt));
+    return p->engine->set_long_entry(t->engine_vcpu, ctx, HV_BOOT_GDT_GPA, HV_BOOT_GDT_LIMIT);
 }
 
 static void set_result(struct hv_vcpu *v, int64_t result)
@@ -344,16 +369,19 @@ int vcpu_needs_loop(const struct hv_vcpu *v)
 {
     return v->g.wait != WAIT_NONE || v->g.mc.active || v->h.pause_requested ||
            v->g.inject_pending || v->lapic_pending || v->h.trace_drain || v->h.timer_due ||
-           v->h.yielded;
+           v->h.yielded || v->g.down_requested || v->g.tlb_flush_pending;
 }
 
 #define RUN_ON (-1)     /* pending_work: nothing stops the run, enter the guest */
 
 /* The pending work vcpu_needs_loop() announced, in order: a suspended
- * multicall, block/hlt, a pause, a trace drain, a yield.  (Upcalls and
+ * multicall, block/hlt, a pause, a trace drain, a yield (and a vcpu_down
+ * before all of them; a TLB flush is smp_before_run's).  (Upcalls and
  * timers are event_before_entry()'s.)  RUN_ON, or why the run ends. */
 static int pending_work(struct hv_vcpu *v, struct hv_exit *exit, int scheduled)
 {
+    if (v->g.down_requested)
+        return RUN_DOWN;            /* vcpu_down: its worker parks it (smp.c) */
     if (v->g.mc.active && multicall_resume(v, exit))
         return RUN_TO_PARENT;
     if (v->g.wait == WAIT_EVENT) {
@@ -403,6 +431,7 @@ enum vcpu_run_end vcpu_run_loop(struct hv_vcpu *v, struct hv_exit *exit, int sch
 
         struct engine_exit ex = {0};
         __atomic_store_n(&v->h.in_guest, 1, __ATOMIC_SEQ_CST);
+        smp_before_run(v);          /* after in_guest: a TLB flush asked for meanwhile */
         int err = e->run(v->engine_vcpu, &ex);
         __atomic_store_n(&v->h.in_guest, 0, __ATOMIC_SEQ_CST);
         if (err) {
@@ -525,10 +554,19 @@ uint64_t hv_test_state_digest(struct hv_vcpu *v)
     uint64_t h = 0xcbf29ce484222325ull;
     h = fnv(h, &p->g, sizeof(p->g));     /* calloc'd: its padding is zero */
     h = fnv(h, p->route, sizeof(p->route));
-    h = fnv(h, &v->g.timer_deadline, sizeof(v->g.timer_deadline));
     h = fnv(h, &v->g.mc, sizeof(v->g.mc));
-    h = fnv(h, &v->g.wait, sizeof(v->g.wait));
-    if (p->g.event_page_gpa)
-        h = fnv(h, p->ram + p->g.event_page_gpa, sizeof(struct hv_event_page));
+    /* Every vCPU's: up or down, its timer, what it waits for, its events. */
+    for (uint32_t i = 0; i < p->nvcpus; i++) {
+        const struct hv_vcpu *t = p->vcpus[i];
+        if (!t)
+            continue;
+        h = fnv(h, &t->g.up, sizeof(t->g.up));
+        h = fnv(h, (const void *)&t->g.down_requested, sizeof(t->g.down_requested));
+        h = fnv(h, &t->g.timer_deadline, sizeof(t->g.timer_deadline));
+        h = fnv(h, &t->g.wait, sizeof(t->g.wait));
+        if (p->g.event_page_gpa)
+            h = fnv(h, p->ram + p->g.event_page_gpa + (uint64_t)i * HV_VCPU_EVENTS_SIZE,
+                    sizeof(struct hv_event_page));
+    }
     return h;
 }

@@ -35,13 +35,13 @@ int vcpu_wait_check(struct hv_vcpu *v, uint64_t *deadline)
         if (apic && (!d || apic < d))
             d = apic;
         *deadline = d;
-        if (event_any_pending(v->partition) || lapic_has_interrupt(v))
+        if (event_any_pending(v) || lapic_has_interrupt(v))
             return 0;
         if (!(v->partition->deterministic && d))
             return 1;
         /* Virtual time: an idle guest skips ahead to its deadline. */
-        if (v->g.instructions < d)
-            v->g.instructions = d;
+        if (v->partition->g.instructions < d)
+            v->partition->g.instructions = d;
     }
 }
 
@@ -56,7 +56,7 @@ int event_wait(struct hv_vcpu *v)
         if (vcpu_wait_check(v, &deadline) == 0)
             return 0;
         pthread_mutex_lock(&v->h.lock);
-        int result = event_any_pending(v->partition) || lapic_has_interrupt(v) ? 0
+        int result = event_any_pending(v) || lapic_has_interrupt(v) ? 0
                    : v->h.pause_requested ? -HV_EAGAIN : 1;
         if (result == 1) {
             if (deadline) {

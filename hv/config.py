@@ -33,7 +33,8 @@ their documented types: `readonly = "no"` is refused, not taken as true.
 import os
 
 PARTITION_KEYS = {"name", "kernel", "initrd", "mem", "cmdline", "engine", "deterministic", "devices",
-                  "weight", "cap"}
+                  "weight", "cap", "smp"}
+SMP_MAX = 16                    # vCPUs per partition: hv/abi.h's HV_VCPUS_MAX (a test checks)
 # The scheduler's share of a partition (docs/scheduler.md): either key puts it
 # on the process's scheduler.  (lowest, highest) accepted.
 SHARE_RANGES = {"weight": (1, 65535), "cap": (0, 100)}
@@ -182,6 +183,8 @@ def check_partition(spec, source=None, base=".", index=None):
     for key, (low, high) in SHARE_RANGES.items():
         if key in spec and (type(spec[key]) is not int or not low <= spec[key] <= high):
             raise ConfigError(f"{where}: {key} must be an integer {low}..{high}")
+    if "smp" in spec and (type(spec["smp"]) is not int or not 1 <= spec["smp"] <= SMP_MAX):
+        raise ConfigError(f"{where}: smp must be an integer 1..{SMP_MAX} (vCPUs)")
     from hv.partition import ENGINES, parse_size
     try:
         parse_size(spec.get("mem", "64M"))

@@ -254,7 +254,7 @@ class Manager:
                              engine=spec.get("engine", "auto"),
                              deterministic=spec.get("deterministic", False),
                              console=console, devices=devices, name=name,
-                             **scheduling(spec))
+                             smp=spec.get("smp", 1), **scheduling(spec))
         except (LoadError, ValueError, HostError, DiskError, OSError) as e:
             for device in devices:
                 device.close()

@@ -101,7 +101,7 @@ def choose_engine(engine="auto"):
 
 
 class Partition:
-    """One guest: kernel image, memory, one vCPU, a console.
+    """One guest: kernel image, memory, smp vCPUs (1 by default), a console.
 
     Lifecycle: created -> running <-> paused -> shutdown | crashed -> destroyed.
     run() runs the vCPU on the calling thread; start() on a thread of its own.
@@ -111,7 +111,7 @@ class Partition:
 
     def __init__(self, kernel, mem="64M", cmdline="", engine="auto", console=None,
                  deterministic=False, trace=None, devices=(), name=None, initrd=None,
-                 scheduler=None, weight=0, cap=0):
+                 scheduler=None, weight=0, cap=0, smp=1):
         mem_size = parse_size(mem) if isinstance(mem, str) else int(mem)
         host_ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         if mem_size > host_ram:
@@ -158,7 +158,8 @@ class Partition:
         self.tracer = trace            # hv.trace.Tracer or None
         self.debugger = None           # hv.gdbstub.GdbStub, set before the guest starts
         self._parent_handlers = {}     # hypercall nr -> fn(args) for routed calls
-        self._vcpu = None
+        self._vcpu = None              # vCPU 0 (the boot vCPU)
+        self._vcpus = []               # every vCPU, by id, once created
         self._thread = None
         self._run_thread = None
         self._finished = False
@@ -167,6 +168,16 @@ class Partition:
         self._cond = threading.Condition()   # guards state, _vcpu, _finished
         # scheduler: None = a host thread runs the vCPU (run()'s own); True =
         # the process's shared hv.scheduler.Scheduler; or a Scheduler.
+        # T:628 SMP: smp vCPUs, vCPU 0 boots, the guest brings the others up.
+        # They run on the scheduler's workers (KVM's in parallel, a TCG
+        # partition's interleaved on one worker at a time).
+        self.smp = int(smp)
+        if not 1 <= self.smp <= lib.HV_VCPUS_MAX:
+            raise ValueError(f"smp is 1..{lib.HV_VCPUS_MAX} vCPUs, not {smp}")
+        if self.smp > 1 and deterministic:
+            raise ValueError("deterministic SMP partitions are not supported yet")
+        if self.smp > 1 and scheduler is None:
+            scheduler = True
         if scheduler is True:
             from hv.scheduler import default_scheduler
             scheduler = default_scheduler()
@@ -184,6 +195,7 @@ class Partition:
             raise HostError(f"cannot create partition: {os.strerror(-err)}")
         self._p = out[0]
         self.id = lib.hv_partition_id(self._p)
+        lib.hv_partition_set_vcpus(self._p, self.smp)
         self.name = name or f"p{self.id}"
         self.mem_size = mem_size
         # Guest RAM outlives the partition while Python still holds a view of
@@ -298,8 +310,9 @@ class Partition:
         # its exits arrive at _serve_exit() on the scheduler's threads.
         try:
             vcpu = self._create_vcpu()
-            self._scheduler.attach(self, vcpu, self.weight, self.cap)
-            lib.hv_sched_start(vcpu)
+            for v in self._vcpus:
+                self._scheduler.attach(self, v, self.weight, self.cap)
+            lib.hv_sched_start(vcpu)            # the others start when the guest says
         except Exception as e:
             self._crash(f"parent partition error: {type(e).__name__}: {e}")
             self._end()
@@ -313,7 +326,9 @@ class Partition:
             self._ending = True
         if self._scheduler is not None and self._vcpu is not None:
             self.last_counters = self.counters()
-            self._scheduler.detach(self._vcpu)      # off every worker and server
+            lib.hv_partition_pause(self._p)         # every vCPU off its worker, at once
+            for v in self._vcpus:
+                self._scheduler.detach(v)           # off every worker and server
         # The trace is complete before wait() returns: a caller that
         # exits right after must not lose its last records.
         if self.tracer is not None:
@@ -322,8 +337,10 @@ class Partition:
             if self._vcpu is not None:      # destroyed on the thread that ran it
                 if self._scheduler is None:
                     self.last_counters = self.counters()
-                lib.hv_vcpu_destroy(self._vcpu)
+                for v in self._vcpus:
+                    lib.hv_vcpu_destroy(v)
                 self._vcpu = None
+                self._vcpus = []
         if self._device_host is not None:
             self._device_host.stop()
             self._device_host = None
@@ -388,7 +405,7 @@ class Partition:
                     raise StateError(f"partition {self.id} did not pause within {timeout} s")
                 if self._finished or self.state != RUNNING:
                     return
-                lib.hv_sched_pause(self._vcpu)          # returns once it runs nowhere
+                lib.hv_partition_pause(self._p)         # returns once no vCPU runs
                 self.state = PAUSED
                 self._cond.notify_all()
                 return
@@ -401,7 +418,7 @@ class Partition:
                 raise StateError(f"cannot resume partition {self.id}: it is {self.state}")
             if self._scheduler is not None:
                 self.state = RUNNING
-                lib.hv_sched_resume(self._vcpu)
+                lib.hv_partition_resume(self._p)
                 self._cond.notify_all()
                 return
             self._resume.set()
@@ -466,13 +483,20 @@ class Partition:
 
     def _create_vcpu(self):
         # T:620 The vCPU is created on the thread that runs it (KVM's rule;
-        # on a scheduler, a worker's first run pays the move once).
-        out = ffi.new("struct hv_vcpu **")
-        err = lib.hv_vcpu_create(self._p, 0, out)
-        if err:
-            raise HostError(f"cannot create vCPU: {os.strerror(-err)}")
+        # on a scheduler, a worker's first run pays the move once).  An SMP
+        # partition's vCPUs are all made now; only vCPU 0 gets an entry.
+        vcpus = []
+        for i in range(self.smp):
+            out = ffi.new("struct hv_vcpu **")
+            err = lib.hv_vcpu_create(self._p, i, out)
+            if err:
+                for v in vcpus:
+                    lib.hv_vcpu_destroy(v)
+                raise HostError(f"cannot create vCPU {i}: {os.strerror(-err)}")
+            vcpus.append(out[0])
         with self._cond:
-            self._vcpu = vcpu = out[0]
+            self._vcpus = vcpus
+            self._vcpu = vcpu = vcpus[0]
             self._cond.notify_all()
         err = lib.hv_vcpu_set_pvh_entry(vcpu, self.image.entry, self.image.start_info_gpa)
         if err:
@@ -501,7 +525,7 @@ class Partition:
             result = served(tuple(exit_.args))
         else:
             result = PARENT_HYPERCALLS.get(exit_.nr, Partition._hc_not_served)(self, exit_)
-        lib.hv_vcpu_complete(self._vcpu, result)
+        lib.hv_vcpu_complete(self._vcpus[exit_.vcpu], result)
 
     def _hc_not_served(self, exit_):
         return -lib.HV_ENOSYS
@@ -543,11 +567,12 @@ class Partition:
 
     def _on_crash(self, exit_):
         cause = CRASH_CAUSES.get(exit_.code, f"cause {exit_.code}")
-        self._crash(f"{cause} (engine exit {exit_.reason})")
+        where = f"vCPU {exit_.vcpu}: " if self.smp > 1 else ""
+        self._crash(f"{where}{cause} (engine exit {exit_.reason})", exit_.vcpu)
 
     def _on_io(self, exit_):
         # No device lives on port I/O yet: an empty bus (reads all ones).
-        lib.hv_vcpu_complete(self._vcpu, (1 << (8 * exit_.io_size)) - 1)
+        lib.hv_vcpu_complete(self._vcpus[exit_.vcpu], (1 << (8 * exit_.io_size)) - 1)
 
     def _on_paused(self, exit_):
         if self._stop or self._scheduler is not None:
@@ -575,18 +600,20 @@ class Partition:
     def _on_error(self, exit_):
         self._crash(f"host error: {os.strerror(exit_.code)}")
 
-    def _crash(self, cause):
-        self.crash_report = f"partition {self.id} crashed: {cause}\n" + self.register_dump()
+    def _crash(self, cause, vcpu=0):
+        self.crash_report = f"partition {self.id} crashed: {cause}\n" + self.register_dump(vcpu)
         self._set_state(CRASHED)
 
     # -- inspection ----------------------------------------------------
-    def register_dump(self):
-        if self._vcpu is None:
+    def register_dump(self, vcpu=0):
+        """vCPU `vcpu`'s registers, as text ("" if it does not exist)."""
+        if vcpu >= len(self._vcpus):
             return ""
+        v = self._vcpus[vcpu]
         r = ffi.new("struct hv_regs *")
         s = ffi.new("struct hv_sregs *")
-        lib.hv_vcpu_get_regs(self._vcpu, r)
-        lib.hv_vcpu_get_sregs(self._vcpu, s)
+        lib.hv_vcpu_get_regs(v, r)
+        lib.hv_vcpu_get_sregs(v, s)
         names = ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
                  "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags"]
         cells = [f"{n:>6}={getattr(r, n):016x}" for n in names]
@@ -595,14 +622,23 @@ class Partition:
         return "\n".join("  ".join(cells[i:i + 4]) for i in range(0, len(cells), 4))
 
     def counters(self):
-        """{'exits', 'fast_hypercalls', 'parent_hypercalls'} of the vCPU (while it exists)."""
+        """{'exits', 'fast_hypercalls', 'parent_hypercalls'} (and the
+        scheduler's, when scheduled), summed over the vCPUs while they exist."""
         if self._vcpu is None:
             return {}
+        out = {}
+        for v in self._vcpus:
+            for k, n in self.vcpu_counters(v).items():
+                out[k] = out.get(k, 0) + n
+        return out
+
+    @staticmethod
+    def vcpu_counters(v):
         vals = ffi.new("uint64_t[3]")
-        lib.hv_vcpu_counters(self._vcpu, vals, vals + 1, vals + 2)
+        lib.hv_vcpu_counters(v, vals, vals + 1, vals + 2)
         out = {"exits": vals[0], "fast_hypercalls": vals[1], "parent_hypercalls": vals[2]}
         info = ffi.new("struct hv_sched_info *")
-        if self._scheduler is not None and lib.hv_sched_vcpu_info(self._vcpu, info) == 0:
+        if lib.hv_sched_vcpu_info(v, info) == 0:
             out.update(run_ns=info.runtime_ns, dispatches=info.dispatches,
                        blocks=info.blocks, parent_waits=info.parent_waits,
                        migrations=info.migrations)

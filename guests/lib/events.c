@@ -1,10 +1,12 @@
 /* events.c - hv events: a page of pending bits and one interrupt vector. */
 #include "events.h"
 #include "hypercall.h"
+#include "smp.h"
 #include "traps.h"
 
-/* Shared with hv; page aligned because hv demands it (HV_HC_EVENT_REGISTER). */
-static struct hv_event_page event_page __attribute__((aligned(HV_PAGE_SIZE)));
+/* Shared with hv; page aligned because hv demands it (HV_HC_EVENT_REGISTER).
+ * One block per vCPU (abi.h, "Events"); block 0 is 1.2's whole page. */
+static struct hv_vcpu_events event_blocks[HV_VCPUS_MAX] __attribute__((aligned(HV_PAGE_SIZE)));
 static event_handler_fn user_handler;
 
 void event_entry(void);         /* entry.S */
@@ -19,12 +21,17 @@ long hv_events_init(unsigned vector, event_handler_fn handler)
 {
     user_handler = handler;
     idt_set_gate(vector, event_entry);
-    return hv_hypercall2(HV_HC_EVENT_REGISTER, (uintptr_t)&event_page, vector);
+    return hv_hypercall2(HV_HC_EVENT_REGISTER, (uintptr_t)event_blocks, vector);
 }
 
 struct hv_event_page *hv_event_page(void)
 {
-    return &event_page;
+    return (struct hv_event_page *)&event_blocks[0];
+}
+
+struct hv_vcpu_events *hv_event_block(unsigned cpu)
+{
+    return &event_blocks[cpu];
 }
 
 /*
@@ -35,11 +42,12 @@ struct hv_event_page *hv_event_page(void)
  */
 void events_dispatch(void)
 {
-    __atomic_store_n(&event_page.upcall_pending, 0, __ATOMIC_SEQ_CST);
+    struct hv_vcpu_events *page = &event_blocks[smp_cpu_id()];   /* the CPU it came to */
+    __atomic_store_n(&page->upcall_pending, 0, __ATOMIC_SEQ_CST);
     for (unsigned w = 0; w < HV_EVENT_WORDS; w++) {
-        if (__atomic_load_n(&event_page.pending[w], __ATOMIC_RELAXED) == 0)
+        if (__atomic_load_n(&page->pending[w], __ATOMIC_RELAXED) == 0)
             continue;   /* skip the locked exchange for empty words */
-        uint64_t bits = __atomic_exchange_n(&event_page.pending[w], 0, __ATOMIC_SEQ_CST);
+        uint64_t bits = __atomic_exchange_n(&page->pending[w], 0, __ATOMIC_SEQ_CST);
 
         while (bits != 0) {
             unsigned bit = __builtin_ctzll(bits);

@@ -9,8 +9,10 @@ typedef void (*event_handler_fn)(unsigned event);
 /* Register the event page and `vector`; `handler` runs once per event, IF=0. */
 long hv_events_init(unsigned vector, event_handler_fn handler);
 
-/* The page itself, for code that masks events or looks at pending bits. */
+/* The page itself (vCPU 0's block), for code that masks events or looks at
+ * pending bits; a given vCPU's block (SMP: each has its own bits). */
 struct hv_event_page *hv_event_page(void);
+struct hv_vcpu_events *hv_event_block(unsigned cpu);
 
 long hv_event_raise(unsigned event);
 long hv_block(void);

@@ -82,6 +82,7 @@ gdt:
     .quad 0x00af9a000000ffff        /* GDT_CODE64: present, ring 0, code, L=1 */
     .quad 0x00cf92000000ffff        /* GDT_DATA: present, ring 0, data, writable */
 gdt_end:
+    .globl gdt_ptr                  /* secondary CPUs load it too (smp_entry.S) */
 gdt_ptr:
     .word gdt_end - gdt - 1
     .quad gdt                       /* 32-bit LGDT reads the low 4 bytes */

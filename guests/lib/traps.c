@@ -44,6 +44,12 @@ void traps_init(void)
     lidt(&idt_ptr);
 }
 
+/* A secondary CPU (smp.c) shares the boot CPU's IDT. */
+void traps_load(void)
+{
+    lidt(&idt_ptr);
+}
+
 void idt_set_gate(unsigned vector, void (*entry)(void))
 {
     idt[vector].low = gate_low((uint64_t)entry);

@@ -13,6 +13,7 @@ struct trap_frame {
 };
 
 void traps_init(void);
+void traps_load(void);            /* load the IDT traps_init filled (secondary CPUs) */
 void idt_set_gate(unsigned vector, void (*entry)(void));
 void idt_set_dpl(unsigned vector, unsigned dpl);
 void trap_entry(struct trap_frame *f);

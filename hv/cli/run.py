@@ -30,6 +30,8 @@ def add_run_options(run):
     run.add_argument("kernel", help="ELF image with a PVH entry note")
     run.add_argument("--mem", default="64M", help="guest RAM, e.g. 64M (default), 1G")
     run.add_argument("--cmdline", default="", help="kernel command line")
+    run.add_argument("--smp", type=int, default=1, metavar="N",
+                     help="vCPUs (default 1); vCPU 0 boots, the guest brings the others up")
     run.add_argument("--initrd", metavar="FILE", help="initial RAM disk (PVH module 0), e.g. a cpio archive")
     run.add_argument("--engine", default="auto",
                      help="execution engine: auto (default: KVM if hardware-accelerated, else TCG), kvm, tcg")
@@ -210,7 +212,8 @@ class Run:
         self.devices = make_devices(specs, {})
         self.part = Partition(args.kernel, mem=args.mem, cmdline=args.cmdline, engine=args.engine,
                               deterministic=args.deterministic, trace=self.tracer,
-                              devices=self.devices, initrd=args.initrd)
+                              devices=self.devices, initrd=args.initrd,
+                              smp=getattr(args, "smp", 1))
         if getattr(args, "gdb", None):
             from hv.gdbstub import GdbStub
             try:

@@ -27,15 +27,20 @@ def documented_errors(path=ABI_H):
 
 
 class Core:
-    """One partition + vCPU on the 'none' engine."""
+    """One partition + vCPU on the 'none' engine (vcpus > 1: an SMP
+    partition; calls are made on vCPU 0, the others stay down)."""
 
-    def __init__(self, mem_size=4 << 20):
+    def __init__(self, mem_size=4 << 20, vcpus=1):
         pp = ffi.new("struct hv_partition **")
         assert lib.hv_partition_create(lib.HV_ENGINE_NONE, mem_size, pp) == 0
         self.p = pp[0]
-        vv = ffi.new("struct hv_vcpu **")
-        assert lib.hv_vcpu_create(self.p, 0, vv) == 0
-        self.v = vv[0]
+        assert lib.hv_partition_set_vcpus(self.p, vcpus) == 0
+        self.vcpus = []
+        for i in range(vcpus):
+            vv = ffi.new("struct hv_vcpu **")
+            assert lib.hv_vcpu_create(self.p, i, vv) == 0
+            self.vcpus.append(vv[0])
+        self.v = self.vcpus[0]
         self.mem_size = mem_size
         self.ram = memoryview(ffi.buffer(lib.hv_partition_ram(self.p), mem_size))
         lib.hv_partition_reserve(self.p, 0, 0x1000)           # page 0: the boot GDT

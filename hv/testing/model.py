@@ -16,7 +16,8 @@ here too, by subclassing -- the table is a plain dict, as the C one is:
 
 What it leaves out, on purpose: time (clock_read returns the model's own
 counter, a timer never fires by itself -- call fire_timer()), interrupt
-delivery (events only set pending bits and upcall_pending) and other vCPUs.
+delivery (events only set pending bits and upcall_pending) and other vCPUs
+(the SMP calls are modelled for a partition of one vCPU, which is up).
 """
 import struct
 
@@ -28,7 +29,7 @@ ENTRY = struct.Struct("<Q5Qq")           # struct hv_multicall_entry
 GRANT_SEG = struct.Struct("<QIIHHHHiI")  # struct hv_grant_copy_seg
 GRANT_SEG_STATUS = 24                    # offsetof(struct hv_grant_copy_seg, status)
 FEATURES = (lib.HV_FEATURE_EVENTS | lib.HV_FEATURE_TIMER | lib.HV_FEATURE_MULTICALL
-            | lib.HV_FEATURE_CLOCK | lib.HV_FEATURE_CHANNELS)
+            | lib.HV_FEATURE_CLOCK | lib.HV_FEATURE_CHANNELS | lib.HV_FEATURE_SMP)
 TIMER_MAX = 1 << 62                       # event.c clamps deadlines here
 CR0_PG, CR0_WP, EFER_NXE = 1 << 31, 1 << 16, 1 << 11
 
@@ -272,6 +273,46 @@ class AbiModel:
         self.memory.ram[at:at + 8] = bytes(8)
         return 0
 
+    # -- SMP (abi.h "SMP"), one vCPU: vCPU 0, up ----------------------------
+    def hc_vcpu_up(self, args):
+        vcpu, context = args[0], args[1]
+        if vcpu >= 1:
+            return -lib.HV_EINVAL
+        raw = self.memory.read(context, 32)         # struct hv_vcpu_context
+        if raw is None:
+            return -lib.HV_EFAULT
+        cr3 = struct.unpack_from("<Q", raw, 16)[0]
+        if cr3 % PAGE or cr3 >= self.memory.size:
+            return -lib.HV_EINVAL
+        return -lib.HV_EBUSY                        # vCPU 0 is up
+
+    def hc_vcpu_down(self, args):
+        return -lib.HV_EINVAL if args[0] >= 1 else -lib.HV_EBUSY   # the last one up
+
+    def hc_vcpu_id(self, args):
+        return 0
+
+    def hc_vcpu_count(self, args):
+        return 1
+
+    def hc_vcpu_send_event(self, args):
+        vcpu, event = args[0], args[1]
+        if vcpu >= 1 or event >= lib.HV_EVENTS_MAX:
+            return -lib.HV_EINVAL
+        if self.event_page is None:
+            return -lib.HV_EPERM
+        self.raise_event(event)
+        return 0
+
+    def hc_tlb_flush(self, args):
+        return -lib.HV_EINVAL if args[0] >> lib.HV_VCPUS_MAX else 0
+
+    def hc_event_bind_vcpu(self, args):
+        event, vcpu = args[0], args[1]
+        if event >= lib.HV_EVENTS_MAX or event == lib.HV_EVENT_TIMER or vcpu >= 1:
+            return -lib.HV_EINVAL
+        return 0
+
     #: number -> handler; a subclass extends it with its own hypercalls.
     HYPERCALLS = {
         lib.HV_HC_VERSION: hc_version,
@@ -295,6 +336,13 @@ class AbiModel:
         lib.HV_HC_GRANT_TABLE_REGISTER: hc_grant_table_register,
         lib.HV_HC_GRANT_COPY: hc_grant_copy,
         lib.HV_HC_GRANT_END: hc_grant_end,
+        lib.HV_HC_VCPU_UP: hc_vcpu_up,
+        lib.HV_HC_VCPU_DOWN: hc_vcpu_down,
+        lib.HV_HC_VCPU_ID: hc_vcpu_id,
+        lib.HV_HC_VCPU_COUNT: hc_vcpu_count,
+        lib.HV_HC_VCPU_SEND_EVENT: hc_vcpu_send_event,
+        lib.HV_HC_TLB_FLUSH: hc_tlb_flush,
+        lib.HV_HC_EVENT_BIND_VCPU: hc_event_bind_vcpu,
     }
 
     # -- events (abi.h "Events") -------------------------------------------

@@ -23,7 +23,7 @@
 
 /* ---- Version ----------------------------------------------------------- */
 #define HV_ABI_VERSION_MAJOR 1
-#define HV_ABI_VERSION_MINOR 2
+#define HV_ABI_VERSION_MINOR 3
 
 /* ---- Discovery: CPUID leaves ---------------------------------------------
  * 0x40000000: EAX = highest hv leaf, EBX:ECX:EDX = "hvhypervisor".
@@ -86,6 +86,7 @@
 #define HV_FEATURE_MULTICALL   0x4   /* batched hypercalls */
 #define HV_FEATURE_CLOCK       0x8   /* HV_HC_CLOCK_READ */
 #define HV_FEATURE_CHANNELS    0x10  /* partition_id, event channels, grant copy (docs/channels.md) */
+#define HV_FEATURE_SMP         0x20  /* several vCPUs: vcpu_up/down, per-vCPU events, IPIs, TLB flush */
 
 /* ---- Hypercalls --------------------------------------------------------------
  * Doc block format (parsed by tools/gen_abi_doc):
@@ -242,7 +243,56 @@
  */
 #define HV_HC_GRANT_END       20
 
-#define HV_HC_COUNT           21       /* numbers below this are defined */
+/* HC vcpu_up: Start a vCPU that is down, in 64-bit mode at the context given (see "SMP").
+ *   args:    vcpu: vCPU id < vcpu_count; context: guest virtual address of a struct hv_vcpu_context
+ *   returns: 0 (the vCPU runs from context.rip, concurrently with the caller)
+ *   errors:  -HV_EINVAL vcpu >= vcpu_count, or context.cr3 not a page-aligned address in RAM; -HV_EBUSY the vCPU is up (or still going down); -HV_EFAULT context not readable
+ */
+#define HV_HC_VCPU_UP         21
+
+/* HC vcpu_down: Take a vCPU down (the caller itself, or another).
+ *   args:    vcpu: vCPU id
+ *   returns: 0; the caller's own call does not return (until a vcpu_up restarts it at a new context); another vCPU stops before its next instruction
+ *   errors:  -HV_EINVAL vcpu >= vcpu_count; -HV_EPERM the vCPU is down already; -HV_EBUSY it is the last vCPU up (use shutdown)
+ */
+#define HV_HC_VCPU_DOWN       22
+
+/* HC vcpu_id: Report the calling vCPU's id.
+ *   args:    none
+ *   returns: the id, 0 for the boot vCPU
+ *   errors:  none
+ */
+#define HV_HC_VCPU_ID         23
+
+/* HC vcpu_count: Report how many vCPUs the partition has (up or down).
+ *   args:    none
+ *   returns: the count, 1..HV_VCPUS_MAX
+ *   errors:  none
+ */
+#define HV_HC_VCPU_COUNT      24
+
+/* HC vcpu_send_event: Raise an event on one vCPU (an IPI): its pending bit in that vCPU's block.
+ *   args:    vcpu: vCPU id; event: event number < HV_EVENTS_MAX
+ *   returns: 0 (delivered as an upcall on that vCPU unless masked there; a down vCPU sees it once up)
+ *   errors:  -HV_EINVAL vcpu >= vcpu_count or event out of range; -HV_EPERM no event page registered
+ */
+#define HV_HC_VCPU_SEND_EVENT 25
+
+/* HC tlb_flush: Flush the TLBs of a set of vCPUs, and return once every one has.
+ *   args:    mask: bit i = vCPU i (bits of vCPUs that do not exist are ignored); va: HV_TLB_FLUSH_ALL, or one guest virtual address (hv may flush more)
+ *   returns: 0; a running target has flushed, a target not running flushes before its next instruction
+ *   errors:  -HV_EINVAL mask has a bit at or above HV_VCPUS_MAX
+ */
+#define HV_HC_TLB_FLUSH       26
+
+/* HC event_bind_vcpu: Choose the vCPU one of the partition's events is delivered to (devices, raises).
+ *   args:    event: event number < HV_EVENTS_MAX, not HV_EVENT_TIMER (each vCPU's timer raises on that vCPU); vcpu: vCPU id
+ *   returns: 0 (from now on the event's pending bit is set in that vCPU's block)
+ *   errors:  -HV_EINVAL event out of range or HV_EVENT_TIMER, or vcpu >= vcpu_count
+ */
+#define HV_HC_EVENT_BIND_VCPU 27
+
+#define HV_HC_COUNT           28       /* numbers below this are defined */
 
 /* ---- Limits ---------------------------------------------------------------- */
 #define HV_CONSOLE_WRITE_MAX   4096
@@ -250,6 +300,7 @@
 #define HV_EVENTS_MAX          512
 #define HV_EVENT_WORDS         8        /* HV_EVENTS_MAX / 64 */
 #define HV_VECTOR_MIN          32       /* vectors below are CPU exceptions */
+#define HV_VCPUS_MAX           16       /* vCPUs per partition: one struct hv_vcpu_events each fits a page */
 
 /* ---- Shutdown reasons ---------------------------------------------------- */
 #define HV_SHUTDOWN_POWEROFF   0        /* clean stop; code is the exit status */
@@ -277,6 +328,23 @@ struct hv_event_page {
     uint8_t  pad[7];
 };
 
+/* Since 1.3 the event page holds one block per vCPU: vCPU i's block is at
+ * page + i * HV_VCPU_EVENTS_SIZE, and its first bytes are laid out as
+ * struct hv_event_page, so vCPU 0's block is the page of 1.2.  Each vCPU
+ * has its own pending and masked bits and upcall_pending: an event is
+ * pending on the vCPU it is delivered to (HV_HC_EVENT_BIND_VCPU chooses,
+ * default vCPU 0; HV_HC_VCPU_SEND_EVENT names one; a vCPU's timer raises
+ * HV_EVENT_TIMER on itself), HV_HC_BLOCK on a vCPU waits for its own bits,
+ * and the upcall is injected on that vCPU. */
+#define HV_VCPU_EVENTS_SIZE    256
+
+struct hv_vcpu_events {
+    uint64_t pending[HV_EVENT_WORDS];   /* set by hv, cleared by the guest */
+    uint64_t masked[HV_EVENT_WORDS];    /* set by the guest: no upcall for these */
+    uint8_t  upcall_pending;            /* 1 while an upcall is outstanding on this vCPU */
+    uint8_t  pad[127];                  /* to HV_VCPU_EVENTS_SIZE */
+};
+
 /* ---- Multicall -------------------------------------------------------------
  * Entries run in order.  A multicall or a block inside a multicall gets
  * -HV_EOPNOTSUPP in its result and the batch goes on.
@@ -285,6 +353,31 @@ struct hv_multicall_entry {
     uint64_t op;            /* hypercall number */
     uint64_t args[5];       /* as the registers RDI, RSI, RDX, R10, R8 */
     int64_t  result;        /* written by hv */
+};
+
+/* ---- SMP ---------------------------------------------------------------------
+ * A partition has HV_HC_VCPU_COUNT vCPUs (the parent chooses, up to
+ * HV_VCPUS_MAX).  vCPU 0 boots through PVH; the others start down until a
+ * vCPU brings them up with HV_HC_VCPU_UP, in 64-bit mode: CR0 = PG | WP |
+ * NE | ET | PE, CR4 = PAE, EFER = LME | LMA | NXE, CR3 from the context,
+ * CS = HV_VCPU_UP_CS (64-bit ring-0 code) and the data segments =
+ * HV_VCPU_UP_DS (flat ring-0 data) from hv's boot GDT at HV_BOOT_GDT_GPA,
+ * RFLAGS = 0x2 (interrupts off), RIP, RSP and RDI from the context, every
+ * other general register 0.  The new vCPU loads its own GDT and IDT before
+ * it takes an interrupt.  The vCPUs share the partition's memory, hypercall
+ * page and event page; each has its own registers, timer, block of events
+ * and local APIC.  A crash of any vCPU stops the partition; so does a
+ * shutdown from any vCPU.
+ */
+#define HV_VCPU_UP_CS          0x20     /* in hv's boot GDT: 64-bit ring-0 code */
+#define HV_VCPU_UP_DS          0x18     /* in hv's boot GDT: flat ring-0 data */
+#define HV_TLB_FLUSH_ALL       0xffffffffffffffff   /* tlb_flush va: every translation */
+
+struct hv_vcpu_context {
+    uint64_t rip;               /* where the vCPU starts */
+    uint64_t rsp;               /* its stack */
+    uint64_t cr3;               /* its page tables (page aligned, in RAM) */
+    uint64_t arg;               /* goes to RDI: e.g. a per-CPU pointer */
 };
 
 /* ---- Devices: virtio-mmio (virtio 1.x, modern interface only) ------------
