@@ -7,7 +7,6 @@ each on both engines, the command line, pause/resume/destroy stopping
 every vCPU, a crash of one vCPU stopping its partition only, and the
 dispatcher's SMP error paths driven directly with the state digest.
 """
-import os
 import subprocess
 import sys
 import threading
