@@ -1,6 +1,7 @@
 /* smp.c - secondary CPUs, per-CPU data, spinlocks, IPIs, a barrier (smp.h). */
 #include "smp.h"
 #include "hypercall.h"
+#include "test.h"
 #include "traps.h"
 
 #define MSR_GS_BASE   0xc0000101
@@ -15,9 +16,13 @@ static uint8_t stacks[HV_VCPUS_MAX][SMP_STACK] __attribute__((aligned(16)));
 void smp_secondary_entry(void);                 /* smp_entry.S */
 void smp_secondary_main(struct smp_cpu *c);     /* called from there only */
 
+/* GS holds the null selector, so an IRETQ to ring 3 leaves it alone (it
+ * nulls a ring-0 data selector, and QEMU its base too); in 64-bit mode the
+ * base comes from the MSR whatever the selector. */
 static void set_gs_base(struct smp_cpu *c)
 {
     uint64_t v = (uint64_t)c;
+    asm volatile("mov %0, %%gs" : : "r"(0) : "memory");
     asm volatile("wrmsr" : : "c"(MSR_GS_BASE), "a"((uint32_t)v), "d"((uint32_t)(v >> 32)));
 }
 
@@ -68,9 +73,8 @@ void smp_secondary_main(struct smp_cpu *c)
     set_gs_base(c);
     __atomic_store_n(&c->started, 1, __ATOMIC_RELEASE);
     c->fn(c->id, c->arg);
-    smp_cpu_down();
-    for (;;)                        /* the last CPU up: nothing left to run */
-        hv_hypercall0(HV_HC_BLOCK);
+    long r = smp_cpu_down();
+    test_error("vCPU %u: vcpu_down = %ld (the boot CPU went down first?)", c->id, r);
 }
 
 void smp_wait_started(unsigned id)
