@@ -270,7 +270,7 @@ static int tcg_set_pvh_entry(void *vp, uint32_t entry, uint32_t info,
     return 0;
 }
 
-/* T:488 A secondary vCPU's start (abi.h, "SMP").  Back to the CPU as
+/* T:484 A secondary vCPU's start (abi.h, "SMP").  Back to the CPU as
  * uc_open made it -- long mode with paging off -- so CS and SS load from
  * the boot GDT by physical address, with the L bit taking effect; then
  * paging on (PG with LME set keeps LMA).  Nothing translated or cached
