@@ -128,7 +128,14 @@ static uint64_t number(bool in_multicall)
 
 /* Keep the checks meaningful: hv writes event bits into whatever page the
  * guest registers, at any time (the timer), so an event page inside the
- * buffers the checks read is moved to arena.evp; console writes stay short. */
+ * buffers the checks read is moved to arena.evp; console writes stay short.
+ * Keep the results repeatable: arena.mc holds multicall results (clock
+ * reads among them) and arena.evp the timer's event bits, both values that
+ * depend on *when*; a grant table or a grant-copy array there made later
+ * results depend on them (grant_end of an entry whose "in use" flags were a
+ * clock value's bits: two runs of one seed parted at call 31,578 of seed
+ * 424242).  Those arrays in the arena go to arena.buf, which only the
+ * generator writes. */
 static bool in_arena(uint64_t p)
 {
     return p >= (uintptr_t)&arena && p < (uintptr_t)&arena + sizeof(arena);
@@ -148,6 +155,11 @@ static void tame(uint64_t nr, uint64_t *a)
         a[0] = self_id + a[0] % 3 - 1;
     if (nr == HV_HC_EVENT_REGISTER && in_arena(a[0]))
         a[0] = (uintptr_t)arena.evp;
+    if ((nr == HV_HC_GRANT_TABLE_REGISTER || nr == HV_HC_GRANT_COPY) && in_arena(a[0])) {
+        a[0] = (uintptr_t)arena.buf + a[0] % 8 * 8;     /* aligned: the table must be */
+        if (nr == HV_HC_GRANT_TABLE_REGISTER && a[1] > sizeof(arena.buf) / 8 - 8)
+            a[1] %= sizeof(arena.buf) / 8 - 8;          /* all of it inside buf */
+    }
     if (nr == HV_HC_CONSOLE_WRITE)
         a[1] %= 24;
 }
