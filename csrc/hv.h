@@ -221,6 +221,10 @@ uint32_t hv_virtio_resets(struct hv_partition *p, uint32_t slot);
 /* Take up to max bytes of UART output not yet handed over in an exit
  * (what is left when the partition stops). */
 uint32_t hv_uart_drain(struct hv_partition *p, uint8_t *buf, uint32_t max);
+/* Give the guest len bytes of console input (its ttyS0 reads them from
+ * the UART's receive buffer, with an interrupt if enabled).  Returns how
+ * many fitted: the rest is for a later call, once the guest has read. */
+uint32_t hv_uart_input(struct hv_partition *p, const uint8_t *data, uint32_t len);
 
 /* -- vCPUs: create and run on one thread ------------------------------------ */
 int  hv_vcpu_create(struct hv_partition *p, uint32_t id, struct hv_vcpu **out);

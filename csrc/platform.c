@@ -50,6 +50,14 @@ int platform_uart_flush(struct hv_partition *p, struct hv_exit *exit)
     return 1;
 }
 
+uint32_t hv_uart_input(struct hv_partition *p, const uint8_t *data, uint32_t len)
+{
+    pthread_mutex_lock(&p->platform->lock);
+    uint32_t n = uart_receive(p, data, len);
+    pthread_mutex_unlock(&p->platform->lock);
+    return n;
+}
+
 uint32_t hv_uart_drain(struct hv_partition *p, uint8_t *buf, uint32_t max)
 {
     struct uart16550 *u = &p->platform->uart;

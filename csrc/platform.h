@@ -23,6 +23,9 @@ struct lapic;
 /* The UART's transmit buffer: bytes wait here until a newline, a full
  * buffer or a halt hands them to the parent in one exit. */
 #define UART_TX_MAX 4096
+/* Received bytes wait here for the guest: the part's 16-byte FIFO plus the
+ * host side's buffering, so a pasted line is not cut short. */
+#define UART_RX_MAX 4096
 
 struct uart16550 {
     uint8_t ier, lcr, mcr, scr, dll, dlm, fcr;
@@ -30,6 +33,8 @@ struct uart16550 {
     uint8_t line;               /* the IRQ line's level, last told to the IOAPIC */
     uint32_t tx_len;
     uint8_t tx[UART_TX_MAX];
+    uint32_t rx_head, rx_len;   /* a ring: rx[rx_head] is the next byte RBR reads */
+    uint8_t rx[UART_RX_MAX];
 };
 
 struct ioapic {
@@ -72,6 +77,8 @@ uint64_t platform_tsc_hz(const struct hv_partition *p);
 /* uart16550.c (called with platform.lock held).  Returns 1 when the
  * transmit buffer should go to the parent now. */
 int  uart_access(struct hv_partition *p, uint16_t reg, int write, uint8_t *value);
+/* Bytes from the parent for the guest to read; returns how many fitted. */
+uint32_t uart_receive(struct hv_partition *p, const uint8_t *data, uint32_t len);
 
 /* rtc_cmos.c: port 0 = 0x70 (index), 1 = 0x71 (data). */
 void rtc_reset(struct rtc_cmos *r);

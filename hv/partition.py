@@ -621,6 +621,14 @@ class Partition:
         cells += [f"{'cs':>6}={s.cs:04x}", f"{'ss':>6}={s.ss:04x}"]
         return "\n".join("  ".join(cells[i:i + 4]) for i in range(0, len(cells), 4))
 
+    def uart_input(self, data: bytes) -> int:
+        """Console input for the guest's UART (ttyS0): returns how many
+        bytes fitted in its receive buffer (the rest: later).  Any thread."""
+        with self._cond:
+            if self._p is None or self._finished:
+                return 0
+            return lib.hv_uart_input(self._p, data, len(data))
+
     def counters(self):
         """{'exits', 'fast_hypercalls', 'parent_hypercalls'} (and the
         scheduler's, when scheduled), summed over the vCPUs while they exist."""

@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -97,6 +98,58 @@ def test_reboot_ends_the_partition_with_status_0():
     proc, info = hv_boot("hvfixture.end=reboot")
     assert info["marker_poweroff"] in proc.stdout, detail(proc)
     assert "reboot: Restarting system" in proc.stdout and proc.returncode == 0, detail(proc)
+
+
+# ---- An interactive shell: hv's stdin to the guest's ttyS0 ----------------------
+
+class ConsoleReader:
+    """The console of a running `hv run`, read on a thread, so the test can
+    wait for a line (with a deadline that only guards against a hang)."""
+
+    def __init__(self, proc):
+        self.proc, self.out, self.cond = proc, b"", threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        while data := self.proc.stdout.read1(4096):
+            with self.cond:
+                self.out += data
+                self.cond.notify_all()
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+
+    closed = False
+
+    def wait_for(self, text):
+        with self.cond:
+            self.cond.wait_for(lambda: text.encode() in self.out or self.closed, BOOT_TIMEOUT)
+            return text.encode() in self.out
+
+
+def test_shell_on_ttys0_runs_what_is_typed():
+    files = linux_fixture()
+    info = files["info"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hv", "run", "--engine", "tcg", "--mem", MEM,
+         "--initrd", files["initramfs"], "--cmdline", f"{CMDLINE} hvfixture.end=shell",
+         files["vmlinux"]],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    console = ConsoleReader(proc)
+    try:
+        assert console.wait_for(info["marker_shell"]), console.out[-3000:]
+        # Typed once the console is up: the driver flushes its FIFO when it starts.
+        proc.stdin.write(b"echo $((6 * 7))x; uname -r\n")
+        proc.stdin.flush()
+        assert console.wait_for("42x"), console.out[-3000:]       # the echo shows $((6 * 7))x
+        assert console.wait_for(info["kernel_package"].split("linux-image-")[1]), console.out[-3000:]
+        proc.stdin.write(b"exit\n")
+        proc.stdin.flush()
+        assert proc.wait(BOOT_TIMEOUT) == 0, console.out[-3000:]
+        assert console.wait_for(info["marker_poweroff"]) and console.wait_for("reboot: Power down")
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 # ---- M4: an ext4 root on virtio-blk ---------------------------------------------

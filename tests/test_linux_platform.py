@@ -451,3 +451,62 @@ def test_virtio_line_stays_high_until_acked_or_reset(pc_with_device, lower):
     pc.ioapic(entry, 0x63)
     assert lib.hv_virtio_interrupt(p, VIRTIO_SLOT, 1) == 0   # low -> high: delivered
     assert pc.pending(IRR, 0x63) and not pc.pending(IRR, 0x62)
+
+
+# ---- UART receive: console input for the guest's ttyS0 ------------------------
+
+RBR = THR
+
+
+def test_uart_receives_bytes_in_order_with_data_ready(pc):
+    assert pc.uart(LSR) & 0x01 == 0
+    assert lib.hv_uart_input(pc.core.p, b"ls\n", 3) == 3
+    got = []
+    while pc.uart(LSR) & 0x01:
+        got.append(pc.uart(RBR))
+    assert bytes(got) == b"ls\n"
+    assert pc.uart(RBR) == 0                    # empty: nothing new
+
+
+@settings(max_examples=30, deadline=None)
+@given(chunks=st.lists(st.binary(min_size=1, max_size=3000), min_size=1, max_size=4),
+       reads=st.integers(1, 5000))
+def test_uart_receive_buffer_loses_and_invents_nothing(chunks, reads):
+    """What fitted is read back in order; what did not fit was refused
+    (hv_uart_input's count), never dropped silently."""
+    with Core() as core:
+        pc = Platform(core)
+        accepted, got = b"", bytearray()
+        for chunk in chunks:
+            n = lib.hv_uart_input(core.p, chunk, len(chunk))
+            assert 0 <= n <= len(chunk)
+            assert n == len(chunk) or len(accepted) + n - len(got) == 4096   # refused: full
+            accepted += chunk[:n]
+            for _ in range(min(reads, len(accepted) - len(got))):
+                got.append(pc.uart(RBR))
+        while pc.uart(LSR) & 0x01:
+            got.append(pc.uart(RBR))
+        assert bytes(got) == accepted
+
+
+def test_uart_receive_interrupt_comes_first_and_clears_when_read(pc):
+    enable_apic(pc)
+    pc.ioapic(0x10 + 2 * lib.HV_UART_IRQ, 0x8034)          # level, so the line is visible
+    pc.uart(IER, 0x03)                                      # received data + THR empty
+    pc.uart(IIR)                                            # take the THRE report
+    assert lib.hv_uart_input(pc.core.p, b"x", 1) == 1
+    assert pc.pending(IRR, 0x34)
+    assert pc.uart(IIR) & 0x0f == 0x04                      # received data available...
+    assert pc.uart(IIR) & 0x0f == 0x04                      # ...until RBR is read
+    assert pc.uart(RBR) == ord("x")
+    assert pc.uart(IIR) & 0x0f == 0x01
+
+
+def test_uart_fifo_clear_and_loopback(pc):
+    lib.hv_uart_input(pc.core.p, b"abc", 3)
+    pc.uart(IIR, 0x03)                                      # FCR: FIFOs on, clear the receiver
+    assert pc.uart(LSR) & 0x01 == 0
+    pc.uart(MCR, 0x10)                                      # loopback: THR -> RBR
+    pc.uart(THR, 0x5a)
+    assert pc.uart(LSR) & 0x01 and pc.uart(RBR) == 0x5a
+    pc.uart(MCR, 0)

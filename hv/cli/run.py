@@ -182,6 +182,7 @@ class Run:
         self.reader_gone = False
         self.views = False          # hv trace --format chrome / --plot: drawn after the run
         self.gdb = None             # hv.gdbstub.GdbStub with --gdb
+        self.console_input = None   # hv.console_input.ConsoleInput: stdin to the UART
 
     def fail(self, message):
         if self.args.json:
@@ -329,6 +330,8 @@ class Run:
 
     def close(self):
         """Stop and free everything; safe after a partial build()."""
+        if self.console_input is not None:
+            self.console_input.close()          # the terminal is itself again
         if self.part is not None:
             self.part.destroy()         # closes the devices
         else:
@@ -368,6 +371,9 @@ def cmd_run(args):
         # Ctrl-C and SIGTERM reach Python at once even while a TCG guest spins
         # without exits (Python runs signal handlers only on the main thread).
         part.start()
+        if args.command == "run":
+            from hv.console_input import ConsoleInput
+            run.console_input = ConsoleInput(part).start()      # stdin -> the guest's UART
         return run.status(run.wait())
     except KeyboardInterrupt as e:     # SIGINT, and SIGTERM (common.Terminated)
         status = interrupted(e)
