@@ -76,6 +76,12 @@ class Chain(namedtuple("Chain", "head readable writable writable_len")):
     uncopied = ()
 
 
+def new_chain(head, readable, writable, writable_len):
+    """Chain(...) without namedtuple's __new__, which is Python code: one
+    request pays for it once, so it is skipped here."""
+    return tuple.__new__(Chain, (head, readable, writable, writable_len))
+
+
 def vring_need_event(event, new, old):
     """True if `event` lies in [old, new) modulo 2^16: the index moved from
     old to new and crossed the one the other side asked about (2.7.7, 2.7.10)."""
@@ -236,7 +242,7 @@ class SplitQueue:
         if readable_len > self.max_readable:
             raise QueueError(f"chain has {readable_len} readable bytes, more than {self.max_readable}")
         if refused:
-            chain = Chain(head, b"", tuple(writable), total - readable_len)
+            chain = new_chain(head, b"", tuple(writable), total - readable_len)
             chain.refused = tuple(refused)
             return chain
         uncopied = ()
@@ -245,7 +251,7 @@ class SplitQueue:
             uncopied = tuple(past_bytes(readable, copy))
             readable = copied
         data = b"".join([self.mem.read(addr, length) for addr, length in readable])
-        chain = Chain(head, data, tuple(writable), total - readable_len)
+        chain = new_chain(head, data, tuple(writable), total - readable_len)
         if uncopied:
             chain.uncopied = uncopied
         return chain
