@@ -2,7 +2,8 @@
 
 The guests check themselves and end with one result line: smp-counter
 (atomic and lock-protected totals exact), ipi-pingpong, tlb-shootdown,
-smp-selftest (every error path, and that an error changes nothing).  Here:
+smp-selftest (every error path, and that an error changes nothing),
+smp-coherence (code one vCPU writes runs on the other; stores in order).  Here:
 each on both engines, the command line, pause/resume/destroy stopping
 every vCPU, a crash of one vCPU stopping its partition only, and the
 dispatcher's SMP error paths driven directly with the state digest.
@@ -61,6 +62,7 @@ def test_counter_totals_are_exact(sched, engine, smp):
     ("ipi-pingpong", "rounds=200"),
     ("tlb-shootdown", ""),
     ("smp-selftest", ""),
+    ("smp-coherence", "rounds=200"),    # cross-modifying code, store buffering, message passing
 ])
 def test_smp_guest_succeeds(sched, engine, name, cmdline):
     state, p, text = run(sched, name, engine, 2, cmdline)

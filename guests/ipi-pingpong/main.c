@@ -9,10 +9,14 @@
  *     SUCCESS
  *
  * T (partition clock) over the rounds is what `tools/bench sched` turns
- * into the switch cost.
+ * into the switch cost.  "null=M" first times M null hypercalls
+ * (HV_HC_VERSION) on vCPU 0, the baseline it is set against:
+ *
+ *     ipi-pingpong: null=M ns=T
  */
 #include "events.h"
 #include "hv.h"
+#include "hypercall.h"
 #include "kernel.h"
 #include "printf.h"
 #include "smp.h"
@@ -58,6 +62,13 @@ int main(void)
     if (smp_init() < 2)
         test_skip("needs 2 vCPUs (hv run --smp 2)");
     rounds = cmdline_uint("rounds", 1000);
+    uint64_t nulls = cmdline_uint("null", 0);
+    if (nulls) {
+        uint64_t t0 = hv_clock_read();
+        for (uint64_t i = 0; i < nulls; i++)
+            hv_hypercall0(HV_HC_VERSION);
+        printf("ipi-pingpong: null=%lu ns=%lu\n", nulls, hv_clock_read() - t0);
+    }
     GUEST_ASSERT_EQ(hv_events_init(VECTOR, on_event), 0);
     GUEST_ASSERT_EQ(smp_start_cpu(1, answer, 0), 0);
     smp_wait_started(1);
