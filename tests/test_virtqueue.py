@@ -601,3 +601,15 @@ def test_the_compiled_path_is_built_and_is_the_default(monkeypatch):
     assert datapath.COMPILED.SplitQueue.__module__ == "hv.devices._virtqueue_compiled"
     assert not isinstance(datapath.COMPILED.SplitQueue.pop, types.FunctionType), "not compiled"
     assert isinstance(datapath.PURE.SplitQueue.pop, types.FunctionType)
+
+
+def test_queue_state_is_readable_on_both_paths():
+    """What a saved queue needs can be read from either copy (the compiled
+    SplitQueue is a C type: its fields are visible only where declared so)."""
+    mem, drv, q = make_ring(size=4, event_idx=True, start=7)
+    drv.add([b"a"], [2])
+    q.push(q.pop(), 1)
+    q.should_notify()
+    assert (q.size, q.last_avail, q.used_idx, q._seen_avail, q._signalled) == (4, 8, 8, 8, 8)
+    assert (q.desc, q.avail, q.used) == (drv.ring.desc, drv.ring.avail, drv.ring.used)
+    assert q.event_idx and q.indirect and q.halted is None

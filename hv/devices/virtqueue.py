@@ -126,8 +126,9 @@ class SplitQueue:
     max_readable = cython.declare(cython.longlong, visibility="public")
     last_avail = cython.declare(cython.uint, visibility="public")   # next avail.ring entry to consume
     used_idx = cython.declare(cython.uint, visibility="public")     # what we last stored in used.idx
-    _seen_avail = cython.declare(cython.uint)       # avail.idx as last read
-    _signalled = cython.declare(cython.uint)        # used_idx at the last should_notify()
+    # Readable from Python on both paths (a saved queue needs them).
+    _seen_avail = cython.declare(cython.uint, visibility="readonly")   # avail.idx as last read
+    _signalled = cython.declare(cython.uint, visibility="readonly")    # used_idx at the last should_notify()
     halted = cython.declare(object, visibility="public")   # why, once the guest broke the ring
 
     def __init__(self, mem, size, desc, avail, used, event_idx=False, indirect=False,
