@@ -128,6 +128,12 @@ struct vcpu_host {
     struct hv_vcpu *exitq_next;    /* the parent's queue of exit records */
     int queued;                    /* on that queue */
     volatile int yielded;          /* the yield hypercall, scheduled */
+    /* Deterministic mode: the engine stops when the partition clock
+     * (partition->g.instructions) reaches
+     * insn_stop, the earlier of the guest's timer and the end of the
+     * slice a deterministic worker gave it (insn_slice_end, 0 = none). */
+    uint64_t insn_stop;
+    uint64_t insn_slice_end;
 };
 
 struct hv_vcpu {
@@ -252,10 +258,12 @@ void kick_thread_init(void);
 void kick_set_current(struct hv_vcpu *v);
 void vcpu_thread_setup(struct hv_vcpu *v);
 void vcpu_thread_teardown(struct hv_vcpu *v);
+void kick_thread_release(struct hv_vcpu *v);
 
 /* timer.c: the vCPU's timer. */
 int  event_timer_arm(struct hv_vcpu *v, uint64_t deadline);
 void timer_check(struct hv_vcpu *v);
+void timer_insn_stop_update(struct hv_vcpu *v);     /* deterministic: h.insn_stop */
 void timer_host_create(struct hv_vcpu *v);
 void timer_host_delete(struct hv_vcpu *v);
 struct timespec timer_deadline_to_host(const struct hv_partition *p, uint64_t deadline);

@@ -120,6 +120,20 @@ static int kvm_probe(char *why, size_t len)
     return kvm.error;
 }
 
+/* The set-up ioctls, made on whatever thread creates a partition or vCPU:
+ * a kick that reaches that thread (hv's signal, sent to the process from
+ * outside, lands on any thread that does not block it) interrupts e.g.
+ * KVM_CREATE_VM, which can simply be asked again.  (KVM_RUN is not retried:
+ * an interruption is how a kick gets the vCPU out.) */
+static int ioctl_retry(int fd, unsigned long request, void *arg)
+{
+    int r;
+    do
+        r = ioctl(fd, request, arg);
+    while (r < 0 && errno == EINTR);
+    return r;
+}
+
 static int kvm_vm_create(void **out)
 {
     int err = kvm_probe(NULL, 0);
@@ -128,7 +142,7 @@ static int kvm_vm_create(void **out)
     struct kvm_vm *vm = calloc(1, sizeof(*vm));
     if (!vm)
         return -ENOMEM;
-    vm->fd = ioctl(kvm.fd, KVM_CREATE_VM, 0);
+    vm->fd = ioctl_retry(kvm.fd, KVM_CREATE_VM, 0);
     if (vm->fd < 0) {
         err = -errno;
         free(vm);
@@ -136,7 +150,7 @@ static int kvm_vm_create(void **out)
     }
     /* Intel without unrestricted guest needs a TSS area for real mode; set it
      * out of the way (below 4 GiB, above any RAM we map there). */
-    ioctl(vm->fd, KVM_SET_TSS_ADDR, 0xfffbd000ul);
+    ioctl_retry(vm->fd, KVM_SET_TSS_ADDR, (void *)0xfffbd000ul);
     *out = vm;
     return 0;
 }
@@ -148,7 +162,7 @@ static int kvm_map_ram(void *vmp, uint64_t gpa, void *host, uint64_t size)
         .slot = 0, .guest_phys_addr = gpa, .memory_size = size,
         .userspace_addr = (uint64_t)(uintptr_t)host,
     };
-    return ioctl(vm->fd, KVM_SET_USER_MEMORY_REGION, &region) < 0 ? -errno : 0;
+    return ioctl_retry(vm->fd, KVM_SET_USER_MEMORY_REGION, &region) < 0 ? -errno : 0;
 }
 
 static int kvm_add_ioeventfd(void *vmp, uint64_t addr, uint32_t len, uint64_t match, int fd)
@@ -158,7 +172,7 @@ static int kvm_add_ioeventfd(void *vmp, uint64_t addr, uint32_t len, uint64_t ma
         .datamatch = match, .addr = addr, .len = len, .fd = fd,
         .flags = KVM_IOEVENTFD_FLAG_DATAMATCH,
     };
-    return ioctl(vm->fd, KVM_IOEVENTFD, &io) < 0 ? -errno : 0;
+    return ioctl_retry(vm->fd, KVM_IOEVENTFD, &io) < 0 ? -errno : 0;
 }
 
 static void kvm_vm_destroy(void *vmp)
@@ -186,7 +200,7 @@ static int kvm_vcpu_create(void *vmp, uint32_t id, const struct engine_host *hos
     struct kvm_vcpu_state *c = calloc(1, sizeof(*c));
     if (!c)
         return -ENOMEM;
-    c->fd = ioctl(vm->fd, KVM_CREATE_VCPU, (unsigned long)id);
+    c->fd = ioctl_retry(vm->fd, KVM_CREATE_VCPU, (void *)(uintptr_t)id);
     int err;
     if (c->fd < 0)
         goto fail;
@@ -202,11 +216,11 @@ static int kvm_vcpu_create(void *vmp, uint32_t id, const struct engine_host *hos
         errno = ENOTSUP;
         goto fail;
     }
-    if (ioctl(c->fd, KVM_SET_CPUID2, kvm.cpuid) < 0)
+    if (ioctl_retry(c->fd, KVM_SET_CPUID2, kvm.cpuid) < 0)
         goto fail;
     /* Fill the sync view once, so it is valid before the first run. */
-    if (ioctl(c->fd, KVM_GET_REGS, &c->run->s.regs.regs) < 0 ||
-        ioctl(c->fd, KVM_GET_SREGS, &c->run->s.regs.sregs) < 0)
+    if (ioctl_retry(c->fd, KVM_GET_REGS, &c->run->s.regs.regs) < 0 ||
+        ioctl_retry(c->fd, KVM_GET_SREGS, &c->run->s.regs.sregs) < 0)
         goto fail;
     c->run->kvm_valid_regs = SYNC_FIELDS;
     *out = c;

@@ -295,6 +295,11 @@ int  hv_copy_to_guest(struct hv_vcpu *v, uint64_t gva, const void *src, uint64_t
  * calling hv_vcpu_run() on a thread per vCPU. */
 struct hv_sched;
 int  hv_sched_create(int nworkers, struct hv_sched **out);
+/* One worker for deterministic partitions: slices are counted in guest
+ * instructions (one ns of virtual time each), no host timer ends them and
+ * no wake-up preempts, so the order vCPUs run in depends only on what the
+ * guests do.  Only deterministic partitions may be attached to it. */
+int  hv_sched_create_deterministic(struct hv_sched **out);
 /* Stops the workers; every vCPU must be detached (hv_vcpu_destroy does). */
 void hv_sched_destroy(struct hv_sched *s);
 int  hv_sched_workers(const struct hv_sched *s);

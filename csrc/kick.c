@@ -77,6 +77,14 @@ void vcpu_thread_setup(struct hv_vcpu *v)
 void vcpu_thread_teardown(struct hv_vcpu *v)
 {
     timer_host_delete(v);
+    kick_thread_release(v);
+}
+
+/* This thread made v but will not run it (a scheduler's workers will): a
+ * kick that reaches this thread later must not touch v, which may be gone
+ * by then. */
+void kick_thread_release(struct hv_vcpu *v)
+{
     if (thread_vcpu == v)
         thread_vcpu = NULL;
 }

@@ -12,6 +12,11 @@
  * A vCPU that needs the parent holds no worker: its exit record goes onto
  * one queue that the parent serves from a few threads
  * (hv_sched_next_exit), and hv_sched_continue puts it back on a runqueue.
+ *
+ * A deterministic scheduler (hv_sched_create_deterministic) has one worker
+ * whose clock is the guest instructions it has run: slices end at an exact
+ * instruction (the engine counts to h.insn_slice_end), never by a host
+ * timer, and a wake-up never preempts, so what runs when replays exactly.
  */
 #include <errno.h>
 #include <signal.h>
@@ -43,6 +48,8 @@ struct hv_sched {
     pthread_cond_t stopped;    /* a vCPU left a worker (pause, detach wait for it) */
     pthread_cond_t exit_ready; /* the parent's queue has a record */
     struct hv_vcpu *exitq_head, *exitq_tail;
+    int deterministic;         /* one worker, slices in guest instructions */
+    uint64_t vclock;           /* deterministic: instructions run, the policy's clock */
 };
 
 static __thread struct worker *this_worker;
@@ -57,6 +64,13 @@ static uint64_t now_ns(void)
 static struct timespec ns_to_timespec(uint64_t ns)
 {
     return (struct timespec){ (time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull) };
+}
+
+/* The policy's clock (under hs->s.lock): host time, or a deterministic
+ * scheduler's guest instructions. */
+static uint64_t sched_now(const struct hv_sched *hs)
+{
+    return hs->deterministic ? hs->vclock : now_ns();
 }
 
 /* A partition-clock deadline as host CLOCK_MONOTONIC ns (0 stays 0). */
@@ -83,7 +97,7 @@ static void notify(struct hv_sched *hs, int i)
     struct worker *w = &hs->w[i];
     if (w->idle)
         pthread_cond_signal(&w->wake);
-    else if (w->tid && w->running && w->running->h.in_guest)
+    else if (!hs->deterministic && w->tid && w->running && w->running->h.in_guest)
         syscall(SYS_tgkill, getpid(), w->tid, kick_signal());
 }
 
@@ -128,7 +142,7 @@ static void *worker_main(void *arg)
 
     pthread_mutex_lock(&hs->s.lock);
     while (!hs->stopping) {
-        uint64_t now = now_ns(), slice;
+        uint64_t now = sched_now(hs), slice;
         int woken[SCHED_WORKERS_MAX], n;
         uint64_t next_deadline = sched_expire(&hs->s, now, woken, SCHED_WORKERS_MAX, &n);
         for (int i = 0; i < n; i++)
@@ -152,26 +166,37 @@ static void *worker_main(void *arg)
         pthread_mutex_unlock(&hs->s.lock);
 
         kick_set_current(v);
-        arm(w, earliest(now + slice, earliest(vcpu_deadline_host(v), next_deadline)));
+        uint64_t insns = v->partition->g.instructions;
+        if (hs->deterministic)
+            v->h.insn_slice_end = insns + slice;    /* one instruction, one ns */
+        else
+            arm(w, earliest(now + slice, earliest(vcpu_deadline_host(v), next_deadline)));
         struct hv_exit *exit = v->h.sched_exit;
         exit->kind = 0;
         exit->vcpu = v->id;
         exit->data_len = 0;
         v->h.exit = exit;
         enum vcpu_run_end end = vcpu_run_loop(v, exit, 1);
-        arm(w, 0);
+        if (hs->deterministic) {
+            v->h.insn_slice_end = 0;
+            timer_insn_stop_update(v);
+        } else {
+            arm(w, 0);
+        }
         kick_set_current(NULL);
         event_consume_kick();
         uint64_t wake_at = end == RUN_BLOCKED ? vcpu_deadline_host(v) : 0;
 
         pthread_mutex_lock(&hs->s.lock);
+        if (hs->deterministic)
+            hs->vclock += v->partition->g.instructions - insns;
         w->running = NULL;
         static const enum sched_stop why[] = {
             [RUN_TO_PARENT] = SCHED_STOP_PARENT, [RUN_BLOCKED] = SCHED_STOP_BLOCK,
             [RUN_KICKED] = SCHED_STOP_PREEMPT, [RUN_YIELDED] = SCHED_STOP_YIELD,
             [RUN_DOWN] = SCHED_STOP_DOWN,
         };
-        sched_stop(&hs->s, e, why[end], wake_at, now_ns());
+        sched_stop(&hs->s, e, why[end], wake_at, sched_now(hs));
         if (end == RUN_DOWN)        /* parked in DOWN: now vcpu_up may start it (smp.c) */
             __atomic_store_n(&v->g.up, 0, __ATOMIC_RELEASE);
         if (e->state == SCHED_PARENT) {
@@ -193,7 +218,7 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-int hv_sched_create(int nworkers, struct hv_sched **out)
+static int sched_create(int nworkers, int deterministic, struct hv_sched **out)
 {
     if (nworkers <= 0) {
         long cpus = sysconf(_SC_NPROCESSORS_ONLN);
@@ -207,6 +232,7 @@ int hv_sched_create(int nworkers, struct hv_sched **out)
     pthread_mutex_init(&hs->s.lock, NULL);
     sched_init(&hs->s, nworkers);
     hs->nworkers = nworkers;
+    hs->deterministic = deterministic;
     pthread_condattr_t attr;
     pthread_condattr_init(&attr);
     pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
@@ -227,6 +253,16 @@ int hv_sched_create(int nworkers, struct hv_sched **out)
     }
     *out = hs;
     return 0;
+}
+
+int hv_sched_create(int nworkers, struct hv_sched **out)
+{
+    return sched_create(nworkers, 0, out);
+}
+
+int hv_sched_create_deterministic(struct hv_sched **out)
+{
+    return sched_create(1, 1, out);
 }
 
 /* Every vCPU must be detached first. */
@@ -262,12 +298,15 @@ int hv_sched_attach(struct hv_sched *hs, struct hv_vcpu *v, uint32_t weight, uin
         return -EBUSY;
     if (weight > 65535 || cap > 100)
         return -EINVAL;
+    if (hs->deterministic != v->partition->deterministic)
+        return -EINVAL;             /* virtual time and host time do not mix on a worker */
     v->h.sched_exit = calloc(1, sizeof(*v->h.sched_exit));
     if (!v->h.sched_exit)
         return -ENOMEM;
     /* Its worker's timer stands in for the vCPU's own host timer, which
      * would signal the thread that created it. */
     timer_host_delete(v);
+    kick_thread_release(v);
     int tcg = v->partition->engine == &engine_tcg_ops;
     pthread_mutex_lock(&hs->s.lock);
     v->h.se.owner = v;
@@ -285,7 +324,7 @@ int hv_sched_start(struct hv_vcpu *v)
     pthread_mutex_lock(&hs->s.lock);
     int err = v->h.se.state == SCHED_DOWN ? 0 : -EBUSY;
     if (!err) {
-        int w = sched_start(&hs->s, &v->h.se, now_ns());
+        int w = sched_start(&hs->s, &v->h.se, sched_now(hs));
         if (w >= 0)
             notify(hs, w);
     }
@@ -345,7 +384,7 @@ int hv_sched_continue(struct hv_vcpu *v)
     pthread_mutex_lock(&hs->s.lock);
     int err = v->h.se.state == SCHED_PARENT && !v->h.queued ? 0 : -EINVAL;
     if (!err) {
-        int w = sched_parent_done(&hs->s, &v->h.se, now_ns());
+        int w = sched_parent_done(&hs->s, &v->h.se, sched_now(hs));
         if (w >= 0)
             notify(hs, w);
     }
@@ -384,7 +423,7 @@ int hv_sched_resume(struct hv_vcpu *v)
     if (!hs)
         return -EINVAL;
     pthread_mutex_lock(&hs->s.lock);
-    int w = sched_resume(&hs->s, &v->h.se, now_ns());
+    int w = sched_resume(&hs->s, &v->h.se, sched_now(hs));
     if (w >= 0)
         notify(hs, w);
     pthread_mutex_unlock(&hs->s.lock);
@@ -463,7 +502,7 @@ void sched_vcpu_wake(struct hv_vcpu *v)
     if (!hs)
         return;
     pthread_mutex_lock(&hs->s.lock);
-    int w = sched_wake(&hs->s, &v->h.se, now_ns());
+    int w = sched_wake(&hs->s, &v->h.se, sched_now(hs));
     if (w >= 0)
         notify(hs, w);
     pthread_mutex_unlock(&hs->s.lock);

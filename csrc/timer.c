@@ -68,19 +68,28 @@ static void aim_host_timer(struct hv_vcpu *v, uint64_t deadline, uint64_t now)
         host_timer_set(v, deadline);
 }
 
+/* Deterministic mode: where the engine must stop counting -- the guest's
+ * timer or the end of its slice, whichever comes first. */
+void timer_insn_stop_update(struct hv_vcpu *v)
+{
+    uint64_t d = v->g.timer_deadline, slice = v->h.insn_slice_end;
+    v->h.insn_stop = !d ? slice : !slice ? d : d < slice ? d : slice;
+}
+
 void timer_check(struct hv_vcpu *v)
 {
     uint64_t deadline = v->g.timer_deadline;
     v->h.timer_due = 0;
-    if (!deadline)
-        return;
-    uint64_t now = partition_clock_ns(v->partition);
-    if (now >= deadline) {
-        v->g.timer_deadline = 0;
-        event_raise_vcpu(v->partition, v->id, HV_EVENT_TIMER);   /* its own timer: on itself */
-        return;
+    if (deadline) {
+        uint64_t now = partition_clock_ns(v->partition);
+        if (now >= deadline) {
+            v->g.timer_deadline = 0;
+            event_raise_vcpu(v->partition, v->id, HV_EVENT_TIMER);   /* its own timer: on itself */
+        } else {
+            aim_host_timer(v, deadline, now);
+        }
     }
-    aim_host_timer(v, deadline, now);
+    timer_insn_stop_update(v);
 }
 
 /* set_timer: the event itself is raised by timer_check(), before the next
@@ -90,6 +99,7 @@ int event_timer_arm(struct hv_vcpu *v, uint64_t deadline)
     if (deadline > (1ull << 62))
         deadline = 1ull << 62;      /* ~146 years: keeps the timespec math in range */
     v->g.timer_deadline = deadline;
+    timer_insn_stop_update(v);      /* an inline call on TCG: the engine reads it next */
     if (!deadline)
         return 0;
     uint64_t now = partition_clock_ns(v->partition);

@@ -44,7 +44,7 @@ int hv_vcpu_create(struct hv_partition *p, uint32_t id, struct hv_vcpu **out)
     if (!err && p->insn_trace_end)
         err = p->engine->trace_code(v->engine_vcpu, p->insn_trace_start, p->insn_trace_end);
     if (!err && p->deterministic)
-        err = p->engine->count_instructions(v->engine_vcpu, &p->g.instructions, &v->g.timer_deadline);
+        err = p->engine->count_instructions(v->engine_vcpu, &p->g.instructions, &v->h.insn_stop);
     if (err) {
         if (v->engine_vcpu)
             p->engine->vcpu_destroy(v->engine_vcpu);
@@ -361,6 +361,12 @@ int vcpu_handle_exit(struct hv_vcpu *v, const struct engine_exit *ex)
     }
 }
 
+/* A deterministic worker's slice, counted in guest instructions, is over. */
+static int slice_spent(const struct hv_vcpu *v)
+{
+    return v->h.insn_slice_end && v->partition->g.instructions >= v->h.insn_slice_end;
+}
+
 /* T:589 The one predicate "does this vCPU need the loop before it
  * re-enters the guest?".  The run loop below does its pending work only
  * when it holds, and engines that handle exits inside the emulator (TCG)
@@ -369,14 +375,15 @@ int vcpu_needs_loop(const struct hv_vcpu *v)
 {
     return v->g.wait != WAIT_NONE || v->g.mc.active || v->h.pause_requested ||
            v->g.inject_pending || v->lapic_pending || v->h.trace_drain || v->h.timer_due ||
-           v->h.yielded || v->g.down_requested || v->g.tlb_flush_pending;
+           v->h.yielded || v->g.down_requested || v->g.tlb_flush_pending || slice_spent(v);
 }
 
 #define RUN_ON (-1)     /* pending_work: nothing stops the run, enter the guest */
 
 /* The pending work vcpu_needs_loop() announced, in order: a suspended
- * multicall, block/hlt, a pause, a trace drain, a yield (and a vcpu_down
- * before all of them; a TLB flush is smp_before_run's).  (Upcalls and
+ * multicall, block/hlt, a pause, a trace drain, a yield, a deterministic
+ * slice's end (and a vcpu_down before all of them; a TLB flush is
+ * smp_before_run's).  (Upcalls and
  * timers are event_before_entry()'s.)  RUN_ON, or why the run ends. */
 static int pending_work(struct hv_vcpu *v, struct hv_exit *exit, int scheduled)
 {
@@ -409,6 +416,8 @@ static int pending_work(struct hv_vcpu *v, struct hv_exit *exit, int scheduled)
         v->h.yielded = 0;
         return RUN_YIELDED;
     }
+    if (slice_spent(v))
+        return RUN_KICKED;          /* as a slice timer would, at an exact instruction */
     return RUN_ON;
 }
 

@@ -19,6 +19,10 @@ then starts anything:
                { type = "rng" },
                { type = "console", output = "ping-vcon.txt" }]
 
+Top-level `workers = N` sets how many scheduler worker threads run every
+partition's vCPU (default: one per host CPU); each partition may say
+`weight = W` (1..65535, default 256) and `cap = PERCENT` (of one CPU).
+
 A NIC joins the switch it names; every NIC naming one switch shares it.
 A switch that only one NIC names could carry nothing (it is almost always a
 typo: "lan" here, "lna" there), so it is refused unless it is declared:
@@ -50,9 +54,10 @@ class ConfigError(ValueError):
     """One line naming the problem."""
 
 
-def load(path, with_channels=False):
+def load(path, with_channels=False, with_workers=False):
     """The parsed, checked list of partition specs (dicts); with_channels:
-    (specs, the [[channel]] tables checked against them)."""
+    (specs, the [[channel]] tables checked against them); with_workers also
+    the top-level `workers = N` (scheduler worker threads, None if absent)."""
     import tomllib
     try:
         with open(path, "rb") as f:
@@ -62,7 +67,7 @@ def load(path, with_channels=False):
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: {e}") from None
     base = os.path.dirname(os.path.abspath(path))
-    unknown = set(data) - {"partition", "switch", "channel"}
+    unknown = set(data) - {"partition", "switch", "channel", "workers"}
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key {sorted(unknown)[0]!r}")
     specs = data.get("partition")
@@ -78,7 +83,13 @@ def load(path, with_channels=False):
     check_together(specs, declared, path)
     channels = data.get("channel", [])
     check_channels(channels, names, path)
-    return (specs, channels) if with_channels else specs
+    workers = data.get("workers")       # the scheduler's worker threads (docs/scheduler.md)
+    if workers is not None:
+        from hv.abi import lib
+        if type(workers) is not int or not 1 <= workers <= lib.HV_SCHED_WORKERS_MAX:
+            raise ConfigError(f"{path}: workers must be an integer 1..{lib.HV_SCHED_WORKERS_MAX}")
+    out = (specs,) + ((channels,) if with_channels else ()) + ((workers,) if with_workers else ())
+    return out if len(out) > 1 else specs
 
 
 def check_channels(channels, names, path):

@@ -141,7 +141,7 @@ class Managed:
         self.last_metrics = {}
         self.resources = claims(spec)
         self.engine = partition.engine
-        self.scheduled = bool(scheduling(spec))     # its vCPU runs on the scheduler's workers
+        self.scheduled = partition.scheduled        # its vCPU runs on the scheduler's workers
 
     def current_state(self):
         part = self.partition
@@ -149,12 +149,9 @@ class Managed:
 
 
 def scheduling(spec):
-    """Partition's scheduler arguments: a weight or a cap puts the partition
-    on the process's scheduler (docs/scheduler.md); without either, its vCPU
-    has a host thread of its own."""
-    if "weight" not in spec and "cap" not in spec:
-        return {}
-    return {"scheduler": True, "weight": spec.get("weight", 0), "cap": spec.get("cap", 0)}
+    """Partition's scheduler arguments: every partition runs on the
+    process's scheduler (docs/scheduler.md), with its weight and cap."""
+    return {"weight": spec.get("weight", 0), "cap": spec.get("cap", 0)}
 
 
 def check_share(share):
@@ -363,8 +360,7 @@ class Manager:
             if state not in (RUNNING, PAUSED):
                 raise Conflict(f"cannot change the share of partition {name!r}: it is {state}")
             if not entry.scheduled:
-                raise Conflict(f"partition {name!r} is not on the scheduler "
-                               "(create it with a weight or a cap)")
+                raise Conflict(f"partition {name!r} is not on the scheduler")
             share = {k: v for k, v in (("weight", weight), ("cap", cap)) if v is not None}
             try:
                 check_share(share)

@@ -9,6 +9,7 @@ each exit kind to a method, and PARENT_HYPERCALLS maps the hypercalls the
 parent serves (console output) to theirs.
 """
 import os
+import queue
 import threading
 import time
 
@@ -166,8 +167,6 @@ class Partition:
         self._stop = False
         self._resume = threading.Event()
         self._cond = threading.Condition()   # guards state, _vcpu, _finished
-        # scheduler: None = a host thread runs the vCPU (run()'s own); True =
-        # the process's shared hv.scheduler.Scheduler; or a Scheduler.
         # T:628 SMP: smp vCPUs, vCPU 0 boots, the guest brings the others up.
         # They run on the scheduler's workers (KVM's in parallel, a TCG
         # partition's interleaved on one worker at a time).
@@ -176,18 +175,30 @@ class Partition:
             raise ValueError(f"smp is 1..{lib.HV_VCPUS_MAX} vCPUs, not {smp}")
         if self.smp > 1 and deterministic:
             raise ValueError("deterministic SMP partitions are not supported yet")
-        if self.smp > 1 and scheduler is None:
-            scheduler = True
-        if scheduler is True:
-            from hv.scheduler import default_scheduler
-            scheduler = default_scheduler()
-        if scheduler is not None and deterministic:
-            raise ValueError("a deterministic partition runs on its own thread, not on the scheduler")
+        # scheduler: None or True (the default) = the process's shared
+        # hv.scheduler.Scheduler (deterministic partitions: its one-worker
+        # deterministic twin); a Scheduler; or False: a host thread of its
+        # own runs the vCPU (run()'s caller), for hv's internal uses.
+        if self.smp > 1 and scheduler is False:
+            raise ValueError("an SMP partition runs on the scheduler")
+        if scheduler is None or scheduler is True:
+            from hv.scheduler import default_scheduler, deterministic_scheduler
+            scheduler = deterministic_scheduler() if deterministic else default_scheduler()
+        elif scheduler is False:
+            scheduler = None
+        if scheduler is not None and scheduler.deterministic != bool(deterministic):
+            raise ValueError("a deterministic partition needs a deterministic scheduler "
+                             "(hv.scheduler.deterministic_scheduler), and only it may use one")
         self._scheduler = scheduler
         self.weight, self.cap = int(weight), int(cap)
         if not 0 <= self.weight <= 65535 or not 0 <= self.cap <= 100:
             raise ValueError("weight is 1..65535 (0: the default 256), cap a percent 0..100")
+        if deterministic and self.cap:
+            # A cap is a share of host CPU time; a deterministic worker's
+            # clock is guest instructions, which do not pass while it idles.
+            raise ValueError("a deterministic partition cannot have a cap")
         self._ending = False           # _end() has begun
+        self._debug_exits = None       # on the scheduler under GDB: its exits' queue
 
         out = ffi.new("struct hv_partition **")
         err = lib.hv_partition_create(ENGINES[engine], mem_size, out)
@@ -302,20 +313,30 @@ class Partition:
             self._device_host.start()
         if self._scheduler is None:
             return
-        if self.debugger is not None:
-            self._crash("the GDB stub needs a partition on a thread of its own (no scheduler)")
-            self._end()
-            return
         # T:627 Scheduled: the vCPU is handed to the workers and started;
         # its exits arrive at _serve_exit() on the scheduler's threads.
         try:
             vcpu = self._create_vcpu()
             for v in self._vcpus:
                 self._scheduler.attach(self, v, self.weight, self.cap)
-            lib.hv_sched_start(vcpu)            # the others start when the guest says
+            if self.debugger is not None:
+                self._debug_exits = queue.Queue()
+                threading.Thread(target=self._debug_exit_thread, args=(vcpu,),
+                                 name=f"partition-{self.id}-gdb", daemon=True).start()
+            else:
+                lib.hv_sched_start(vcpu)        # the others start when the guest says
         except Exception as e:
             self._crash(f"parent partition error: {type(e).__name__}: {e}")
             self._end()
+
+    def _debug_exit_thread(self, vcpu):
+        """Under GDB, on the scheduler: the stub holds the vCPU at its entry
+        and at every stop on this thread (as it would the vCPU's own), while
+        the vCPU runs on the workers in between."""
+        self.debugger.vcpu_ready(vcpu)      # hv/gdbstub.py: may hold it at the entry
+        lib.hv_sched_start(vcpu)
+        while (held := self._debug_exits.get()) is not None:
+            self._scheduler.serve(held)
 
     def _end(self):
         """Take the vCPU down and close what the run opened; once."""
@@ -329,6 +350,8 @@ class Partition:
             lib.hv_partition_pause(self._p)         # every vCPU off its worker, at once
             for v in self._vcpus:
                 self._scheduler.detach(v)           # off every worker and server
+            if self._debug_exits is not None:
+                self._debug_exits.put(None)         # its exit thread ends
         # The trace is complete before wait() returns: a caller that
         # exits right after must not lose its last records.
         if self.tracer is not None:
@@ -470,12 +493,20 @@ class Partition:
         if not go_on:
             self._scheduler.reap(self)      # _end() on another thread: it waits for this one
 
+    @property
+    def scheduled(self):
+        """Its vCPU runs on a scheduler's workers (every partition but those
+        hv itself asks to run on a thread of their own)."""
+        return self._scheduler is not None
+
     def set_share(self, weight=None, cap=None):
         """Change the scheduler weight and cap of a scheduled partition, live."""
         if self._scheduler is None:
             raise StateError(f"partition {self.id} is not on a scheduler")
         weight = self.weight if weight is None else int(weight)
         cap = self.cap if cap is None else int(cap)
+        if self.deterministic and cap:
+            raise ValueError("a deterministic partition cannot have a cap")
         with self._cond:
             if self._vcpu is None or lib.hv_sched_set_share(self._vcpu, weight or 256, cap):
                 raise ValueError("weight is 1..65535, cap a percent 0..100, on a running partition")
@@ -575,11 +606,13 @@ class Partition:
         lib.hv_vcpu_complete(self._vcpus[exit_.vcpu], (1 << (8 * exit_.io_size)) - 1)
 
     def _on_paused(self, exit_):
-        if self._stop or self._scheduler is not None:
+        if self._stop:
             return
         if self.debugger is not None and self.debugger.claim_pause():
             self.debugger.paused()              # GDB asked (attach, Ctrl-C): a debug stop
             return
+        if self._scheduler is not None:
+            return                              # pause is a scheduler state there
         self._set_state(PAUSED)
         self._resume.wait()
         if not self._stop:

@@ -18,14 +18,22 @@ SERVERS = 2             # Python threads serving exits: a few, not one per vCPU
 
 
 class Scheduler:
-    """N workers (default: one per host CPU) running every attached vCPU."""
+    """N workers (default: one per host CPU) running every attached vCPU.
+    deterministic=True: one worker for deterministic partitions, its slices
+    counted in guest instructions (csrc/sched_worker.c)."""
 
-    def __init__(self, workers=None, servers=SERVERS):
+    def __init__(self, workers=None, servers=SERVERS, deterministic=False):
         out = ffi.new("struct hv_sched **")
-        err = lib.hv_sched_create(int(workers or 0), out)
+        if deterministic:
+            if workers not in (None, 0, 1):
+                raise ValueError("a deterministic scheduler has one worker")
+            err = lib.hv_sched_create_deterministic(out)
+        else:
+            err = lib.hv_sched_create(int(workers or 0), out)
         if err:
             raise ValueError(f"cannot start {workers} scheduler workers: {os.strerror(-err)}")
         self._s = out[0]
+        self.deterministic = bool(deterministic)
         self.workers = lib.hv_sched_workers(self._s)
         self._owners = {}                   # vCPU address -> Partition
         self._lock = threading.Condition()
@@ -71,18 +79,30 @@ class Scheduler:
             vcpu = lib.hv_sched_next_exit(self._s, 100)       # GIL released inside
             if vcpu == ffi.NULL:
                 continue
-            key = int(ffi.cast("uintptr_t", vcpu))
             with self._lock:
-                part = self._owners.get(key)
-                if part is None:
-                    continue
-                self._serving.add(key)
-            try:
-                part._serve_exit(vcpu)
-            finally:
-                with self._lock:
-                    self._serving.discard(key)
-                    self._lock.notify_all()
+                part = self._owners.get(int(ffi.cast("uintptr_t", vcpu)))
+            if part is not None and part.debugger is not None:
+                # A debugger holds the vCPU's exits as long as GDB likes:
+                # on the partition's own exit thread, not on a shared one.
+                part._debug_exits.put(vcpu)
+            elif part is not None:
+                self.serve(vcpu)
+
+    def serve(self, vcpu):
+        """Hand one exit record to its partition's handler (a server thread,
+        or a debugged partition's own), unless the vCPU was detached."""
+        key = int(ffi.cast("uintptr_t", vcpu))
+        with self._lock:
+            part = self._owners.get(key)
+            if part is None:
+                return
+            self._serving.add(key)
+        try:
+            part._serve_exit(vcpu)
+        finally:
+            with self._lock:
+                self._serving.discard(key)
+                self._lock.notify_all()
 
     def close(self):
         """Stop the servers and the workers (every vCPU must be detached)."""
@@ -96,13 +116,39 @@ class Scheduler:
 
 
 _default = None
+_deterministic = None
 _default_lock = threading.Lock()
 
 
-def default_scheduler():
-    """The process's shared scheduler, started on first use."""
+def default_scheduler(workers=None):
+    """The process's shared scheduler, started on first use with `workers`
+    workers (default: one per host CPU).  Asking for another number once it
+    runs is an error: its partitions are already placed."""
     global _default
     with _default_lock:
         if _default is None:
-            _default = Scheduler()
+            _default = Scheduler(workers)
+        elif workers and workers != _default.workers:
+            raise ValueError(f"the scheduler already runs {_default.workers} workers, "
+                             f"not {workers}")
         return _default
+
+
+def deterministic_scheduler():
+    """The process's one-worker scheduler for deterministic partitions."""
+    global _deterministic
+    with _default_lock:
+        if _deterministic is None:
+            _deterministic = Scheduler(deterministic=True)
+        return _deterministic
+
+
+def _forget_after_fork():
+    # A forked child has none of the parent's threads: the workers and
+    # servers are gone, so the child starts schedulers of its own.
+    global _default, _deterministic, _default_lock
+    _default = _deterministic = None
+    _default_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)

@@ -3,6 +3,7 @@ section 4): console socket paths, disks (QEMU's locks, block devices, the
 key=value form), MACs, console kinds, the command-line limit, and hv up's
 config checks.  Each failed before its fix."""
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -424,3 +425,37 @@ def test_console_socket_close_hangs_up_every_client(tmp_path):
             pass            # still in the listen queue when it closed: refused, also an end
         client.close()
         assert not os.path.exists(path)
+
+
+# ---- the scheduler's options -------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, needle", [
+    (["--workers", "0"], "--workers 0: 1..64"),
+    (["--workers", "65"], "--workers 65: 1..64"),
+    (["--weight", "70000"], "--weight 70000: 1..65535"),
+    (["--cap", "101"], "--cap 101: a percent"),
+    (["--deterministic", "--workers", "2"], "runs on one worker"),
+    (["--deterministic", "--cap", "50"], "cannot have a cap"),
+])
+def test_run_scheduler_options_are_checked(args, needle):
+    one_line_error(hv("run", *args, guest("hello")), needle)
+
+
+@pytest.mark.skipif(engine_missing("tcg") is not None, reason="needs the tcg engine")
+def test_run_verbose_reports_the_vcpus_time_waits_and_migrations():
+    proc = hv("run", "-v", "--engine", "tcg", "--workers", "1", "--weight", "512", "--cap", "90",
+              guest("hello"))
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"vcpu 0: \d+ exits, .* ran \d+\.\d+ ms in \d+ dispatches, "
+                     r"waited \d+ times blocked and \d+ for the parent, \d+ migrations",
+                     proc.stderr), proc.stderr
+
+
+@pytest.mark.parametrize("value, ok", [("2", True), ("0", False), ('"two"', False)])
+def test_up_workers_key(value, ok, tmp_path):
+    config = up_file(tmp_path, ("box", "hello", ""), extra=f"workers = {value}\n")
+    if ok:
+        from hv.config import load
+        assert load(str(config), with_workers=True)[1] == int(value)
+    else:
+        one_line_error(hv("up", config), "workers must be an integer 1..64", str(config))

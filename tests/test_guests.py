@@ -348,7 +348,7 @@ def test_pause_resume_destroy(spinning):
     assert part.state == "running"
     part.destroy()
     assert part.state == "destroyed"
-    assert not part._thread.is_alive()
+    assert part.finished and part._vcpu is None     # it runs nowhere
     part.destroy()                      # idempotent
     assert part.state == "destroyed"
     assert part.wait(1) == "destroyed"
@@ -395,7 +395,7 @@ def test_destroy_running(spinning):
     part.destroy()
     assert time.monotonic() - t0 < 5
     assert part.state == "destroyed"
-    assert not part._thread.is_alive()
+    assert part.finished and part._vcpu is None     # it runs nowhere
     part.destroy()
     assert part.state == "destroyed"
 
@@ -407,7 +407,7 @@ def test_destroy_paused(spinning):
     wait_for_state(part, "paused")
     part.destroy()
     assert part.state == "destroyed"
-    assert not part._thread.is_alive()
+    assert part.finished and part._vcpu is None     # it runs nowhere
     part.destroy()
     assert part.state == "destroyed"
 
@@ -489,7 +489,7 @@ def test_console_failure_ends_partition():
     try:
         part.start()
         state = part.wait(10)
-        assert not part._thread.is_alive()
+        assert part.finished and part._vcpu is None     # it runs nowhere
         assert state in ("crashed", "shutdown"), f"partition left in state {state!r}"
     finally:
         part.destroy()

@@ -149,7 +149,7 @@ def test_concurrent_operations_on_one_partition_are_serialized(manager, tmp_path
     assert manager.stop("p")["state"] == "stopped"
 
 
-def test_a_weight_or_a_cap_puts_it_on_the_scheduler(manager, tmp_path):
+def test_a_weight_or_a_cap_is_the_partitions_share_on_the_scheduler(manager, tmp_path):
     about = manager.create(waiter(tmp_path, "s", weight=512))
     assert about["scheduled"] and about["weight"] == 512 and about["cap"] is None
     manager.start("s")
@@ -173,12 +173,15 @@ def test_a_weight_or_a_cap_puts_it_on_the_scheduler(manager, tmp_path):
     assert manager.describe("h")["exit_code"] == 0
 
 
-def test_share_is_refused_for_a_partition_on_its_own_thread(manager, tmp_path):
+def test_every_partition_is_on_the_scheduler_and_its_share_can_change(manager, tmp_path):
+    """No weight or cap given: the default share, on the scheduler all the
+    same; a deterministic partition may not have a cap (its worker's clock
+    is guest instructions, not host CPU time)."""
     manager.create(waiter(tmp_path, "t"))
-    assert not manager.start("t")["scheduled"]
-    assert manager.metrics("t")["scheduler"] is None
-    with pytest.raises(Conflict, match="not on the scheduler"):
-        manager.set_share("t", weight=300)
+    assert manager.start("t")["scheduled"]
+    assert set(manager.metrics("t")["scheduler"]) >= {"run_ns", "migrations"}
+    about = manager.set_share("t", weight=300)
+    assert (about["weight"], about["cap"]) == (300, None)
     for bad in ({"weight": 0}, {"weight": True}, {"cap": 101}, {"cap": "50"}, {"cap": 10, "deterministic": True}):
         with pytest.raises(BadRequest):
             manager.create({"name": "x", "kernel": guest("hello"), "engine": "tcg", **bad})

@@ -129,3 +129,38 @@ def test_many_partitions_share_two_workers(sched):
     finally:
         for _, p, _ in parts:
             p.destroy()
+
+
+@pytest.mark.skipif(engine_missing("tcg") is not None, reason="deterministic mode is TCG's")
+def test_deterministic_partitions_share_one_worker_and_repeat_exactly():
+    """Deterministic partitions run on the deterministic scheduler's one
+    worker, whose slices are counted in guest instructions: a spinning one
+    beside a timer-driven one is cut into slices (several dispatches), and
+    the timer-driven guest prints exactly what it prints alone."""
+    from hv.scheduler import deterministic_scheduler
+
+    def wake_guest():
+        console = CaptureConsole()
+        p = Partition(guest("sched-guest"), mem="4M", console=console, deterministic=True,
+                      cmdline="mode=wake n=10 period=1000000")
+        assert p.scheduled and p._scheduler is deterministic_scheduler()
+        return p, console
+
+    alone, alone_console = wake_guest()
+    with alone:
+        assert alone.run() == SHUTDOWN, alone.crash_report
+    spin_console = CaptureConsole()
+    spinner = Partition(guest("sched-guest"), mem="4M", console=spin_console,
+                        deterministic=True, cmdline="mode=spin")
+    shared, shared_console = wake_guest()
+    try:
+        spinner.start()
+        assert shared.run() == SHUTDOWN, shared.crash_report
+        assert last_line(shared_console.text()) == "SUCCESS"
+        assert shared_console.text() == alone_console.text()
+        assert spinner.counters()["dispatches"] >= 2     # preempted at a slice's end
+    finally:
+        spinner.destroy()
+        shared.destroy()
+    with pytest.raises(ValueError, match="cannot have a cap"):
+        Partition(guest("hello"), deterministic=True, cap=50)

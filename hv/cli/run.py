@@ -56,10 +56,22 @@ def add_run_options(run):
                      help="a virtio-net NIC on the partition's switch (repeatable)")
 
 
+def add_scheduler_options(run):
+    """hv run's and hv trace's (hv create has --weight and --cap of its own)."""
+    run.add_argument("--workers", type=int, metavar="N",
+                     help="scheduler worker threads that run the vCPUs (default: one per host "
+                          "CPU; a deterministic partition always runs on one)")
+    run.add_argument("--weight", type=int, default=0, metavar="W",
+                     help="the partition's scheduler weight, 1..65535 (default 256)")
+    run.add_argument("--cap", type=int, default=0, metavar="PERCENT",
+                     help="at most this percent of one host CPU (default 0: no cap)")
+
+
 def add_parsers(sub):
     run = sub.add_parser("run", help="boot a PVH kernel in a new partition",
                          epilog=EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_options(run)
+    add_scheduler_options(run)
     run.add_argument("--console", metavar="FILE", help="write the console to FILE instead of stdout")
     run.add_argument("--trace", metavar="FILE", help="write a decoded trace to FILE ('-' = stderr)")
     run.add_argument("--gdb", metavar="PORT|HOST:PORT|unix:PATH",
@@ -71,6 +83,7 @@ def add_parsers(sub):
                            epilog=EXIT_STATUSES,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_options(trace)
+    add_scheduler_options(trace)
     trace.add_argument("--hypercall", action="append", metavar="NAME",
                        help="only these hypercalls (repeatable)")
     trace.add_argument("--vcpu", action="append", type=int, metavar="N", help="only this vCPU")
@@ -165,6 +178,36 @@ def trace_filters(args):
     return None
 
 
+def counters_text(c):
+    """hv run -v's last line: what the vCPU did and, on the scheduler, its
+    time on the workers, its waits and its moves between them."""
+    text = (f"vcpu 0: {c.get('exits', 0)} exits, {c.get('fast_hypercalls', 0)} fast and "
+            f"{c.get('parent_hypercalls', 0)} parent hypercalls")
+    if "run_ns" in c:
+        text += (f"; ran {c['run_ns'] / 1e6:.3f} ms in {c['dispatches']} dispatches, "
+                 f"waited {c['blocks']} times blocked and {c['parent_waits']} for the parent, "
+                 f"{c['migrations']} migrations")
+    return text
+
+
+def run_scheduler(args):
+    """--workers, --weight and --cap, checked; the scheduler to run on."""
+    from hv.abi import lib
+    from hv.scheduler import default_scheduler
+
+    if args.workers is not None and not 1 <= args.workers <= lib.HV_SCHED_WORKERS_MAX:
+        raise ValueError(f"--workers {args.workers}: 1..{lib.HV_SCHED_WORKERS_MAX}")
+    if not 0 <= args.weight <= 65535:
+        raise ValueError(f"--weight {args.weight}: 1..65535")
+    if not 0 <= args.cap <= 100:
+        raise ValueError(f"--cap {args.cap}: a percent, 0..100")
+    if args.deterministic:
+        if args.workers not in (None, 1):
+            raise ValueError("--deterministic runs on one worker: --workers 1 or none")
+        return None                 # Partition takes the deterministic scheduler
+    return default_scheduler(args.workers)
+
+
 # ---- the run ---------------------------------------------------------------------------
 
 class Run:
@@ -210,11 +253,12 @@ class Run:
                                  instructions=instructions)
         elif args.trace:
             self.tracer = Tracer(None, keep=False)
+        scheduler = run_scheduler(args)
         self.devices = make_devices(specs, {})
         self.part = Partition(args.kernel, mem=args.mem, cmdline=args.cmdline, engine=args.engine,
                               deterministic=args.deterministic, trace=self.tracer,
-                              devices=self.devices, initrd=args.initrd,
-                              smp=getattr(args, "smp", 1))
+                              devices=self.devices, initrd=args.initrd, scheduler=scheduler,
+                              weight=args.weight, cap=args.cap, smp=getattr(args, "smp", 1))
         if getattr(args, "gdb", None):
             from hv.gdbstub import GdbStub
             try:
@@ -297,8 +341,7 @@ class Run:
             self.gdb.finish()           # GDB hears how the guest ended
         if self.reader_gone:
             return EXIT_READER_GONE
-        counts = ", ".join(f"{k} {v}" for k, v in part.last_counters.items())
-        log.info("partition %d: %s; %s", part.id, state, counts)
+        log.info("partition %d: %s; %s", part.id, state, counters_text(part.last_counters))
         if state == CRASHED:
             log.error("%s", part.crash_report)
             status = EXIT_CRASHED

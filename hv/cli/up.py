@@ -24,14 +24,22 @@ def cmd_up(args):
 
     try:
         # the whole file is checked before anything is made
-        specs, channels = load(args.config, with_channels=True)
+        specs, channels, workers = load(args.config, with_channels=True, with_workers=True)
     except ConfigError as e:
         return error(str(e))
     if args.api_socket is not None:
         if channels:
             return error(f"{args.config}: [[channel]] needs the partitions in this process "
                          "(without --api-socket)")
+        if workers is not None:
+            return error(f"{args.config}: workers = {workers} is the running hv serve's "
+                         "(without --api-socket it applies here)")
         return register(args, specs)
+    from hv.scheduler import default_scheduler
+    try:
+        default_scheduler(workers)      # the partitions below run on its workers
+    except ValueError as e:
+        return error(f"{args.config}: {e}")
     manager = Manager(console_stream=sys.stdout.buffer)
     status = 0
     try:
