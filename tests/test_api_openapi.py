@@ -89,7 +89,8 @@ SCENARIOS = {
                                                          {"weight": 0}, None),
     ("PUT", "/partitions/{name}/share", 404): lambda t: ("/partitions/nope/share",
                                                          {"cap": 10}, None),
-    ("PUT", "/partitions/{name}/share", 409): lambda t: ("/partitions/live/share",
+    # Every partition is on the scheduler: one that has not started has no share to change.
+    ("PUT", "/partitions/{name}/share", 409): lambda t: ("/partitions/idle/share",
                                                          {"cap": 10}, None),
     ("GET", "/partitions/{name}/metrics", 200): lambda t: ("/partitions/live/metrics", None, None),
     ("GET", "/partitions/{name}/metrics", 404): lambda t: ("/partitions/nope/metrics", None, None),
@@ -130,6 +131,7 @@ def test_live_server_answers_as_documented(tmp_path):
         c.json("PUT", "/partitions/live", _spec(tmp_path, "live"), expect=201)
         c.json("PUT", "/partitions/live/actions", {"action": "start"})
         c.json("PUT", "/partitions/made", _spec(tmp_path, "made"), expect=201)
+        c.json("PUT", "/partitions/idle", _spec(tmp_path, "idle"), expect=201)
         c.json("PUT", "/partitions/sched", {**_spec(tmp_path, "sched"), "weight": 256}, expect=201)
         c.json("PUT", "/partitions/sched/actions", {"action": "start"})
         for (method, template, status), make in sorted(SCENARIOS.items()):

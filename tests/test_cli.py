@@ -479,7 +479,7 @@ def test_verbose_levels_and_log_file(tmp_path):
     assert (quiet.returncode, quiet.stderr) == (0, "")       # nothing on stderr without -v
     text = log.read_text()
     assert re.search(r"^\d{4}-\d\d-\d\d .* INFO partition \d+: engine ", text, re.M), text
-    assert re.search(r"INFO partition \d+: shutdown; exits \d+", text), text
+    assert re.search(r"INFO partition \d+: shutdown; vcpu 0: \d+ exits", text), text
     loud = hv_cmd("run", "-v", guest("hello"))
     assert re.search(r"^hv: partition \d+: engine ", loud.stderr, re.M), loud.stderr
     errors = hv_cmd("run", "--log-file", log, tmp_path / "missing.elf")
