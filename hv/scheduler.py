@@ -57,12 +57,13 @@ class Scheduler:
 
     def detach(self, vcpu):
         """Take the vCPU off every worker and out of the exit queue."""
-        lib.hv_sched_detach(vcpu)
         key = int(ffi.cast("uintptr_t", vcpu))
         with self._lock:
-            self._owners.pop(key, None)
-            # A server may hold its last exit record: the vCPU outlives that.
+            self._owners.pop(key, None)     # servers drop its exits from now on
+            # A server may be handling its last exit record, which the
+            # C detach frees: wait for it first.
             self._lock.wait_for(lambda: key not in self._serving)
+        lib.hv_sched_detach(vcpu)
 
     def reap(self, partition):
         self._reap.put(partition)
