@@ -328,7 +328,8 @@ void tcg_request_stop(struct tcg_vcpu *c, enum tcg_stop why)
  * start after it.  Read only when an interrupt waits: a context save. */
 static int tcg_in_shadow(struct tcg_vcpu *c)
 {
-    return !!(tcg_hflags(c) & TCG_HF_INHIBIT_IRQ);
+    uint32_t hflags;
+    return tcg_hflags(c, &hflags) == 0 && (hflags & TCG_HF_INHIBIT_IRQ);
 }
 
 /* T:481 Before the first instruction of every translation block: the one

@@ -115,8 +115,8 @@ void tcg_state_init(void);
  * and/or set the hflags bits in `mask` to `bits`.  The caller's register
  * cache is stale afterwards. */
 void tcg_patch_cpu_state(struct tcg_vcpu *c, int forget_exception, uint32_t mask, uint32_t bits);
-/* QEMU's hflags (0 if their offset was not found). */
-uint32_t tcg_hflags(struct tcg_vcpu *c);
+/* QEMU's hflags into *out: 0, or -1 if their offset was not found. */
+int tcg_hflags(struct tcg_vcpu *c, uint32_t *out);
 /* Unicorn's own CPU model: a CPUID leaf, and MAXPHYADDR (found once by
  * running CPUID on a scratch CPU in tcg_state_init). */
 void tcg_model_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t r[4]);

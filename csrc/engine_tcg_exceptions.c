@@ -89,13 +89,17 @@ static void tcg_on_syscall(uc_engine *uc, void *user)
 
 /* SDM vol. 2B, SYSCALL, 64-bit mode: RCX = next RIP, R11 = RFLAGS,
  * RFLAGS &= ~FMASK, CS = STAR[47:32], SS = that + 8, CPL 0, RIP = LSTAR.
- * #UD if EFER.SCE is 0 or the CPU is not in long mode. */
+ * #UD if EFER.SCE is 0 or the CPU is not in 64-bit mode: Intel, whose CPU
+ * model Unicorn presents, has no SYSCALL in compatibility mode (AMD goes
+ * to CSTAR there; QEMU did that, and hv went to LSTAR). */
 int tcg_syscall(struct tcg_vcpu *c, struct engine_exit *exit)
 {
     uc_engine *uc = c->uc;
     c->syscall_pending = 0;
     uint64_t efer = read_msr(uc, MSR_EFER), next = tcg_read_reg(uc, UC_X86_REG_RIP);
-    if (!(efer & EFER_SCE) || !(efer & EFER_LMA)) {
+    uint32_t hflags;
+    int compat = tcg_hflags(c, &hflags) == 0 && !(hflags & TCG_HF_CS64);
+    if (!(efer & EFER_SCE) || !(efer & EFER_LMA) || compat) {
         uint64_t at = next - 2;     /* the fault is at the instruction */
         uc_reg_write(uc, UC_X86_REG_RIP, &at);
         c->regs_valid = 0;

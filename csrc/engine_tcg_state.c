@@ -154,14 +154,14 @@ void tcg_patch_cpu_state(struct tcg_vcpu *c, int forget_exception, uint32_t mask
     uc_context_restore(c->uc, ctx);
 }
 
-uint32_t tcg_hflags(struct tcg_vcpu *c)
+int tcg_hflags(struct tcg_vcpu *c, uint32_t *out)
 {
-    uint32_t hflags = 0;
+    *out = 0;
     if (hflags_offset < 0)
-        return 0;
+        return -1;
     uc_context_save(c->uc, c->scratch);
-    memcpy(&hflags, (uint8_t *)c->scratch + hflags_offset, 4);
-    return hflags;
+    memcpy(out, (uint8_t *)c->scratch + hflags_offset, 4);
+    return 0;
 }
 
 /* The error code: the word that goes from 0 to 0x1230 when loading DS with

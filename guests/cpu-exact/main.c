@@ -16,7 +16,8 @@
  *   into          INTO in 64-bit mode is #UD with OF clear or set (it is
  *                 invalid there); in compatibility mode it does nothing with
  *                 OF clear and raises #OF (a trap: RIP past it) with OF set;
- *                 `int $3` (CD 03) is vector 3 past its two bytes
+ *                 `int $3` (CD 03) is vector 3 past its two bytes; on an Intel
+ *                 CPU, SYSCALL in compatibility mode is #UD
  *   cr-reserved   MOV to CR0, CR3, CR4 or CR8 with a reserved bit set (or
  *                 a combination the SDM forbids) is #GP(0); valid writes work
  *   syscall       SYSCALL/SYSRET between ring 3 and ring 0 (STAR, LSTAR,
@@ -70,7 +71,8 @@ void write_read_only(void), fetch_nx(void), write_unmapped(void), read_unmapped(
 void read_supervisor(void), read_reserved(void), read_noncanonical(void);
 void do_int3(void), do_int3_fault(void), do_int40(void), do_int13(void), bad_cr3(void);
 void into_of_clear(void), into_of_set(void), do_int_3_long(void);
-void compat_into_of_clear(void), compat_into_of_set(void);
+void compat_into_of_clear(void), compat_into_of_set(void), compat_syscall(void);
+extern const char compat_syscall_insn[];
 extern const char into_of_clear_insn[], into_of_set_insn[], do_int_3_long_after[];
 extern const char compat_into_of_set_after[];
 void user_syscall(void), syscall_entry(void), sysret_noncanonical(void);
@@ -269,6 +271,8 @@ static void case_soft_int(void)
 
 /* ---- into ------------------------------------------------------------ */
 
+static bool vendor_is_intel(void);
+
 static void case_into(void)
 {
     struct probe p;
@@ -291,7 +295,19 @@ static void case_into(void)
     probe_ring0(compat_into_of_clear, &p);
     struct probe q;
     probe_ring0(compat_into_of_set, &q);
+    struct probe s = { .vector = PROBE_NO_FAULT };
+    bool intel = vendor_is_intel();
+    if (intel) {                        /* AMD goes to CSTAR instead */
+        uint64_t efer = rdmsr(MSR_EFER);
+        wrmsr(MSR_STAR, (uint64_t)GDT_DATA << 48 | (uint64_t)GDT_CODE64 << 32);
+        wrmsr(MSR_LSTAR, (uint64_t)syscall_entry);
+        wrmsr(MSR_EFER, efer | EFER_SCE);   /* SYSCALL enabled: the mode alone decides */
+        probe_ring0(compat_syscall, &s);
+        wrmsr(MSR_EFER, efer);
+    }
     asm volatile("lgdt %0" : : "m"(saved));
+    if (intel)
+        expect_fault("syscall in compatibility mode (Intel)", &s, X86_UD, 0, compat_syscall_insn);
     expect_no_fault("into with OF clear (compatibility mode)", &p);
     expect_fault("into with OF set (compatibility mode)", &q, X86_OF, 0,
                  compat_into_of_set_after);

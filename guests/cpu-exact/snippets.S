@@ -137,10 +137,19 @@ compat_of_set_code:
     .globl compat_into_of_set_after
 compat_into_of_set_after:
     lret
+compat_syscall_code:
+    .globl compat_syscall_insn
+compat_syscall_insn:
+    syscall                         /* Intel: #UD in compatibility mode */
+    lret
     .code64
+snippet compat_syscall
+    lcall   *compat_syscall_ptr(%rip)
+    ret
     .section .rodata
 compat_of_clear:  .long compat_of_clear_code; .word COMPAT_CS
 compat_of_set:    .long compat_of_set_code;   .word COMPAT_CS
+compat_syscall_ptr: .long compat_syscall_code; .word COMPAT_CS
     .text
 snippet do_int_3_long               /* CD 03: a software interrupt, two bytes */
     int     $3
