@@ -89,6 +89,17 @@ def partition_console(manager, body, name):
     return 200, manager.console_output(name)        # bytes: sent as text/plain
 
 
+def list_channels(manager, body):
+    return 200, {"channels": manager.channels()}
+
+
+def connect_partitions(manager, body, name, peer):
+    body = _object(body)
+    if set(body) - {"gref"}:
+        raise APIError(400, 'the body must be {} or {"gref": N}')
+    return 201, manager.connect(name, peer, body.get("gref"))
+
+
 def all_metrics(manager, body):
     return 200, manager.all_metrics()
 
@@ -108,6 +119,8 @@ ROUTES = [
     (re.compile(rf"/partitions/{NAME}/share"), {"PUT": set_partition_share}),
     (re.compile(rf"/partitions/{NAME}/metrics"), {"GET": partition_metrics}),
     (re.compile(rf"/partitions/{NAME}/console"), {"GET": partition_console}),
+    (re.compile(rf"/partitions/{NAME}/channels/(?P<peer>[^/]+)"), {"PUT": connect_partitions}),
+    (re.compile(r"/channels"), {"GET": list_channels}),
 ]
 BODY_METHODS = {"PUT", "POST", "PATCH"}
 

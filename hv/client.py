@@ -97,6 +97,15 @@ class Client:
     def action(self, name, action):
         return self.call("PUT", f"/partitions/{quote(name, safe='')}/actions", {"action": action})
 
+    def connect(self, a, b, gref=None):
+        """A channel between two created partitions (a serves, b connects)."""
+        body = {} if gref is None else {"gref": gref}
+        return self.call("PUT", f"/partitions/{quote(a, safe='')}/channels/{quote(b, safe='')}",
+                         body)
+
+    def channels(self):
+        return self.call("GET", "/channels")["channels"]
+
     def delete(self, name):
         return self.call("DELETE", f"/partitions/{quote(name, safe='')}")
 

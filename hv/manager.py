@@ -37,6 +37,7 @@ STOPPED = "stopped"             # stopped on request before the guest ended
 ENDED = (SHUTDOWN, CRASHED, STOPPED)
 CONSOLE_KEEP = 64 << 10         # bytes of console output kept per partition
 MAX_PARTITIONS = 1024           # records kept, live or ended: the inventory is bounded
+CHANNEL_REFS = 16               # grant refs a channel takes in its side a's table (vchan: 9)
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")   # safe in URLs, paths, logs
 SCHEDULER_KEYS = {"smp"}          # accepted once partitions have several vCPUs
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
@@ -193,6 +194,7 @@ class Manager:
         self.switches = {}                      # name -> Switch, made on first use
         self._entries = {}                      # name -> Managed, in creation order
         self._reserved = {}                     # name -> claims of a partition being built
+        self._channels = []                     # {"a", "b", "gref"} in the order made
         self._lock = threading.Lock()           # guards _entries, switches, claims
 
     # -- create ---------------------------------------------------------------
@@ -264,24 +266,48 @@ class Manager:
         return entry
 
     # -- channels -----------------------------------------------------------
-    def connect(self, a, b, gref=0):
+    def connect(self, a, b, gref=None):
         """T:805 A channel between two created partitions (docs/channels.md):
         the core lets them name each other, and each guest's command line
         gets `channel=PEER_NAME,PEER_ID,SIDE,GREF` (side a serves the rings
-        from grant ref gref of its table; b connects)."""
+        from grant ref gref of its table; b connects).  Without a gref, side
+        a's channels take 16 refs each, in the order they are made.
+        Returns the channel's description."""
+        if a == b:
+            raise BadRequest(f"channel {a!r}-{b!r}: a partition cannot have a channel to itself")
+        if gref is not None and (type(gref) is not int or not 0 <= gref < lib.HV_GRANT_REFS_MAX):
+            raise BadRequest(f"channel {a!r}-{b!r}: gref must be an integer "
+                             f"0..{lib.HV_GRANT_REFS_MAX - 1}")
         ea, eb = self._get(a), self._get(b)
-        for entry in (ea, eb):
-            if entry.current_state() != CREATED:
-                raise Conflict(f"partition {entry.name!r} has started: connect before start")
-        pa, pb = ea.partition, eb.partition
-        err = lib.hv_channel_permit(pa._live(), pb._live())
-        if err:
-            raise Conflict(f"channel {a!r}-{b!r}: {os.strerror(-err)}")
-        try:
-            pa.append_cmdline(f"channel={b},{pb.id},a,{gref}")
-            pb.append_cmdline(f"channel={a},{pa.id},b,{gref}")
-        except LoadError as e:
-            raise BadRequest(f"channel {a!r}-{b!r}: {e}") from None
+        first, second = sorted((ea, eb), key=lambda e: e.name)     # one lock order for all
+        with first.lock, second.lock:
+            for entry in (ea, eb):
+                if entry.current_state() != CREATED:
+                    raise Conflict(f"partition {entry.name!r} has started: connect before start")
+            with self._lock:
+                if any({c["a"], c["b"]} == {a, b} for c in self._channels):
+                    raise Conflict(f"partitions {a!r} and {b!r} already have a channel")
+                if gref is None:
+                    gref = CHANNEL_REFS * sum(c["a"] == a for c in self._channels)
+            pa, pb = ea.partition, eb.partition
+            err = lib.hv_channel_permit(pa._live(), pb._live())
+            if err:
+                raise Conflict(f"channel {a!r}-{b!r}: {os.strerror(-err)}")
+            try:
+                pa.append_cmdline(f"channel={b},{pb.id},a,{gref}")
+                pb.append_cmdline(f"channel={a},{pa.id},b,{gref}")
+            except LoadError as e:
+                raise BadRequest(f"channel {a!r}-{b!r}: {e}") from None
+            channel = {"a": a, "b": b, "gref": gref}
+            with self._lock:
+                self._channels.append(channel)
+        return dict(channel)
+
+    def channels(self):
+        """Every channel made, both of whose partitions are still listed."""
+        with self._lock:
+            return [dict(c) for c in self._channels
+                    if c["a"] in self._entries and c["b"] in self._entries]
 
     # -- lifecycle --------------------------------------------------------------
     def start(self, name):
@@ -380,6 +406,8 @@ class Manager:
                 self._end(entry)
             with self._lock:
                 self._entries.pop(name, None)
+                # A new partition of the same name is not the old one's peer.
+                self._channels = [c for c in self._channels if name not in (c["a"], c["b"])]
 
     def _end(self, entry):
         """Record how the partition ended and free it (entry.lock held)."""

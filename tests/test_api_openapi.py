@@ -96,6 +96,16 @@ SCENARIOS = {
     ("GET", "/partitions/{name}/metrics", 404): lambda t: ("/partitions/nope/metrics", None, None),
     ("GET", "/partitions/{name}/console", 200): lambda t: ("/partitions/live/console", None, None),
     ("GET", "/partitions/{name}/console", 404): lambda t: ("/partitions/nope/console", None, None),
+    # "made2" and "made3" are created, never started; "live" runs.
+    ("PUT", "/partitions/{name}/channels/{peer}", 201): lambda t: (
+        "/partitions/made2/channels/made3", {}, None),
+    ("PUT", "/partitions/{name}/channels/{peer}", 400): lambda t: (
+        "/partitions/made2/channels/made2", {}, None),
+    ("PUT", "/partitions/{name}/channels/{peer}", 404): lambda t: (
+        "/partitions/made2/channels/nope", {}, None),
+    ("PUT", "/partitions/{name}/channels/{peer}", 409): lambda t: (
+        "/partitions/made2/channels/live", {}, None),
+    ("GET", "/channels", 200): lambda t: ("/channels", None, None),
 }
 
 
@@ -105,7 +115,7 @@ def test_every_documented_answer_has_a_scenario():
 
 def test_every_route_of_the_server_is_documented():
     from hv.api import ROUTES
-    doc_paths = {re.sub(r"\{name\}", "(?P<name>[^/]+)", p): {m.upper() for m in item if m in METHODS}
+    doc_paths = {re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", p): {m.upper() for m in item if m in METHODS}
                  for p, item in document()["paths"].items()}
     served = {pattern.pattern: set(methods) for pattern, methods in ROUTES}
     assert served == doc_paths
@@ -132,6 +142,8 @@ def test_live_server_answers_as_documented(tmp_path):
         c.json("PUT", "/partitions/live/actions", {"action": "start"})
         c.json("PUT", "/partitions/made", _spec(tmp_path, "made"), expect=201)
         c.json("PUT", "/partitions/idle", _spec(tmp_path, "idle"), expect=201)
+        for name in ("made2", "made3"):
+            c.json("PUT", f"/partitions/{name}", _spec(tmp_path, name), expect=201)
         c.json("PUT", "/partitions/sched", {**_spec(tmp_path, "sched"), "weight": 256}, expect=201)
         c.json("PUT", "/partitions/sched/actions", {"action": "start"})
         for (method, template, status), make in sorted(SCENARIOS.items()):

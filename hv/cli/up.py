@@ -28,13 +28,10 @@ def cmd_up(args):
     except ConfigError as e:
         return error(str(e))
     if args.api_socket is not None:
-        if channels:
-            return error(f"{args.config}: [[channel]] needs the partitions in this process "
-                         "(without --api-socket)")
         if workers is not None:
             return error(f"{args.config}: workers = {workers} is the running hv serve's "
                          "(without --api-socket it applies here)")
-        return register(args, specs)
+        return register(args, specs, channels)
     from hv.scheduler import default_scheduler
     try:
         default_scheduler(workers)      # the partitions below run on its workers
@@ -46,11 +43,8 @@ def cmd_up(args):
         try:
             for spec in specs:
                 manager.create(spec)
-            served = {}                 # each channel a partition serves takes 16 grant refs
-            for ch in channels:
-                gref = 16 * served.get(ch["a"], 0)
-                served[ch["a"]] = served.get(ch["a"], 0) + 1
-                manager.connect(ch["a"], ch["b"], gref)
+            for ch in channels:         # each channel a partition serves takes 16 grant refs
+                manager.connect(ch["a"], ch["b"])
         except ManagerError as e:
             return error(f"{args.config}: {e}")
         for spec in specs:
@@ -73,9 +67,10 @@ def cmd_up(args):
     return status
 
 
-def register(args, specs):
-    """Create all of them in the server, then start all; if one is refused,
-    the ones already created are deleted: all or nothing."""
+def register(args, specs, channels):
+    """Create all of them in the server, connect the channels, then start
+    all; if one is refused, the ones already created are deleted: all or
+    nothing."""
     from hv.client import APIError, Client
 
     made = []
@@ -84,6 +79,8 @@ def register(args, specs):
             for spec in specs:
                 client.create(spec["name"], spec)
                 made.append(spec["name"])
+            for ch in channels:
+                client.connect(ch["a"], ch["b"])
             for name in made:
                 about = client.action(name, "start")
                 print(f"{name}: {about['state']}")
