@@ -4,9 +4,11 @@ that is not its own through every hypercall that reads or copies memory
 (guests/isolation-canary: grant copy on every ref of every table, with
 grants meant for others, hv's frames, frames past RAM, bad buffers;
 console writes, event-channel outputs and multicall at hv's pages, past
-RAM, in the MMIO window, above 4 GiB).  The guests check each answer and
-each buffer; then this side searches every partition's whole RAM and
-console output for the other partitions' canaries: zero foreign bytes.
+RAM, in the MMIO window, above 4 GiB; virtio-console and virtio-rng
+buffers there and a ring in hv's boot page).  The guests check each answer and
+each buffer; then this side searches every partition's whole RAM,
+console output and virtio-console output for the other partitions'
+canaries: zero foreign bytes.
 
 The parent permits A-B and B-C, never A-C.  Run through the Python API
 (hv.partition.Partition, hv_channel_permit as `hv up` calls it), so that
@@ -20,6 +22,8 @@ import pytest
 from conftest import engine_missing, guest
 from hv.abi import lib
 from hv.console import CaptureConsole
+from hv.devices.rng import RngDevice
+from hv.devices.vconsole import ConsoleDevice
 from hv.partition import SHUTDOWN, Partition
 from hv.testing.results import parse_result
 
@@ -64,11 +68,13 @@ def test_the_scan_finds_a_planted_canary():
 def run_three(engine):
     canaries = pick_canaries(3)
     consoles = [CaptureConsole() for _ in range(3)]
+    device_out = [CaptureConsole() for _ in range(3)]      # what virtio-console wrote
     parts = []
     try:
         for i in range(3):
+            devices = [ConsoleDevice(device_out[i]), RngDevice()]
             parts.append(Partition(guest("isolation-canary"), mem=MEM, engine=engine,
-                                   console=consoles[i], name=f"canary{i}"))
+                                   console=consoles[i], name=f"canary{i}", devices=devices))
         ids = [p.id for p in parts]
         permitted = {i: [] for i in range(3)}
         for a, b in PERMITTED:
@@ -96,7 +102,9 @@ def run_three(engine):
                 if j != i:
                     leaks[(i, j, "ram")] = foreign_windows(ram, canaries[j])
                     leaks[(i, j, "console")] = foreign_windows(outputs[i], canaries[j])
-        return leaks, outputs
+                    leaks[(i, j, "virtio-console")] = foreign_windows(
+                        b"".join(device_out[i].chunks), canaries[j])
+        return leaks, outputs, [b"".join(d.chunks) for d in device_out]
     finally:
         for p in parts:
             p.destroy()
@@ -106,8 +114,9 @@ def run_three(engine):
 def test_no_partition_reaches_another(engine):
     if engine_missing(engine):
         pytest.skip(f"{engine} unavailable: {engine_missing(engine)}")
-    leaks, outputs = run_three(engine)
+    leaks, outputs, device_outputs = run_three(engine)
     assert all(n == 0 for n in leaks.values()), {k: n for k, n in leaks.items() if n}
-    assert len(leaks) == 12
-    for out in outputs:
+    assert len(leaks) == 18
+    for out, dev in zip(outputs, device_outputs):
         assert b"probes, every one refused as documented" in out
+        assert dev == b"canary: devices refused every foreign buffer and ring\n", dev

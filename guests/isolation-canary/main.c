@@ -21,7 +21,9 @@
  *    and out of a buffer that holds this partition's own canary; console
  *    writes, status outputs and copy buffers at hv's pages, past RAM, in
  *    the MMIO window, above 4 GiB; the same through multicall; event
- *    channel binds and allocations towards every id.
+ *    channel binds and allocations towards every id; virtio-console and
+ *    virtio-rng buffers at those addresses and a ring in hv's boot page
+ *    (devices.c).
  *
  * Every probe must end with the one result abi.h documents for it, and
  * the buffer must afterwards hold exactly the canary (a failed call) or
@@ -30,6 +32,7 @@
  * One line per phase, then SUCCESS, or FAILURE naming the first probe
  * that went wrong.
  */
+#include "canary.h"
 #include "channels.h"
 #include "kernel.h"
 #include "printf.h"
@@ -457,6 +460,7 @@ int main(void)
     scan_grants();
     scan_console_and_events();
     scan_multicall();
+    scan_devices(bad_addr, BAD_ADDRS, boot_page, &probes);
     printf("canary: %lu probes, every one refused as documented or given only what was granted\n",
            probes);
     test_success();
