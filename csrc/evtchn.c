@@ -32,7 +32,7 @@ struct evtchn_port {
     uint8_t  state;                /* HV_EVTCHN_* */
     uint32_t peer;                 /* unbound: who may bind; interdomain: the other end */
     uint32_t remote_port;          /* interdomain: the other end's port */
-    uint32_t vcpu;                 /* delivery target (only vCPU 0 exists for now) */
+    uint32_t vcpu;                 /* delivery target, as the partition's event routing has it */
 };
 
 struct evtchn_table {
@@ -126,6 +126,16 @@ int hv_channel_permit(struct hv_partition *a, struct hv_partition *b)
     return err;
 }
 
+/* Port `port` of p delivers to vCPU `vcpu` from now on: the port table
+ * says so for status, and the partition's event routing (event_vcpu, which
+ * event_raise reads when a peer sends) does the delivering.  Under p's
+ * table lock; a new or freed port goes back to vCPU 0. */
+static void route_port(struct hv_partition *p, uint32_t port, uint32_t vcpu)
+{
+    p->evtchn->port[port].vcpu = vcpu;
+    __atomic_store_n(&p->g.event_vcpu[port], (uint8_t)vcpu, __ATOMIC_RELEASE);
+}
+
 /* A free port of the table, or -HV_ENOSPC.  Under its lock. */
 static int64_t free_port_locked(const struct evtchn_table *t)
 {
@@ -158,8 +168,10 @@ int64_t hc_evtchn_alloc_unbound(struct hv_vcpu *v, const uint64_t arg[5], struct
         port = -HV_EPERM;
     else if (t->closed)
         port = -HV_ENOSPC;             /* going away: the table takes no more */
-    else if ((port = free_port_locked(t)) >= 0)
+    else if ((port = free_port_locked(t)) >= 0) {
         t->port[port] = (struct evtchn_port){ .state = HV_EVTCHN_UNBOUND, .peer = (uint32_t)peer };
+        route_port(p, (uint32_t)port, 0);
+    }
     pthread_mutex_unlock(&t->lock);
     return port;
 }
@@ -192,6 +204,7 @@ int64_t hc_evtchn_bind_interdomain(struct hv_vcpu *v, const uint64_t arg[5], str
     else if ((local = free_port_locked(p->evtchn)) >= 0) {
         p->evtchn->port[local] = (struct evtchn_port){
             .state = HV_EVTCHN_INTERDOMAIN, .peer = peer->id, .remote_port = (uint32_t)remote_port };
+        route_port(p, (uint32_t)local, 0);
         rp->state = HV_EVTCHN_INTERDOMAIN;
         rp->remote_port = (uint32_t)local;
     }
@@ -244,6 +257,7 @@ static int64_t close_port(struct hv_partition *p, uint32_t port)
         struct evtchn_port seen = t->port[port];
         if (seen.state == HV_EVTCHN_UNBOUND) {
             t->port[port] = (struct evtchn_port){0};
+            route_port(p, port, 0);
             pthread_mutex_unlock(&t->lock);
             return 0;
         }
@@ -257,6 +271,7 @@ static int64_t close_port(struct hv_partition *p, uint32_t port)
                    now.remote_port == seen.remote_port;
         if (same) {
             t->port[port] = (struct evtchn_port){0};
+            route_port(p, port, 0);
             if (peer) {
                 struct evtchn_port *rp = &peer->evtchn->port[now.remote_port];
                 if (rp->state == HV_EVTCHN_INTERDOMAIN && rp->peer == p->id &&
@@ -286,19 +301,20 @@ int64_t hc_evtchn_close(struct hv_vcpu *v, const uint64_t arg[5], struct hv_exit
     return close_port(v->partition, (uint32_t)port);
 }
 
-/* Delivery goes to the partition's one vCPU; the table keeps the target so
- * per-vCPU delivery only has to read it. */
+/* See route_port: a port's events go to the vCPU it is bound to
+ * (Xen's EVTCHNOP_bind_vcpu), e.g. the one that runs its driver. */
 int64_t hc_evtchn_bind_vcpu(struct hv_vcpu *v, const uint64_t arg[5], struct hv_exit *exit)
 {
     uint64_t port = arg[0], vcpu = arg[1];
-    struct evtchn_table *t = v->partition->evtchn;
+    struct hv_partition *p = v->partition;
+    struct evtchn_table *t = p->evtchn;
     (void)exit;
     pthread_mutex_lock(&t->lock);
     int64_t r = 0;
-    if (!channel_port(t, port) || vcpu != 0)
+    if (!channel_port(t, port) || vcpu >= p->nvcpus)
         r = -HV_EINVAL;
     else
-        t->port[port].vcpu = (uint32_t)vcpu;
+        route_port(p, (uint32_t)port, (uint32_t)vcpu);
     pthread_mutex_unlock(&t->lock);
     return r;
 }

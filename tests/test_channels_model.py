@@ -362,3 +362,37 @@ def test_grant_copy_checks_id_width():
     assert results["alias"] == (-lib.HV_EPERM, bytes(8))
     assert results["intended"] == (0, b"granted!")
     assert results["wide granter"] == (0, b"granted!")
+
+
+def _pending(core, vcpu):
+    words = struct.unpack_from("<8Q", core.ram, EVENT_PAGE + vcpu * lib.HV_VCPU_EVENTS_SIZE)
+    return {w * 64 + b for w in range(8) for b in range(64) if words[w] >> b & 1}
+
+
+def test_a_port_bound_to_a_vcpu_is_raised_there():
+    """evtchn_bind_vcpu on an SMP partition: the peer's sends set the bit in
+    that vCPU's block of the event page and nowhere else; a closed and
+    reallocated port is delivered to vCPU 0 again."""
+    with Core(MEM, vcpus=2) as a, Core(MEM) as b:
+        assert lib.hv_channel_permit(a.p, b.p) == 0
+        ida, idb = lib.hv_partition_id(a.p), lib.hv_partition_id(b.p)
+        for core in (a, b):
+            assert core.call(lib.HV_HC_EVENT_REGISTER, EVENT_PAGE, 40) == (0, None)
+        port, _ = a.call(lib.HV_HC_EVTCHN_ALLOC_UNBOUND, idb)
+        mine, _ = b.call(lib.HV_HC_EVTCHN_BIND_INTERDOMAIN, ida, port)
+        assert port >= lib.HV_EVTCHN_FIRST and mine >= lib.HV_EVTCHN_FIRST
+        assert a.call(lib.HV_HC_EVTCHN_BIND_VCPU, port, 2) == (-lib.HV_EINVAL, None)    # 0 and 1
+        assert a.call(lib.HV_HC_EVTCHN_BIND_VCPU, lib.HV_EVENT_TIMER, 1) == (-lib.HV_EINVAL, None)
+        assert a.call(lib.HV_HC_EVTCHN_BIND_VCPU, port, 1) == (0, None)
+        assert a.call(lib.HV_HC_EVTCHN_STATUS, port, STATUS_OUT) == (0, None)
+        assert struct.unpack_from("<4I", a.ram, STATUS_OUT) == (lib.HV_EVTCHN_INTERDOMAIN, idb, mine, 1)
+        assert b.call(lib.HV_HC_EVTCHN_SEND, mine) == (0, None)
+        assert port in _pending(a, 1) and port not in _pending(a, 0)
+        # Closed, then offered anew: the same number, back on vCPU 0.
+        assert a.call(lib.HV_HC_EVTCHN_CLOSE, port) == (0, None)
+        assert a.call(lib.HV_HC_EVTCHN_ALLOC_UNBOUND, idb) == (port, None)
+        assert b.call(lib.HV_HC_EVTCHN_CLOSE, mine) == (0, None)
+        mine, _ = b.call(lib.HV_HC_EVTCHN_BIND_INTERDOMAIN, ida, port)
+        a.ram[EVENT_PAGE:EVENT_PAGE + 2 * lib.HV_VCPU_EVENTS_SIZE] = bytes(2 * lib.HV_VCPU_EVENTS_SIZE)
+        assert b.call(lib.HV_HC_EVTCHN_SEND, mine) == (0, None)
+        assert port in _pending(a, 0) and port not in _pending(a, 1)

@@ -209,7 +209,7 @@
 #define HV_HC_EVTCHN_CLOSE    15
 
 /* HC evtchn_bind_vcpu: Choose the vCPU a port's events are delivered to.
- *   args:    port: a local unbound or interdomain port; vcpu: vCPU id (only 0 exists for now)
+ *   args:    port: a local unbound or interdomain port; vcpu: vCPU id < vcpu_count (a new or closed port goes back to 0)
  *   returns: 0
  *   errors:  -HV_EINVAL port out of range, free or reserved, or vcpu is not one of the partition's vCPUs
  */
