@@ -20,6 +20,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 #include "engine.h"
+#include "platform.h"
 
 _Static_assert(sizeof(struct kvm_regs) == sizeof(struct hv_regs),
                "hv_regs mirrors kvm_regs so the register view is zero-copy");
@@ -54,20 +55,34 @@ static void build_cpuid(void)
     struct kvm_cpuid2 *c = calloc(1, bytes);
     if (!c)
         return;
-    c->nent = CPUID_MAX_ENTRIES - 3;    /* room for hv's three leaves */
+    c->nent = CPUID_MAX_ENTRIES - 5;    /* room for hv's three leaves and the two clock leaves */
     if (ioctl(kvm.fd, KVM_GET_SUPPORTED_CPUID, c) < 0) {
         free(c);
         return;
     }
-    /* Drop KVM's own paravirt leaves: 0x40000000.. belongs to hv here. */
+    /* Drop KVM's own paravirt leaves: 0x40000000.. belongs to hv here, and
+     * the host's clock leaves, replaced below. */
     uint32_t n = 0;
     for (uint32_t i = 0; i < c->nent; i++) {
         struct kvm_cpuid_entry2 *e = &c->entries[i];
-        if (e->function >= 0x40000000 && e->function <= 0x4fffffff)
+        if ((e->function >= 0x40000000 && e->function <= 0x4fffffff) ||
+            e->function == HV_CPUID_TSC_LEAF || e->function == HV_CPUID_FREQ_LEAF)
             continue;
+        if (e->function == 0 && e->eax < HV_CPUID_FREQ_LEAF)
+            e->eax = HV_CPUID_FREQ_LEAF;    /* leaves up to 0x16; absent ones read as zeros */
         if (e->function == 1)
             e->ecx |= 1u << 31;         /* "running under a hypervisor" */
         c->entries[n++] = *e;
+    }
+    /* The TSC's rate, as on TCG (platform.c): a KVM guest's TSC is the
+     * host's, so Linux need not calibrate it against a PIT hv lacks. */
+    for (uint32_t leaf = HV_CPUID_TSC_LEAF; leaf <= HV_CPUID_FREQ_LEAF; leaf++) {
+        struct kvm_cpuid_entry2 *e = &c->entries[n++];
+        memset(e, 0, sizeof(*e));
+        e->function = leaf;
+        uint32_t r[4];
+        platform_clock_cpuid(platform_host_tsc_hz(), leaf, r);
+        e->eax = r[0]; e->ebx = r[1]; e->ecx = r[2]; e->edx = r[3];
     }
     for (uint32_t leaf = HV_CPUID_BASE; leaf <= HV_CPUID_MAX_LEAF; leaf++) {
         struct kvm_cpuid_entry2 *e = &c->entries[n++];

@@ -192,13 +192,37 @@ static void measure_tsc(void)
     tsc_hz = (uint64_t)((unsigned __int128)(c1 - c0) * 1000000000u / ns);
 }
 
+uint64_t platform_host_tsc_hz(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, measure_tsc);
+    return tsc_hz;
+}
+
 uint64_t platform_tsc_hz(const struct hv_partition *p)
 {
     if (p->deterministic)
         return 1000000000;          /* one instruction per nanosecond (engine_tcg.c) */
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, measure_tsc);
-    return tsc_hz;
+    return platform_host_tsc_hz();
+}
+
+int platform_clock_cpuid(uint64_t hz, uint32_t leaf, uint32_t r[4])
+{
+    if (leaf == HV_CPUID_TSC_LEAF) {
+        r[0] = 1;                       /* TSC = crystal * EBX / EAX */
+        r[1] = 2;
+        r[2] = (uint32_t)(hz / 2);      /* crystal Hz: the APIC timer's bus clock */
+        r[3] = 0;
+        return 1;
+    }
+    if (leaf == HV_CPUID_FREQ_LEAF) {
+        r[0] = (uint32_t)(hz / 1000000);    /* base MHz */
+        r[1] = r[0];                        /* maximum MHz */
+        r[2] = (uint32_t)(hz / 2000000);    /* bus MHz */
+        r[3] = 0;
+        return 1;
+    }
+    return 0;
 }
 
 /* The leaves hv answers for a kernel that wants to know its clocks without
@@ -208,7 +232,6 @@ uint64_t platform_tsc_hz(const struct hv_partition *p)
  * both products stay below 2^32 for any TSC below 8.5 GHz. */
 int platform_cpuid(const struct hv_partition *p, uint32_t leaf, uint32_t subleaf, uint32_t r[4])
 {
-    uint64_t hz;
     switch (leaf) {
     case 0:
         /* Highest basic leaf 0x16, with the engine's vendor: this is asked
@@ -217,19 +240,8 @@ int platform_cpuid(const struct hv_partition *p, uint32_t leaf, uint32_t subleaf
         r[1] = 0x756e6547; r[2] = 0x6c65746e; r[3] = 0x49656e69;   /* "GenuineIntel" */
         return 1;
     case HV_CPUID_TSC_LEAF:
-        hz = platform_tsc_hz(p);
-        r[0] = 1;                       /* TSC = crystal * EBX / EAX */
-        r[1] = 2;
-        r[2] = (uint32_t)(hz / 2);      /* crystal Hz: the APIC timer's bus clock */
-        r[3] = 0;
-        return 1;
     case HV_CPUID_FREQ_LEAF:
-        hz = platform_tsc_hz(p);
-        r[0] = (uint32_t)(hz / 1000000);    /* base MHz */
-        r[1] = r[0];                        /* maximum MHz */
-        r[2] = (uint32_t)(hz / 2000000);    /* bus MHz */
-        r[3] = 0;
-        return 1;
+        return platform_clock_cpuid(platform_tsc_hz(p), leaf, r);
     case 7:
         /* Structured features, subleaf 0: the CPU model's (Unicorn 2.1.4's
          * Haswell: EBX 0x389, tests/test_linux_platform.py checks) plus

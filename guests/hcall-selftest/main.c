@@ -68,6 +68,17 @@ static void test_cpuid(void)
     GUEST_ASSERT(r[0] >= HV_CPUID_MAX_LEAF);
     cpuid(HV_CPUID_VERSION, r);
     GUEST_ASSERT_EQ(r[0], ABI_VERSION);
+    /* The clock leaves a stock kernel reads instead of calibrating (both
+     * engines): TSC = crystal * 2, base MHz from the same rate. */
+    cpuid(0, r);
+    GUEST_ASSERT(r[0] >= HV_CPUID_FREQ_LEAF);
+    cpuid(HV_CPUID_TSC_LEAF, r);
+    GUEST_ASSERT_EQ(r[0], 1);
+    GUEST_ASSERT_EQ(r[1], 2);
+    uint32_t crystal_mhz = r[2] / 1000000;
+    GUEST_ASSERT(crystal_mhz > 0);
+    cpuid(HV_CPUID_FREQ_LEAF, r);
+    GUEST_ASSERT(r[0] >= 2 * crystal_mhz && r[0] <= 2 * crystal_mhz + 2);
     cpuid(HV_CPUID_TRANSPORT, r);
     GUEST_ASSERT_EQ(r[0], 1);                           /* one hypercall page */
     GUEST_ASSERT_EQ(r[1], HV_PORT_HYPERCALL);
