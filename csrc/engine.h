@@ -158,4 +158,8 @@ const struct engine_ops *engine_lookup(int engine);
 void engine_hv_cpuid(uint32_t leaf, uint32_t *eax, uint32_t *ebx,
                      uint32_t *ecx, uint32_t *edx);
 
+/* platform.c: CPUID 0x15/0x16 for the host's TSC rate, for an engine that
+ * builds a CPUID table once (KVM); TCG asks platform_cpuid per CPUID. */
+void engine_clock_cpuid(uint32_t leaf, uint32_t r[4]);
+
 #endif /* HV_ENGINE_H */

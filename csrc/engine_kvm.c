@@ -20,7 +20,6 @@
 #include <sys/mman.h>
 #include <unistd.h>
 #include "engine.h"
-#include "platform.h"
 
 _Static_assert(sizeof(struct kvm_regs) == sizeof(struct hv_regs),
                "hv_regs mirrors kvm_regs so the register view is zero-copy");
@@ -81,7 +80,7 @@ static void build_cpuid(void)
         memset(e, 0, sizeof(*e));
         e->function = leaf;
         uint32_t r[4];
-        platform_clock_cpuid(platform_host_tsc_hz(), leaf, r);
+        engine_clock_cpuid(leaf, r);
         e->eax = r[0]; e->ebx = r[1]; e->ecx = r[2]; e->edx = r[3];
     }
     for (uint32_t leaf = HV_CPUID_BASE; leaf <= HV_CPUID_MAX_LEAF; leaf++) {

@@ -206,6 +206,12 @@ uint64_t platform_tsc_hz(const struct hv_partition *p)
     return platform_host_tsc_hz();
 }
 
+void engine_clock_cpuid(uint32_t leaf, uint32_t r[4])
+{
+    if (!platform_clock_cpuid(platform_host_tsc_hz(), leaf, r))
+        r[0] = r[1] = r[2] = r[3] = 0;
+}
+
 int platform_clock_cpuid(uint64_t hz, uint32_t leaf, uint32_t r[4])
 {
     if (leaf == HV_CPUID_TSC_LEAF) {

@@ -75,7 +75,7 @@ int  platform_uart_flush(struct hv_partition *p, struct hv_exit *exit);
 uint64_t platform_tsc_hz(const struct hv_partition *p);
 uint64_t platform_host_tsc_hz(void);
 /* CPUID 0x15 and 0x16 for a TSC of hz (1 if leaf is one of them): TCG's
- * CPUID hook and KVM's CPUID table both take them from here. */
+ * CPUID hook and KVM's CPUID table (engine_clock_cpuid) take them from here. */
 int  platform_clock_cpuid(uint64_t hz, uint32_t leaf, uint32_t r[4]);
 
 /* uart16550.c (called with platform.lock held).  Returns 1 when the
