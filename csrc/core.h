@@ -263,7 +263,8 @@ void kick_thread_release(struct hv_vcpu *v);
 /* timer.c: the vCPU's timer. */
 int  event_timer_arm(struct hv_vcpu *v, uint64_t deadline);
 void timer_check(struct hv_vcpu *v);
-void timer_insn_stop_update(struct hv_vcpu *v);     /* deterministic: h.insn_stop */
+void timer_insn_stop_update(struct hv_vcpu *v);
+uint64_t timer_others_earliest(const struct hv_vcpu *v);    /* deterministic SMP */     /* deterministic: h.insn_stop */
 void timer_host_create(struct hv_vcpu *v);
 void timer_host_delete(struct hv_vcpu *v);
 struct timespec timer_deadline_to_host(const struct hv_partition *p, uint64_t deadline);

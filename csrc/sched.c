@@ -58,6 +58,7 @@ void sched_init(struct sched *s, int nworkers)
         s->w[i] = (struct sched_worker_state){0};
     s->all = NULL;
     s->resets = 0;
+    s->parent_holds_group = 0;
 }
 
 /* T:582 A new vCPU joins the least-loaded worker, which stays its home:
@@ -94,7 +95,8 @@ void sched_forget(struct sched *s, struct sched_entity *e)
         }
 }
 
-/* Is another member of e's group running (somewhere other than worker w)? */
+/* Is another member of e's group running (or, deterministic, waiting for
+ * the parent)? */
 static int group_busy(const struct sched *s, const struct sched_entity *e)
 {
     if (!e->group)
@@ -104,6 +106,9 @@ static int group_busy(const struct sched *s, const struct sched_entity *e)
         if (c && c != e && c->group == e->group)
             return 1;
     }
+    for (const struct sched_entity *o = s->parent_holds_group ? s->all : NULL; o; o = o->all_next)
+        if (o != e && o->group == e->group && o->state == SCHED_PARENT)
+            return 1;
     return 0;
 }
 

@@ -78,6 +78,10 @@ struct sched {
     struct sched_worker_state w[SCHED_WORKERS_MAX];
     struct sched_entity *all;
     uint64_t resets;
+    /* Deterministic: a group member waiting for the parent holds its group
+     * too, so no other member runs for as long as the parent happens to
+     * take (the interleaving must not depend on host time). */
+    int parent_holds_group;
 };
 
 /* sched.c: the policy.  All under s->lock (the caller holds it). */

@@ -233,6 +233,7 @@ static int sched_create(int nworkers, int deterministic, struct hv_sched **out)
     sched_init(&hs->s, nworkers);
     hs->nworkers = nworkers;
     hs->deterministic = deterministic;
+    hs->s.parent_holds_group = deterministic;
     pthread_condattr_t attr;
     pthread_condattr_init(&attr);
     pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);

@@ -68,12 +68,51 @@ static void aim_host_timer(struct hv_vcpu *v, uint64_t deadline, uint64_t now)
         host_timer_set(v, deadline);
 }
 
+static uint64_t earliest(uint64_t a, uint64_t b)
+{
+    return !a ? b : !b ? a : a < b ? a : b;
+}
+
+/* T:541 Deterministic SMP: every vCPU of the partition counts into the
+ * one clock, and they run one at a time on one worker, so a blocked
+ * vCPU's timer must fire at its exact instruction while another runs: the
+ * running vCPU stops there too, and its timer check fires the others'.
+ * The earliest timer of the partition's other vCPUs (0 = none). */
+uint64_t timer_others_earliest(const struct hv_vcpu *v)
+{
+    const struct hv_partition *p = v->partition;
+    uint64_t d = 0;
+    for (uint32_t i = 0; i < p->nvcpus; i++) {
+        const struct hv_vcpu *t = p->vcpus[i];
+        if (t && t != v && t->g.up)
+            d = earliest(d, t->g.timer_deadline);
+    }
+    return d;
+}
+
 /* Deterministic mode: where the engine must stop counting -- the guest's
- * timer or the end of its slice, whichever comes first. */
+ * timer (any vCPU's of an SMP partition) or the end of its slice,
+ * whichever comes first. */
 void timer_insn_stop_update(struct hv_vcpu *v)
 {
     uint64_t d = v->g.timer_deadline, slice = v->h.insn_slice_end;
-    v->h.insn_stop = !d ? slice : !slice ? d : d < slice ? d : slice;
+    if (v->partition->deterministic && v->partition->nvcpus > 1)
+        d = earliest(d, timer_others_earliest(v));
+    v->h.insn_stop = earliest(d, slice);
+}
+
+/* The other vCPUs' timers that the one clock has passed (deterministic
+ * SMP: only the worker running v touches them). */
+static void others_check(struct hv_vcpu *v, uint64_t now)
+{
+    struct hv_partition *p = v->partition;
+    for (uint32_t i = 0; i < p->nvcpus; i++) {
+        struct hv_vcpu *t = p->vcpus[i];
+        if (t && t != v && t->g.up && t->g.timer_deadline && now >= t->g.timer_deadline) {
+            t->g.timer_deadline = 0;
+            event_raise_vcpu(p, t->id, HV_EVENT_TIMER);     /* wakes it on the scheduler */
+        }
+    }
 }
 
 void timer_check(struct hv_vcpu *v)
@@ -89,6 +128,8 @@ void timer_check(struct hv_vcpu *v)
             aim_host_timer(v, deadline, now);
         }
     }
+    if (v->partition->deterministic && v->partition->nvcpus > 1)
+        others_check(v, partition_clock_ns(v->partition));
     timer_insn_stop_update(v);
 }
 

@@ -20,6 +20,26 @@ void vcpu_wake(struct hv_vcpu *v)
     pthread_mutex_unlock(&v->h.lock);
 }
 
+static uint64_t earliest(uint64_t a, uint64_t b)
+{
+    return !a ? b : !b ? a : a < b ? a : b;
+}
+
+/* Deterministic SMP: can no other vCPU of v's partition run (each is down
+ * or in block/hlt with nothing pending)? */
+static int others_idle(const struct hv_vcpu *v)
+{
+    const struct hv_partition *p = v->partition;
+    for (uint32_t i = 0; i < p->nvcpus; i++) {
+        struct hv_vcpu *t = p->vcpus[i];
+        if (!t || t == v || !t->g.up)
+            continue;
+        if (t->g.wait != WAIT_EVENT || event_any_pending(t) || lapic_has_interrupt(t))
+            return 0;
+    }
+    return 1;
+}
+
 /* T:539 The one answer to "may a vCPU in block or hlt go on?", for the
  * thread-per-vCPU wait below and for the scheduler's workers alike: 0 if an
  * event or an APIC interrupt is pending; 1 if not, with *deadline set to
@@ -37,7 +57,16 @@ int vcpu_wait_check(struct hv_vcpu *v, uint64_t *deadline)
         *deadline = d;
         if (event_any_pending(v) || lapic_has_interrupt(v))
             return 0;
-        if (!(v->partition->deterministic && d))
+        if (!v->partition->deterministic)
+            return 1;
+        if (v->partition->nvcpus > 1) {
+            /* Deterministic SMP: the clock moves while any vCPU can run;
+             * once none can, it skips to the partition's next timer. */
+            if (!others_idle(v))
+                return 1;
+            d = earliest(d, timer_others_earliest(v));
+        }
+        if (!d)
             return 1;
         /* Virtual time: an idle guest skips ahead to its deadline. */
         if (v->partition->g.instructions < d)

@@ -173,8 +173,6 @@ class Partition:
         self.smp = int(smp)
         if not 1 <= self.smp <= lib.HV_VCPUS_MAX:
             raise ValueError(f"smp is 1..{lib.HV_VCPUS_MAX} vCPUs, not {smp}")
-        if self.smp > 1 and deterministic:
-            raise ValueError("deterministic SMP partitions are not supported yet")
         # scheduler: None or True (the default) = the process's shared
         # hv.scheduler.Scheduler (deterministic partitions: its one-worker
         # deterministic twin); a Scheduler; or False: a host thread of its
