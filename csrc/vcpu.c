@@ -211,7 +211,8 @@ static int multicall_resume(struct hv_vcpu *v, struct hv_exit *exit)
  * runs them as the CPU would (SDM vol. 2A, INT n/INTO/INT3/INT1): INT3 and
  * INT n deliver through the guest's IDT with RIP past them; INTO is #UD in
  * 64-bit mode, and elsewhere does nothing with OF clear and delivers #OF
- * past itself with OF set.  Anything else is an engine failure. */
+ * past itself with OF set.  Prefixes before them change nothing but the
+ * length (LOCK makes them #UD).  Anything else is an engine failure. */
 #define RFLAGS_OF (1ull << 11)
 #define EFER_LMA  (1ull << 10)
 #define DESC_L    (1ull << 53)      /* a code segment's 64-bit flag */
@@ -233,41 +234,66 @@ static int in_64bit_mode(struct hv_vcpu *v)
     return !!(desc & DESC_L);
 }
 
+static int legacy_prefix(uint8_t b)
+{
+    return b == 0x26 || b == 0x2e || b == 0x36 || b == 0x3e || b == 0x64 || b == 0x65 ||
+           b == 0x66 || b == 0x67 || b == 0xf2 || b == 0xf3;
+}
+
+static int raise_ud(struct hv_vcpu *v, struct hv_exit *exit)
+{
+    TRACE(v, HV_TRACE_EXIT, HV_TRACE_EXIT_EXCEPTION,
+          ((uint64_t[5]){ VECTOR_UD, v->partition->engine->regs(v->engine_vcpu)->rip }), 0);
+    if (idt_deliver(v, VECTOR_UD, IDT_EXCEPTION, 0, 0))
+        return crash(exit, HV_CRASH_TRIPLE_FAULT, VECTOR_UD);
+    return 0;
+}
+
 static int vcpu_emulate(struct hv_vcpu *v, const struct engine_exit *ex, struct hv_exit *exit)
 {
     const struct engine_ops *e = v->partition->engine;
     struct hv_regs *r = e->regs(v->engine_vcpu);
     uint8_t insn[2] = {0};
-    if (copy_guest_system(v, r->rip, insn, 1, 0))
-        return crash(exit, HV_CRASH_ENGINE, ex->detail);
-    uint8_t vector, len = 1;
-    if (insn[0] == INSN_INT3 && (v->h.debug_flags & HV_DEBUG_SW_BP))
+    uint8_t vector, len = 1, prefixes = 0;
+    int mode64 = -2, locked = 0;    /* mode64 -2: not asked yet */
+    for (;;) {                      /* an instruction is at most 15 bytes */
+        if (prefixes == 14 || copy_guest_system(v, r->rip + prefixes, insn, 1, 0))
+            return crash(exit, HV_CRASH_ENGINE, ex->detail);
+        if ((insn[0] & 0xf0) == 0x40 && mode64 == -2)
+            mode64 = in_64bit_mode(v);          /* REX, or INC/DEC outside 64-bit mode */
+        if (insn[0] != 0xf0 && !legacy_prefix(insn[0]) &&
+            !((insn[0] & 0xf0) == 0x40 && mode64 == 1))
+            break;
+        locked |= insn[0] == 0xf0;
+        prefixes++;
+    }
+    if (locked && (insn[0] == INSN_INT3 || insn[0] == INSN_INT || insn[0] == INSN_INTO))
+        return raise_ud(v, exit);               /* LOCK before them: #UD */
+    if (insn[0] == INSN_INT3 && !prefixes && (v->h.debug_flags & HV_DEBUG_SW_BP))
         return debug_stop(exit, HV_DEBUG_STOP_BREAKPOINT, r->rip);   /* a debugger's */
     if (insn[0] == INSN_INT3) {
         vector = 3;
     } else if (insn[0] == INSN_INTO) {
-        int mode64 = in_64bit_mode(v);
+        if (mode64 == -2)
+            mode64 = in_64bit_mode(v);
         if (mode64 < 0)
             return crash(exit, HV_CRASH_ENGINE, ex->detail);
-        if (mode64) {               /* a fault at the instruction */
-            TRACE(v, HV_TRACE_EXIT, HV_TRACE_EXIT_EXCEPTION,
-                  ((uint64_t[5]){ VECTOR_UD, r->rip }), 0);
-            if (idt_deliver(v, VECTOR_UD, IDT_EXCEPTION, 0, 0))
-                return crash(exit, HV_CRASH_TRIPLE_FAULT, VECTOR_UD);
-            return 0;
-        }
+        if (mode64)                 /* a fault at the instruction */
+            return raise_ud(v, exit);
         if (!(r->rflags & RFLAGS_OF)) {
-            r->rip += 1;            /* nothing to raise: on to the next instruction */
+            r->rip += 1u + prefixes;    /* nothing to raise: on to the next instruction */
             e->regs_dirty(v->engine_vcpu);
             return 0;
         }
         vector = 4;
-    } else if (insn[0] == INSN_INT && copy_guest_system(v, r->rip + 1, &insn[1], 1, 0) == 0) {
+    } else if (insn[0] == INSN_INT &&
+               copy_guest_system(v, r->rip + prefixes + 1, &insn[1], 1, 0) == 0) {
         vector = insn[1];
         len = 2;
     } else {
         return crash(exit, HV_CRASH_ENGINE, ex->detail);
     }
+    len += prefixes;
     TRACE(v, HV_TRACE_EXIT, HV_TRACE_EXIT_EXCEPTION, ((uint64_t[5]){ vector, r->rip }), 0);
     r->rip += len;                  /* a software interrupt returns past itself */
     e->regs_dirty(v->engine_vcpu);

@@ -16,7 +16,9 @@
  *   into          INTO in 64-bit mode is #UD with OF clear or set (it is
  *                 invalid there); in compatibility mode it does nothing with
  *                 OF clear and raises #OF (a trap: RIP past it) with OF set;
- *                 `int $3` (CD 03) is vector 3 past its two bytes; on an Intel
+ *                 `int $3` (CD 03) is vector 3 past its two bytes, and
+ *                 `int $0x40` after three prefixes returns past all of them
+ *                 (with `lock-ud`: after LOCK it is #UD); on an Intel
  *                 CPU, SYSCALL in compatibility mode is #UD
  *   cr-reserved   MOV to CR0, CR3, CR4 or CR8 with a reserved bit set (or
  *                 a combination the SDM forbids) is #GP(0); valid writes work
@@ -72,6 +74,8 @@ void read_supervisor(void), read_reserved(void), read_noncanonical(void);
 void do_int3(void), do_int3_fault(void), do_int40(void), do_int13(void), bad_cr3(void);
 void into_of_clear(void), into_of_set(void), do_int_3_long(void);
 void compat_into_of_clear(void), compat_into_of_set(void), compat_syscall(void);
+void do_int40_prefixed(void), do_int40_locked(void);
+extern const char do_int40_prefixed_after[], do_int40_locked_insn[];
 extern const char compat_syscall_insn[];
 extern const char into_of_clear_insn[], into_of_set_insn[], do_int_3_long_after[];
 extern const char compat_into_of_set_after[];
@@ -282,6 +286,14 @@ static void case_into(void)
     expect_fault("into with OF set (64-bit mode)", &p, X86_UD, 0, into_of_set_insn);
     probe_ring0(do_int_3_long, &p);
     expect_fault("int $3 (CD 03)", &p, X86_BP, 0, do_int_3_long_after);
+    idt_set_gate(0x40, probe_stub_0x40);
+    probe_ring0(do_int40_prefixed, &p);
+    expect_fault("66 2e 40 int $0x40", &p, 0x40, 0, do_int40_prefixed_after);
+    size_t len;
+    if (cmdline_value("lock-ud", 0, &len)) {    /* not TCG: QEMU ignores the prefix */
+        probe_ring0(do_int40_locked, &p);
+        expect_fault("lock int $0x40", &p, X86_UD, 0, do_int40_locked_insn);
+    }
 
     /* Compatibility mode: start.S's GDT plus a 32-bit ring-0 code segment
      * (snippets.S: COMPAT_CS = 0x18). */

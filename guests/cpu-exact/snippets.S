@@ -151,6 +151,17 @@ compat_of_clear:  .long compat_of_clear_code; .word COMPAT_CS
 compat_of_set:    .long compat_of_set_code;   .word COMPAT_CS
 compat_syscall_ptr: .long compat_syscall_code; .word COMPAT_CS
     .text
+snippet do_int40_prefixed           /* prefixes change nothing: past all four bytes */
+    .byte   0x66, 0x2e
+    rex
+    int     $0x40
+at do_int40_prefixed_after
+    ret
+snippet do_int40_locked             /* LOCK INT: #UD at the prefix */
+at do_int40_locked_insn
+    .byte   0xf0
+    int     $0x40
+    ret
 snippet do_int_3_long               /* CD 03: a software interrupt, two bytes */
     int     $3
 at do_int_3_long_after
