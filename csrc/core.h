@@ -194,6 +194,7 @@ int  virtio_mmio_access(struct hv_partition *p, uint64_t addr, uint32_t size,
 void virtio_free(struct hv_partition *p);
 
 /* partition.c */
+int  partition_create(int engine, uint64_t mem_size, int fd, struct hv_partition **out);
 void partition_free(struct hv_partition *p);    /* the last reference's work */
 int  partition_frame_is_guest(const struct hv_partition *p, uint64_t gpa, uint64_t len);
 uint64_t partition_clock_ns(const struct hv_partition *p);

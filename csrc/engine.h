@@ -145,7 +145,16 @@ struct engine_ops {
      * ENGINE_EXIT_DEBUG; with HV_DEBUG_SW_BP an INT3 must reach the core
      * (as EXCEPTION, EMULATE or DEBUG). */
     int  (*set_debug)(void *vcpu, uint32_t flags, const uint64_t *addr, const uint32_t *kind);
+    /* Snapshot and migration (NULL: the engine cannot): the whole CPU state
+     * the guest can see, between runs; set_state before the first run. */
+    int  (*get_state)(void *vcpu, struct hv_cpu_state *s);
+    int  (*set_state)(void *vcpu, const struct hv_cpu_state *s);
 };
+
+/* snapshot.c: the MSRs get_state saves (EFER and the FS/GS bases travel
+ * with the control and segment registers), in the order they are saved. */
+extern const uint32_t snapshot_msrs[];
+extern const unsigned snapshot_nmsrs;
 
 extern const struct engine_ops engine_kvm_ops;
 extern const struct engine_ops engine_tcg_ops;

@@ -19,7 +19,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <unistd.h>
-#include "engine.h"
+#include "engine_kvm.h"
 
 _Static_assert(sizeof(struct kvm_regs) == sizeof(struct hv_regs),
                "hv_regs mirrors kvm_regs so the register view is zero-copy");
@@ -38,15 +38,6 @@ static struct {
 } kvm = { .once = PTHREAD_ONCE_INIT, .cpuid_once = PTHREAD_ONCE_INIT, .fd = -1 };
 
 struct kvm_vm { int fd; };
-
-struct kvm_vcpu_state {
-    int fd;
-    struct kvm_run *run;
-    uint8_t *in_data;           /* where an IN or MMIO read wants its value */
-    uint32_t in_size;
-    uint64_t debug_addr[HV_DEBUG_SLOTS];    /* kvm_set_debug's slots, to name a hit */
-    uint32_t debug_kind[HV_DEBUG_SLOTS];
-};
 
 static void build_cpuid(void)
 {
@@ -578,4 +569,6 @@ const struct engine_ops engine_kvm_ops = {
     .trace_code = NULL,
     .kick_from_signal = kvm_kick_from_signal,
     .set_debug = kvm_set_debug,
+    .get_state = kvm_get_state,     /* engine_kvm_snapshot.c */
+    .set_state = kvm_set_state,
 };

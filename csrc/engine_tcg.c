@@ -237,6 +237,7 @@ static int tcg_load_segments(void *vp, uint16_t cs, uint64_t cs_desc, uint16_t s
     c->regs_valid = 0;
     if (uc_reg_write(c->uc, UC_X86_REG_CS, &cs64) || uc_reg_write(c->uc, UC_X86_REG_SS, &ss64))
         return -EFAULT;
+    tcg_load_segment_caches(c, cs, cs_desc, ss, ss_desc);   /* what a snapshot reads */
     return 0;
 }
 
@@ -261,6 +262,7 @@ static int tcg_set_pvh_entry(void *vp, uint32_t entry, uint32_t info,
     for (size_t i = 0; i < sizeof(data) / sizeof(data[0]); i++)
         if (uc_reg_write(c->uc, data[i], &data_sel))
             return -EINVAL;
+    tcg_load_flat_segments(c, 0x10, 0x18);      /* the caches too (snapshots read them) */
     struct hv_regs *r = tcg_regs(vp);
     memset(r, 0, sizeof(*r));
     r->rip = entry;
@@ -638,4 +640,6 @@ const struct engine_ops engine_tcg_ops = {
     .trace_code = tcg_trace_code,
     .kick_from_signal = tcg_kick_from_signal,
     .set_debug = tcg_set_debug,
+    .get_state = tcg_get_state,     /* engine_tcg_snapshot.c */
+    .set_state = tcg_set_state,
 };

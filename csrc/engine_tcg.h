@@ -99,6 +99,21 @@ int tcg_set_debug(void *vcpu, uint32_t flags, const uint64_t *addr, const uint32
 void tcg_debug_exit(struct tcg_vcpu *c, struct engine_exit *exit);
 void tcg_debug_free(struct tcg_vcpu *c);
 
+/* engine_tcg_snapshot.c: the whole CPU state (engine_ops get_state/set_state). */
+int tcg_get_state(void *vcpu, struct hv_cpu_state *s);
+int tcg_set_state(void *vcpu, const struct hv_cpu_state *s);
+/* Fill the segment caches as hv's boot GDT would (set_pvh_entry). */
+int tcg_load_flat_segments(struct tcg_vcpu *c, uint16_t code, uint16_t data);
+/* Fill the CS and SS caches from their descriptors (software delivery). */
+void tcg_load_segment_caches(struct tcg_vcpu *c, uint16_t cs, uint64_t cs_desc, uint16_t ss,
+                             uint64_t ss_desc);
+
+/* engine_tcg_state.c: run `code` at 0x1000 on a scratch CPU (a GDT at
+ * 0x3000 if given) and return the offset of the one 32-bit word of the
+ * saved context that changed as `changed` says (-1: none or several).
+ * Never from inside another CPU's hook. */
+long find_context_word(const uint8_t *code, size_t code_len, const uint64_t *gdt,
+                       size_t gdt_len, int at_fault, int (*changed)(uint32_t was, uint32_t now));
 /* engine_tcg_state.c: find the offsets below (once per process, before
  * any CPU runs: vcpu_create). */
 void tcg_state_init(void);

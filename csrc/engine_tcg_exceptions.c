@@ -118,6 +118,9 @@ int tcg_syscall(struct tcg_vcpu *c, struct engine_exit *exit)
     uc_reg_write(uc, UC_X86_REG_R11, &rflags);
     uc_reg_write(uc, UC_X86_REG_CS, &cs);
     uc_reg_write(uc, UC_X86_REG_SS, &ss);
+    /* SYSCALL's fixed caches (SDM vol. 2B): flat 64-bit code, flat data. */
+    tcg_load_segment_caches(c, (uint16_t)cs, 0x00af9b000000ffffull, (uint16_t)ss,
+                            0x00cf93000000ffffull);
     uc_reg_write(uc, UC_X86_REG_RFLAGS, &new_rflags);
     uc_reg_write(uc, UC_X86_REG_RIP, &lstar);
     c->regs_valid = 0;

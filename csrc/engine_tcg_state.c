@@ -42,7 +42,7 @@ static void on_calibration_fault(uc_engine *uc, uint32_t intno, void *user)
  * 0x2000) until it faults, and return the offset of the one 32-bit word of
  * the saved context that changed as `changed(was, now)` says; -1 if none
  * or several did. */
-static long find_context_word(const uint8_t *code, size_t code_len,
+long find_context_word(const uint8_t *code, size_t code_len,
                               const uint64_t *gdt, size_t gdt_len, int at_fault,
                               int (*changed)(uint32_t was, uint32_t now))
 {

@@ -243,6 +243,89 @@ void hv_vcpu_request_pause(struct hv_vcpu *v);
 /* Counters: exits seen, hypercalls finished in C, hypercalls sent to parent. */
 void hv_vcpu_counters(struct hv_vcpu *v, uint64_t *exits, uint64_t *fast, uint64_t *slow);
 
+/* -- Snapshot and migration (csrc/snapshot.c, docs/lifecycle.md) ---------- */
+/* A segment register with its hidden part, as the CPU caches it.  attrib
+ * is the access-rights word: type bits 0-3, S 4, DPL 5-6, P 7, AVL 12,
+ * L 13, D/B 14, G 15, unusable 16 (SDM vol. 3, 24.4.1). */
+#define HV_SEG_ES 0
+#define HV_SEG_CS 1
+#define HV_SEG_SS 2
+#define HV_SEG_DS 3
+#define HV_SEG_FS 4
+#define HV_SEG_GS 5
+#define HV_SEG_LDTR 6
+#define HV_SEG_TR 7
+#define HV_SEG_COUNT 8
+#define HV_SEG_UNUSABLE 0x10000
+struct hv_segment {
+    uint64_t base;
+    uint32_t limit;
+    uint32_t selector;
+    uint32_t attrib;
+    uint32_t pad;
+};
+
+/* The MSRs guests use, saved by index (an unknown index refuses a restore). */
+#define HV_CPU_MSRS_MAX 16
+/* x87/SSE state as FXSAVE lays it out (SDM vol. 1, 10.5.1): ftw abridged. */
+struct hv_fpu {
+    uint32_t fcw, fsw, ftw, fop;
+    uint64_t fip, fdp;
+    uint32_t mxcsr, mxcsr_mask;
+    uint8_t  st[8][16];
+    uint8_t  xmm[16][16];
+};
+
+/* Everything of a CPU that the guest can see: the engines' get_state and
+ * set_state (engine_kvm_snapshot.c, engine_tcg_snapshot.c) move it. */
+struct hv_cpu_state {
+    struct hv_regs regs;
+    struct hv_segment seg[8];
+    uint64_t gdt_base, idt_base;
+    uint32_t gdt_limit, idt_limit;
+    uint64_t cr0, cr2, cr3, cr4, cr8, efer, xcr0;
+    uint32_t nmsrs, pad;
+    uint32_t msr_index[16];
+    uint64_t msr_value[16];
+    struct hv_fpu fpu;
+    uint32_t interrupt_shadow;     /* STI/MOV SS shadow in effect */
+    int32_t  injected_vector;      /* taken by the engine, not yet delivered; -1 none */
+};
+
+/* The core's part of a vCPU: what it waits on, a suspended multicall, its
+ * timer, an upcall owed, the deterministic clock. */
+struct hv_vcpu_pending {
+    uint32_t wait, mc_active;
+    uint64_t mc_gva, mc_count, mc_index;
+    uint64_t timer_deadline;       /* partition clock ns, 0 = disarmed */
+    uint32_t inject_pending;
+    uint32_t up;                   /* running its code (vCPU 0 from boot) */
+};
+
+/* The partition's guest-visible hv state beside RAM. */
+struct hv_partition_snapshot {
+    uint64_t clock_ns;             /* the partition clock now */
+    uint64_t instructions;         /* deterministic mode: the clock itself */
+    uint64_t hypercall_page_gpa, event_page_gpa;
+    uint32_t event_vector, deterministic;
+    uint8_t  event_vcpu[512];      /* HV_EVENTS_MAX: the vCPU each event goes to */
+};
+
+/* Between runs (paused): 0, -EBUSY if the engine is in the middle of an
+ * instruction's work (try again after a short run), -ENOTSUP. */
+int  hv_vcpu_get_state(struct hv_vcpu *v, struct hv_cpu_state *cpu, struct hv_vcpu_pending *pend);
+/* Before the vCPU's first run, instead of the PVH entry: -EINVAL for a
+ * state this engine cannot take (named in why). */
+int  hv_vcpu_set_state(struct hv_vcpu *v, const struct hv_cpu_state *cpu,
+                       const struct hv_vcpu_pending *pend);
+void hv_partition_get_snapshot(struct hv_partition *p, struct hv_partition_snapshot *out);
+/* Before any vCPU exists: the clock goes on from clock_ns. */
+int  hv_partition_set_snapshot(struct hv_partition *p, const struct hv_partition_snapshot *in);
+/* Like hv_partition_create, over a file mapped copy-on-write (MAP_PRIVATE):
+ * pages are read from it only when touched.  The file must hold mem_size
+ * bytes (-ENOSPC otherwise). */
+int  hv_partition_create_from_file(int engine, uint64_t mem_size, int fd, struct hv_partition **out);
+
 /* -- Debugging (the GDB stub, hv/gdbstub.py; csrc/debug.c) ------------------ */
 #define HV_DEBUG_SW_BP           1   /* flags: INT3 stops the vCPU instead of reaching the guest */
 #define HV_DEBUG_STEP            2   /* flags: stop after one instruction */

@@ -35,7 +35,9 @@ int hv_engine_probe(int engine, char *why, size_t why_len)
     return ops->probe(why, why_len);
 }
 
-int hv_partition_create(int engine, uint64_t mem_size, struct hv_partition **out)
+/* RAM is anonymous memory (fd < 0) or a snapshot's memory file mapped
+ * copy-on-write (snapshot.c). */
+int partition_create(int engine, uint64_t mem_size, int fd, struct hv_partition **out)
 {
     const struct engine_ops *ops = engine_lookup(engine);
     if (!ops)
@@ -58,7 +60,7 @@ int hv_partition_create(int engine, uint64_t mem_size, struct hv_partition **out
     int err = -ENOMEM;
     /* MAP_NORESERVE: untouched guest RAM costs nothing on the host. */
     p->ram = mmap(NULL, mem_size, PROT_READ | PROT_WRITE,
-                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+                  MAP_PRIVATE | MAP_NORESERVE | (fd < 0 ? MAP_ANONYMOUS : 0), fd, 0);
     if (p->ram == MAP_FAILED) {
         p->ram = NULL;
         goto fail;
@@ -88,6 +90,11 @@ int hv_partition_create(int engine, uint64_t mem_size, struct hv_partition **out
 fail:
     partition_free(p);
     return err;
+}
+
+int hv_partition_create(int engine, uint64_t mem_size, struct hv_partition **out)
+{
+    return partition_create(engine, mem_size, -1, out);
 }
 
 /* Destroy unpublishes the id at once; the memory goes with the last

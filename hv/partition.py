@@ -112,7 +112,7 @@ class Partition:
 
     def __init__(self, kernel, mem="64M", cmdline="", engine="auto", console=None,
                  deterministic=False, trace=None, devices=(), name=None, initrd=None,
-                 scheduler=None, weight=0, cap=0, smp=1):
+                 scheduler=None, weight=0, cap=0, smp=1, restore_from=None):
         mem_size = parse_size(mem) if isinstance(mem, str) else int(mem)
         host_ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         if mem_size > host_ram:
@@ -128,10 +128,13 @@ class Partition:
             entries = [VirtioDevice.cmdline_entry(slot) for slot in range(len(self.devices))]
             cmdline = " ".join(filter(None, [cmdline] + entries))
         self.cmdline = cmdline
-        # T:610 Validate first: LoadError leaves nothing behind.
+        # T:610 Validate first: LoadError leaves nothing behind.  A
+        # partition restored from a snapshot (hv/snapshot.py) has no image:
+        # its RAM is the snapshot's memory file.
+        self._restore = restore_from
         try:
-            self.image = load_pvh(kernel, mem_size, cmdline, initrd=initrd,
-                                  virtio_slots=len(self.devices))
+            self.image = None if restore_from else load_pvh(
+                kernel, mem_size, cmdline, initrd=initrd, virtio_slots=len(self.devices))
         except CmdlineTooLong as e:
             if not self.devices:
                 raise
@@ -198,11 +201,15 @@ class Partition:
         self._ending = False           # _end() has begun
         self._debug_exits = None       # on the scheduler under GDB: its exits' queue
 
-        out = ffi.new("struct hv_partition **")
-        err = lib.hv_partition_create(ENGINES[engine], mem_size, out)
+        if restore_from is None:
+            out = ffi.new("struct hv_partition **")
+            err = lib.hv_partition_create(ENGINES[engine], mem_size, out)
+            self._p = out[0]
+        else:
+            from hv.snapshot import create_core
+            err, self._p = create_core(restore_from, ENGINES[engine])
         if err:
             raise HostError(f"cannot create partition: {os.strerror(-err)}")
-        self._p = out[0]
         self.id = lib.hv_partition_id(self._p)
         lib.hv_partition_set_vcpus(self._p, self.smp)
         self.name = name or f"p{self.id}"
@@ -217,7 +224,15 @@ class Partition:
             raise HostError(f"--deterministic needs the tcg engine, not {engine}")
         if trace is not None:
             trace.attach(self)
-        self._write_image()
+        try:
+            if restore_from is None:
+                self._write_image()
+            else:
+                from hv.snapshot import apply_partition
+                apply_partition(self, restore_from)
+        except Exception:
+            self.destroy()
+            raise
         self._device_host = None
         try:
             for slot, device in enumerate(self.devices):
@@ -467,6 +482,25 @@ class Partition:
             self.state = DESTROYED
             self._cond.notify_all()
 
+    # -- partitions as files (hv/snapshot.py, docs/lifecycle.md) ---------
+    def snapshot(self, directory, resume=True):
+        """Save the running or paused partition into directory; it goes on
+        running afterwards unless resume is False (then it stays paused)."""
+        from hv.snapshot import save
+        return save(self, directory, resume=resume)
+
+    @classmethod
+    def restore(cls, directory, engine=None, **kwargs):
+        """A partition (created, not started) from a snapshot directory, on
+        the engine that saved it or on `engine`."""
+        from hv.snapshot import restore
+        return restore(directory, engine=engine, **kwargs)
+
+    def snapshot_vcpus(self):
+        """The vCPUs a snapshot saves, in id order (paused)."""
+        with self._cond:
+            return list(self._vcpus)
+
     def __enter__(self):
         return self
 
@@ -527,6 +561,11 @@ class Partition:
             self._vcpus = vcpus
             self._vcpu = vcpu = vcpus[0]
             self._cond.notify_all()
+        if self._restore is not None:
+            from hv.snapshot import apply_vcpu
+            apply_vcpu(self, vcpu, self._restore)
+            self._restore = None        # its structs are no longer needed
+            return vcpu
         err = lib.hv_vcpu_set_pvh_entry(vcpu, self.image.entry, self.image.start_info_gpa)
         if err:
             raise HostError(f"cannot set the PVH entry state: {os.strerror(-err)}")

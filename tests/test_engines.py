@@ -50,6 +50,7 @@ CMDLINES = {
     "bench-hypercall": ["n=100"],
     "compute": ["n0=1000 n3=100"],
     "timer-spin": ["", "delta=1000"],
+    "snap-counter": ["rounds=20"],
     "hcall-fuzz": ["seed=3 count=300"],
     "hcall-replay": ["", "mc=0;2:@buf:5;3f;5:7:0 calls=0;2:@buf:3;2:@bad:4;8:@evp:f0;9:1ff;4;"
                          "a:@mc:4;40;100000000;7:10000;4;a:@mc+8:2;2:@end-4:4;8:@si:20"],

@@ -1,0 +1,297 @@
+"""Snapshot and restore: a partition becomes a directory, and back.
+
+T:880 A snapshot directory holds two files:
+
+    state            the records (hv/snapshot_format.py): partition, vCPUs,
+                     devices, the memory file's name and size, verify, end
+    memory-<id>      guest RAM, raw, zero pages left as holes
+
+save() pauses the partition, takes the state from the core (which hands
+out only guest-visible state) and writes both files crash-safely: the
+memory file under a new name, fsynced, then `state` through a temporary
+file and a rename, so a crash mid-save leaves the previous snapshot whole.
+load() reads and checks `state` completely before anything is created;
+restore() then builds a Partition over the memory file mapped
+copy-on-write (MAP_PRIVATE): restore reads no RAM, pages come in as the
+guest touches them.  The engine may differ from the one that saved:
+every record is engine-neutral.
+"""
+import errno
+import os
+import time
+from dataclasses import dataclass, field
+
+from hv import snapshot_format as fmt
+from hv.abi import ffi, lib
+
+STATE_FILE = "state"
+MEMORY_PREFIX = "memory-"
+CHUNK = 1 << 20                 # memory is written in 1 MiB pieces; a zero piece is a hole
+ZERO_CHUNK = bytes(CHUNK)
+BUSY_RETRIES = 200              # the vCPU owes an instruction its work: run it a little
+# struct hv_partition_snapshot's fields that the PARTITION record carries as they are.
+PARTITION_SNAPSHOT_FIELDS = ("clock_ns", "instructions", "hypercall_page_gpa", "event_page_gpa",
+                             "event_vector", "deterministic")
+
+
+class SnapshotError(Exception):
+    """Saving or restoring failed; the message is one line for the user."""
+
+
+@dataclass
+class SavedState:
+    """A checked snapshot, nothing created yet."""
+    directory: str
+    partition: dict
+    foreign: list
+    event_vcpu: bytes
+    name: str
+    engine: str
+    vcpus: list = field(default_factory=list)      # (id, VCPU body), by id
+    devices: list = field(default_factory=list)    # DEVICE bodies, by slot
+    memory_path: str = ""
+    memory_fd: int = -1
+
+    @property
+    def mem_size(self):
+        return self.partition["mem_size"]
+
+    def close(self):
+        if self.memory_fd >= 0:
+            os.close(self.memory_fd)
+            self.memory_fd = -1
+
+
+# -- save -------------------------------------------------------------------
+def vcpu_state(vcpu):
+    """(hv_cpu_state, hv_vcpu_pending) of a paused vCPU, or raise BlockingIOError."""
+    cpu = ffi.new("struct hv_cpu_state *")
+    pending = ffi.new("struct hv_vcpu_pending *")
+    err = lib.hv_vcpu_get_state(vcpu, cpu, pending)
+    if err == -errno.EBUSY:
+        raise BlockingIOError
+    if err:
+        raise SnapshotError(f"cannot read the vCPU's state: {os.strerror(-err)}")
+    return cpu, pending
+
+
+def _pause_quiescent(part):
+    """Pause part with every vCPU between instructions; returns whether it
+    was running (and so should be resumed)."""
+    from hv.partition import PAUSED, RUNNING
+    was_running = part.state == RUNNING
+    for _ in range(BUSY_RETRIES):
+        if part.state == RUNNING:
+            part.pause()
+        if part.state != PAUSED:
+            raise SnapshotError(f"partition {part.name} is {part.state}: only a running or "
+                                "paused partition can be saved")
+        try:
+            states = [(i, *vcpu_state(v)) for i, v in enumerate(part.snapshot_vcpus())]
+            return was_running, states
+        except BlockingIOError:
+            part.resume()           # finish the instruction's work, then stop again
+            time.sleep(0.001)
+    raise SnapshotError(f"partition {part.name} never stopped between instructions")
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_memory(ram, path):
+    """Write RAM to a new file, leaving all-zero pieces as holes."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        size = len(ram)
+        for at in range(0, size, CHUNK):
+            piece = ram[at:at + CHUNK]
+            if piece == ZERO_CHUNK[:len(piece)]:
+                continue
+            os.pwrite(fd, piece, at)
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    os.close(fd)
+
+
+def partition_records(part, states):
+    """The records of a paused partition, RAM excluded: [(type, body)]."""
+    snap = ffi.new("struct hv_partition_snapshot *")
+    lib.hv_partition_get_snapshot(part._live(), snap)
+    from hv.devices.guestmem import foreign_ranges
+    fields = {n: getattr(snap, n) for n in PARTITION_SNAPSHOT_FIELDS}
+    fields.update(mem_size=part.mem_size, nvcpus=len(states))
+    records = [(fmt.PARTITION, fmt.pack_partition(fields, foreign_ranges(part._live()),
+                                                  bytes(snap.event_vcpu), part.name,
+                                                  part.engine))]
+    records += [(fmt.VCPU, fmt.pack_vcpu(i, cpu, pending)) for i, cpu, pending in states]
+    from hv.snapshot_devices import device_records
+    records += device_records(part)
+    return records
+
+
+def save(part, directory, resume=True):
+    """Write a snapshot of part into directory (created if missing).
+    Returns {'bytes': memory bytes, 'seconds': how long the guest was paused}.
+    With resume=False a running partition stays paused."""
+    from hv.snapshot_devices import check_savable
+    check_savable(part)
+    os.makedirs(directory, exist_ok=True)
+    t0 = time.monotonic()
+    was_running, states = _pause_quiescent(part)
+    try:
+        records = partition_records(part, states)
+        stream_id = int.from_bytes(os.urandom(8), "little")
+        memory_name = f"{MEMORY_PREFIX}{stream_id:016x}"
+        write_memory(part.memory(), os.path.join(directory, memory_name))
+        tmp = os.path.join(directory, STATE_FILE + ".tmp")
+        with open(tmp, "wb") as out:
+            w = fmt.Writer(out, stream_id)
+            for rtype, body in records:
+                w.record(rtype, body)
+            w.record(fmt.MEMORY, fmt.MEMORY_FIXED.pack(part.mem_size), memory_name.encode())
+            w.finish()
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, os.path.join(directory, STATE_FILE))
+        _fsync_dir(directory)
+        for old in os.listdir(directory):      # the memory files no state names any more
+            if old.startswith(MEMORY_PREFIX) and old != memory_name:
+                os.unlink(os.path.join(directory, old))
+    finally:
+        paused_for = time.monotonic() - t0
+        if was_running and resume:
+            part.resume()
+    return {"bytes": part.mem_size, "seconds": paused_for, "directory": directory}
+
+
+# -- load and restore -------------------------------------------------------
+def load(directory):
+    """Read and check a snapshot directory; raise SnapshotError (one line)."""
+    path = os.path.join(directory, STATE_FILE)
+    try:
+        with open(path, "rb") as f:
+            reader = fmt.Reader(f)
+            records = list(reader)
+    except FileNotFoundError:
+        raise SnapshotError(f"{directory}: no snapshot here (no {STATE_FILE} file)") from None
+    except IsADirectoryError:
+        raise SnapshotError(f"{path} is a directory") from None
+    except fmt.FormatError as e:
+        raise SnapshotError(f"{path}: {e}") from None
+    try:
+        state = from_records(directory, records)
+    except fmt.FormatError as e:
+        raise SnapshotError(f"{path}: {e}") from None
+    _open_memory(state)
+    return state
+
+
+def from_records(directory, records):
+    """A SavedState from checked records (the memory file not yet opened)."""
+    parts = [body for t, body in records if t == fmt.PARTITION]
+    if len(parts) != 1:
+        raise fmt.FormatError(f"{len(parts)} partition records; a state has exactly one")
+    fields, foreign, event_vcpu, name, engine = fmt.unpack_partition(parts[0])
+    if len(event_vcpu) > lib.HV_EVENTS_MAX:
+        raise fmt.FormatError(f"{len(event_vcpu)} event routes; hv has {lib.HV_EVENTS_MAX} events")
+    state = SavedState(directory, fields, foreign, event_vcpu, name, engine)
+    vcpus = [body for t, body in records if t == fmt.VCPU]
+    if len(vcpus) != fields["nvcpus"] or not vcpus:
+        raise fmt.FormatError(f"{len(vcpus)} vcpu records for a partition of {fields['nvcpus']}")
+    for body in vcpus:
+        cpu, pending = ffi.new("struct hv_cpu_state *"), ffi.new("struct hv_vcpu_pending *")
+        vid = fmt.unpack_vcpu(body, cpu, pending, lib.HV_CPU_MSRS_MAX)
+        state.vcpus.append((vid, cpu, pending))
+    state.vcpus.sort(key=lambda v: v[0])
+    if [v[0] for v in state.vcpus] != list(range(len(vcpus))):
+        raise fmt.FormatError("vcpu records do not number 0..n-1")
+    state.devices = [body for t, body in records if t == fmt.DEVICE]
+    mems = [body for t, body in records if t == fmt.MEMORY]
+    pages = [body for t, body in records if t == fmt.PAGES]
+    if len(mems) == 1:
+        (size,) = fmt.MEMORY_FIXED.unpack_from(mems[0])
+        if size != state.mem_size:
+            raise fmt.FormatError(f"memory record says {size} bytes, the partition {state.mem_size}")
+        mname = mems[0][fmt.MEMORY_FIXED.size:].decode(errors="replace")
+        if os.sep in mname or mname in ("", ".", ".."):
+            raise fmt.FormatError(f"memory file name {mname!r} is not a plain name")
+        state.memory_path = os.path.join(directory, mname)
+    elif not pages:
+        raise fmt.FormatError("no memory record")
+    return state
+
+
+def _open_memory(state):
+    try:
+        state.memory_fd = os.open(state.memory_path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise SnapshotError(f"{state.memory_path}: {e.strerror}") from None
+    size = os.fstat(state.memory_fd).st_size
+    if size < state.mem_size:
+        state.close()
+        raise SnapshotError(f"{state.memory_path} is {size} bytes; the state needs "
+                            f"{state.mem_size}: truncated")
+
+
+def restore(directory, engine=None, **kwargs):
+    """A Partition (created, not started) from a snapshot directory.
+    engine None: the engine that saved it.  kwargs go to Partition
+    (console, scheduler, name, ...)."""
+    state = load(directory)
+    try:
+        return restore_state(state, engine, **kwargs)
+    finally:
+        state.close()
+
+
+def restore_state(state, engine=None, **kwargs):
+    from hv.partition import Partition
+    engine = engine or state.engine
+    kwargs.setdefault("name", state.name)
+    deterministic = bool(state.partition["deterministic"]) and engine == "tcg"
+    return Partition(None, mem=state.mem_size, engine=engine, deterministic=deterministic,
+                     restore_from=state, **kwargs)
+
+
+def create_core(state, engine_number):
+    """The C partition over the memory file (MAP_PRIVATE), or over fresh
+    RAM for a migration stream whose pages follow."""
+    out = ffi.new("struct hv_partition **")
+    if state.memory_fd >= 0:
+        err = lib.hv_partition_create_from_file(engine_number, state.mem_size, state.memory_fd, out)
+    else:
+        err = lib.hv_partition_create(engine_number, state.mem_size, out)
+    return err, out[0]
+
+
+def apply_partition(part, state):
+    """hv's own frames and guest-visible state, before any vCPU exists."""
+    for start, end in state.foreign:
+        err = lib.hv_partition_reserve(part._live(), start, end - start)
+        if err:
+            raise SnapshotError(f"cannot reserve [{start:#x}, {end:#x}): {os.strerror(-err)}")
+    snap = ffi.new("struct hv_partition_snapshot *")
+    for n in PARTITION_SNAPSHOT_FIELDS:
+        setattr(snap, n, state.partition[n])
+    snap.event_vcpu[0:len(state.event_vcpu)] = list(state.event_vcpu)
+    err = lib.hv_partition_set_snapshot(part._live(), snap)
+    if err:
+        raise SnapshotError(f"the partition state does not fit this partition: {os.strerror(-err)}")
+
+
+def apply_vcpu(part, vcpu, state, index=0):
+    """The saved vCPU state, instead of the PVH entry (on the vCPU's thread)."""
+    _, cpu, pending = state.vcpus[index]
+    err = lib.hv_vcpu_set_state(vcpu, cpu, pending)
+    if err:
+        raise SnapshotError(f"the {part.engine} engine refuses the saved vCPU state: "
+                            f"{os.strerror(-err)}")

@@ -1,0 +1,263 @@
+"""Snapshot and restore (hv/snapshot.py, hv/snapshot_format.py, csrc/snapshot.c).
+
+The guest half is guests/snap-counter: its last line depends on its
+registers, stack, RAM, timer and clock, so a restore that loses any of
+them shows.  Each test saves it mid-run (often several times), restores
+it, on the same engine or the other one, and compares the final output
+with an uninterrupted run.
+"""
+import io
+import os
+import struct
+import time
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from conftest import guest, needs_kvm
+from hv import snapshot_format as fmt
+from hv.partition import SHUTDOWN, Partition
+from hv.snapshot import SnapshotError, load
+
+ROUNDS = 60
+PAUSE_NS = 3_000_000
+CMDLINE = f"rounds={ROUNDS} pause={PAUSE_NS}"
+
+
+class Output:
+    """A console that keeps what the guest wrote."""
+
+    def __init__(self):
+        self.data = b""
+
+    def write(self, data):
+        self.data += data
+
+    def flush(self):
+        pass
+
+
+def uninterrupted(engine="tcg"):
+    out = Output()
+    with Partition(guest("snap-counter"), engine=engine, cmdline=CMDLINE, console=out) as p:
+        assert p.run() == SHUTDOWN
+    return out.data
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return uninterrupted()
+
+
+def hop(engines, tmp_path, wait=0.05):
+    """Run snap-counter, saving and restoring it once per engine after the
+    first: the output of the whole journey."""
+    out = Output()
+    part = Partition(guest("snap-counter"), engine=engines[0], cmdline=CMDLINE, console=out)
+    part.start()
+    for n, engine in enumerate(engines[1:]):
+        time.sleep(wait)
+        directory = str(tmp_path / f"snap{n}")
+        part.snapshot(directory, resume=False)
+        part.destroy()
+        part = Partition.restore(directory, engine=engine, console=out)
+        assert part.engine == engine
+        part.start()
+    state = part.wait(60)
+    report = part.crash_report
+    part.destroy()
+    assert state == SHUTDOWN, report
+    return out.data
+
+
+def test_restore_goes_on_where_the_guest_stopped(tmp_path, reference):
+    assert b"SUCCESS" in reference
+    assert hop(["tcg", "tcg", "tcg", "tcg"], tmp_path) == reference
+
+
+def test_snapshot_leaves_the_partition_running(tmp_path, reference):
+    out = Output()
+    with Partition(guest("snap-counter"), engine="tcg", cmdline=CMDLINE, console=out) as p:
+        p.start()
+        time.sleep(0.05)
+        for n in range(3):
+            p.snapshot(str(tmp_path / f"s{n}"))
+        assert p.wait(60) == SHUTDOWN
+    assert out.data == reference
+    # and each of them finishes the run the same way
+    restored = Output()
+    with Partition.restore(str(tmp_path / "s2"), console=restored) as q:
+        assert q.run() == SHUTDOWN
+    assert reference.endswith(restored.data) and restored.data
+
+
+@needs_kvm
+def test_tcg_to_kvm_and_back(tmp_path, reference):
+    assert hop(["tcg", "kvm", "tcg", "kvm"], tmp_path) == reference
+
+
+def test_deterministic_restore_is_exact(tmp_path):
+    cmdline = "rounds=400 pause=1000000"
+
+    def run(save_after=None):
+        out = Output()
+        p = Partition(guest("snap-counter"), engine="tcg", deterministic=True,
+                      cmdline=cmdline, console=out)
+        p.start()
+        if save_after is not None:
+            time.sleep(save_after)
+            p.snapshot(str(tmp_path / "d"), resume=False)
+            p.destroy()
+            p = Partition.restore(str(tmp_path / "d"), console=out)
+            assert p.deterministic
+            p.start()
+        state, report = p.wait(60), p.crash_report
+        p.destroy()
+        assert state == SHUTDOWN, report
+        return out.data
+
+    assert run(0.01) == run()
+
+
+def test_the_clock_does_not_run_backwards(tmp_path):
+    from hv.abi import ffi, lib
+    with Partition(guest("snap-counter"), engine="tcg", cmdline=CMDLINE, console=Output()) as p:
+        p.start()
+        time.sleep(0.05)
+        p.snapshot(str(tmp_path / "c"), resume=False)
+    state = load(str(tmp_path / "c"))
+    saved = state.partition["clock_ns"]
+    state.close()
+    assert saved > 0
+    snap = ffi.new("struct hv_partition_snapshot *")
+    with Partition.restore(str(tmp_path / "c"), console=Output()) as q:
+        lib.hv_partition_get_snapshot(q._p, snap)
+        assert saved <= snap.clock_ns < saved + 1_000_000_000
+
+
+def test_restore_maps_memory_copy_on_write(tmp_path):
+    """The guest's writes after a restore never reach the memory file."""
+    with Partition(guest("snap-counter"), engine="tcg", cmdline=CMDLINE, console=Output()) as p:
+        p.start()
+        time.sleep(0.05)
+        p.snapshot(str(tmp_path / "m"), resume=False)
+    before = {n: open(tmp_path / "m" / n, "rb").read() for n in os.listdir(tmp_path / "m")}
+    with Partition.restore(str(tmp_path / "m"), console=Output()) as q:
+        assert q.run() == SHUTDOWN
+    after = {n: open(tmp_path / "m" / n, "rb").read() for n in os.listdir(tmp_path / "m")}
+    assert before == after
+
+
+def test_a_partition_with_devices_is_refused_for_now(tmp_path):
+    from hv.devices.rng import RngDevice
+    with Partition(guest("hello"), engine="tcg", devices=[RngDevice()], console=Output()) as p:
+        p.start()
+        p.wait(10)
+        with pytest.raises(SnapshotError, match="devices"):
+            p.snapshot(str(tmp_path / "x"))
+    assert not (tmp_path / "x").exists()
+
+
+# ---- bad files: one clear error, nothing created ---------------------------
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("saved")
+    with Partition(guest("snap-counter"), engine="tcg", cmdline=CMDLINE, console=Output()) as p:
+        p.start()
+        time.sleep(0.03)
+        p.snapshot(str(directory), resume=False)
+    return directory
+
+
+def copy_of(saved, tmp_path, state=None, memory_size=None):
+    for name in os.listdir(saved):
+        if name.startswith("memory-") and memory_size is None:
+            os.symlink(saved / name, tmp_path / name)     # 64 MiB: not copied
+            continue
+        data = open(saved / name, "rb").read()
+        if name == "state" and state is not None:
+            data = state(data)
+        if name.startswith("memory-") and memory_size is not None:
+            data = data[:memory_size]
+        (tmp_path / name).write_bytes(data)
+    return str(tmp_path)
+
+
+def test_a_good_snapshot_loads(saved):
+    state = load(str(saved))
+    assert state.mem_size == 64 << 20 and len(state.vcpus) == 1
+    state.close()
+
+
+@settings(max_examples=30, deadline=None)
+@given(cut=st.integers(min_value=0))
+def test_a_truncated_state_is_refused(saved, tmp_path_factory, cut):
+    data = open(saved / "state", "rb").read()
+    cut %= len(data)
+    d = copy_of(saved, tmp_path_factory.mktemp("t"), state=lambda b: b[:cut])
+    with pytest.raises(SnapshotError, match="truncated|magic|verify"):
+        load(d)
+
+
+@settings(max_examples=30, deadline=None)
+@given(at=st.integers(min_value=fmt.HEADER.size), bit=st.integers(0, 7))
+def test_a_corrupted_state_is_refused(saved, tmp_path_factory, at, bit):
+    data = open(saved / "state", "rb").read()
+    at = fmt.HEADER.size + at % (len(data) - fmt.HEADER.size)
+
+    def flip(b):
+        b = bytearray(b)
+        b[at] ^= 1 << bit
+        return bytes(b)
+    d = copy_of(saved, tmp_path_factory.mktemp("c"), state=flip)
+    with pytest.raises(SnapshotError):
+        load(d)
+
+
+def test_another_version_is_refused(saved, tmp_path):
+    def bump(b):
+        return b[:8] + struct.pack("<I", fmt.VERSION + 1) + b[12:]
+    with pytest.raises(SnapshotError, match=f"version {fmt.VERSION + 1}"):
+        load(copy_of(saved, tmp_path, state=bump))
+
+
+def test_a_short_memory_file_is_refused(saved, tmp_path):
+    with pytest.raises(SnapshotError, match="truncated"):
+        load(copy_of(saved, tmp_path, memory_size=1 << 20))
+
+
+# ---- the record format alone -------------------------------------------------
+
+def stream(records, optional_unknown=False):
+    buf = io.BytesIO()
+    w = fmt.Writer(buf, stream_id=7)
+    for rtype, body in records:
+        w.record(rtype, body)
+    w.finish()
+    return buf.getvalue()
+
+
+@given(st.lists(st.tuples(st.sampled_from([fmt.PARTITION, fmt.VCPU, fmt.DEVICE]),
+                          st.binary(max_size=40)), max_size=6))
+def test_records_round_trip(records):
+    data = stream(records)
+    assert len(data) % fmt.ALIGN == 0
+    r = fmt.Reader(io.BytesIO(data))
+    assert list(r) == records and r.stream_id == 7
+
+
+def test_unknown_records_optional_skipped_mandatory_refused():
+    assert list(fmt.Reader(io.BytesIO(stream([(99 | fmt.OPTIONAL, b"x"), (fmt.VCPU, b"v")])))) \
+        == [(fmt.VCPU, b"v")]
+    with pytest.raises(fmt.FormatError, match="unknown mandatory record"):
+        list(fmt.Reader(io.BytesIO(stream([(99, b"x")]))))
+
+
+def test_a_stream_without_verify_is_refused():
+    buf = io.BytesIO()
+    w = fmt.Writer(buf)
+    w.record(fmt.VCPU, b"v")
+    w.record(fmt.END)
+    with pytest.raises(fmt.FormatError, match="no verify"):
+        list(fmt.Reader(io.BytesIO(buf.getvalue())))
