@@ -310,7 +310,8 @@ int tcg_get_state(void *vp, struct hv_cpu_state *s)
     s->nmsrs = snapshot_nmsrs;
     fpu_get(uc, &s->fpu);
     s->injected_vector = -1;        /* the core delivers in software: nothing is in flight */
-    s->interrupt_shadow = !!(tcg_hflags(c) & TCG_HF_INHIBIT_IRQ);
+    uint32_t hflags = 0;
+    s->interrupt_shadow = tcg_hflags(c, &hflags) == 0 && (hflags & TCG_HF_INHIBIT_IRQ);
     return 0;
 }
 
