@@ -104,6 +104,9 @@ int tcg_get_state(void *vcpu, struct hv_cpu_state *s);
 int tcg_set_state(void *vcpu, const struct hv_cpu_state *s);
 /* Fill the segment caches as hv's boot GDT would (set_pvh_entry). */
 int tcg_load_flat_segments(struct tcg_vcpu *c, uint16_t code, uint16_t data);
+/* Find the segment caches in a saved context (tcg_state_init: scratch
+ * CPUs run only there, before any vCPU does). */
+void tcg_find_segment_caches(void);
 /* Fill the CS and SS caches from their descriptors (software delivery). */
 void tcg_load_segment_caches(struct tcg_vcpu *c, uint16_t cs, uint64_t cs_desc, uint16_t ss,
                              uint64_t ss_desc);

@@ -22,7 +22,6 @@
  *    a kernel does, so CR0.PG with EFER.LME turns long mode on.
  */
 #include <errno.h>
-#include <pthread.h>
 #include <string.h>
 #include "engine_tcg.h"
 
@@ -75,10 +74,16 @@ static void find_segs_offset(void)
         segs_offset = base - SEGCACHE_BASE - HV_SEG_DS * SEGCACHE_SIZE;
 }
 
+/* A scratch CPU run while another vCPU of the process is mid-run broke
+ * that vCPU (a guest paused for a snapshot never woke again), so the
+ * search runs with the engine's other searches, in tcg_state_init. */
+void tcg_find_segment_caches(void)
+{
+    find_segs_offset();
+}
+
 static int segs_ready(void)
 {
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, find_segs_offset);
     return segs_offset >= 0;
 }
 

@@ -259,6 +259,7 @@ static void find_all_offsets(void)
     find_old_exception_offset();
     find_hflags_offset();
     find_exception_offsets();
+    tcg_find_segment_caches();      /* engine_tcg_snapshot.c */
     for (size_t i = 0; i < sizeof(model_leaves) / sizeof(model_leaves[0]); i++)
         run_model_cpuid(model_leaves[i].leaf, model_leaves[i].subleaf, model_leaves[i].r);
 }

@@ -420,9 +420,13 @@ int sched_resume(struct sched *s, struct sched_entity *e, uint64_t now)
     e->pause_pending = 0;
     if (e->state != SCHED_PAUSED)
         return -1;
-    if (e->paused_blocked && !e->wake_pending) {
+    /* Back to BLOCKED, unless its deadline passed while it was paused:
+     * the workers aimed their timers while it was not BLOCKED, so no
+     * expiry scan would come for it (a guest paused over its timer slept
+     * for ever).  A deadline still ahead re-aims its home worker. */
+    if (e->paused_blocked && !e->wake_pending && !(e->wake_at && e->wake_at <= now)) {
         e->state = SCHED_BLOCKED;
-        return -1;
+        return e->wake_at ? e->home : -1;
     }
     e->paused_blocked = 0;
     e->wake_pending = 0;

@@ -5,7 +5,7 @@
  * It runs ROUNDS rounds.  Each round rewrites a stretch of a 256 KiB buffer
  * from a pseudo-random generator, folds the whole stretch into a running
  * checksum, bumps a counter, and sleeps for about PAUSE ns of partition
- * clock (timer event + hlt), so a run lasts long enough, on either
+ * clock (timer event + block), so a run lasts long enough, on either
  * engine, for a test to save it mid-way.  Registers, the stack, the buffer,
  * the timer and the clock all feed the result: a restore that loses any of
  * them changes the last line or fails an assertion.  The partition clock
@@ -16,7 +16,6 @@
  *
  * Command line: "rounds=N" (default 100), "pause=N" (ns, default 1000000).
  */
-#include <stdbool.h>
 #include "events.h"
 #include "hv.h"
 #include "kernel.h"
@@ -30,12 +29,9 @@
 #define STRETCH_WORDS  512              /* 4 KiB rewritten per round */
 
 static uint64_t buffer[BUFFER_BYTES / 8];
-static volatile bool woke;
-
 static void on_event(unsigned event)
 {
-    if (event == HV_EVENT_TIMER)
-        woke = true;
+    (void)event;                /* nothing unmasked arrives */
 }
 
 /* "key=N" anywhere in the command line; else fallback. */
@@ -57,18 +53,20 @@ static uint64_t cmdline_number(const char *s, const char *key, uint64_t fallback
     return fallback;
 }
 
-/* Sleep until the timer fires.  The check and the sleep must not be
- * split by the upcall (it would consume the event and leave the sleep
- * waiting for nothing): "sti; hlt" is the CPU's atomic pair -- STI's
- * interrupt shadow covers the HLT, and an interrupt wakes it. */
+/* Sleep until the timer fires, by polling: the timer event is masked, so
+ * it never becomes an upcall, and block returns on any pending event,
+ * masked or not.  No interrupt can fall between the check and the block
+ * (an upcall consuming the event there would leave the block waiting for
+ * nothing), and the guest's result does not depend on interrupt delivery
+ * at all -- only on its memory, registers, timer and clock. */
 static void sleep_ns(uint64_t ns)
 {
-    woke = false;
+    struct hv_event_page *page = hv_event_page();
+    const uint64_t timer = 1ull << HV_EVENT_TIMER;
     GUEST_ASSERT_EQ(hv_set_timer(hv_clock_read() + ns), 0);
-    cli();
-    while (!woke)
-        __asm__ volatile("sti; hlt; cli" ::: "memory");
-    sti();
+    while (!(__atomic_load_n(&page->pending[0], __ATOMIC_SEQ_CST) & timer))
+        hv_block();
+    __atomic_fetch_and(&page->pending[0], ~timer, __ATOMIC_SEQ_CST);
 }
 
 int main(void)
@@ -76,6 +74,7 @@ int main(void)
     if (!hv_hypercalls_ready())
         test_skip("not running under hv");
     GUEST_ASSERT_EQ(hv_events_init(EVENT_VECTOR, on_event), 0);
+    hv_event_page()->masked[0] |= 1ull << HV_EVENT_TIMER;
     const char *cmdline = start_info_cmdline();
     uint64_t rounds = cmdline_number(cmdline, "rounds", 100);
     uint64_t pause = cmdline_number(cmdline, "pause", 1000000);

@@ -179,7 +179,8 @@ class Scheduler:
         e.pause_pending = False
         if e.state != PAUSED:
             return
-        if e.paused_blocked and not e.wake_pending:
+        # Its deadline passed while paused: it wakes (no expiry would come).
+        if e.paused_blocked and not e.wake_pending and not (e.wake_at and e.wake_at <= now):
             e.state = BLOCKED
             return
         e.paused_blocked = e.wake_pending = False
