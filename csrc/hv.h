@@ -321,6 +321,11 @@ int  hv_vcpu_set_state(struct hv_vcpu *v, const struct hv_cpu_state *cpu,
 void hv_partition_get_snapshot(struct hv_partition *p, struct hv_partition_snapshot *out);
 /* Before any vCPU exists: the clock goes on from clock_ns. */
 int  hv_partition_set_snapshot(struct hv_partition *p, const struct hv_partition_snapshot *in);
+/* Migration's dirty tracking (hv/migrate.py): the numbers of the 4 KiB
+ * pages of ram[0, size) that differ from shadow, into out (room for
+ * size / 4096), with shadow updated to match; returns how many.  It sees
+ * every write, the guest's, the core's and the devices'. */
+uint64_t hv_ram_changed_pages(const uint8_t *ram, uint8_t *shadow, uint64_t size, uint64_t *out);
 /* Like hv_partition_create, over a file mapped copy-on-write (MAP_PRIVATE):
  * pages are read from it only when touched.  The file must hold mem_size
  * bytes (-ENOSPC otherwise). */

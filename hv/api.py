@@ -81,6 +81,20 @@ def set_partition_share(manager, body, name):
     return 200, manager.set_share(name, **body)
 
 
+def snapshot_partition(manager, body, name):
+    body = _object(body)
+    if set(body) - {"directory", "resume"} or "directory" not in body:
+        raise APIError(400, 'the body must be {"directory": "/absolute/path", "resume": true|false}')
+    return 200, manager.snapshot(name, body["directory"], body.get("resume", True))
+
+
+def migrate_partition(manager, body, name):
+    body = _object(body)
+    if set(body) - {"address", "downtime_ms"} or "address" not in body:
+        raise APIError(400, 'the body must be {"address": "unix:PATH", "downtime_ms": N}')
+    return 200, manager.migrate(name, body["address"], body.get("downtime_ms", 300))
+
+
 def partition_metrics(manager, body, name):
     return 200, manager.metrics(name)
 
@@ -117,6 +131,8 @@ ROUTES = [
      {"PUT": create_partition, "GET": describe_partition, "DELETE": delete_partition}),
     (re.compile(rf"/partitions/{NAME}/actions"), {"PUT": act_on_partition}),
     (re.compile(rf"/partitions/{NAME}/share"), {"PUT": set_partition_share}),
+    (re.compile(rf"/partitions/{NAME}/snapshot"), {"PUT": snapshot_partition}),
+    (re.compile(rf"/partitions/{NAME}/migrate"), {"PUT": migrate_partition}),
     (re.compile(rf"/partitions/{NAME}/metrics"), {"GET": partition_metrics}),
     (re.compile(rf"/partitions/{NAME}/console"), {"GET": partition_console}),
     (re.compile(rf"/partitions/{NAME}/channels/(?P<peer>[^/]+)"), {"PUT": connect_partitions}),

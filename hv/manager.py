@@ -398,6 +398,46 @@ class Manager:
             entry.spec.update(share)
         return self._describe(entry)
 
+    def snapshot(self, name, directory, resume=True):
+        """Save a running or paused partition into directory (docs/lifecycle.md);
+        it runs on afterwards unless resume is false (then it stays paused)."""
+        from hv.snapshot import SnapshotError
+        if not isinstance(directory, str) or not os.path.isabs(directory) or \
+                not isinstance(resume, bool):
+            raise BadRequest('the body must be {"directory": "/absolute/path", "resume": true|false}')
+        entry = self._get(name)
+        with entry.lock:
+            state = entry.current_state()
+            if state not in (RUNNING, PAUSED):
+                raise Conflict(f"cannot save partition {name!r}: it is {state}")
+            try:
+                saved = entry.partition.snapshot(directory, resume=resume)
+            except SnapshotError as e:
+                raise Conflict(str(e)) from None
+            except OSError as e:
+                raise Conflict(f"cannot write {directory}: {e.strerror}") from None
+        return {"name": name, "state": entry.current_state(), **saved}
+
+    def migrate(self, name, address, downtime_ms=300):
+        """Move a running partition to an `hv receive` at address; it ends
+        here (stopped) once it runs there, and runs on here if that fails."""
+        from hv.migrate import MigrationError, send
+        if not isinstance(address, str) or not isinstance(downtime_ms, int) or downtime_ms < 1:
+            raise BadRequest('the body must be {"address": "unix:PATH", "downtime_ms": N}')
+        entry = self._get(name)
+        with entry.lock:
+            state = entry.current_state()
+            if state not in (RUNNING, PAUSED):
+                raise Conflict(f"cannot migrate partition {name!r}: it is {state}")
+            try:
+                report = send(entry.partition, address, downtime=downtime_ms / 1000)
+            except ValueError as e:
+                raise BadRequest(str(e)) from None
+            except MigrationError as e:
+                raise Conflict(str(e)) from None
+            self._end(entry)
+        return {"name": name, "state": entry.current_state(), "address": address, **report}
+
     def delete(self, name):
         """Stop it if it runs, and forget it."""
         entry = self._get(name)

@@ -496,6 +496,15 @@ class Partition:
         from hv.snapshot import restore
         return restore(directory, engine=engine, **kwargs)
 
+    def migrate(self, address, downtime=0.3, progress=None):
+        """Move the running partition to an `hv receive` at address
+        (unix:PATH or tcp:127.0.0.1:PORT); destroyed here once it runs
+        there.  On failure it runs on here and MigrationError says why."""
+        from hv.migrate import send
+        report = send(self, address, downtime=downtime, progress=progress)
+        self.destroy()
+        return report
+
     def snapshot_vcpus(self):
         """The vCPUs a snapshot saves, in id order (paused)."""
         with self._cond:

@@ -110,7 +110,9 @@ def write_memory(ram, path):
         size = len(ram)
         for at in range(0, size, CHUNK):
             piece = ram[at:at + CHUNK]
-            if piece == ZERO_CHUNK[:len(piece)]:
+            # A memoryview compares element by element (0.5 s for 64 MiB of
+            # zeros here); a bytes copy compares with memcmp (~16 ms).
+            if piece[0] == 0 and piece.tobytes() == ZERO_CHUNK[:len(piece)]:
                 continue
             os.pwrite(fd, piece, at)
         os.ftruncate(fd, size)
@@ -195,8 +197,9 @@ def load(directory):
     return state
 
 
-def from_records(directory, records):
-    """A SavedState from checked records (the memory file not yet opened)."""
+def from_records(directory, records, inline_memory=False):
+    """A SavedState from checked records (the memory file not yet opened;
+    inline_memory: a migration stream carried RAM in PAGES records)."""
     parts = [body for t, body in records if t == fmt.PARTITION]
     if len(parts) != 1:
         raise fmt.FormatError(f"{len(parts)} partition records; a state has exactly one")
@@ -216,7 +219,8 @@ def from_records(directory, records):
         raise fmt.FormatError("vcpu records do not number 0..n-1")
     state.devices = [body for t, body in records if t == fmt.DEVICE]
     mems = [body for t, body in records if t == fmt.MEMORY]
-    pages = [body for t, body in records if t == fmt.PAGES]
+    if inline_memory:
+        return state
     if len(mems) == 1:
         (size,) = fmt.MEMORY_FIXED.unpack_from(mems[0])
         if size != state.mem_size:
@@ -225,8 +229,8 @@ def from_records(directory, records):
         if os.sep in mname or mname in ("", ".", ".."):
             raise fmt.FormatError(f"memory file name {mname!r} is not a plain name")
         state.memory_path = os.path.join(directory, mname)
-    elif not pages:
-        raise fmt.FormatError("no memory record")
+    else:
+        raise fmt.FormatError(f"{len(mems)} memory records; a snapshot has exactly one")
     return state
 
 

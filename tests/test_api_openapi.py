@@ -92,6 +92,24 @@ SCENARIOS = {
     # Every partition is on the scheduler: one that has not started has no share to change.
     ("PUT", "/partitions/{name}/share", 409): lambda t: ("/partitions/idle/share",
                                                          {"cap": 10}, None),
+    ("PUT", "/partitions/{name}/migrate", 200): lambda t: ("/partitions/mover/migrate",
+                                                           {"address": f"unix:{t}/rx.sock"}, None),
+    ("PUT", "/partitions/{name}/migrate", 400): lambda t: ("/partitions/bare/migrate",
+                                                           {"address": "tcp:10.0.0.1:1"}, None),
+    ("PUT", "/partitions/{name}/migrate", 404): lambda t: ("/partitions/nope/migrate",
+                                                           {"address": "unix:/x"}, None),
+    # "idle" was created and never started.
+    ("PUT", "/partitions/{name}/migrate", 409): lambda t: ("/partitions/idle/migrate",
+                                                           {"address": "unix:/x"}, None),
+    ("PUT", "/partitions/{name}/snapshot", 200): lambda t: ("/partitions/bare/snapshot",
+                                                            {"directory": str(t / "snap")}, None),
+    ("PUT", "/partitions/{name}/snapshot", 400): lambda t: ("/partitions/bare/snapshot",
+                                                            {"dir": "x"}, None),
+    ("PUT", "/partitions/{name}/snapshot", 404): lambda t: ("/partitions/nope/snapshot",
+                                                            {"directory": str(t / "s")}, None),
+    # "live" has a virtio console: not saved yet.
+    ("PUT", "/partitions/{name}/snapshot", 409): lambda t: ("/partitions/live/snapshot",
+                                                            {"directory": str(t / "s")}, None),
     ("GET", "/partitions/{name}/metrics", 200): lambda t: ("/partitions/live/metrics", None, None),
     ("GET", "/partitions/{name}/metrics", 404): lambda t: ("/partitions/nope/metrics", None, None),
     ("GET", "/partitions/{name}/console", 200): lambda t: ("/partitions/live/console", None, None),
@@ -146,6 +164,17 @@ def test_live_server_answers_as_documented(tmp_path):
             c.json("PUT", f"/partitions/{name}", _spec(tmp_path, name), expect=201)
         c.json("PUT", "/partitions/sched", {**_spec(tmp_path, "sched"), "weight": 256}, expect=201)
         c.json("PUT", "/partitions/sched/actions", {"action": "start"})
+        c.json("PUT", "/partitions/bare", {"kernel": guest("snap-counter"),
+                                           "cmdline": "rounds=100000"}, expect=201)
+        c.json("PUT", "/partitions/bare/actions", {"action": "start"})
+        c.json("PUT", "/partitions/mover", {"kernel": guest("snap-counter"),
+                                            "cmdline": "rounds=100000"}, expect=201)
+        c.json("PUT", "/partitions/mover/actions", {"action": "start"})
+        import subprocess
+        import sys
+        receiver = subprocess.Popen([sys.executable, "-m", "hv", "receive", f"unix:{tmp_path}/rx.sock"],
+                                    cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        assert b"listening" in receiver.stderr.readline()
         for (method, template, status), make in sorted(SCENARIOS.items()):
             url, body, length = make(tmp_path)
             if length is None:
@@ -170,3 +199,6 @@ def test_live_server_answers_as_documented(tmp_path):
         c.close()
     finally:
         server.stop()
+        if "receiver" in locals():
+            receiver.kill()
+            receiver.wait()

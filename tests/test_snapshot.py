@@ -261,3 +261,75 @@ def test_a_stream_without_verify_is_refused():
     w.record(fmt.END)
     with pytest.raises(fmt.FormatError, match="no verify"):
         list(fmt.Reader(io.BytesIO(buf.getvalue())))
+
+
+# ---- the command line ----------------------------------------------------------
+
+def hv_cli(*args, timeout=60):
+    import subprocess
+    import sys
+    from conftest import ROOT
+    return subprocess.run([sys.executable, "-m", "hv", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_hv_restore_finishes_the_run(saved, reference):
+    proc = hv_cli("restore", str(saved), "--engine", "tcg")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.encode() and reference.endswith(proc.stdout.encode())
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupted", "version", "short-memory", "missing"])
+def test_hv_restore_refuses_a_bad_snapshot_with_one_line(saved, tmp_path, damage):
+    edits = {
+        "truncated": dict(state=lambda b: b[:len(b) // 2]),
+        "corrupted": dict(state=lambda b: b[:100] + bytes([b[100] ^ 0x40]) + b[101:]),
+        "version": dict(state=lambda b: b[:8] + struct.pack("<I", 99) + b[12:]),
+        "short-memory": dict(memory_size=4096),
+        "missing": None,
+    }
+    directory = str(tmp_path / "nothing") if damage == "missing" else \
+        copy_of(saved, tmp_path, **edits[damage])
+    proc = hv_cli("restore", directory)
+    assert proc.returncode == 2
+    assert proc.stdout == "" and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("hv: error: ")
+
+
+def test_hv_snapshot_through_the_api(tmp_path):
+    from apiserver import Server
+    server = Server(tmp_path)
+    long_run = "rounds=600 pause=5000000"      # ~3 s: outlasts the CLI's start-up
+    try:
+        c = server.connect()
+        c.json("PUT", "/partitions/p", {"kernel": guest("snap-counter"), "cmdline": long_run},
+               expect=201)
+        c.json("PUT", "/partitions/p/actions", {"action": "start"})
+        proc = hv_cli("snapshot", "p", str(tmp_path / "s"), "--stop",
+                      "--api-socket", server.path)
+        assert proc.returncode == 0, proc.stderr
+        assert "p: saved to" in proc.stdout
+        assert c.json("GET", "/partitions/p")["state"] == "paused"
+        c.close()
+    finally:
+        server.stop()
+    proc = hv_cli("restore", str(tmp_path / "s"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.endswith("rounds=600 counter=600 checksum=" + proc.stdout.split("checksum=")[1])
+    assert proc.stdout.endswith("SUCCESS\n") and "counter=600 " in proc.stdout
+
+
+def test_a_pause_over_the_guests_timer_does_not_lose_it(reference):
+    """Regression: a scheduled vCPU paused while blocked, whose deadline
+    passed during the pause, went back to sleep on resume and never woke
+    (every snapshot pauses the partition)."""
+    out = Output()
+    with Partition(guest("snap-counter"), engine="tcg", cmdline=CMDLINE, console=out) as p:
+        p.start()
+        time.sleep(0.05)
+        for _ in range(3):
+            p.pause()
+            time.sleep(PAUSE_NS / 1e9 * 3)          # past the guest's timer
+            p.resume()
+        assert p.wait(60) == SHUTDOWN
+    assert out.data == reference

@@ -9,12 +9,12 @@ Exit statuses: see common.py (EXIT_STATUSES, shown by `hv --help`).
 import argparse
 
 import hv
-from hv.cli import console, control, info, run, serve, up
+from hv.cli import console, control, info, run, serve, snapshot, up
 from hv.cli.common import EXIT_STATUSES, Parser, handle_signals, setup_logging
 
 # Each command's module adds its parser(s) and sets `func`; listed here, in
 # the order `hv --help` shows them.
-COMMAND_MODULES = (run, up, console, info, serve, control)
+COMMAND_MODULES = (run, up, console, info, serve, control, snapshot)
 
 
 def parser():
