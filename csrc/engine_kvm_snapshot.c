@@ -1,7 +1,7 @@
 /*
  * engine_kvm_snapshot.c - the whole CPU state of a KVM vCPU, for snapshots.
  *
- * T:888 The run loop needs only the registers in the sync page; a snapshot
+ * T:908 The run loop needs only the registers in the sync page; a snapshot
  * needs everything the guest could notice: segment caches, control
  * registers, the MSRs in snapshot_msrs, x87/SSE, XCR0, an interrupt KVM
  * has taken but not delivered, the STI shadow (KVM_GET_FPU, _MSRS, _XCRS,

@@ -1,7 +1,7 @@
 /*
  * engine_tcg_snapshot.c - the whole CPU state of a TCG vCPU, for snapshots.
  *
- * T:889 Unicorn's register API reaches almost everything: general and
+ * T:909 Unicorn's register API reaches almost everything: general and
  * control registers, GDTR/IDTR, LDTR and TR with their caches, the FS/GS
  * bases, MSRs (UC_X86_REG_MSR), x87 and SSE.  Two things it does not:
  *

@@ -1,7 +1,7 @@
 /*
  * snapshot.c - the core's side of snapshot, restore and migration.
  *
- * T:886 A partition becomes a file in two parts: its RAM, written raw, and
+ * T:906 A partition becomes a file in two parts: its RAM, written raw, and
  * a stream of records (hv/snapshot_format.py) that Python writes from what
  * these calls return.  The core hands out exactly the guest-visible state
  * that core.h separates from host plumbing: struct partition_guest_state,
@@ -73,7 +73,7 @@ void hv_partition_get_snapshot(struct hv_partition *p, struct hv_partition_snaps
     memcpy(out->event_vcpu, p->g.event_vcpu, sizeof(out->event_vcpu));
 }
 
-/* T:887 The partition clock goes on where it stopped: its epoch moves so
+/* T:907 The partition clock goes on where it stopped: its epoch moves so
  * that "now" reads clock_ns.  A guest sees time stand still while it was
  * a file, never run backwards.  (Deterministic partitions count
  * instructions: that count is restored as it was.) */

@@ -1,6 +1,6 @@
 """Live migration: a running partition moves to another hv process.
 
-T:890 The stream is the snapshot format (hv/snapshot_format.py) on a
+T:910 The stream is the snapshot format (hv/snapshot_format.py) on a
 socket, with RAM inline in PAGES records:
 
     header | MEMORY(size) | PAGES... (round 0: every non-zero page)

@@ -1,6 +1,6 @@
 """Snapshot and restore: a partition becomes a directory, and back.
 
-T:880 A snapshot directory holds two files:
+T:900 A snapshot directory holds two files:
 
     state            the records (hv/snapshot_format.py): partition, vCPUs,
                      devices, the memory file's name and size, verify, end

@@ -1,6 +1,6 @@
 """Device state in snapshots: the DEVICE records.
 
-T:884 Each virtio device's record holds the transport registers the C core
+T:904 Each virtio device's record holds the transport registers the C core
 keeps (status, features, queue addresses) and what its backend needs to go
 on: queue positions, and the identity of what it is connected to (a disk
 image's path and size, a MAC and switch, a console).  Backends are

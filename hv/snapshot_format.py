@@ -1,6 +1,6 @@
 """The one record format of snapshot files and migration streams.
 
-T:882 Modelled on Xen's migration stream v2 (the facts, not the code): a
+T:902 Modelled on Xen's migration stream v2 (the facts, not the code): a
 header, then records until an END record.
 
     header   magic "HVSTATE\\n" (8 bytes) | version u32 | flags u32 | stream id u64
