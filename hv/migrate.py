@@ -133,7 +133,7 @@ def send(part, address, downtime=DOWNTIME_BUDGET, max_rounds=MAX_ROUNDS, progres
             rate = sent_bytes / sent_time if sent_time > 0 else 0.0
             expected = len(pfns) * PAGE / rate if rate else float("inf")
             progress.round(n, len(pfns), rate, expected)
-            if n and (expected <= downtime or n >= max_rounds):
+            if n >= max_rounds or (n and expected <= downtime):
                 break                   # what is left fits the budget: stop and copy
             t = time.monotonic()
             _send_pages(w, dirty, pfns)

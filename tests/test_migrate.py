@@ -143,3 +143,20 @@ def test_addresses():
     for bad in ("tcp:10.1.2.3:80", "udp:x", "unix:", "tcp:127.0.0.1:http"):
         with pytest.raises(ValueError):
             migrate.parse_address(bad)
+
+
+def test_a_cold_migration_sends_everything_while_paused(tmp_path, reference):
+    address = f"unix:{tmp_path}/cold.sock"
+    out = Output()
+    t, got = receiver(address, "tcg", out)
+    p = Partition(guest("snap-counter"), engine="tcg", cmdline=CMDLINE, console=out)
+    p.start()
+    time.sleep(0.05)
+    report = migrate.send(p, address, max_rounds=0)
+    p.destroy()
+    t.join(30)
+    assert report["rounds"] == 0 and report["last_pages"] > 0
+    q = got["part"]
+    assert q.wait(60) == SHUTDOWN
+    q.destroy()
+    assert out.data == reference
