@@ -128,6 +128,7 @@ struct vcpu_host {
     struct hv_vcpu *exitq_next;    /* the parent's queue of exit records */
     int queued;                    /* on that queue */
     volatile int yielded;          /* the yield hypercall, scheduled */
+    volatile int resched;          /* its worker has other work and no slice timer */
     /* Deterministic mode: the engine stops when the partition clock
      * (partition->g.instructions) reaches
      * insn_stop, the earlier of the guest's timer and the end of the

@@ -22,6 +22,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -37,6 +38,8 @@ struct worker {
     int idle;
     timer_t timer;             /* ends the slice: the kick signal */
     int timer_ok;
+    uint64_t armed_at;         /* when the timer fires, 0 = disarmed (its thread only) */
+    int untimed;               /* runs a vCPU with no slice timer: it was alone (lock) */
     struct hv_vcpu *running;
 };
 
@@ -103,8 +106,9 @@ static void notify(struct hv_sched *hs, int i)
 
 static void arm(struct worker *w, uint64_t at)
 {
-    if (!w->timer_ok)
+    if (!w->timer_ok || at == w->armed_at)
         return;
+    w->armed_at = at;
     struct itimerspec its;
     memset(&its, 0, sizeof(its));
     if (at) {
@@ -114,6 +118,26 @@ static void arm(struct worker *w, uint64_t at)
         its.it_interval.tv_nsec = 1000000;
     }
     timer_settime(w->timer, TIMER_ABSTIME, &its, NULL);
+}
+
+/* T:595 A worker that dispatches a vCPU with nothing else on its queue, no
+ * cap and no deadline to watch arms no slice timer: timer_settime costs tens
+ * of microseconds here (the host kernel is itself a guest), twice per
+ * dispatch, and a wake-up would pay it before the guest runs.  Whoever
+ * later queues work for that worker asks its vCPU to stop instead (below):
+ * the flag is checked by the run loop, also right after it says it is in
+ * the guest, so the request and the kick cannot both miss.  Under the lock. */
+static void resched_untimed(struct hv_sched *hs)
+{
+    for (int i = 0; i < hs->nworkers; i++) {
+        struct worker *w = &hs->w[i];
+        if (!w->untimed || !w->running || !hs->s.w[i].head)
+            continue;
+        w->untimed = 0;
+        __atomic_store_n(&w->running->h.resched, 1, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&w->running->h.in_guest, __ATOMIC_SEQ_CST))
+            syscall(SYS_tgkill, getpid(), w->tid, kick_signal());
+    }
 }
 
 static uint64_t earliest(uint64_t a, uint64_t b)
@@ -131,6 +155,9 @@ static void *worker_main(void *arg)
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL);
     kick_thread_init();
+    /* Timed waits end on time, not up to the default 50 us late: the
+     * worker's deadlines are guests' timers. */
+    prctl(PR_SET_TIMERSLACK, 1ul, 0ul, 0ul, 0ul);
     this_worker = w;
     w->tid = (pid_t)syscall(SYS_gettid);
     struct sigevent sev;
@@ -148,8 +175,10 @@ static void *worker_main(void *arg)
         for (int i = 0; i < n; i++)
             if (woken[i] != w->index)
                 notify(hs, woken[i]);
+        resched_untimed(hs);
         struct sched_entity *e = sched_pick(&hs->s, w->index, now, &slice);
         if (!e) {
+            arm(w, 0);              /* an idle worker takes no signals */
             w->idle = 1;
             if (next_deadline) {
                 struct timespec until = ns_to_timespec(next_deadline);
@@ -163,14 +192,22 @@ static void *worker_main(void *arg)
         /* T:594 Dispatch: kicks to this thread now reach this vCPU. */
         struct hv_vcpu *v = e->owner;
         w->running = v;
+        w->untimed = !hs->deterministic && !hs->s.w[w->index].head && !e->cap && !next_deadline;
         pthread_mutex_unlock(&hs->s.lock);
 
         kick_set_current(v);
         uint64_t insns = v->partition->g.instructions;
-        if (hs->deterministic)
+        if (hs->deterministic) {
             v->h.insn_slice_end = insns + slice;    /* one instruction, one ns */
-        else
-            arm(w, earliest(now + slice, earliest(vcpu_deadline_host(v), next_deadline)));
+        } else {
+            uint64_t guest_at = vcpu_deadline_host(v);
+            if (guest_at <= now)
+                guest_at = 0;       /* passed: the run loop raises it before entry */
+            if (!w->untimed)
+                arm(w, earliest(now + slice, earliest(guest_at, next_deadline)));
+            else if (guest_at)
+                arm(w, guest_at);
+        }
         struct hv_exit *exit = v->h.sched_exit;
         exit->kind = 0;
         exit->vcpu = v->id;
@@ -180,8 +217,6 @@ static void *worker_main(void *arg)
         if (hs->deterministic) {
             v->h.insn_slice_end = 0;
             timer_insn_stop_update(v);
-        } else {
-            arm(w, 0);
         }
         kick_set_current(NULL);
         event_consume_kick();
@@ -191,6 +226,8 @@ static void *worker_main(void *arg)
         if (hs->deterministic)
             hs->vclock += v->partition->g.instructions - insns;
         w->running = NULL;
+        w->untimed = 0;
+        v->h.resched = 0;
         static const enum sched_stop why[] = {
             [RUN_TO_PARENT] = SCHED_STOP_PARENT, [RUN_BLOCKED] = SCHED_STOP_BLOCK,
             [RUN_KICKED] = SCHED_STOP_PREEMPT, [RUN_YIELDED] = SCHED_STOP_YIELD,
@@ -328,6 +365,7 @@ int hv_sched_start(struct hv_vcpu *v)
         int w = sched_start(&hs->s, &v->h.se, sched_now(hs));
         if (w >= 0)
             notify(hs, w);
+        resched_untimed(hs);
     }
     pthread_mutex_unlock(&hs->s.lock);
     return err;
@@ -339,11 +377,12 @@ void sched_vcpu_start(struct hv_vcpu *v, int paused)
     struct hv_sched *hs = v->h.sched;
     pthread_mutex_lock(&hs->s.lock);
     if (paused) {
-        sched_start_paused(&hs->s, &v->h.se, now_ns());
+        sched_start_paused(&hs->s, &v->h.se, sched_now(hs));
     } else {
-        int w = sched_start(&hs->s, &v->h.se, now_ns());
+        int w = sched_start(&hs->s, &v->h.se, sched_now(hs));
         if (w >= 0)
             notify(hs, w);
+        resched_untimed(hs);
     }
     pthread_mutex_unlock(&hs->s.lock);
 }
@@ -388,6 +427,7 @@ int hv_sched_continue(struct hv_vcpu *v)
         int w = sched_parent_done(&hs->s, &v->h.se, sched_now(hs));
         if (w >= 0)
             notify(hs, w);
+        resched_untimed(hs);
     }
     pthread_mutex_unlock(&hs->s.lock);
     return err;
@@ -427,6 +467,7 @@ int hv_sched_resume(struct hv_vcpu *v)
     int w = sched_resume(&hs->s, &v->h.se, sched_now(hs));
     if (w >= 0)
         notify(hs, w);
+    resched_untimed(hs);
     pthread_mutex_unlock(&hs->s.lock);
     return 0;
 }
@@ -472,9 +513,14 @@ int hv_sched_vcpu_info(struct hv_vcpu *v, struct hv_sched_info *out)
         return -EINVAL;
     pthread_mutex_lock(&hs->s.lock);
     const struct sched_entity *e = &v->h.se;
+    /* A vCPU running alone may not stop for a long time (T:595): count
+     * the run in progress too. */
+    uint64_t now = sched_now(hs), ran = 0;
+    if (e->state == SCHED_RUNNING && now > e->run_start)
+        ran = now - e->run_start;
     *out = (struct hv_sched_info){
         .state = e->state, .home = e->home, .worker = e->worker, .credit = e->credit,
-        .runtime_ns = e->runtime_ns, .dispatches = e->dispatches,
+        .runtime_ns = e->runtime_ns + ran, .dispatches = e->dispatches,
         .migrations = e->migrations, .blocks = e->blocks, .parent_waits = e->parent_waits };
     pthread_mutex_unlock(&hs->s.lock);
     return 0;
@@ -506,6 +552,7 @@ void sched_vcpu_wake(struct hv_vcpu *v)
     int w = sched_wake(&hs->s, &v->h.se, sched_now(hs));
     if (w >= 0)
         notify(hs, w);
+    resched_untimed(hs);
     pthread_mutex_unlock(&hs->s.lock);
 }
 
@@ -517,15 +564,6 @@ void sched_vcpu_timer_changed(struct hv_vcpu *v)
     if (!w || w->running != v)
         return;                 /* not running: the deadline is read at its next stop */
     uint64_t at = vcpu_deadline_host(v);
-    if (at) {
-        struct itimerspec cur;
-        if (w->timer_ok && timer_gettime(w->timer, &cur) == 0 &&
-            (cur.it_value.tv_sec || cur.it_value.tv_nsec)) {
-            uint64_t left = (uint64_t)cur.it_value.tv_sec * 1000000000ull +
-                            (uint64_t)cur.it_value.tv_nsec;
-            if (now_ns() + left <= at)
-                return;         /* the slice ends first anyway */
-        }
-        arm(w, at);
-    }
+    if (at && (!w->armed_at || w->armed_at <= now_ns() || at < w->armed_at))
+        arm(w, at);             /* else the slice ends first anyway */
 }

@@ -401,7 +401,8 @@ int vcpu_needs_loop(const struct hv_vcpu *v)
 {
     return v->g.wait != WAIT_NONE || v->g.mc.active || v->h.pause_requested ||
            v->g.inject_pending || v->lapic_pending || v->h.trace_drain || v->h.timer_due ||
-           v->h.yielded || v->g.down_requested || v->g.tlb_flush_pending || slice_spent(v);
+           v->h.yielded || v->g.down_requested || v->g.tlb_flush_pending || slice_spent(v) ||
+           v->h.resched;
 }
 
 #define RUN_ON (-1)     /* pending_work: nothing stops the run, enter the guest */
@@ -442,8 +443,8 @@ static int pending_work(struct hv_vcpu *v, struct hv_exit *exit, int scheduled)
         v->h.yielded = 0;
         return RUN_YIELDED;
     }
-    if (slice_spent(v))
-        return RUN_KICKED;          /* as a slice timer would, at an exact instruction */
+    if (slice_spent(v) || v->h.resched)
+        return RUN_KICKED;          /* as a slice timer would (sched_worker.c: T:595) */
     return RUN_ON;
 }
 
@@ -467,6 +468,12 @@ enum vcpu_run_end vcpu_run_loop(struct hv_vcpu *v, struct hv_exit *exit, int sch
         struct engine_exit ex = {0};
         __atomic_store_n(&v->h.in_guest, 1, __ATOMIC_SEQ_CST);
         smp_before_run(v);          /* after in_guest: a TLB flush asked for meanwhile */
+        if (__atomic_load_n(&v->h.resched, __ATOMIC_SEQ_CST)) {
+            /* Its worker was asked to look while in_guest was still 0
+             * (sched_worker.c, T:595): the kick may not have been sent. */
+            __atomic_store_n(&v->h.in_guest, 0, __ATOMIC_SEQ_CST);
+            return RUN_KICKED;
+        }
         int err = e->run(v->engine_vcpu, &ex);
         __atomic_store_n(&v->h.in_guest, 0, __ATOMIC_SEQ_CST);
         if (err) {

@@ -1,5 +1,6 @@
-"""Guests on the core's scheduler (Partition(scheduler=...)): the same
-kernels give the same results as on a thread of their own, on both engines;
+"""Guests on the core's scheduler (every Partition's, here a Scheduler of
+two workers): the same kernels give the same results as on a thread of
+their own, on both engines;
 pause, resume and destroy work; many partitions share two workers, and
 the process's threads grow with workers, not with partitions."""
 import os
@@ -96,20 +97,22 @@ def test_pause_resume_destroy_a_spinning_guest(sched, engine):
 
 
 def test_many_partitions_share_two_workers(sched):
-    """60 partitions at once - spinning, blocking on timers again and again,
-    calling the parent - on two workers; half the spinners destroyed mid-run; the rest
-    finish right, and starting them added no thread at all."""
+    """200 partitions at once (both engines when KVM is here) - spinning,
+    blocking on timers again and again, calling the parent - on two workers;
+    half the spinners destroyed mid-run; the rest finish right, and starting
+    them added no thread at all."""
     parts = []
     # Not hcall-selftest here: its timer-cancel check assumes the vCPU is not
-    # descheduled for 1 ms between two hypercalls, which 60 partitions on two
+    # descheduled for 1 ms between two hypercalls, which 200 partitions on two
     # workers do not promise (the deadline then really passes first).
     kinds = [("sched-guest", "mode=wake n=20 period=200000"), ("timer-spin", "delta=200000"),
              ("hello", ""), ("crash", "spin")]
-    for i in range(60):
+    engines = ["tcg"] if engine_missing("kvm") else ["tcg", "kvm"]
+    for i in range(200):
         name, cmdline = kinds[i % len(kinds)]
         console = CaptureConsole()
-        p = Partition(guest(name), mem="4M", engine="tcg", console=console, cmdline=cmdline,
-                      scheduler=sched)
+        p = Partition(guest(name), mem="4M", engine=engines[i // len(kinds) % len(engines)],
+                      console=console, cmdline=cmdline, scheduler=sched)
         parts.append((name, p, console))
     threads_before = len(os.listdir("/proc/self/task"))
     for _, p, _ in parts:
