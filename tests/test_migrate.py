@@ -160,3 +160,22 @@ def test_a_cold_migration_sends_everything_while_paused(tmp_path, reference):
     assert q.wait(60) == SHUTDOWN
     q.destroy()
     assert out.data == reference
+
+
+def test_live_migration_over_loopback_tcp(reference):
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    address = f"tcp:127.0.0.1:{port}"
+    out = Output()
+    t, got = receiver(address, "tcg", out)
+    p = Partition(guest("snap-counter"), engine="tcg", cmdline=CMDLINE, console=out)
+    p.start()
+    time.sleep(0.05)
+    p.migrate(address)
+    t.join(30)
+    q = got["part"]
+    assert q.wait(60) == SHUTDOWN
+    q.destroy()
+    assert out.data == reference
