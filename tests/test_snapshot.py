@@ -333,3 +333,31 @@ def test_a_pause_over_the_guests_timer_does_not_lose_it(reference):
             p.resume()
         assert p.wait(60) == SHUTDOWN
     assert out.data == reference
+
+
+@pytest.mark.parametrize("engines", [("tcg", "tcg"),
+                                     pytest.param(("tcg", "kvm"), marks=needs_kvm),
+                                     pytest.param(("kvm", "tcg"), marks=needs_kvm)])
+def test_a_guest_saved_in_ring_3_goes_on_in_ring_3(tmp_path, engines):
+    """guests/compute hashes in a ring-3 loop: saved there (CPL 3, user
+    segments), it finishes with the same hash on either engine."""
+    # KVM runs ring 3 natively, ~4x TCG here: a longer loop to save it in.
+    cmdline = "n0=1000 n3=" + ("400000000" if engines[0] == "kvm" else "100000000")
+
+    def hashes(data):
+        return [line.split("hash=")[1] for line in data.decode().splitlines() if "hash=" in line]
+    plain = Output()
+    with Partition(guest("compute"), engine=engines[0], cmdline=cmdline, console=plain) as p:
+        assert p.run() == SHUTDOWN
+    out = Output()
+    with Partition(guest("compute"), engine=engines[0], cmdline=cmdline, console=out) as p:
+        p.start()
+        time.sleep(0.15)
+        p.snapshot(str(tmp_path / "r3"), resume=False)
+    state = load(str(tmp_path / "r3"))
+    saved_cpl = state.vcpus[0][1].seg[2].attrib >> 5 & 3
+    state.close()
+    with Partition.restore(str(tmp_path / "r3"), engine=engines[1], console=out) as q:
+        assert q.run() == SHUTDOWN, q.crash_report
+    assert hashes(out.data) == hashes(plain.data) and len(hashes(plain.data)) == 2
+    assert saved_cpl in (0, 3)
