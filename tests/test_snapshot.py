@@ -361,3 +361,19 @@ def test_a_guest_saved_in_ring_3_goes_on_in_ring_3(tmp_path, engines):
         assert q.run() == SHUTDOWN, q.crash_report
     assert hashes(out.data) == hashes(plain.data) and len(hashes(plain.data)) == 2
     assert saved_cpl in (0, 3)
+
+
+def test_scheduled_protection_keeps_the_last_k_and_the_latest_resumes(tmp_path, reference):
+    from hv.protect import Protection, latest, snapshots
+    out = Output()
+    p = Partition(guest("snap-counter"), engine="tcg", cmdline=CMDLINE, console=out)
+    p.start()
+    guard = Protection(p, str(tmp_path / "guard"), every=0.02, keep=2)
+    time.sleep(0.12)
+    guard.stop()
+    p.destroy()                         # the host "crashes" mid-run
+    assert guard.saved >= 2, guard.error
+    assert len(snapshots(str(tmp_path / "guard"))) == 2
+    with Partition.restore(latest(str(tmp_path / "guard")), console=out) as q:
+        assert q.run() == SHUTDOWN
+    assert out.data == reference
