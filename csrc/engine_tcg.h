@@ -36,7 +36,9 @@ struct tcg_vcpu {
     uc_context *scratch;        /* engine_tcg_state.c's saved-context window, made once */
     uc_context *pristine;       /* the CPU as uc_open made it (64-bit, paging off): SMP starts */
     struct tcg_vm *vm;
-    int ran;                    /* has run guest code (its translations may be stale) */
+    int ran;                    /* has run guest code */
+    int code_stale;             /* another vCPU ran since its translations were dropped */
+    int code_flush;             /* a CPUID saw code_stale: drop them before the next block */
     const struct engine_host *host; /* the core, for the hooks (engine.h) */
     struct hv_vcpu *owner;          /* opaque: handed back to host */
     struct hv_regs regs;        /* the view the core reads and writes */
