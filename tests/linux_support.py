@@ -26,7 +26,16 @@ def load_fixture_tool():
 
 
 def fixture_built():
-    return all(os.path.exists(os.path.join(FIXTURE_DIR, f)) for f in FILES)
+    """Every file is there, made by this version of tools/linux-fixture (a
+    fixture an older one made lacks markers or files the tests now use)."""
+    if not all(os.path.exists(os.path.join(FIXTURE_DIR, f)) for f in FILES):
+        return False
+    try:
+        with open(os.path.join(FIXTURE_DIR, "fixture.json")) as f:
+            made = json.load(f).get("fixture_format")
+    except (OSError, ValueError):
+        return False
+    return made == load_fixture_tool().FIXTURE_FORMAT
 
 
 _failure = None

@@ -33,7 +33,8 @@ from linux_support import fixture_built, linux_fixture, qemu_microvm_command
 FORCED = os.environ.get("HV_LINUX_TESTS") == "1"
 pytestmark = pytest.mark.skipif(
     not (FORCED or fixture_built()),
-    reason="Debian's kernel is not fetched: `make linux-test` (or `make linux-fixture`) runs these")
+    reason="Debian's kernel is not fetched, or an older tools/linux-fixture made it: "
+           "`make linux-test` (or `make linux-fixture`) runs these")
 
 CMDLINE = "console=ttyS0 earlyprintk=ttyS0 panic=-1"
 MEM = "512M"
