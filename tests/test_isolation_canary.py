@@ -62,7 +62,9 @@ def test_the_scan_finds_a_planted_canary():
     for at in (0, 1, 4093, len(ram) - WINDOW):
         leaked = bytearray(ram)
         leaked[at:at + WINDOW] = (b * 2)[at % 8:at % 8 + WINDOW]
-        assert foreign_windows(leaked, b) == 1
+        # >= 1, not == 1: a byte of `a` beside the planted run may extend
+        # it into a second window of b (one letter of 62 alike: ~1 run in 8).
+        assert foreign_windows(leaked, b) >= 1
 
 
 def run_three(engine):
