@@ -41,7 +41,12 @@ struct worker {
     uint64_t armed_at;         /* when the timer fires, 0 = disarmed (its thread only) */
     int untimed;               /* runs a vCPU with no slice timer: it was alone (lock) */
     struct hv_vcpu *running;
+    int handed_to_parent;      /* its last vCPU went to the parent's queue */
 };
+
+/* How long a worker looks for the vCPU it handed to the parent, and a
+ * parent's exit server for the next record, before sleeping. */
+#define HANDOFF_SPIN_NS 30000ull
 
 struct hv_sched {
     struct sched s;            /* the policy, and the lock everything here takes */
@@ -177,6 +182,21 @@ static void *worker_main(void *arg)
                 notify(hs, woken[i]);
         resched_untimed(hs);
         struct sched_entity *e = sched_pick(&hs->s, w->index, now, &slice);
+        if (!e && w->handed_to_parent && !hs->deterministic) {
+            /* T:597 The vCPU this worker just handed to the parent usually
+             * comes back within microseconds (a hypercall served in
+             * Python): look for it a little before sleeping, so its return
+             * costs no futex wake-up (one costs tens of µs here). */
+            w->handed_to_parent = 0;
+            pthread_mutex_unlock(&hs->s.lock);
+            uint64_t until = sched_now(hs) + HANDOFF_SPIN_NS;
+            while (!__atomic_load_n(&hs->s.w[w->index].head, __ATOMIC_ACQUIRE) &&
+                   !__atomic_load_n(&hs->stopping, __ATOMIC_ACQUIRE) && sched_now(hs) < until)
+                __builtin_ia32_pause();
+            pthread_mutex_lock(&hs->s.lock);
+            continue;
+        }
+        w->handed_to_parent = 0;
         if (!e) {
             arm(w, 0);              /* an idle worker takes no signals */
             w->idle = 1;
@@ -245,6 +265,7 @@ static void *worker_main(void *arg)
                 hs->exitq_head = v;
             hs->exitq_tail = v;
             v->h.queued = 1;
+            w->handed_to_parent = 1;
             pthread_cond_signal(&hs->exit_ready);
         }
         pthread_cond_broadcast(&hs->stopped);
@@ -394,6 +415,12 @@ struct hv_vcpu *hv_sched_next_exit(struct hv_sched *hs, int timeout_ms)
     uint64_t end = (uint64_t)until.tv_sec * 1000000000ull + (uint64_t)until.tv_nsec
                  + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000ull;
     until = ns_to_timespec(end);
+    if (!hs->deterministic) {           /* the next exit is often near (HANDOFF_SPIN_NS) */
+        uint64_t spin_end = sched_now(hs) + HANDOFF_SPIN_NS;
+        while (!__atomic_load_n(&hs->exitq_head, __ATOMIC_ACQUIRE) &&
+               !__atomic_load_n(&hs->stopping, __ATOMIC_ACQUIRE) && sched_now(hs) < spin_end)
+            __builtin_ia32_pause();
+    }
     pthread_mutex_lock(&hs->s.lock);
     while (!hs->exitq_head && !hs->stopping)
         if (pthread_cond_timedwait(&hs->exit_ready, &hs->s.lock, &until) == ETIMEDOUT)
