@@ -51,23 +51,6 @@ static uint64_t deadline;
 
 static void no_op(unsigned event) { (void)event; }
 
-static bool parse_channel(bool *b)
-{
-    size_t len, used;
-    const char *v = cmdline_value("channel", 0, &len);
-    size_t i = 0;
-    uint64_t n;
-    while (v && i < len && v[i] != ',')
-        i++;
-    if (!v || ++i >= len || !cmdline_parse_uint(v + i, len - i, &n, &used))
-        return false;
-    i += used;
-    if (i + 1 >= len || v[i] != ',' || (v[i + 1] != 'a' && v[i + 1] != 'b'))
-        return false;
-    peer = (uint32_t)n;
-    *b = v[i + 1] == 'b';
-    return true;
-}
 
 static void mask(uint32_t port)
 {
@@ -246,7 +229,7 @@ __attribute__((noreturn)) static void side_b(void)
 int main(void)
 {
     bool b;
-    if (!parse_channel(&b))
+    if (!cmdline_channel(&peer, &b, NULL))
         test_error("race: no channel=NAME,PEER,SIDE,GREF on the command line");
     GUEST_ASSERT_EQ(hv_events_init(0xf0, no_op), 0);
     deadline = hv_clock_read() + WAIT_NS;

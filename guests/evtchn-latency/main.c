@@ -63,23 +63,6 @@ static void wait_event(volatile bool *flag)
     }
 }
 
-static bool parse_channel(uint32_t *peer, bool *b)
-{
-    size_t len, used;
-    const char *v = cmdline_value("channel", 0, &len);
-    size_t i = 0;
-    uint64_t n;
-    while (v && i < len && v[i] != ',')
-        i++;
-    if (!v || ++i >= len || !cmdline_parse_uint(v + i, len - i, &n, &used))
-        return false;
-    i += used;
-    if (i + 1 >= len || v[i] != ',' || (v[i + 1] != 'a' && v[i + 1] != 'b'))
-        return false;
-    *peer = (uint32_t)n;
-    *b = v[i + 1] == 'b';
-    return true;
-}
 
 static void sort(uint64_t *x, unsigned n)
 {
@@ -139,7 +122,7 @@ __attribute__((noreturn)) static void run_a(uint32_t peer, unsigned n, unsigned 
 int main(void)
 {
     uint32_t peer;
-    if (!parse_channel(&peer, &side_b))
+    if (!cmdline_channel(&peer, &side_b, NULL))
         test_error("evtchn-latency: no channel=NAME,PEER,SIDE,GREF on the command line");
     unsigned n = (unsigned)cmdline_uint("n", 1000), warm = (unsigned)cmdline_uint("warm", 20);
     if (n == 0 || n > MAX_SAMPLES)

@@ -106,3 +106,28 @@ bool cmdline_is(const char *key, const char *word)
         i++;
     return i == len && word[i] == '\0';
 }
+
+bool cmdline_channel(uint32_t *peer, bool *side_b, uint32_t *gref)
+{
+    size_t len, used, i = 0;
+    uint64_t n;
+    const char *v = cmdline_value("channel", 0, &len);
+    if (!v)
+        return false;
+    while (i < len && v[i] != ',')      /* past NAME */
+        i++;
+    if (++i >= len || !cmdline_parse_uint(v + i, len - i, &n, &used))
+        return false;
+    *peer = (uint32_t)n;
+    i += used;
+    if (i + 1 >= len || v[i] != ',' || (v[i + 1] != 'a' && v[i + 1] != 'b'))
+        return false;
+    *side_b = v[i + 1] == 'b';
+    if (!gref)
+        return true;
+    i += 2;
+    if (i + 1 >= len || v[i] != ',' || !cmdline_parse_uint(v + i + 1, len - i - 1, &n, &used))
+        return false;
+    *gref = (uint32_t)n;
+    return true;
+}

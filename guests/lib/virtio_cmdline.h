@@ -31,4 +31,11 @@ bool cmdline_is(const char *key, const char *word);
  */
 bool cmdline_parse_uint(const char *s, size_t len, uint64_t *v, size_t *end);
 
+/*
+ * The first `channel=NAME,PEER_ID,SIDE,GREF` the parent added (hv up, the
+ * management API): the peer's id, whether this is side b, and, if gref is
+ * not NULL, the grant reference (then required).  False if malformed.
+ */
+bool cmdline_channel(uint32_t *peer, bool *side_b, uint32_t *gref);
+
 #endif

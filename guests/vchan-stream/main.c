@@ -58,31 +58,6 @@ static void check(long r, const char *what)
         test_failure("vchan: %s: %ld", what, r);
 }
 
-/* channel=NAME,PEER,SIDE,GREF: the numbers and side from the first one. */
-static bool parse_channel(uint32_t *peer, bool *server, uint32_t *gref)
-{
-    size_t len;
-    const char *v = cmdline_value("channel", 0, &len);
-    if (!v)
-        return false;
-    size_t i = 0;
-    while (i < len && v[i] != ',')
-        i++;
-    uint64_t n;
-    size_t used;
-    if (++i >= len || !cmdline_parse_uint(v + i, len - i, &n, &used))
-        return false;
-    *peer = (uint32_t)n;
-    i += used;
-    if (i + 2 >= len || v[i] != ',' || (v[i + 1] != 'a' && v[i + 1] != 'b') || v[i + 2] != ',')
-        return false;
-    *server = v[i + 1] == 'a';
-    i += 3;
-    if (!cmdline_parse_uint(v + i, len - i, &n, &used))
-        return false;
-    *gref = (uint32_t)n;
-    return true;
-}
 
 static bool checked = true;         /* check=0: see the top */
 
@@ -184,9 +159,10 @@ static void client(uint64_t bytes, uint64_t echoes, uint32_t size)
 int main(void)
 {
     uint32_t peer, gref;
-    bool server;
-    if (!parse_channel(&peer, &server, &gref))
+    bool side_b;
+    if (!cmdline_channel(&peer, &side_b, &gref))
         test_error("vchan: no channel=NAME,PEER,SIDE,GREF on the command line");
+    bool server = !side_b;                  /* side a serves the rings */
     uint64_t bytes = cmdline_uint("bytes", 1 << 20), echoes = cmdline_uint("echo", 0);
     uint32_t size = (uint32_t)cmdline_uint("size", 64);
     checked = cmdline_uint("check", 1) != 0;
