@@ -54,6 +54,7 @@ struct hv_partition {
     uint64_t mem_size;
     uint64_t nframes;
     uint32_t *frame_owner;     /* per 4 KiB frame: partition id or HV_OWNER_HV */
+    uint8_t  *written;         /* per frame: hv wrote it since the last round (dirty.c) */
     struct partition_guest_state g;
 
     /* Host plumbing: how the parent set the partition up, and its lifetime. */
@@ -74,6 +75,7 @@ struct hv_partition {
     struct platform *platform; /* the PC's UART and IOAPIC (platform.c): guest-visible */
     struct evtchn_table *evtchn;  /* event channel ports, permitted peers (evtchn.c) */
     struct grant_state *grant;    /* the registered grant table (grant.c) */
+    struct dirty_log *dirty;      /* a migration's dirty tracking (dirty.c), or NULL */
 };
 
 /* What a vCPU is waiting on between run calls. */
@@ -197,6 +199,11 @@ void virtio_free(struct hv_partition *p);
 /* partition.c */
 int  partition_create(int engine, uint64_t mem_size, int fd, struct hv_partition **out);
 void partition_free(struct hv_partition *p);    /* the last reference's work */
+/* dirty.c: hv wrote [gpa, gpa+len) of p's RAM -- call it after the write.
+ * Every write the core makes to guest RAM goes through it (migration's
+ * pre-copy rounds rely on that: docs/lifecycle.md). */
+void ram_written(struct hv_partition *p, uint64_t gpa, uint64_t len);
+uint8_t *dirty_map_alloc(uint64_t nframes);
 int  partition_frame_is_guest(const struct hv_partition *p, uint64_t gpa, uint64_t len);
 uint64_t partition_clock_ns(const struct hv_partition *p);
 

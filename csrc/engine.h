@@ -88,6 +88,13 @@ struct engine_ops {
     int  (*vm_create)(void **vm);
     int  (*map_ram)(void *vm, uint64_t gpa, void *host, uint64_t size);
     void (*vm_destroy)(void *vm);
+    /* Optional (live migration, dirty.c; NULL: the core uses write
+     * protection): log the guest's writes to RAM, on = 1 from now with
+     * every page clean, on = 0 no more; why says what is missing.  While
+     * on, sync ORs the pages written since the last sync into bitmap (bit
+     * n = page n from gpa 0) and logs them afresh.  From any thread. */
+    int  (*dirty_log)(void *vm, int on, char *why, size_t why_len);
+    int  (*dirty_log_sync)(void *vm, uint64_t *bitmap);
     /* Optional: a 4-byte write of `match` to `addr` signals `fd` without
      * leaving the kernel (KVM ioeventfd).  NULL: the core signals it. */
     int  (*add_ioeventfd)(void *vm, uint64_t addr, uint32_t len, uint64_t match, int fd);

@@ -50,6 +50,7 @@ int event_raise_vcpu(struct hv_partition *p, uint32_t id, uint32_t event)
         }
     }
     pthread_mutex_unlock(&p->vcpu_lock);
+    ram_written(p, (uint64_t)((uint8_t *)page - p->ram), sizeof(*page));   /* pending, upcall_pending */
     return 0;
 }
 

@@ -143,13 +143,16 @@ static int64_t copy_segment(struct hv_vcpu *v, const struct hv_grant_copy_seg *s
         r = -HV_EAGAIN;                /* another copy holds it, or the granter just changed it */
         goto out;
     }
-    uint8_t *bytes = g->ram + (uint64_t)frame * HV_PAGE_SIZE + s->offset;
-    int bad = to_peer ? hv_copy_from_guest(v, bytes, s->buf, s->len)
-                      : hv_copy_to_guest(v, s->buf, bytes, s->len);
+    uint64_t at = (uint64_t)frame * HV_PAGE_SIZE + s->offset;
+    int bad = to_peer ? hv_copy_from_guest(v, g->ram + at, s->buf, s->len)
+                      : hv_copy_to_guest(v, s->buf, g->ram + at, s->len);
     if (bad)
         r = -HV_EFAULT;
+    else if (to_peer)
+        ram_written(g, at, s->len);
     /* Unmark: only our bit, whatever the granter wrote meanwhile. */
     __atomic_fetch_and((uint16_t *)slot, (uint16_t)~mark, __ATOMIC_RELEASE);
+    ram_written(g, (uint64_t)((uint8_t *)slot - g->ram), sizeof(*slot));   /* the mark and unmark */
 out:
     partition_put(g);
     return r;
@@ -194,5 +197,6 @@ int64_t hc_grant_end(struct hv_vcpu *v, const uint64_t arg[5], struct hv_exit *e
         if (ENTRY_FLAGS(e) & (HV_GTF_READING | HV_GTF_WRITING))
             return -HV_EBUSY;
     } while (!__atomic_compare_exchange_n(slot, &e, 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
+    ram_written(v->partition, (uint64_t)((uint8_t *)slot - v->partition->ram), sizeof(*slot));
     return 0;
 }

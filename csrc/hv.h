@@ -321,11 +321,27 @@ int  hv_vcpu_set_state(struct hv_vcpu *v, const struct hv_cpu_state *cpu,
 void hv_partition_get_snapshot(struct hv_partition *p, struct hv_partition_snapshot *out);
 /* Before any vCPU exists: the clock goes on from clock_ns. */
 int  hv_partition_set_snapshot(struct hv_partition *p, const struct hv_partition_snapshot *in);
-/* Migration's dirty tracking (hv/migrate.py): the numbers of the 4 KiB
- * pages of ram[0, size) that differ from shadow, into out (room for
- * size / 4096), with shadow updated to match; returns how many.  It sees
- * every write, the guest's, the core's and the devices'. */
-uint64_t hv_ram_changed_pages(const uint8_t *ram, uint8_t *shadow, uint64_t size, uint64_t *out);
+/* -- Dirty tracking for live migration (csrc/dirty.c) ---------------------- */
+#define HV_DIRTY_AUTO           0   /* the best of the three below that works here */
+#define HV_DIRTY_ENGINE_LOG     1   /* the engine's log of guest writes (KVM's memslot log) */
+#define HV_DIRTY_WRITE_PROTECT  2   /* the kernel's write protection of RAM (userfaultfd) */
+#define HV_DIRTY_COMPARE        3   /* RAM compared with a copy each round (the fallback) */
+/* Start tracking: the method used (> 0), or -errno.  why (may be NULL)
+ * says why a better method was not used, or why none could start.
+ * -EBUSY: tracking already. */
+int  hv_dirty_start(struct hv_partition *p, int method, char *why, size_t why_len);
+/* The frames to send now, into out (room for mem_size / 4096): the first
+ * call after start every non-zero frame, later ones every frame written
+ * since the call before, by the guest, the core or a device.  Read their
+ * bytes after this returns.  -errno if the log failed. */
+int64_t hv_dirty_collect(struct hv_partition *p, uint64_t *out);
+void hv_dirty_stop(struct hv_partition *p);
+int  hv_dirty_method(const struct hv_partition *p);    /* 0: not tracking */
+/* The written map a device sets after writing guest RAM: a byte per 4 KiB
+ * frame, set to 1 (a plain store) after the write; it lives as long as
+ * RAM does (a hold keeps both).  hv_ram_written does the same for a range. */
+uint8_t *hv_partition_written_map(struct hv_partition *p);
+void hv_ram_written(struct hv_partition *p, uint64_t gpa, uint64_t len);
 /* Like hv_partition_create, over a file mapped copy-on-write (MAP_PRIVATE):
  * pages are read from it only when touched.  The file must hold mem_size
  * bytes (-ENOSPC otherwise). */

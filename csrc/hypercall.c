@@ -263,6 +263,7 @@ void hypercall_page_place(struct hv_vcpu *v, uint64_t pfn)
         stub[6] = HV_PORT_HYPERCALL;
         stub[7] = 0xc3;
     }
+    ram_written(p, gpa, HV_PAGE_SIZE);
     p->g.hypercall_page_gpa = gpa;
     TRACE(v, HV_TRACE_PAGE, 0, ((uint64_t[5]){ gpa }), 0);
 }

@@ -143,9 +143,10 @@ static int guest_range(struct hv_vcpu *v, uint64_t gva, uint64_t len,
         if (translate(v, &pg, gva, len, access, &gpa, &chunk))
             return -HV_EFAULT;
         if (buf) {
-            if (access & WALK_WRITE)
+            if (access & WALK_WRITE) {
                 memcpy(v->partition->ram + gpa, buf, chunk);
-            else
+                ram_written(v->partition, gpa, chunk);
+            } else
                 memcpy(buf, v->partition->ram + gpa, chunk);
             buf += chunk;
         }

@@ -20,6 +20,7 @@ struct hv_ram_hold {
     int      refs;
     uint8_t *ram;
     uint64_t size;
+    uint8_t *written;           /* dirty.c's written map: devices set it after writing RAM */
 };
 
 static uint32_t next_partition_id = 1;      /* 0 is HV_OWNER_HV */
@@ -69,8 +70,9 @@ int partition_create(int engine, uint64_t mem_size, int fd, struct hv_partition 
     if (!p->ram_hold)
         goto fail;
     *p->ram_hold = (struct hv_ram_hold){ .refs = 1, .ram = p->ram, .size = mem_size };
+    p->written = p->ram_hold->written = dirty_map_alloc(p->nframes);
     p->frame_owner = malloc(p->nframes * sizeof(*p->frame_owner));
-    if (!p->frame_owner || platform_create(p) || evtchn_create(p) || grant_create(p))
+    if (!p->written || !p->frame_owner || platform_create(p) || evtchn_create(p) || grant_create(p))
         goto fail;
     for (uint64_t i = 0; i < p->nframes; i++)
         p->frame_owner[i] = p->id;
@@ -113,6 +115,7 @@ void partition_free(struct hv_partition *p)
     for (uint32_t i = 0; i < HV_VCPUS_MAX; i++)
         if (p->vcpus[i])
             hv_vcpu_destroy(p->vcpus[i]);
+    hv_dirty_stop(p);
     virtio_free(p);
     platform_free(p);
     if (p->engine_vm)
@@ -143,6 +146,7 @@ void hv_ram_release(struct hv_ram_hold *h)
 {
     if (__atomic_sub_fetch(&h->refs, 1, __ATOMIC_ACQ_REL) == 0) {
         munmap(h->ram, h->size);
+        free(h->written);
         free(h);
     }
 }

@@ -37,18 +37,6 @@ const unsigned snapshot_nmsrs = sizeof(snapshot_msrs) / sizeof(snapshot_msrs[0])
 _Static_assert(sizeof(snapshot_msrs) / sizeof(snapshot_msrs[0]) <= HV_CPU_MSRS_MAX,
                "room for every saved MSR");
 
-uint64_t hv_ram_changed_pages(const uint8_t *ram, uint8_t *shadow, uint64_t size, uint64_t *out)
-{
-    uint64_t n = 0;
-    for (uint64_t at = 0; at + HV_PAGE_SIZE <= size; at += HV_PAGE_SIZE) {
-        if (memcmp(ram + at, shadow + at, HV_PAGE_SIZE) == 0)
-            continue;
-        memcpy(shadow + at, ram + at, HV_PAGE_SIZE);
-        out[n++] = at / HV_PAGE_SIZE;
-    }
-    return n;
-}
-
 int hv_partition_create_from_file(int engine, uint64_t mem_size, int fd,
                                   struct hv_partition **out)
 {

@@ -109,6 +109,7 @@ int hv_vcpu_set_pvh_entry(struct hv_vcpu *v, uint32_t entry, uint32_t start_info
     if (hv_partition_frame_owner(p, HV_BOOT_GDT_GPA) != HV_OWNER_HV)
         return -EINVAL;         /* page 0 must be reserved for hv */
     memcpy(p->ram + HV_BOOT_GDT_GPA, pvh_boot_gdt, sizeof(pvh_boot_gdt));
+    ram_written(p, HV_BOOT_GDT_GPA, sizeof(pvh_boot_gdt));
     return p->engine->set_pvh_entry(v->engine_vcpu, entry, start_info, HV_BOOT_GDT_GPA,
                                     sizeof(pvh_boot_gdt) - 1);
 }
@@ -124,6 +125,7 @@ int vcpu_set_long_entry(struct hv_vcpu *t, const struct hv_vcpu_context *ctx)
     if (hv_partition_frame_owner(p, HV_BOOT_GDT_GPA) != HV_OWNER_HV)
         return -EINVAL;
     memcpy(p->ram + HV_BOOT_GDT_GPA, pvh_boot_gdt, sizeof(pvh_boot_gdt));
+    ram_written(p, HV_BOOT_GDT_GPA, sizeof(pvh_boot_gdt));
     return p->engine->set_long_entry(t->engine_vcpu, ctx, HV_BOOT_GDT_GPA, HV_BOOT_GDT_LIMIT);
 }
 

@@ -19,10 +19,11 @@ into a memfd and maps it copy-on-write as the partition's RAM; it starts
 nothing until END and a good VERIFY: a sender that dies mid-stream leaves
 nothing behind.
 
-Which pages were written is found by comparing RAM with a copy kept from
-the last round, page by page in C (exact; it sees writes by the guest, by
-the C core and by Python devices alike, which a KVM dirty log would not).
-It costs one memcmp of RAM per round and a copy of the changed pages.
+Which pages were written comes from DirtyLog (csrc/dirty.c): on KVM the
+memslot dirty log with manual clear, on TCG the kernel's write protection
+of RAM (userfaultfd, asynchronous), and on both hv's own written map for
+what the C core and the Python devices write; RAM compared with a copy
+only where neither log exists.
 """
 import mmap
 import os
@@ -58,26 +59,46 @@ def parse_address(text):
 
 
 # -- sending ----------------------------------------------------------------
-class DirtyPages:
-    """Which pages changed since the last look: RAM against a copy of it
-    (hv_ram_changed_pages, memcmp per page in C).  The first look finds
-    every non-zero page (the copy starts zeroed, costing nothing until
-    written)."""
+class DirtyLog:
+    """T:913 The pages to send each round (csrc/dirty.c): the first
+    collect() every non-zero page, each later one the pages written since
+    the one before, by the guest, the C core or a device.  A page's bytes
+    are read from RAM after collect() returns: a write after that is in the
+    next collect.  tracking: "auto" (the best that works here), or one of
+    METHODS to insist on it."""
 
-    def __init__(self, part):
-        self.size = part.mem_size
-        self.ram = lib.hv_partition_ram(part._live())
-        self.shadow = ffi.new("uint8_t[]", self.size)
-        self.out = ffi.new("uint64_t[]", self.size // PAGE)
-        self.view = ffi.buffer(self.shadow, self.size)
+    METHODS = {"engine-log": lib.HV_DIRTY_ENGINE_LOG,
+               "write-protect": lib.HV_DIRTY_WRITE_PROTECT,
+               "compare": lib.HV_DIRTY_COMPARE}
 
-    def changed(self):
-        n = lib.hv_ram_changed_pages(self.ram, self.shadow, self.size, self.out)
-        return list(self.out[0:n])
+    def __init__(self, part, tracking="auto"):
+        code = lib.HV_DIRTY_AUTO if tracking == "auto" else self.METHODS.get(tracking)
+        if code is None:
+            raise ValueError(f"dirty tracking {tracking!r}: auto or one of {', '.join(self.METHODS)}")
+        self._p = part._live()
+        self.ram = part.memory()
+        self.out = ffi.new("uint64_t[]", part.mem_size // PAGE)
+        why = ffi.new("char[]", 256)
+        got = lib.hv_dirty_start(self._p, code, why, len(why))
+        self.why = ffi.string(why).decode(errors="replace")
+        if got < 0:
+            raise MigrationError(f"dirty tracking ({tracking}) cannot start: "
+                                 f"{self.why or os.strerror(-got)}")
+        self.method = next(name for name, c in self.METHODS.items() if c == got)
+
+    def collect(self):
+        n = lib.hv_dirty_collect(self._p, self.out)
+        if n < 0:
+            raise OSError(-n, f"dirty log: {os.strerror(-n)}")
+        return ffi.unpack(self.out, n)
 
     def page(self, pfn):
-        """The page as the last look saw it (what the destination gets)."""
-        return self.view[pfn * PAGE:(pfn + 1) * PAGE]
+        return self.ram[pfn * PAGE:(pfn + 1) * PAGE]
+
+    def stop(self):
+        if self._p is not None:
+            lib.hv_dirty_stop(self._p)
+            self._p = None
 
 
 def _send_pages(w, dirty, pfns):
@@ -102,7 +123,8 @@ class Progress:
                   file=self.out, flush=True)
 
 
-def send(part, address, downtime=DOWNTIME_BUDGET, max_rounds=MAX_ROUNDS, progress=None):
+def send(part, address, downtime=DOWNTIME_BUDGET, max_rounds=MAX_ROUNDS, progress=None,
+         tracking="auto"):
     """Migrate part to the receiver at address.  On success part stays
     paused (the destination runs it now: destroy it) and a report is
     returned; on any failure part runs on as before and MigrationError
@@ -121,15 +143,16 @@ def send(part, address, downtime=DOWNTIME_BUDGET, max_rounds=MAX_ROUNDS, progres
     t0 = time.monotonic()
     sock = socket.socket(family, socket.SOCK_STREAM)
     paused_by_us = False
+    dirty = None
     try:
         sock.connect(where)
         out = sock.makefile("wb", buffering=1 << 20)
         w = fmt.Writer(out)
         w.record(fmt.MEMORY, fmt.MEMORY_FIXED.pack(part.mem_size))
-        dirty = DirtyPages(part)
+        dirty = DirtyLog(part, tracking)
         sent_bytes, sent_time, n = 0, 0.0, 0
         while True:
-            pfns = dirty.changed()
+            pfns = dirty.collect()
             rate = sent_bytes / sent_time if sent_time > 0 else 0.0
             expected = len(pfns) * PAGE / rate if rate else float("inf")
             progress.round(n, len(pfns), rate, expected)
@@ -145,7 +168,7 @@ def send(part, address, downtime=DOWNTIME_BUDGET, max_rounds=MAX_ROUNDS, progres
         pause_at = time.monotonic()
         was_running, states = _pause_quiescent(part)
         paused_by_us = was_running
-        pfns = sorted(set(pfns) | set(dirty.changed()))     # the last look's, and since
+        pfns = sorted(set(pfns) | set(dirty.collect()))     # the last look's, and since
         _send_pages(w, dirty, pfns)
         for rtype, body in partition_records(part, states):
             w.record(rtype, body)
@@ -158,7 +181,8 @@ def send(part, address, downtime=DOWNTIME_BUDGET, max_rounds=MAX_ROUNDS, progres
         downtime_s = time.monotonic() - pause_at
         paused_by_us = False
         return {"rounds": n, "downtime": downtime_s, "total": time.monotonic() - t0,
-                "last_pages": len(pfns), "bytes": sent_bytes + len(pfns) * PAGE}
+                "last_pages": len(pfns), "bytes": sent_bytes + len(pfns) * PAGE,
+                "tracking": dirty.method, "tracking_note": dirty.why}
     except (OSError, SnapshotError) as e:
         why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         goes_on = "runs on" if part.state in (RUNNING, PAUSED) else f"is {part.state}"
@@ -166,6 +190,8 @@ def send(part, address, downtime=DOWNTIME_BUDGET, max_rounds=MAX_ROUNDS, progres
                              f"partition {part.name} {goes_on}") from None
     finally:
         sock.close()
+        if dirty is not None:
+            dirty.stop()
         if paused_by_us and part.state == PAUSED:
             part.resume()
 

@@ -275,6 +275,14 @@ class Partition:
         self._live()
         return memoryview(ffi.buffer(self._ram, self.mem_size))
 
+    def written_map(self):
+        """The written map devices mark after writing guest RAM (a byte per
+        4 KiB frame, csrc/dirty.c), as a memoryview that holds RAM alive."""
+        hold = lib.hv_partition_hold_ram(self._live())
+        written = ffi.gc(lib.hv_partition_written_map(self._p),
+                         lambda _, hold=hold: lib.hv_ram_release(hold))
+        return memoryview(ffi.buffer(written, self.mem_size // 4096))
+
     def serve(self, nr, handler):
         """Serve hypercall nr in Python: handler(args) -> result (routes it to the parent)."""
         if lib.hv_partition_set_route(self._live(), nr, lib.HV_ROUTE_PARENT):
@@ -496,12 +504,13 @@ class Partition:
         from hv.snapshot import restore
         return restore(directory, engine=engine, **kwargs)
 
-    def migrate(self, address, downtime=0.3, progress=None):
+    def migrate(self, address, downtime=0.3, progress=None, tracking="auto"):
         """Move the running partition to an `hv receive` at address
         (unix:PATH or tcp:127.0.0.1:PORT); destroyed here once it runs
-        there.  On failure it runs on here and MigrationError says why."""
+        there.  On failure it runs on here and MigrationError says why.
+        tracking: how written pages are found (hv.migrate.DirtyLog)."""
         from hv.migrate import send
-        report = send(self, address, downtime=downtime, progress=progress)
+        report = send(self, address, downtime=downtime, progress=progress, tracking=tracking)
         self.destroy()
         return report
 

@@ -111,6 +111,8 @@ class BlkRequests:
         offset = self._offset(sector, nbytes)
         if nbytes and os.preadv(self.fd, queue.views(ranges), offset) != nbytes:
             raise OSError("short read")
+        for gpa, length in ranges:          # the kernel wrote guest RAM: mark it
+            queue.mem.wrote(gpa, length)
         self.bytes_to_guest += nbytes
         return nbytes
 

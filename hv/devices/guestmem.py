@@ -14,6 +14,11 @@ copies, so a caller that checks a value then uses it acts on one snapshot
 device only moves and never interprets (disk payloads: preadv/pwritev go
 straight between the file and guest RAM).
 
+Every write is marked in the partition's written map after it is done
+(wrote(): one byte store per 4 KiB frame), as is data a device moved into
+views() itself; live migration's rounds send those frames again
+(csrc/dirty.c: KVM's dirty log sees only the guest's own writes).
+
 Frame ownership is fixed once a device is added (the core refuses
 hv_partition_reserve after), so for_partition() copies
 the few ranges that are not the guest's once, and a check costs a compare
@@ -57,8 +62,9 @@ class GuestMemory:
     _view = cython.declare(object)          # memoryview of unsigned bytes
     _allowed = cython.declare(object)
     _foreign = cython.declare(tuple)        # ((start, end), ...) not the guest's
+    _written = cython.declare(object)       # a byte per frame, or None (no partition)
 
-    def __init__(self, buf, allowed=None, foreign=()):
+    def __init__(self, buf, allowed=None, foreign=(), written=None):
         view = memoryview(buf)
         if view.readonly:
             raise ValueError("guest memory must be writable")
@@ -66,11 +72,13 @@ class GuestMemory:
         self.size = len(self._view)
         self._allowed = allowed
         self._foreign = tuple(foreign)
+        self._written = written
 
     @classmethod
     def for_partition(cls, partition):
         """The RAM of a live hv.partition.Partition, minus the frames hv owns."""
-        return cls(partition.memory(), foreign=foreign_ranges(partition._live()))
+        return cls(partition.memory(), foreign=foreign_ranges(partition._live()),
+                   written=partition.written_map())
 
     @cython.ccall
     def check(self, gpa, n):
@@ -99,6 +107,18 @@ class GuestMemory:
         n: cython.Py_ssize_t = len(data)
         self.check(gpa, n)
         self._view[gpa:gpa + n] = data
+        self.wrote(gpa, n)
+
+    @cython.ccall
+    def wrote(self, gpa, n):
+        """[gpa, gpa + n) was written (after the write: see csrc/dirty.c)."""
+        if self._written is None or n <= 0:
+            return
+        frame: cython.longlong
+        last: cython.longlong = (gpa + n - 1) >> 12
+        written = self._written
+        for frame in range(gpa >> 12, last + 1):
+            written[frame] = 1
 
     def views(self, ranges):
         """Checked windows [(gpa, len), ...] into guest RAM, for data the
