@@ -406,6 +406,24 @@ static int kvm_set_long_entry(void *vp, const struct hv_vcpu_context *ctx,
     r->rdi = ctx->arg;
     r->rflags = 0x2;
     c->run->kvm_dirty_regs |= KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS;
+    /* What the last exit said about IF is the old life's: the new one
+     * starts with interrupts off, so an upcall owed waits for a window
+     * (kvm_interruptible), never goes through an IDT not yet loaded. */
+    c->run->if_flag = 0;
+    c->run->ready_for_interrupt_injection = 0;
+    /* Nor does it inherit an interrupt the old life had been given: the
+     * sync page's interrupt_bitmap is from the last exit (SET_SREGS would
+     * queue it again, into an IDT not loaded yet: a triple fault), and
+     * KVM may still hold one queued. */
+    memset(k->interrupt_bitmap, 0, sizeof(k->interrupt_bitmap));
+    struct kvm_vcpu_events ev;
+    if (ioctl(c->fd, KVM_GET_VCPU_EVENTS, &ev) == 0 && (ev.interrupt.injected || ev.exception.injected)) {
+        ev.interrupt.injected = 0;
+        ev.exception.injected = 0;
+        ev.flags = 0;
+        if (ioctl(c->fd, KVM_SET_VCPU_EVENTS, &ev) < 0)
+            return -errno;
+    }
     return 0;
 }
 

@@ -181,5 +181,7 @@ int kvm_set_state(void *vp, const struct hv_cpu_state *s)
         ioctl(c->fd, KVM_GET_SREGS, &c->run->s.regs.sregs) < 0)
         return -errno;
     c->run->kvm_dirty_regs = 0;
+    c->run->if_flag = 0;            /* no exit has said yet: an upcall waits for a window */
+    c->run->ready_for_interrupt_injection = 0;
     return 0;
 }

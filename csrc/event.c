@@ -62,6 +62,12 @@ int event_raise(struct hv_partition *p, uint32_t event)
     return event_raise_vcpu(p, id, event);
 }
 
+int event_upcall_outstanding(const struct hv_vcpu *v)
+{
+    const struct hv_vcpu_events *page = event_block(v->partition, v->id);
+    return page && __atomic_load_n(&page->upcall_pending, __ATOMIC_SEQ_CST);
+}
+
 int event_any_pending(const struct hv_vcpu *v)
 {
     const struct hv_vcpu_events *page = event_block(v->partition, v->id);

@@ -312,7 +312,10 @@ struct hv_partition_snapshot {
 };
 
 /* Between runs (paused): 0, -EBUSY if the engine is in the middle of an
- * instruction's work (try again after a short run), -ENOTSUP. */
+ * instruction's work or the parent owes the vCPU an answer (try again
+ * after the parent answers or a short run), -ENOTSUP.  A down vCPU (or
+ * one going down) gives pend->up 0 and no CPU state; set_state takes it
+ * so: down, no CPU state, nothing pending. */
 int  hv_vcpu_get_state(struct hv_vcpu *v, struct hv_cpu_state *cpu, struct hv_vcpu_pending *pend);
 /* Before the vCPU's first run, instead of the PVH entry: -EINVAL for a
  * state this engine cannot take (named in why). */

@@ -54,11 +54,15 @@ int64_t hc_vcpu_up(struct hv_vcpu *v, const uint64_t arg[5], struct hv_exit *exi
     else if (vcpu_set_long_entry(t, &ctx))
         r = -HV_EINVAL;             /* page 0 is not hv's: a partition set up by hand */
     if (r == 0) {
-        /* A fresh start: nothing of its last life is owed or pending. */
+        /* A fresh start: nothing of its last life is owed or pending --
+         * but an event raised while it was down is in its block, and if
+         * that raise set upcall_pending its upcall is owed now: no later
+         * raise would inject one (only the 0 -> 1 edge does), and the
+         * guest would never hear of that event or any after it. */
         t->g.wait = WAIT_NONE;
         t->g.mc = (struct multicall_state){0};
         t->g.timer_deadline = 0;
-        t->g.inject_pending = 0;
+        t->g.inject_pending = event_upcall_outstanding(t);
         t->g.down_requested = 0;
         t->g.tlb_flush_pending = 0;
         t->h.pause_requested = 0;

@@ -104,6 +104,19 @@ int hv_vcpu_get_state(struct hv_vcpu *v, struct hv_cpu_state *cpu, struct hv_vcp
     if (v->g.wait == WAIT_PARENT_HYPERCALL || v->g.wait == WAIT_PARENT_IO_IN ||
         v->g.wait == WAIT_PARENT_IO_OUT)
         return -EBUSY;
+    /* T:918 SMP.  A down vCPU, or one asked to go down (vcpu_down: it runs
+     * no further instruction), is saved as down and without CPU state: the
+     * next vcpu_up gives it the whole context it starts from.  A TLB flush
+     * owed to a vCPU is not saved: a restored vCPU starts with an empty
+     * TLB.  An IPI is its pending bit in the event block (RAM) and
+     * inject_pending here; both are saved, so none is lost. */
+    if (!__atomic_load_n(&v->g.up, __ATOMIC_ACQUIRE) ||
+        __atomic_load_n(&v->g.down_requested, __ATOMIC_SEQ_CST)) {
+        memset(cpu, 0, sizeof(*cpu));
+        cpu->injected_vector = -1;
+        *pend = (struct hv_vcpu_pending){ .up = 0 };
+        return 0;
+    }
     int err = e->get_state(v->engine_vcpu, cpu);
     if (err)
         return err;
@@ -125,8 +138,16 @@ int hv_vcpu_set_state(struct hv_vcpu *v, const struct hv_cpu_state *cpu,
     if (!e->set_state)
         return -ENOTSUP;
     if ((pend->wait != WAIT_NONE && pend->wait != WAIT_EVENT) || pend->mc_active > 1 ||
-        cpu->nmsrs > HV_CPU_MSRS_MAX)
+        cpu->nmsrs > HV_CPU_MSRS_MAX || pend->up > 1)
         return -EINVAL;
+    if (!pend->up) {
+        /* Down: parked until a vcpu_up, which sets its whole context. */
+        if (pend->wait != WAIT_NONE || pend->mc_active || pend->timer_deadline ||
+            pend->inject_pending)
+            return -EINVAL;
+        v->g = (struct vcpu_guest_state){ .up = 0 };
+        return 0;
+    }
     /* An interrupt KVM had taken but not delivered: KVM queues it again;
      * an engine without hardware delivery gets it through the IDT now,
      * which is where the CPU would have put it. */

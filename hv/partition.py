@@ -164,6 +164,7 @@ class Partition:
         self._parent_handlers = {}     # hypercall nr -> fn(args) for routed calls
         self._vcpu = None              # vCPU 0 (the boot vCPU)
         self._vcpus = []               # every vCPU, by id, once created
+        self._first_vcpus = []         # those that start running: vCPU 0, or a restore's up ones
         self._thread = None
         self._run_thread = None
         self._finished = False
@@ -345,7 +346,8 @@ class Partition:
                 threading.Thread(target=self._debug_exit_thread, args=(vcpu,),
                                  name=f"partition-{self.id}-gdb", daemon=True).start()
             else:
-                lib.hv_sched_start(vcpu)        # the others start when the guest says
+                for v in self._first_vcpus:     # the others start when the guest says
+                    lib.hv_sched_start(v)
         except Exception as e:
             self._crash(f"parent partition error: {type(e).__name__}: {e}")
             self._end()
@@ -355,7 +357,8 @@ class Partition:
         and at every stop on this thread (as it would the vCPU's own), while
         the vCPU runs on the workers in between."""
         self.debugger.vcpu_ready(vcpu)      # hv/gdbstub.py: may hold it at the entry
-        lib.hv_sched_start(vcpu)
+        for v in self._first_vcpus:
+            lib.hv_sched_start(v)
         while (held := self._debug_exits.get()) is not None:
             self._scheduler.serve(held)
 
@@ -580,10 +583,11 @@ class Partition:
             self._vcpu = vcpu = vcpus[0]
             self._cond.notify_all()
         if self._restore is not None:
-            from hv.snapshot import apply_vcpu
-            apply_vcpu(self, vcpu, self._restore)
+            from hv.snapshot import apply_vcpus
+            self._first_vcpus = apply_vcpus(self, vcpus, self._restore)
             self._restore = None        # its structs are no longer needed
             return vcpu
+        self._first_vcpus = [vcpu]
         err = lib.hv_vcpu_set_pvh_entry(vcpu, self.image.entry, self.image.start_info_gpa)
         if err:
             raise HostError(f"cannot set the PVH entry state: {os.strerror(-err)}")

@@ -29,6 +29,7 @@ MEMORY_PREFIX = "memory-"
 CHUNK = 1 << 20                 # memory is written in 1 MiB pieces; a zero piece is a hole
 ZERO_CHUNK = bytes(CHUNK)
 BUSY_RETRIES = 200              # the vCPU owes an instruction its work: run it a little
+PARENT_WAITS = 20               # ms paused for the parent to answer a vCPU, before a run
 # struct hv_partition_snapshot's fields that the PARTITION record carries as they are.
 PARTITION_SNAPSHOT_FIELDS = ("clock_ns", "instructions", "hypercall_page_gpa", "event_page_gpa",
                              "event_vector", "deterministic")
@@ -75,9 +76,25 @@ def vcpu_state(vcpu):
     return cpu, pending
 
 
+def _all_vcpu_states(part):
+    """[(id, cpu, pending)] of every vCPU of the paused part, or raise
+    BlockingIOError if one of them is not between instructions."""
+    return [(i, *vcpu_state(v)) for i, v in enumerate(part.snapshot_vcpus())]
+
+
 def _pause_quiescent(part):
-    """Pause part with every vCPU between instructions; returns whether it
-    was running (and so should be resumed)."""
+    """Pause part with every vCPU between instructions, all at one moment;
+    returns (whether it was running and so should be resumed, the vCPUs'
+    states).
+
+    T:917 Every vCPU of an SMP partition stops together (the scheduler
+    takes them all off their workers), and the record is taken only when
+    none of them is inside a call: a vCPU whose hypercall the parent is
+    serving is answered while the others stay paused (the answer lands in
+    its registers; it runs no instruction before the resume), and work an
+    engine owes an instruction is finished by a short run of the whole
+    partition.  A vCPU in tlb_flush cannot be caught waiting: it waits
+    only for vCPUs in guest code, and a paused one is not."""
     from hv.partition import PAUSED, RUNNING
     was_running = part.state == RUNNING
     for _ in range(BUSY_RETRIES):
@@ -86,12 +103,15 @@ def _pause_quiescent(part):
         if part.state != PAUSED:
             raise SnapshotError(f"partition {part.name} is {part.state}: only a running or "
                                 "paused partition can be saved")
-        try:
-            states = [(i, *vcpu_state(v)) for i, v in enumerate(part.snapshot_vcpus())]
-            return was_running, states
-        except BlockingIOError:
-            part.resume()           # finish the instruction's work, then stop again
-            time.sleep(0.001)
+        for _ in range(PARENT_WAITS):
+            try:
+                return was_running, _all_vcpu_states(part)
+            except BlockingIOError:
+                if not part.scheduled:
+                    break           # only the scheduler's servers answer a paused vCPU
+                time.sleep(0.001)
+        part.resume()               # finish the instruction's work, then stop again
+        time.sleep(0.001)
     raise SnapshotError(f"partition {part.name} never stopped between instructions")
 
 
@@ -217,6 +237,10 @@ def from_records(directory, records, inline_memory=False):
     state.vcpus.sort(key=lambda v: v[0])
     if [v[0] for v in state.vcpus] != list(range(len(vcpus))):
         raise fmt.FormatError("vcpu records do not number 0..n-1")
+    if len(vcpus) > lib.HV_VCPUS_MAX:
+        raise fmt.FormatError(f"{len(vcpus)} vcpus; hv runs at most {lib.HV_VCPUS_MAX}")
+    if not any(pending.up for _, _, pending in state.vcpus):
+        raise fmt.FormatError("no vcpu is up: the partition had stopped")
     state.devices = [body for t, body in records if t == fmt.DEVICE]
     mems = [body for t, body in records if t == fmt.MEMORY]
     if inline_memory:
@@ -263,7 +287,7 @@ def restore_state(state, engine=None, **kwargs):
     kwargs.setdefault("name", state.name)
     deterministic = bool(state.partition["deterministic"]) and engine == "tcg"
     return Partition(None, mem=state.mem_size, engine=engine, deterministic=deterministic,
-                     restore_from=state, **kwargs)
+                     smp=len(state.vcpus), restore_from=state, **kwargs)
 
 
 def create_core(state, engine_number):
@@ -292,10 +316,15 @@ def apply_partition(part, state):
         raise SnapshotError(f"the partition state does not fit this partition: {os.strerror(-err)}")
 
 
-def apply_vcpu(part, vcpu, state, index=0):
-    """The saved vCPU state, instead of the PVH entry (on the vCPU's thread)."""
-    _, cpu, pending = state.vcpus[index]
-    err = lib.hv_vcpu_set_state(vcpu, cpu, pending)
-    if err:
-        raise SnapshotError(f"the {part.engine} engine refuses the saved vCPU state: "
-                            f"{os.strerror(-err)}")
+def apply_vcpus(part, vcpus, state):
+    """Every vCPU's saved state, instead of the PVH entry; returns the
+    vCPUs that were up (to be started), the others stay down."""
+    up = []
+    for vcpu, (index, cpu, pending) in zip(vcpus, state.vcpus):
+        err = lib.hv_vcpu_set_state(vcpu, cpu, pending)
+        if err:
+            raise SnapshotError(f"the {part.engine} engine refuses the saved state of vCPU "
+                                f"{index}: {os.strerror(-err)}")
+        if pending.up:
+            up.append(vcpu)
+    return up

@@ -11,9 +11,6 @@ reconnected on restore, never recreated from the record alone.
 def check_savable(part):
     """Raise SnapshotError if part has state hv cannot write down yet."""
     from hv.snapshot import SnapshotError
-    if part.smp != 1:
-        raise SnapshotError(f"partition {part.name} has {part.smp} vCPUs: SMP partitions are "
-                            "not saved yet")
     if part.devices:
         names = ", ".join(d.name for d in part.devices)
         raise SnapshotError(f"partition {part.name} has devices ({names}): device state is "
