@@ -170,6 +170,8 @@ int  debug_int3_stop(struct hv_vcpu *v, uint8_t insn_len, struct hv_exit *exit);
 
 /* vcpu.c: handle one engine exit; 1 = return v->exit to the parent. */
 int  vcpu_handle_exit(struct hv_vcpu *v, const struct engine_exit *ex);
+/* ... that exit being a write to HV_PORT_HYPERCALL (engine.h's hypercall). */
+int  vcpu_handle_hypercall(struct hv_vcpu *v);
 
 /* idt.c: deliver a vector through the guest's IDT in software (engines
  * without hardware injection, and software interrupts KVM gives up on).

@@ -55,6 +55,9 @@ struct engine_host {
      * 0 = go on, 1 = the exit record is filled for the parent (run() then
      * returns ENGINE_EXIT_RETURN). */
     int  (*handle_exit)(struct hv_vcpu *v, const struct engine_exit *ex);
+    /* The same for an OUT to HV_PORT_HYPERCALL (the I/O privilege check
+     * already passed), without an exit record: the fast hypercall path. */
+    int  (*hypercall)(struct hv_vcpu *v);
     /* Must the run loop look at the vCPU before it re-enters the guest (a
      * wait, a multicall to resume, a pause, an upcall, a trace drain, a
      * timer, a yield)?  The same predicate the run loop itself uses. */

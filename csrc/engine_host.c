@@ -40,6 +40,7 @@ static int host_cpuid(struct hv_vcpu *v, uint32_t leaf, uint32_t subleaf, uint32
 
 const struct engine_host engine_core_host = {
     .handle_exit = vcpu_handle_exit,
+    .hypercall = vcpu_handle_hypercall,
     .needs_loop = vcpu_needs_loop,
     .interrupt_waiting = host_interrupt_waiting,
     .read_guest = host_read_guest,

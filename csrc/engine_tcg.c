@@ -136,10 +136,29 @@ static void tcg_regs_dirty(void *vp)
 }
 
 /* A hypercall needs six registers, not eighteen: read just those.  The core
- * asks for the same set every time, so its Unicorn ids are worked out once. */
+ * asks for the same set every time, so its Unicorn ids are worked out once,
+ * with CS after them for the OUT hook's privilege check: each register
+ * costs ~40 instructions inside Unicorn, a separate read of CS as much
+ * again around it. */
+int64_t tcg_prefetch_hypercall(struct tcg_vcpu *c)
+{
+    if (!c->batch_index)
+        return -1;
+    uc_reg_read_batch(c->uc, c->batch_ids, c->batch_ptrs, (int)c->batch_n + 1);
+    c->batch_fresh = 1;
+    return (int64_t)c->batch_vals[c->batch_n];
+}
+
 static void tcg_read_regs(void *vp, const uint8_t *index, unsigned n, uint64_t *out)
 {
     struct tcg_vcpu *c = vp;
+    if (c->batch_fresh) {           /* the OUT hook read them just now */
+        c->batch_fresh = 0;
+        if (index == c->batch_index && n == c->batch_n) {
+            memcpy(out, c->batch_vals, n * sizeof(*out));
+            return;
+        }
+    }
     if (c->regs_valid) {
         const uint64_t *view = (const uint64_t *)&c->regs;
         for (unsigned i = 0; i < n; i++)
@@ -153,6 +172,8 @@ static void tcg_read_regs(void *vp, const uint8_t *index, unsigned n, uint64_t *
             c->batch_ids[i] = reg_ids[index[i]];
             c->batch_ptrs[i] = &c->batch_vals[i];
         }
+        c->batch_ids[n] = UC_X86_REG_CS;
+        c->batch_ptrs[n] = &c->batch_vals[n];
         c->batch_index = index;
         c->batch_n = n;
     }
@@ -163,6 +184,7 @@ static void tcg_read_regs(void *vp, const uint8_t *index, unsigned n, uint64_t *
 static void tcg_write_reg(void *vp, uint8_t index, uint64_t value)
 {
     struct tcg_vcpu *c = vp;
+    c->batch_fresh = 0;
     uc_reg_write(c->uc, reg_ids[index], &value);
     if (c->regs_valid)
         ((uint64_t *)&c->regs)[index] = ((uint64_t *)&c->synced)[index] = value;
@@ -341,17 +363,27 @@ static int tcg_in_shadow(struct tcg_vcpu *c)
 /* T:481 Before the first instruction of every translation block: the one
  * place the emulator stops for a kick, a hook's request, or an upcall that
  * became deliverable because the guest set IF (STI, POPF and IRET end their
- * block, so the next block start sees the new IF -- after STI's shadow). */
+ * block, so the next block start sees the new IF -- after STI's shadow).
+ * It runs for every block, three per null hypercall, so the usual case is
+ * one test of three flags and no call: an interrupt is looked for only
+ * while `window` says one may wait (tcg_run, tcg_request_window), and
+ * anything that makes one wait later either kicks (another thread) or
+ * runs in a hook that asks needs_loop (engine_tcg_io.c). */
 static void tcg_on_block(uc_engine *uc, uint64_t address, uint32_t size, void *user)
 {
     struct tcg_vcpu *c = user;
     (void)address; (void)size;
+    if (__builtin_expect(!(c->stop | c->kicked | c->window), 1))
+        return;
     if (c->stop != STOP_NONE || c->kicked) {
         uc_emu_stop(uc);
         return;
     }
-    if (c->host->interrupt_waiting(c->owner) && (tcg_read_reg(uc, UC_X86_REG_RFLAGS) & RFLAGS_IF) &&
-        !tcg_in_shadow(c)) {
+    if (!c->host->interrupt_waiting(c->owner)) {
+        c->window = 0;              /* delivered meanwhile: nothing to watch for */
+        return;
+    }
+    if ((tcg_read_reg(uc, UC_X86_REG_RFLAGS) & RFLAGS_IF) && !tcg_in_shadow(c)) {
         c->stop = STOP_LOOP;
         uc_emu_stop(uc);
     }
@@ -539,6 +571,8 @@ static int tcg_run(void *vp, struct engine_exit *exit)
         c->code_flush = c->code_stale = 0;
     }
     c->ran = 1;
+    if (c->host->interrupt_waiting(c->owner))
+        c->window = 1;              /* whatever the core asked: see tcg_on_block */
     uint64_t rip = tcg_regs(vp)->rip;
     c->stop = STOP_NONE;
     c->regs_valid = 0;
@@ -611,9 +645,11 @@ static int tcg_interruptible(void *vp)
     return (tcg_regs(vp)->rflags & RFLAGS_IF) && !tcg_in_shadow(vp);
 }
 
+/* The block hook watches IF while this is set (and tcg_run sets it too
+ * whenever an interrupt waits at entry). */
 static void tcg_request_window(void *vp, int on)
 {
-    (void)vp; (void)on;             /* the block hook watches IF while an upcall waits */
+    ((struct tcg_vcpu *)vp)->window = on;
 }
 
 /* Only a flag: the block hook stops at the next block boundary.  (Calling

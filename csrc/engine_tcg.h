@@ -48,17 +48,23 @@ struct tcg_vcpu {
     struct tcg_exception exception;
     uint64_t bad_address;
     volatile sig_atomic_t kicked;
+    int window;                 /* an interrupt may wait for IF: the block hook looks */
     int syscall_pending;        /* a SYSCALL ran: do the transition */
     /* Port writes made after a stop was requested, in the same translation
      * block, handed to the run loop in order before the guest runs again.
      * It grows as needed: any legal instruction sequence fits. */
     struct engine_exit *queued;
     unsigned nqueued, queue_head, queue_cap;
-    const uint8_t *batch_index;     /* tcg_read_regs: the set it last read */
+    /* tcg_read_regs: the set the core last read (a hypercall's number and
+     * arguments) as Unicorn ids, with CS after them: an OUT to the
+     * hypercall port reads them all in one batch (tcg_prefetch_hypercall)
+     * and the core's read that follows is answered from batch_vals. */
+    const uint8_t *batch_index;
     unsigned batch_n;
-    int batch_ids[TCG_NREGS];
-    void *batch_ptrs[TCG_NREGS];
-    uint64_t batch_vals[TCG_NREGS];
+    int batch_fresh;                /* batch_vals hold the registers as they are now */
+    int batch_ids[TCG_NREGS + 1];
+    void *batch_ptrs[TCG_NREGS + 1];
+    uint64_t batch_vals[TCG_NREGS + 1];
     uint64_t *icount;               /* deterministic mode */
     const uint64_t *icount_deadline;
     /* engine_tcg_checks.c: the MOV-to-CR and SYSRET sites hooked so far,
@@ -75,6 +81,11 @@ struct tcg_vcpu {
 uint64_t tcg_read_reg(uc_engine *uc, int id);
 /* Stop at the next block boundary, before any instruction of it runs. */
 void tcg_request_stop(struct tcg_vcpu *c, enum tcg_stop why);
+
+/* Inside an OUT to the hypercall port: read the registers the core will
+ * ask for and CS in one batch; returns CS, or -1 if the set is not known
+ * yet (the first hypercall). */
+int64_t tcg_prefetch_hypercall(struct tcg_vcpu *c);
 
 /* engine_tcg_io.c */
 int tcg_io_hooks_add(struct tcg_vcpu *c, uint64_t ram_size);

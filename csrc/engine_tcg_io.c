@@ -26,7 +26,9 @@
 static int io_allowed(struct tcg_vcpu *c, uint16_t port, int size)
 {
     uc_engine *uc = c->uc;
-    unsigned cpl = (unsigned)tcg_read_reg(uc, UC_X86_REG_CS) & 3;
+    uint64_t cs = 0;
+    uc_reg_read(uc, UC_X86_REG_CS, &cs);
+    unsigned cpl = (unsigned)cs & 3;
     if (cpl == 0)
         return 1;                   /* the common case: one register read */
     if (!(tcg_read_reg(uc, UC_X86_REG_CR0) & CR0_PE))
@@ -89,19 +91,18 @@ static void after_inline_exit(struct tcg_vcpu *c, int to_parent)
         tcg_request_stop(c, STOP_LOOP);
 }
 
-static void tcg_on_out(uc_engine *uc, uint32_t port, int size, uint32_t value, void *user)
+/* Every OUT but a hypercall met with no stop pending (below). */
+static void __attribute__((noinline)) out_other(struct tcg_vcpu *c, uint16_t port, int size,
+                                                uint32_t value)
 {
-    struct tcg_vcpu *c = user;
-    (void)uc;
-    c->regs_valid = 0;
     if (c->stop == STOP_EXCEPTION)
         return;                     /* the block is being abandoned */
-    if (!io_allowed(c, (uint16_t)port, size)) {
+    if (!io_allowed(c, port, size)) {
         tcg_raise_fault(c, 13, 0);
         return;
     }
-    struct engine_exit ex = { .kind = ENGINE_EXIT_IO, .port = (uint16_t)port,
-                              .size = (uint8_t)size, .write = 1, .value = value };
+    struct engine_exit ex = { .kind = ENGINE_EXIT_IO, .port = port, .size = (uint8_t)size,
+                              .write = 1, .value = value };
     if (c->stop != STOP_NONE) {
         /* The block runs on to its end after a stop: keep this write for
          * the run loop instead of overwriting the exit being returned. */
@@ -110,7 +111,39 @@ static void tcg_on_out(uc_engine *uc, uint32_t port, int size, uint32_t value, v
         return;
     }
     after_inline_exit(c, c->host->handle_exit(c->owner, &ex));
+}
+
+/* T:483 A hypercall with nothing else going on goes straight to the core's
+ * dispatch: no exit record to build, no switch on its kind, one batch read
+ * of its registers and CS (tcg_prefetch_hypercall) -- hundreds of
+ * millions a second can pass here, each instruction counts. */
+static void tcg_on_out(uc_engine *uc, uint32_t port, int size, uint32_t value, void *user)
+{
+    struct tcg_vcpu *c = user;
+    (void)uc;
+    c->regs_valid = 0;
+    if (port != HV_PORT_HYPERCALL || c->stop != STOP_NONE) {
+        out_other(c, (uint16_t)port, size, value);
+    } else {
+        int64_t cs = tcg_prefetch_hypercall(c);
+        if ((cs < 0 || (cs & 3)) && !io_allowed(c, (uint16_t)port, size)) {
+            c->batch_fresh = 0;
+            tcg_raise_fault(c, 13, 0);
+            return;
+        }
+        after_inline_exit(c, c->host->hypercall(c->owner));
+        c->batch_fresh = 0;         /* only ever for the exit it was read for */
+    }
     c->regs_valid = 0;              /* the guest runs on and changes them */
+}
+
+/* A device answered in the middle of an instruction (IN, MMIO) may have
+ * made an interrupt wait (a local APIC EOI or self-IPI, a device raising
+ * an event for this vCPU): the block hook looks for IF from now on. */
+static void after_device_access(struct tcg_vcpu *c)
+{
+    if (c->host->interrupt_waiting(c->owner))
+        c->window = 1;
 }
 
 /* The PC platform's ports (UART, ACPI) answer in C (platform.c); other
@@ -125,7 +158,9 @@ static uint32_t tcg_on_in(uc_engine *uc, uint32_t port, int size, void *user)
         tcg_raise_fault(c, 13, 0);
         return 0;
     }
-    if (c->host->port_read(c->owner, (uint16_t)port, (uint8_t)size, &value) == 0)
+    int found = c->host->port_read(c->owner, (uint16_t)port, (uint8_t)size, &value) == 0;
+    after_device_access(c);
+    if (found)
         return value;
     return size == 4 ? 0xffffffffu : size == 2 ? 0xffffu : 0xffu;
 }
@@ -139,6 +174,7 @@ static uint64_t tcg_mmio_read(uc_engine *uc, uint64_t offset, unsigned size, voi
     uint64_t value = 0;
     (void)uc;
     c->host->mmio(c->owner, HV_VIRTIO_MMIO_BASE + offset, size, 0, &value);
+    after_device_access(c);
     return value;
 }
 
@@ -147,6 +183,7 @@ static void tcg_mmio_write(uc_engine *uc, uint64_t offset, unsigned size, uint64
     struct tcg_vcpu *c = user;
     (void)uc;
     c->host->mmio(c->owner, HV_VIRTIO_MMIO_BASE + offset, size, 1, &value);
+    after_device_access(c);
 }
 
 /* The IOAPIC and local APIC windows (platform.c), answered the same way.
@@ -157,6 +194,7 @@ static uint64_t tcg_platform_read(uc_engine *uc, uint64_t offset, unsigned size,
     uint64_t value = 0;
     (void)uc;
     w->c->host->mmio(w->c->owner, w->base + offset, size, 0, &value);
+    after_device_access(w->c);
     return value;
 }
 
@@ -166,6 +204,7 @@ static void tcg_platform_write(uc_engine *uc, uint64_t offset, unsigned size, ui
     struct tcg_window *w = user;
     (void)uc;
     w->c->host->mmio(w->c->owner, w->base + offset, size, 1, &value);
+    after_device_access(w->c);
 }
 
 int tcg_io_hooks_add(struct tcg_vcpu *c, uint64_t ram_size)

@@ -389,6 +389,14 @@ int vcpu_handle_exit(struct hv_vcpu *v, const struct engine_exit *ex)
     }
 }
 
+/* The same as vcpu_handle_exit() for an OUT to the hypercall port, for an
+ * engine that traps it inside the emulator (TCG): no exit record. */
+int vcpu_handle_hypercall(struct hv_vcpu *v)
+{
+    v->h.exits++;
+    return vcpu_hypercall(v, v->h.exit);
+}
+
 /* A deterministic worker's slice, counted in guest instructions, is over. */
 static int slice_spent(const struct hv_vcpu *v)
 {
@@ -401,10 +409,12 @@ static int slice_spent(const struct hv_vcpu *v)
  * ask it through the host interface (engine.h) to decide whether to stop. */
 int vcpu_needs_loop(const struct hv_vcpu *v)
 {
-    return v->g.wait != WAIT_NONE || v->g.mc.active || v->h.pause_requested ||
-           v->g.inject_pending || v->lapic_pending || v->h.trace_drain || v->h.timer_due ||
-           v->h.yielded || v->g.down_requested || v->g.tlb_flush_pending || slice_spent(v) ||
-           v->h.resched;
+    /* One OR of all the flags and one branch, not a branch each: TCG asks
+     * after every hypercall handled in C, and the answer is almost always 0. */
+    int pending = (v->g.wait != WAIT_NONE) | v->g.mc.active | v->h.pause_requested |
+                  v->g.inject_pending | v->lapic_pending | v->h.trace_drain | v->h.timer_due |
+                  v->h.yielded | v->g.down_requested | v->g.tlb_flush_pending | v->h.resched;
+    return pending || slice_spent(v);
 }
 
 #define RUN_ON (-1)     /* pending_work: nothing stops the run, enter the guest */
