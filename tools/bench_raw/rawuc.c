@@ -31,6 +31,11 @@
  *       With "view" (a diagnostic variant), the hook reads all 18 registers
  *       of hv's register view (struct hv_regs: 16 GPRs, RIP, RFLAGS) in one
  *       batch instead of six, as engine_tcg.c tcg_regs() does.
+ *       With "tbs=K" (another diagnostic), K translation blocks are made
+ *       before the loop (K `jmp` to the next byte pair, run once): Unicorn
+ *       looks up the block of the OUT in a tree of every translated block
+ *       to sync RIP before calling an OUT hook, so an OUT costs more in a
+ *       process that has translated more code, as a booted guest has.
  *
  *   rawuc create R
  *       One warm-up and R measured rounds of: uc_open, 64 MiB of MAP_NORESERVE
@@ -147,7 +152,7 @@ static void on_out(uc_engine *uc, uint32_t port, int size, uint32_t value, void 
     }
 }
 
-static int cmd_loop(unsigned long n)
+static int cmd_loop(unsigned long n, unsigned long tbs)
 {
     if (n == 0) {               /* the loop body would run 2^32 times */
         printf("{\"n\": 0, \"ns\": 0, \"calls\": 0}\n");
@@ -176,7 +181,14 @@ static int cmd_loop(unsigned long n)
     gdt[2] = 0x00cf92000000ffffull;
     /* Code and the stub page (bytes as csrc/hypercall.c hypercall_page_place). */
     size_t code_len = (size_t)(loop_code_end - loop_code);
-    memcpy(m + CODE, loop_code, code_len);
+    if (tbs > (STUBS - CODE - code_len) / 2)
+        tbs = (STUBS - CODE - code_len) / 2;
+    for (unsigned long i = 0; i < tbs; i++) {      /* jmp .+2: each ends a block */
+        m[CODE + 2 * i] = 0xeb;
+        m[CODE + 2 * i + 1] = 0x00;
+    }
+    memcpy(m + CODE + 2 * tbs, loop_code, code_len);
+    code_len += 2 * tbs;
     memset(m + STUBS, 0xcc, 4096);
     for (uint32_t nr = 0; nr < 64; nr++) {
         uint8_t *stub = m + STUBS + nr * 32;
@@ -297,11 +309,17 @@ static int cmd_create(int rounds)
 int main(int argc, char **argv)
 {
     if (argc >= 3 && !strcmp(argv[1], "loop")) {
-        full_view = argc > 3 && !strcmp(argv[3], "view");
-        return cmd_loop(strtoul(argv[2], NULL, 0));
+        unsigned long tbs = 0;
+        for (int i = 3; i < argc; i++) {
+            if (!strcmp(argv[i], "view"))
+                full_view = 1;
+            else if (!strncmp(argv[i], "tbs=", 4))
+                tbs = strtoul(argv[i] + 4, NULL, 0);
+        }
+        return cmd_loop(strtoul(argv[2], NULL, 0), tbs);
     }
     if (argc >= 3 && !strcmp(argv[1], "create"))
         return cmd_create(atoi(argv[2]));
-    fprintf(stderr, "usage: rawuc loop N [view] | rawuc create ROUNDS\n");
+    fprintf(stderr, "usage: rawuc loop N [view] [tbs=K] | rawuc create ROUNDS\n");
     return 2;
 }
