@@ -17,6 +17,7 @@
  * to 0.5..10 ms.  A cap is a budget of cap% of each 10 ms period.
  */
 #include <stddef.h>
+#include <string.h>
 #include "sched_policy.h"
 
 static void rq_insert(struct sched *s, struct sched_entity *e, uint64_t now)
@@ -447,10 +448,19 @@ int sched_take_down(struct sched *s, struct sched_entity *e)
     return 1;
 }
 
-uint64_t sched_expire(struct sched *s, uint64_t now, int *notify, int max_notify, int *nnotify)
+static void note_deadline(uint64_t *next, uint64_t at)
+{
+    if (!*next || at < *next)
+        *next = at;
+}
+
+uint64_t sched_expire(struct sched *s, uint64_t now, int *notify, int max_notify, int *nnotify,
+                      uint64_t *own)
 {
     uint64_t next = 0;
     *nnotify = 0;
+    if (own)
+        memset(own, 0, sizeof(*own) * (size_t)s->nworkers);
     for (struct sched_entity *e = s->all; e; e = e->all_next) {
         if (e->state == SCHED_RUNNABLE && e->cap) {
             /* A capped entity out of budget is runnable but not eligible:
@@ -458,8 +468,11 @@ uint64_t sched_expire(struct sched *s, uint64_t now, int *notify, int max_notify
              * deadline too (else an idle worker would sleep past it). */
             cap_refill(e, now);
             uint64_t refill = e->period_start + SCHED_CAP_PERIOD_NS;
-            if (e->budget_used >= cap_budget(e) && (!next || refill < next))
-                next = refill;
+            if (e->budget_used >= cap_budget(e)) {
+                note_deadline(&next, refill);
+                if (own)
+                    note_deadline(&own[e->home], refill);
+            }
             continue;
         }
         if (e->state != SCHED_BLOCKED || !e->wake_at)
@@ -468,8 +481,10 @@ uint64_t sched_expire(struct sched *s, uint64_t now, int *notify, int max_notify
             int w = sched_wake(s, e, now);
             if (w >= 0 && *nnotify < max_notify)
                 notify[(*nnotify)++] = w;
-        } else if (!next || e->wake_at < next) {
-            next = e->wake_at;
+        } else {
+            note_deadline(&next, e->wake_at);
+            if (own)
+                note_deadline(&own[e->home], e->wake_at);
         }
     }
     return next;

@@ -109,8 +109,10 @@ int  sched_resume(struct sched *s, struct sched_entity *e, uint64_t now);
 /* Take e out; 1 if done now, 0 if it is running (DOWN when it stops). */
 int  sched_take_down(struct sched *s, struct sched_entity *e);
 /* Wake every BLOCKED entity whose deadline passed; the earliest deadline
- * still ahead (0 = none). */
-uint64_t sched_expire(struct sched *s, uint64_t now, int *notify, int max_notify, int *nnotify);
+ * still ahead (0 = none).  own (NULL, or one per worker): the earliest of
+ * the entities whose home each worker is. */
+uint64_t sched_expire(struct sched *s, uint64_t now, int *notify, int max_notify, int *nnotify,
+                      uint64_t *own);
 /* Internal consistency (tests): 0, or a code saying what is wrong. */
 int  sched_check(const struct sched *s);
 

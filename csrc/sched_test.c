@@ -102,7 +102,7 @@ int hv_test_sched_take_down(struct hv_sched_test *t, int id)
 uint64_t hv_test_sched_expire(struct hv_sched_test *t, uint64_t now)
 {
     int notify[SCHED_WORKERS_MAX], n;
-    return LOCKED(t, sched_expire(&t->s, now, notify, SCHED_WORKERS_MAX, &n));
+    return LOCKED(t, sched_expire(&t->s, now, notify, SCHED_WORKERS_MAX, &n, NULL));
 }
 
 int hv_test_sched_info(struct hv_sched_test *t, int id, struct hv_sched_info *out)

@@ -42,6 +42,10 @@ struct worker {
     int untimed;               /* runs a vCPU with no slice timer: it was alone (lock) */
     struct hv_vcpu *running;
     int handed_to_parent;      /* its last vCPU went to the parent's queue */
+    /* Idle (T:599): how long it polls before sleeping and how early it
+     * wakes for a deadline of its own, both adapted; what that cost. */
+    uint64_t poll_ns, advance_ns;
+    uint64_t spin_ns, poll_hits;
 };
 
 /* How long a worker looks for the vCPU it handed to the parent, and a
@@ -150,6 +154,110 @@ static uint64_t earliest(uint64_t a, uint64_t b)
     return !a ? b : !b ? a : a < b ? a : b;
 }
 
+/* T:599 An idle worker.  A wake-up through the host (a futex, a timer) costs
+ * tens of microseconds here at the median and hundreds in the tail -- the
+ * host kernel is a guest itself -- so, as KVM does for a halted vCPU, a
+ * worker that expects work soon waits for it awake:
+ *
+ *  - Halt polling (KVM's halt_poll_ns): before sleeping it watches its
+ *    runqueue for poll_ns.  poll_ns grows (doubling from POLL_START_NS up to
+ *    POLL_MAX_NS) after an event woke it within POLL_MAX_NS of going idle,
+ *    and halves after a wake-up polling could not have caught: a worker
+ *    that is woken rarely polls not at all.
+ *  - Timer advance (KVM's lapic_timer_advance_ns): for a deadline of a vCPU
+ *    whose home it is, it sleeps until advance_ns before and spins the rest,
+ *    so the host's wake-up lateness is spent before the deadline, not
+ *    after.  advance_ns follows the lateness it sees (up quickly, down
+ *    slowly), within ADVANCE_MIN_NS..ADVANCE_MAX_NS.
+ *
+ * Each spin is bounded (the deadline, or poll_ns) and counted (spin_ns), and
+ * neither runs on a deterministic scheduler (virtual time).  A vCPU that
+ * spins on its own (fairness, caps) never leaves a worker idle, so neither
+ * costs those anything. */
+#define POLL_START_NS   10000ull
+#define POLL_MAX_NS    200000ull
+#define ADVANCE_MIN_NS  10000ull
+#define ADVANCE_MAX_NS 150000ull
+
+/* Spin with the lock dropped until w has work, the scheduler stops, or
+ * `until`; 1 if work came. */
+static int spin_for_work(struct hv_sched *hs, struct worker *w, uint64_t until)
+{
+    uint64_t start = now_ns(), t = start;
+    int work = 0;
+    pthread_mutex_unlock(&hs->s.lock);
+    while (!(work = __atomic_load_n(&hs->s.w[w->index].head, __ATOMIC_ACQUIRE) != NULL) &&
+           !__atomic_load_n(&hs->stopping, __ATOMIC_ACQUIRE) && t < until) {
+        __builtin_ia32_pause();
+        t = now_ns();
+    }
+    pthread_mutex_lock(&hs->s.lock);
+    w->spin_ns += t - start;
+    return work;
+}
+
+/* Sleep on w->wake until `until` (0: no deadline); 1 if it timed out. */
+static int sleep_until(struct hv_sched *hs, struct worker *w, uint64_t until)
+{
+    if (!until) {
+        pthread_cond_wait(&w->wake, &hs->s.lock);
+        return 0;
+    }
+    struct timespec ts = ns_to_timespec(until);
+    return pthread_cond_timedwait(&w->wake, &hs->s.lock, &ts) == ETIMEDOUT;
+}
+
+/* Nothing to run: wait for work or `deadline` (the earliest of the
+ * scheduler's; `own` is the earliest of the vCPUs whose home w is). */
+static void idle_wait(struct hv_sched *hs, struct worker *w, uint64_t deadline, uint64_t own)
+{
+    w->idle = 1;
+    if (hs->deterministic) {
+        sleep_until(hs, w, deadline);
+        w->idle = 0;
+        return;
+    }
+    uint64_t start = now_ns();
+    if (w->poll_ns) {
+        uint64_t until = start + w->poll_ns;
+        if (spin_for_work(hs, w, deadline && deadline < until ? deadline : until)) {
+            w->poll_hits++;
+            w->idle = 0;
+            return;
+        }
+    }
+    uint64_t target = deadline;
+    int advanced = own && own == deadline;
+    if (advanced)
+        target = own > start + w->advance_ns ? own - w->advance_ns : start;
+    int timed_out = (target && target <= now_ns()) || sleep_until(hs, w, target);
+    uint64_t woke = now_ns();
+    if (timed_out && advanced) {
+        uint64_t late = woke > target ? woke - target : 0, want = late + late / 4 + ADVANCE_MIN_NS;
+        if (want > w->advance_ns)
+            w->advance_ns += (want - w->advance_ns + 1) / 2;
+        else
+            w->advance_ns -= w->advance_ns / 32;
+        if (w->advance_ns < ADVANCE_MIN_NS)
+            w->advance_ns = ADVANCE_MIN_NS;
+        if (w->advance_ns > ADVANCE_MAX_NS)
+            w->advance_ns = ADVANCE_MAX_NS;
+        if (woke < own)
+            spin_for_work(hs, w, own);
+    } else if (!timed_out) {
+        /* Woken by an event: would polling have caught it? */
+        if (woke - start <= POLL_MAX_NS)
+            w->poll_ns = w->poll_ns ? w->poll_ns * 2 : POLL_START_NS;
+        else
+            w->poll_ns /= 2;
+        if (w->poll_ns > POLL_MAX_NS)
+            w->poll_ns = POLL_MAX_NS;
+        if (w->poll_ns < POLL_START_NS)
+            w->poll_ns = 0;
+    }
+    w->idle = 0;
+}
+
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
@@ -176,7 +284,9 @@ static void *worker_main(void *arg)
     while (!hs->stopping) {
         uint64_t now = sched_now(hs), slice;
         int woken[SCHED_WORKERS_MAX], n;
-        uint64_t next_deadline = sched_expire(&hs->s, now, woken, SCHED_WORKERS_MAX, &n);
+        uint64_t own_deadline[SCHED_WORKERS_MAX];
+        uint64_t next_deadline = sched_expire(&hs->s, now, woken, SCHED_WORKERS_MAX, &n,
+                                              own_deadline);
         for (int i = 0; i < n; i++)
             if (woken[i] != w->index)
                 notify(hs, woken[i]);
@@ -199,14 +309,7 @@ static void *worker_main(void *arg)
         w->handed_to_parent = 0;
         if (!e) {
             arm(w, 0);              /* an idle worker takes no signals */
-            w->idle = 1;
-            if (next_deadline) {
-                struct timespec until = ns_to_timespec(next_deadline);
-                pthread_cond_timedwait(&w->wake, &hs->s.lock, &until);
-            } else {
-                pthread_cond_wait(&w->wake, &hs->s.lock);
-            }
-            w->idle = 0;
+            idle_wait(hs, w, next_deadline, own_deadline[w->index]);
             continue;
         }
         /* T:594 Dispatch: kicks to this thread now reach this vCPU. */
