@@ -36,6 +36,7 @@ struct worker {
     pid_t tid;
     pthread_cond_t wake;       /* an idle worker sleeps on it */
     int idle;
+    int notified;              /* notify() came while idle: look before sleeping */
     timer_t timer;             /* ends the slice: the kick signal */
     int timer_ok;
     uint64_t armed_at;         /* when the timer fires, 0 = disarmed (its thread only) */
@@ -46,6 +47,7 @@ struct worker {
      * wakes for a deadline of its own, both adapted; what that cost. */
     uint64_t poll_ns, advance_ns;
     uint64_t spin_ns, poll_hits;
+    uint64_t recent_spin_ns, recent_idle_ns;    /* SPIN_SHARE's window */
 };
 
 /* How long a worker looks for the vCPU it handed to the parent, and a
@@ -107,8 +109,10 @@ static uint64_t vcpu_deadline_host(struct hv_vcpu *v)
 static void notify(struct hv_sched *hs, int i)
 {
     struct worker *w = &hs->w[i];
-    if (w->idle)
+    if (w->idle) {
+        __atomic_store_n(&w->notified, 1, __ATOMIC_RELEASE);   /* a polling worker looks */
         pthread_cond_signal(&w->wake);
+    }
     else if (!hs->deterministic && w->tid && w->running && w->running->h.in_guest)
         syscall(SYS_tgkill, getpid(), w->tid, kick_signal());
 }
@@ -171,34 +175,44 @@ static uint64_t earliest(uint64_t a, uint64_t b)
  *    slowly), within ADVANCE_MIN_NS..ADVANCE_MAX_NS.
  *
  * Each spin is bounded (the deadline, or poll_ns) and counted (spin_ns), and
- * neither runs on a deterministic scheduler (virtual time).  A vCPU that
- * spins on its own (fairness, caps) never leaves a worker idle, so neither
- * costs those anything. */
+ * a worker spins at most 1/SPIN_SHARE of its recent idle time (many guests
+ * with frequent timers would otherwise keep it spinning from one deadline
+ * to the next).  Neither runs on a deterministic scheduler (virtual time).
+ * A vCPU that spins on its own (fairness, caps) never leaves a worker idle,
+ * so neither costs those anything. */
 #define POLL_START_NS   10000ull
 #define POLL_MAX_NS    200000ull
 #define ADVANCE_MIN_NS  10000ull
 #define ADVANCE_MAX_NS 150000ull
+#define SPIN_SHARE          4
+#define SPIN_WINDOW_NS 100000000ull     /* 100 ms: older idle time counts half */
 
-/* Spin with the lock dropped until w has work, the scheduler stops, or
- * `until`; 1 if work came. */
+/* Spin with the lock dropped until w has work or was notified (work may
+ * wait on another worker's queue for it to take), the scheduler stops, or
+ * `until`; 1 if any of those came. */
 static int spin_for_work(struct hv_sched *hs, struct worker *w, uint64_t until)
 {
     uint64_t start = now_ns(), t = start;
     int work = 0;
     pthread_mutex_unlock(&hs->s.lock);
-    while (!(work = __atomic_load_n(&hs->s.w[w->index].head, __ATOMIC_ACQUIRE) != NULL) &&
-           !__atomic_load_n(&hs->stopping, __ATOMIC_ACQUIRE) && t < until) {
+    while (!(work = __atomic_load_n(&hs->s.w[w->index].head, __ATOMIC_ACQUIRE) != NULL ||
+                    __atomic_load_n(&w->notified, __ATOMIC_ACQUIRE) ||
+                    __atomic_load_n(&hs->stopping, __ATOMIC_ACQUIRE)) && t < until) {
         __builtin_ia32_pause();
         t = now_ns();
     }
     pthread_mutex_lock(&hs->s.lock);
     w->spin_ns += t - start;
+    w->recent_spin_ns += t - start;
     return work;
 }
 
-/* Sleep on w->wake until `until` (0: no deadline); 1 if it timed out. */
+/* Sleep on w->wake until `until` (0: no deadline); 1 if it timed out.  A
+ * notify() that came while w polled counts as a wake-up. */
 static int sleep_until(struct hv_sched *hs, struct worker *w, uint64_t until)
 {
+    if (w->notified || hs->stopping)
+        return 0;
     if (!until) {
         pthread_cond_wait(&w->wake, &hs->s.lock);
         return 0;
@@ -212,22 +226,25 @@ static int sleep_until(struct hv_sched *hs, struct worker *w, uint64_t until)
 static void idle_wait(struct hv_sched *hs, struct worker *w, uint64_t deadline, uint64_t own)
 {
     w->idle = 1;
+    w->notified = 0;
     if (hs->deterministic) {
         sleep_until(hs, w, deadline);
         w->idle = 0;
         return;
     }
     uint64_t start = now_ns();
-    if (w->poll_ns) {
+    int may_spin = w->recent_spin_ns * SPIN_SHARE <= w->recent_idle_ns;
+    if (w->poll_ns && may_spin) {
         uint64_t until = start + w->poll_ns;
         if (spin_for_work(hs, w, deadline && deadline < until ? deadline : until)) {
             w->poll_hits++;
+            w->recent_idle_ns += now_ns() - start;
             w->idle = 0;
             return;
         }
     }
     uint64_t target = deadline;
-    int advanced = own && own == deadline;
+    int advanced = may_spin && own && own == deadline;
     if (advanced)
         target = own > start + w->advance_ns ? own - w->advance_ns : start;
     int timed_out = (target && target <= now_ns()) || sleep_until(hs, w, target);
@@ -254,6 +271,11 @@ static void idle_wait(struct hv_sched *hs, struct worker *w, uint64_t deadline, 
             w->poll_ns = POLL_MAX_NS;
         if (w->poll_ns < POLL_START_NS)
             w->poll_ns = 0;
+    }
+    w->recent_idle_ns += now_ns() - start;
+    if (w->recent_idle_ns > SPIN_WINDOW_NS) {
+        w->recent_idle_ns /= 2;
+        w->recent_spin_ns /= 2;
     }
     w->idle = 0;
 }
