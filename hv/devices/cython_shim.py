@@ -7,7 +7,12 @@ change nothing.
 compiled = False
 
 # C types used in annotations: uncompiled, they are plain Python ints.
-int = long = longlong = ulonglong = uint = ushort = uchar = Py_ssize_t = size_t = bint = int
+int = long = longlong = ulonglong = uint = ushort = Py_ssize_t = size_t = bint = int
+
+
+class uchar(int):
+    """An int; uchar[::1] (a typed memoryview) is a Python memoryview."""
+    __class_getitem__ = classmethod(lambda cls, item: memoryview)
 
 
 def declare(*args, **kwargs):

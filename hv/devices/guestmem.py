@@ -62,7 +62,7 @@ class GuestMemory:
     _view = cython.declare(object)          # memoryview of unsigned bytes
     _allowed = cython.declare(object)
     _foreign = cython.declare(tuple)        # ((start, end), ...) not the guest's
-    _written = cython.declare(object)       # a byte per frame, or None (no partition)
+    _written = cython.declare(cython.uchar[::1])   # a byte per frame, or None (no partition)
 
     def __init__(self, buf, allowed=None, foreign=(), written=None):
         view = memoryview(buf)
@@ -107,18 +107,23 @@ class GuestMemory:
         n: cython.Py_ssize_t = len(data)
         self.check(gpa, n)
         self._view[gpa:gpa + n] = data
-        self.wrote(gpa, n)
+        if self._written is not None:
+            self._mark(gpa, n)
 
-    @cython.ccall
     def wrote(self, gpa, n):
-        """[gpa, gpa + n) was written (after the write: see csrc/dirty.c)."""
-        if self._written is None or n <= 0:
-            return
+        """[gpa, gpa + n), a range views() handed out, was written for the
+        device by someone else (the kernel's preadv): mark it, after the
+        write (csrc/dirty.c)."""
+        if self._written is not None:
+            self._mark(gpa, n)
+
+    @cython.cfunc
+    def _mark(self, gpa: cython.longlong, n: cython.longlong):
+        """A checked range: a byte store per frame (a plain store, never a
+        read-modify-write: the migration thread swaps them to zero)."""
         frame: cython.longlong
-        last: cython.longlong = (gpa + n - 1) >> 12
-        written = self._written
-        for frame in range(gpa >> 12, last + 1):
-            written[frame] = 1
+        for frame in range(gpa >> 12, (gpa + n + 4095) >> 12):
+            self._written[frame] = 1
 
     def views(self, ranges):
         """Checked windows [(gpa, len), ...] into guest RAM, for data the
