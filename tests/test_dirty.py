@@ -2,8 +2,8 @@
 
 The C core is driven directly: a partition with one vCPU whose guest code
 (below) increments one byte in each page a table names, then traps with an
-OUT; between collects Hypothesis makes random guest, core (hv_copy_to_guest)
-and device (GuestMemory.write) writes.  Every collect must report every page
+OUT; between collects Hypothesis makes random guest, core (hv_copy_to_guest,
+an event raised into the event page) and device (GuestMemory.write) writes.  Every collect must report every page
 written since the collect before (nothing lost), and after the first
 (which also sends every non-zero page) nothing that was not written.  Every
 method each engine has is checked: KVM's memslot log, the kernel's write
@@ -33,8 +33,8 @@ from test_snapshot import Output
 PAGE = 4096
 MEM = 4 << 20
 FRAMES = MEM // PAGE
-CODE, TABLE = 0x100000, 0x101000            # the guest's code and its page table
-FIRST_TARGET = 0x102000 // PAGE              # pages written start above both
+CODE, TABLE, EVENTS = 0x100000, 0x101000, 0x102000   # code, its page list, the event page
+FIRST_TARGET = 0x103000 // PAGE              # pages written start above those
 EXIT_PORT = 0x5000
 
 # 32-bit flat protected mode, paging off (the PVH entry):
@@ -71,16 +71,32 @@ class Rig:
         self.p = pp[0]
         self.ram = memoryview(ffi.buffer(lib.hv_partition_ram(self.p), MEM))
         assert lib.hv_partition_reserve(self.p, 0, PAGE) == 0       # the boot GDT
+        self.exit = ffi.new("struct hv_exit *")
         vv = ffi.new("struct hv_vcpu **")
         assert lib.hv_vcpu_create(self.p, 0, vv) == 0
         self.v = vv[0]
         assert lib.hv_vcpu_set_pvh_entry(self.v, CODE, 0) == 0
         self.ram[CODE:CODE + len(GUEST_CODE)] = GUEST_CODE
+        # The event page, every event masked (an upcall would need an IDT).
+        self.regs = ffi.new("struct hv_regs *")
+        assert self.hypercall(lib.HV_HC_EVENT_REGISTER, EVENTS, 0x40) == 0
+        masked = EVENTS + ffi.offsetof("struct hv_vcpu_events", "masked")
+        self.ram[masked:masked + lib.HV_EVENTS_MAX // 8] = b"\xff" * (lib.HV_EVENTS_MAX // 8)
         self.written_map = memoryview(ffi.buffer(lib.hv_partition_written_map(self.p), FRAMES))
         self.mem = GuestMemory(self.ram, written=self.written_map)
-        self.exit = ffi.new("struct hv_exit *")
         self.out = ffi.new("uint64_t[]", FRAMES)
         self.written = set()
+
+    def hypercall(self, nr, *args):
+        """The core's dispatcher, as a trap would reach it (a core hypercall);
+        the vCPU's registers are put back after."""
+        saved = ffi.new("struct hv_regs *")
+        assert lib.hv_vcpu_get_regs(self.v, saved) == 0
+        self.regs[0] = saved[0]
+        self.regs.rax, self.regs.rdi, self.regs.rsi = nr, *(list(args) + [0, 0])[:2]
+        assert lib.hv_test_dispatch(self.v, self.regs, self.exit) == 1
+        assert lib.hv_vcpu_set_regs(self.v, saved) == 0
+        return ffi.cast("int64_t", self.regs.rax)
 
     def close(self):
         lib.hv_dirty_stop(self.p)
@@ -111,6 +127,11 @@ class Rig:
         assert lib.hv_copy_to_guest(self.v, page * PAGE + offset, data, len(data)) == 0
         self.written |= {(page * PAGE + offset + i) // PAGE for i in (0, len(data) - 1)}
 
+    def event_writes(self, event):
+        """The core sets the event's pending bit in the event page (masked: no upcall)."""
+        assert self.hypercall(lib.HV_HC_EVENT_RAISE, event) == 0
+        self.written.add(EVENTS // PAGE)
+
     def device_writes(self, page, offset, data):
         self.mem.write(page * PAGE + offset, data)
         self.written |= {(page * PAGE + offset + i) // PAGE for i in (0, len(data) - 1)}
@@ -121,6 +142,7 @@ writes = st.one_of(
     st.tuples(st.just("guest"), st.lists(pages, min_size=1, max_size=8)),
     st.tuples(st.just("core"), pages, st.integers(0, PAGE - 1), st.binary(min_size=1, max_size=600)),
     st.tuples(st.just("device"), pages, st.integers(0, PAGE - 1), st.binary(min_size=1, max_size=600)),
+    st.tuples(st.just("event"), st.integers(0, lib.HV_EVENTS_MAX - 1)),
 )
 rounds = st.lists(st.lists(writes, max_size=6), min_size=1, max_size=5)
 
