@@ -63,6 +63,7 @@ struct hv_sched {
     pthread_cond_t exit_ready; /* the parent's queue has a record */
     struct hv_vcpu *exitq_head, *exitq_tail;
     int deterministic;         /* one worker, slices in guest instructions */
+    int server_spinning;       /* an exit server looks for the next record (T:597) */
     uint64_t vclock;           /* deterministic: instructions run, the policy's clock */
 };
 
@@ -540,11 +541,15 @@ struct hv_vcpu *hv_sched_next_exit(struct hv_sched *hs, int timeout_ms)
     uint64_t end = (uint64_t)until.tv_sec * 1000000000ull + (uint64_t)until.tv_nsec
                  + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000ull;
     until = ns_to_timespec(end);
-    if (!hs->deterministic) {           /* the next exit is often near (HANDOFF_SPIN_NS) */
+    /* The next exit is often near (HANDOFF_SPIN_NS).  One server looks for
+     * it at a time: on two host CPUs a second spinner takes the CPU the
+     * server handling the last record, or the worker, needs. */
+    if (!hs->deterministic && !__atomic_exchange_n(&hs->server_spinning, 1, __ATOMIC_ACQ_REL)) {
         uint64_t spin_end = sched_now(hs) + HANDOFF_SPIN_NS;
         while (!__atomic_load_n(&hs->exitq_head, __ATOMIC_ACQUIRE) &&
                !__atomic_load_n(&hs->stopping, __ATOMIC_ACQUIRE) && sched_now(hs) < spin_end)
             __builtin_ia32_pause();
+        __atomic_store_n(&hs->server_spinning, 0, __ATOMIC_RELEASE);
     }
     pthread_mutex_lock(&hs->s.lock);
     while (!hs->exitq_head && !hs->stopping)
