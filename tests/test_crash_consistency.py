@@ -107,7 +107,7 @@ def check_image(data, run, bsize, flushed):
 
 # ---- 1. SIGKILL at a random moment ----------------------------------------------------
 
-def kill_run(engine, image, rng, bsize, k, run_id, max_flushes, deadline_s=20):
+def kill_run(engine, image, rng, bsize, k, run_id, max_flushes, deadline_s=120):
     """Start hv on blk-durable, SIGKILL it after a random number of `flushed`
     lines and a random delay.  Returns (highest n seen in a complete
     `flushed n` line, the whole stdout, killed?)."""
@@ -120,6 +120,8 @@ def kill_run(engine, image, rng, bsize, k, run_id, max_flushes, deadline_s=20):
     out, seen, killed = b"", 0, False
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
+    # The overall deadline only catches a run away guest; a stuck one is
+    # caught by STALL_S.  A loaded host can make a healthy run take a minute.
     deadline = time.monotonic() + deadline_s
     progress = time.monotonic()
     try:

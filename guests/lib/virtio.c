@@ -131,6 +131,30 @@ found:
 /* ---- Initialization (3.1.1) ---------------------------------------------- */
 
 /*
+ * A device may finish a reset later than the write of 0 (hv's backend first
+ * retires the requests in flight).  Wait on the clock, not on a count of
+ * reads: how many reads fit in the wait depends on the engine and on how
+ * busy the host is.  The clock is read every 64 polls (under hv each read
+ * is an exit).
+ */
+static bool reset_done(struct virtio_dev *dev)
+{
+    uint64_t start = 0;
+
+    for (unsigned polls = 1; rd32(dev, VIRTIO_MMIO_STATUS) != 0; polls++) {
+        if (polls % 64 == 0) {
+            uint64_t now = virtio_now();
+            if (start == 0)
+                start = now;
+            else if (now - start > VIRTIO_TIMEOUT_DEFAULT)
+                return false;
+        }
+        asm volatile("pause");
+    }
+    return true;
+}
+
+/*
  * T:382 Device initialization, in the order 3.1.1 gives: reset (write 0,
  * then wait until Status reads 0, 4.2.2.1), ACKNOWLEDGE, DRIVER, read the
  * device's 64 feature bits in two 32-bit halves, write back the subset we
@@ -142,9 +166,8 @@ int virtio_begin(struct virtio_dev *dev, uint64_t wanted)
     uint64_t offered;
 
     wr32(dev, VIRTIO_MMIO_STATUS, 0);
-    for (unsigned spins = 0; rd32(dev, VIRTIO_MMIO_STATUS) != 0; spins++)
-        if (spins > 1000000)
-            return -VIRTIO_EDEVICE;
+    if (!reset_done(dev))
+        return -VIRTIO_EDEVICE;
     set_status(dev, VIRTIO_STATUS_ACKNOWLEDGE);
     set_status(dev, VIRTIO_STATUS_DRIVER);
 
