@@ -131,6 +131,12 @@ struct vcpu_host {
     int queued;                    /* on that queue */
     volatile int yielded;          /* the yield hypercall, scheduled */
     volatile int resched;          /* its worker has other work and no slice timer */
+    /* Events raised for it and not yet written into its event block, on
+     * an engine whose guest RMWs are not atomic against host threads
+     * (engine_ops.guest_rmw_not_host_atomic): event_before_entry() writes
+     * them on the vCPU's own thread, with the guest stopped. */
+    uint64_t raised[HV_EVENT_WORDS];
+    volatile int raised_any;
     /* Deterministic mode: the engine stops when the partition clock
      * (partition->g.instructions) reaches
      * insn_stop, the earlier of the guest's timer and the end of the
@@ -259,6 +265,7 @@ int  event_raise(struct hv_partition *p, uint32_t event);
 int  event_raise_vcpu(struct hv_partition *p, uint32_t vcpu, uint32_t event);
 int  event_any_pending(const struct hv_vcpu *v);
 int  event_upcall_outstanding(const struct hv_vcpu *v);   /* its block's upcall_pending */
+int  event_deliver_raised(struct hv_vcpu *v);
 /* The one check before every guest entry. */
 void event_before_entry(struct hv_vcpu *v);
 
@@ -268,6 +275,7 @@ int  event_consume_kick(void);
 int  kick_signal(void);
 void kick_thread_init(void);
 void kick_set_current(struct hv_vcpu *v);
+struct hv_vcpu *vcpu_current(void);
 void vcpu_thread_setup(struct hv_vcpu *v);
 void vcpu_thread_teardown(struct hv_vcpu *v);
 void kick_thread_release(struct hv_vcpu *v);

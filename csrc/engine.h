@@ -86,6 +86,13 @@ extern const struct engine_host engine_core_host;
 
 struct engine_ops {
     const char *name;
+    /* 1 if the guest's locked instructions are atomic only against this
+     * engine's own vCPUs, not against host threads (TCG without QEMU's
+     * parallel mode: a `lock or` is a load and a store).  The core then
+     * never writes a word of guest memory the guest updates with such
+     * instructions (the event page) from another thread while the guest
+     * runs: it queues the update for the vCPU's own thread (event.c). */
+    int guest_rmw_not_host_atomic;
     /* 0 if usable here; else -errno and a human reason. */
     int  (*probe)(char *why, size_t why_len);
     int  (*vm_create)(void **vm);

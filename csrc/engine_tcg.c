@@ -662,6 +662,7 @@ static void tcg_kick_from_signal(void *vp)
 
 const struct engine_ops engine_tcg_ops = {
     .name = "tcg",
+    .guest_rmw_not_host_atomic = 1,     /* Unicorn never runs QEMU's parallel mode */
     .probe = tcg_probe,
     .vm_create = tcg_vm_create,
     .map_ram = tcg_map_ram,

@@ -4,7 +4,9 @@
  * T:530 Events are bits in a page the guest registered.  Whoever raises one
  * (a timer here, a device backend in the parent, later another partition)
  * sets the pending bit atomically and, if the guest has no upcall
- * outstanding, asks for the vector to be injected.  Injection itself happens
+ * outstanding, asks for the vector to be injected.  On TCG the guest's own
+ * atomics are not atomic against host threads, so there the raiser queues
+ * the bit and the vCPU's thread sets it between runs (T:533).  Injection itself happens
  * in exactly one place: event_before_entry(), which the run loop calls before
  * every guest entry.  Other threads never touch the engine; they set flags
  * and kick the vCPU's thread (kick.c).  The timer is in timer.c, sleeping
@@ -26,6 +28,23 @@ static struct hv_vcpu_events *event_block(const struct hv_partition *p, uint32_t
                : NULL;
 }
 
+/*
+ * T:532 Deliver the pending bits `bits` of word `word` into vCPU v's block:
+ * set them, and if one is unmasked and no upcall is outstanding, owe an
+ * upcall (only the 0 -> 1 edge of upcall_pending injects: one at a time).
+ * Returns 1 if an upcall is now owed.
+ */
+static int deliver(struct hv_vcpu_events *page, struct hv_vcpu *v, unsigned word, uint64_t bits)
+{
+    __atomic_fetch_or(&page->pending[word], bits, __ATOMIC_SEQ_CST);
+    uint64_t unmasked = bits & ~__atomic_load_n(&page->masked[word], __ATOMIC_SEQ_CST);
+    if (unmasked && __atomic_exchange_n(&page->upcall_pending, 1, __ATOMIC_SEQ_CST) == 0) {
+        __atomic_store_n(&v->g.inject_pending, 1, __ATOMIC_SEQ_CST);
+        return 1;
+    }
+    return 0;
+}
+
 int event_raise_vcpu(struct hv_partition *p, uint32_t id, uint32_t event)
 {
     if (event >= HV_EVENTS_MAX || id >= p->nvcpus)
@@ -35,23 +54,48 @@ int event_raise_vcpu(struct hv_partition *p, uint32_t id, uint32_t event)
         return -HV_EPERM;
     uint64_t bit = 1ull << (event % 64);
     unsigned word = event / 64;
-    __atomic_fetch_or(&page->pending[word], bit, __ATOMIC_SEQ_CST);
-    int masked = !!(__atomic_load_n(&page->masked[word], __ATOMIC_SEQ_CST) & bit);
     /* The vCPU may be going away on its own thread: hold it while we kick. */
+    /* A thread running one of p's vCPUs (a hypercall, its timer) may write
+     * the page: TCG runs a partition's vCPUs one at a time, so none of p's
+     * guest code runs now. */
+    struct hv_vcpu *self = vcpu_current();
+    int guest_stopped = self && self->partition == p;
     pthread_mutex_lock(&p->vcpu_lock);
     struct hv_vcpu *v = p->vcpus[id];
-    if (v) {
-        /* Only the 0 -> 1 edge of upcall_pending injects: one upcall at a time. */
-        if (!masked && __atomic_exchange_n(&page->upcall_pending, 1, __ATOMIC_SEQ_CST) == 0) {
-            __atomic_store_n(&v->g.inject_pending, 1, __ATOMIC_SEQ_CST);
-            vcpu_kick(v);
-        } else {
-            vcpu_wake(v);   /* block waits for any pending bit, masked ones too */
-        }
+    if (!v) {
+        __atomic_fetch_or(&page->pending[word], bit, __ATOMIC_SEQ_CST);  /* no guest runs it */
+    } else if (p->engine->guest_rmw_not_host_atomic && !guest_stopped) {
+        /* The guest may be inside a `lock and` on this very word: a host
+         * store now could be overwritten by its store (the guest's events
+         * loop loses an event).  Its own thread delivers it, between runs. */
+        __atomic_fetch_or(&v->h.raised[word], bit, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&v->h.raised_any, 1, __ATOMIC_SEQ_CST);
+        vcpu_kick(v);
+    } else if (deliver(page, v, word, bit)) {
+        vcpu_kick(v);
+    } else {
+        vcpu_wake(v);   /* block waits for any pending bit, masked ones too */
     }
     pthread_mutex_unlock(&p->vcpu_lock);
     ram_written(p, (uint64_t)((uint8_t *)page - p->ram), sizeof(*page));   /* pending, upcall_pending */
     return 0;
+}
+
+/* T:533 The raised bits queued for v go into its block, on v's own thread
+ * with the guest stopped (or from the parent while v is paused).  Returns
+ * 1 if an upcall is now owed. */
+int event_deliver_raised(struct hv_vcpu *v)
+{
+    if (!__atomic_exchange_n(&v->h.raised_any, 0, __ATOMIC_SEQ_CST))
+        return 0;
+    struct hv_vcpu_events *page = event_block(v->partition, v->id);
+    int owed = 0;
+    for (unsigned w = 0; w < HV_EVENT_WORDS; w++) {
+        uint64_t bits = __atomic_exchange_n(&v->h.raised[w], 0, __ATOMIC_SEQ_CST);
+        if (bits && page)
+            owed |= deliver(page, v, w, bits);
+    }
+    return owed;
 }
 
 int event_raise(struct hv_partition *p, uint32_t event)
@@ -68,13 +112,15 @@ int event_upcall_outstanding(const struct hv_vcpu *v)
     return page && __atomic_load_n(&page->upcall_pending, __ATOMIC_SEQ_CST);
 }
 
+/* Is an event pending for v, delivered or still queued?  Any thread. */
 int event_any_pending(const struct hv_vcpu *v)
 {
     const struct hv_vcpu_events *page = event_block(v->partition, v->id);
     if (!page)
         return 0;
     for (int i = 0; i < HV_EVENT_WORDS; i++)
-        if (__atomic_load_n(&page->pending[i], __ATOMIC_SEQ_CST))
+        if (__atomic_load_n(&page->pending[i], __ATOMIC_SEQ_CST) ||
+            __atomic_load_n(&v->h.raised[i], __ATOMIC_SEQ_CST))
             return 1;
     return 0;
 }
@@ -83,6 +129,7 @@ void event_before_entry(struct hv_vcpu *v)
 {
     const struct engine_ops *e = v->partition->engine;
     timer_check(v);
+    event_deliver_raised(v);
     if (lapic_before_entry(v))      /* the local APIC's interrupts (lapic.c) */
         return;
     if (!__atomic_load_n(&v->g.inject_pending, __ATOMIC_SEQ_CST))

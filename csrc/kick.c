@@ -65,6 +65,12 @@ void kick_set_current(struct hv_vcpu *v)
     thread_vcpu = v;
 }
 
+/* The vCPU this thread is running now (in its run loop), or NULL. */
+struct hv_vcpu *vcpu_current(void)
+{
+    return thread_vcpu;
+}
+
 /* Runs on the vCPU's own thread when it is created. */
 void vcpu_thread_setup(struct hv_vcpu *v)
 {

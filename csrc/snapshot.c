@@ -120,6 +120,9 @@ int hv_vcpu_get_state(struct hv_vcpu *v, struct hv_cpu_state *cpu, struct hv_vcp
     int err = e->get_state(v->engine_vcpu, cpu);
     if (err)
         return err;
+    /* Events queued for the vCPU's thread (TCG, event.c T:533) go into the
+     * event page now: the vCPU is stopped, and the page is saved after this. */
+    event_deliver_raised(v);
     *pend = (struct hv_vcpu_pending){
         .wait = (uint32_t)v->g.wait,
         .mc_active = (uint32_t)v->g.mc.active,

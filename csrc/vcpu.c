@@ -413,7 +413,8 @@ int vcpu_needs_loop(const struct hv_vcpu *v)
      * after every hypercall handled in C, and the answer is almost always 0. */
     int pending = (v->g.wait != WAIT_NONE) | v->g.mc.active | v->h.pause_requested |
                   v->g.inject_pending | v->lapic_pending | v->h.trace_drain | v->h.timer_due |
-                  v->h.yielded | v->g.down_requested | v->g.tlb_flush_pending | v->h.resched;
+                  v->h.yielded | v->g.down_requested | v->g.tlb_flush_pending | v->h.resched |
+                  v->h.raised_any;
     return pending || slice_spent(v);
 }
 
