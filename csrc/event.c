@@ -36,7 +36,9 @@ static struct hv_vcpu_events *event_block(const struct hv_partition *p, uint32_t
  */
 static int deliver(struct hv_vcpu_events *page, struct hv_vcpu *v, unsigned word, uint64_t bits)
 {
+    struct hv_partition *p = v->partition;
     __atomic_fetch_or(&page->pending[word], bits, __ATOMIC_SEQ_CST);
+    ram_written(p, (uint64_t)((uint8_t *)page - p->ram), sizeof(*page));   /* pending, upcall_pending */
     uint64_t unmasked = bits & ~__atomic_load_n(&page->masked[word], __ATOMIC_SEQ_CST);
     if (unmasked && __atomic_exchange_n(&page->upcall_pending, 1, __ATOMIC_SEQ_CST) == 0) {
         __atomic_store_n(&v->g.inject_pending, 1, __ATOMIC_SEQ_CST);
@@ -54,16 +56,17 @@ int event_raise_vcpu(struct hv_partition *p, uint32_t id, uint32_t event)
         return -HV_EPERM;
     uint64_t bit = 1ull << (event % 64);
     unsigned word = event / 64;
-    /* The vCPU may be going away on its own thread: hold it while we kick. */
     /* A thread running one of p's vCPUs (a hypercall, its timer) may write
      * the page: TCG runs a partition's vCPUs one at a time, so none of p's
      * guest code runs now. */
     struct hv_vcpu *self = vcpu_current();
     int guest_stopped = self && self->partition == p;
+    /* The vCPU may be going away on its own thread: hold it while we kick. */
     pthread_mutex_lock(&p->vcpu_lock);
     struct hv_vcpu *v = p->vcpus[id];
     if (!v) {
         __atomic_fetch_or(&page->pending[word], bit, __ATOMIC_SEQ_CST);  /* no guest runs it */
+        ram_written(p, (uint64_t)((uint8_t *)page - p->ram), sizeof(*page));
     } else if (p->engine->guest_rmw_not_host_atomic && !guest_stopped) {
         /* The guest may be inside a `lock and` on this very word: a host
          * store now could be overwritten by its store (the guest's events
@@ -77,7 +80,6 @@ int event_raise_vcpu(struct hv_partition *p, uint32_t id, uint32_t event)
         vcpu_wake(v);   /* block waits for any pending bit, masked ones too */
     }
     pthread_mutex_unlock(&p->vcpu_lock);
-    ram_written(p, (uint64_t)((uint8_t *)page - p->ram), sizeof(*page));   /* pending, upcall_pending */
     return 0;
 }
 
