@@ -208,6 +208,11 @@ int  hv_virtio_interrupt(struct hv_partition *p, uint32_t slot, uint32_t bits);
 int  hv_virtio_set_config(struct hv_partition *p, uint32_t slot, const uint8_t *config, uint32_t len);
 /* Mark the device broken (DEVICE_NEEDS_RESET) after a bad request. */
 int  hv_virtio_needs_reset(struct hv_partition *p, uint32_t slot);
+/* Snapshot restore: put a saved device's guest-visible registers (status,
+ * features, selectors, queues, interrupt status, config generation) on the
+ * device just added in `slot` (same id, queues and offer), before any vCPU
+ * exists; -EINVAL, and nothing changed, if they do not fit it. */
+int  hv_virtio_restore(struct hv_partition *p, uint32_t slot, const struct hv_virtio_state *in);
 /* The backend is about to read the rings of reset generation `resets` (as
  * read in the state): 0, or -ESTALE if the driver reset the device since.
  * While claimed, a driver's reset stays in progress (Status reads its old

@@ -179,6 +179,50 @@ int hv_virtio_needs_reset(struct hv_partition *p, uint32_t slot)
     return hv_virtio_interrupt(p, slot, VIRTIO_MMIO_INT_CONFIG);     /* spec 2.1.2: a config-change interrupt */
 }
 
+/* A saved device's guest-visible registers (snapshot restore, before the
+ * vCPUs exist), onto the device just added in its slot by the same kind of
+ * backend: the ids, queue count and offered features must be the ones it
+ * offers now.  Everything is checked before anything changes (-EINVAL). */
+int hv_virtio_restore(struct hv_partition *p, uint32_t slot, const struct hv_virtio_state *in)
+{
+    struct virtio_dev *d = device(p, slot);
+    if (!d)
+        return -ENOENT;
+    if (p->vcpu)
+        return -EBUSY;
+    if (in->device_id != d->s.device_id || in->nqueues != d->s.nqueues ||
+        in->device_features != d->s.device_features ||
+        (in->driver_features & ~in->device_features) || (in->interrupt_status & ~3u))
+        return -EINVAL;
+    for (uint32_t q = 0; q < in->nqueues; q++) {
+        const struct hv_virtio_queue *vq = &in->queue[q];
+        if (vq->num > d->s.queue[q].num_max || (vq->num & (vq->num - 1)) || vq->ready > 1 ||
+            (vq->ready && vq->num == 0))
+            return -EINVAL;
+    }
+    pthread_mutex_lock(&d->lock);
+    d->s.driver_features = in->driver_features;
+    d->s.status = in->status;
+    d->s.interrupt_status = in->interrupt_status;
+    d->s.config_generation = in->config_generation;
+    d->s.queue_sel = in->queue_sel;
+    d->s.features_sel = in->features_sel;
+    d->s.driver_features_sel = in->driver_features_sel;
+    for (uint32_t q = 0; q < in->nqueues; q++) {
+        struct hv_virtio_queue *vq = &d->s.queue[q];
+        vq->num = in->queue[q].num;
+        vq->ready = in->queue[q].ready;
+        vq->desc = in->queue[q].desc;
+        vq->avail = in->queue[q].avail;
+        vq->used = in->queue[q].used;
+    }
+    update_irq_line(p, slot, d);
+    int fd = d->control_fd;
+    pthread_mutex_unlock(&d->lock);
+    signal_fd(fd);                  /* the backend builds its view of the rings */
+    return 0;
+}
+
 int hv_virtio_rings_claim(struct hv_partition *p, uint32_t slot, uint32_t resets)
 {
     struct virtio_dev *d = device(p, slot);

@@ -34,6 +34,7 @@ import time
 from hv import snapshot_format as fmt
 from hv.abi import ffi, lib
 from hv.snapshot import SnapshotError, _pause_quiescent, partition_records
+from hv.snapshot_devices import hand_over, take_back
 
 PAGE = fmt.PAGE
 PAGES_PER_RECORD = 256              # 1 MiB of pages per PAGES record
@@ -144,6 +145,7 @@ def send(part, address, downtime=DOWNTIME_BUDGET, max_rounds=MAX_ROUNDS, progres
     sock = socket.socket(family, socket.SOCK_STREAM)
     paused_by_us = False
     dirty = None
+    handed = []                         # devices whose backend the destination takes
     try:
         sock.connect(where)
         out = sock.makefile("wb", buffering=1 << 20)
@@ -172,6 +174,7 @@ def send(part, address, downtime=DOWNTIME_BUDGET, max_rounds=MAX_ROUNDS, progres
         _send_pages(w, dirty, pfns)
         for rtype, body in partition_records(part, states):
             w.record(rtype, body)
+        handed = hand_over(part)        # the disks' locks, for the destination to take
         w.finish()
         out.flush()
         sock.shutdown(socket.SHUT_WR)
@@ -179,7 +182,7 @@ def send(part, address, downtime=DOWNTIME_BUDGET, max_rounds=MAX_ROUNDS, progres
         if answer != ACK_RUNNING:
             raise MigrationError("the destination did not take the partition")
         downtime_s = time.monotonic() - pause_at
-        paused_by_us = False
+        paused_by_us, handed = False, []
         return {"rounds": n, "downtime": downtime_s, "total": time.monotonic() - t0,
                 "last_pages": len(pfns), "bytes": sent_bytes + len(pfns) * PAGE,
                 "tracking": dirty.method, "tracking_note": dirty.why}
@@ -192,6 +195,7 @@ def send(part, address, downtime=DOWNTIME_BUDGET, max_rounds=MAX_ROUNDS, progres
         sock.close()
         if dirty is not None:
             dirty.stop()
+        take_back(handed)
         if paused_by_us and part.state == PAUSED:
             part.resume()
 

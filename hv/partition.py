@@ -238,6 +238,9 @@ class Partition:
         try:
             for slot, device in enumerate(self.devices):
                 device.attach(self, slot)
+            if restore_from is not None and self.devices:
+                from hv.snapshot_devices import apply_devices
+                apply_devices(self, restore_from)
         except ValueError:
             self.destroy()
             raise
@@ -441,6 +444,15 @@ class Partition:
             return done()
 
     def pause(self, timeout=10):
+        """Stop every vCPU, then the devices: each answers what it took and
+        takes nothing more until resume() (a paused partition is quiescent:
+        a snapshot of it is whole)."""
+        self._pause_vcpus(timeout)
+        if self.state == PAUSED:
+            for device in self.devices:
+                device.freeze()
+
+    def _pause_vcpus(self, timeout):
         with self._cond:
             if self.state != RUNNING:
                 raise StateError(f"cannot pause partition {self.id}: it is {self.state}")
@@ -463,6 +475,8 @@ class Partition:
         with self._cond:
             if self.state != PAUSED:
                 raise StateError(f"cannot resume partition {self.id}: it is {self.state}")
+            for device in self.devices:
+                device.thaw()
             if self._scheduler is not None:
                 self.state = RUNNING
                 lib.hv_partition_resume(self._p)

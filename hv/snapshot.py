@@ -49,7 +49,7 @@ class SavedState:
     name: str
     engine: str
     vcpus: list = field(default_factory=list)      # (id, VCPU body), by id
-    devices: list = field(default_factory=list)    # DEVICE bodies, by slot
+    devices: list = field(default_factory=list)    # persist.SavedDevice, by slot
     memory_path: str = ""
     memory_fd: int = -1
 
@@ -241,7 +241,8 @@ def from_records(directory, records, inline_memory=False):
         raise fmt.FormatError(f"{len(vcpus)} vcpus; hv runs at most {lib.HV_VCPUS_MAX}")
     if not any(pending.up for _, _, pending in state.vcpus):
         raise fmt.FormatError("no vcpu is up: the partition had stopped")
-    state.devices = [body for t, body in records if t == fmt.DEVICE]
+    from hv.snapshot_devices import load_devices
+    state.devices = load_devices([body for t, body in records if t == fmt.DEVICE], state.mem_size)
     mems = [body for t, body in records if t == fmt.MEMORY]
     if inline_memory:
         return state
@@ -281,13 +282,25 @@ def restore(directory, engine=None, **kwargs):
         state.close()
 
 
-def restore_state(state, engine=None, **kwargs):
+def restore_state(state, engine=None, switches=None, consoles=None, **kwargs):
+    """A Partition from a checked state.  Its devices come from the state,
+    reconnected: switches (name -> Switch) and consoles (device name ->
+    output) say what to, where the process has them (hv/devices/persist.py)."""
     from hv.partition import Partition
+    from hv.snapshot_devices import reopen_devices
+    if "devices" in kwargs:
+        raise ValueError("a restored partition's devices come from its snapshot")
     engine = engine or state.engine
     kwargs.setdefault("name", state.name)
     deterministic = bool(state.partition["deterministic"]) and engine == "tcg"
-    return Partition(None, mem=state.mem_size, engine=engine, deterministic=deterministic,
-                     smp=len(state.vcpus), restore_from=state, **kwargs)
+    devices = reopen_devices(state, switches, consoles)
+    try:
+        return Partition(None, mem=state.mem_size, engine=engine, deterministic=deterministic,
+                         smp=len(state.vcpus), restore_from=state, devices=devices, **kwargs)
+    except BaseException:
+        for d in devices:
+            d.close()
+        raise
 
 
 def create_core(state, engine_number):

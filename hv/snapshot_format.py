@@ -13,6 +13,7 @@ Every record body is laid out here, and only here: hv/snapshot.py and
 hv/migrate.py speak in records, the C core only fills structs.
 """
 import hashlib
+import json
 import os
 import struct
 
@@ -70,8 +71,9 @@ MEMORY_FIXED = struct.Struct("<Q")
 # PAGES: u32 count, u32 0, count u64 pfns, then count pages of 4096 bytes.
 PAGES_FIXED = struct.Struct("<II")
 PAGE = 4096
-# DEVICE: u32 slot, u32 device id, then the transport registers and the
-# backend's state as JSON (the backends are Python; hv/snapshot_devices.py).
+# DEVICE: u32 slot, u32 device id, then the transport registers, queue
+# positions and the backend's state as one JSON object (UTF-8): the
+# backends are Python, and hv/devices/persist.py checks every field.
 DEVICE_FIXED = struct.Struct("<II")
 
 
@@ -167,6 +169,24 @@ def unpack_partition(body):
     at += fields["name_len"]
     engine = body[at:end].decode(errors="replace")
     return fields, list(zip(flat[0::2], flat[1::2])), event_vcpu, name, engine
+
+
+def pack_device(slot, device_id, state):
+    return DEVICE_FIXED.pack(slot, device_id) + json.dumps(state, separators=(",", ":")).encode()
+
+
+def unpack_device(body):
+    """(slot, device id, the decoded JSON object) of a DEVICE body."""
+    if len(body) < DEVICE_FIXED.size:
+        raise FormatError("device record is truncated")
+    slot, device_id = DEVICE_FIXED.unpack_from(body)
+    try:
+        state = json.loads(body[DEVICE_FIXED.size:].decode())
+    except (UnicodeDecodeError, ValueError):
+        raise FormatError(f"device record {slot}: its state is not JSON") from None
+    if not isinstance(state, dict):
+        raise FormatError(f"device record {slot}: its state is not a JSON object")
+    return slot, device_id, state
 
 
 # -- writing and reading streams ------------------------------------------

@@ -249,8 +249,8 @@ def recording_blk_class():
             self.log = log
             self.queue = None
 
-        def _make_queue(self, s, q):
-            queue = super()._make_queue(s, q)
+        def _make_queue(self, s, q, index=None):
+            queue = super()._make_queue(s, q, index)
             if queue is not None:
                 self.queue = queue
                 queue = LoggedPushes(queue, self.log)

@@ -148,16 +148,6 @@ def test_restore_maps_memory_copy_on_write(tmp_path):
     assert before == after
 
 
-def test_a_partition_with_devices_is_refused_for_now(tmp_path):
-    from hv.devices.rng import RngDevice
-    with Partition(guest("hello"), engine="tcg", devices=[RngDevice()], console=Output()) as p:
-        p.start()
-        p.wait(10)
-        with pytest.raises(SnapshotError, match="devices"):
-            p.snapshot(str(tmp_path / "x"))
-    assert not (tmp_path / "x").exists()
-
-
 # ---- bad files: one clear error, nothing created ---------------------------
 
 @pytest.fixture(scope="module")

@@ -138,6 +138,7 @@ class BlkDevice(VirtioDevice):
             self.fd = -1
             raise
         self.readonly = readonly
+        self.path = os.path.abspath(path)   # what a snapshot names (hv/devices/blk_persist.py)
         self.serial = os.path.basename(path).encode()[:ID_BYTES]
         self.io = self.datapath.blk_io.BlkRequests(self.fd, self.sectors, readonly, self.serial)
         if readonly:

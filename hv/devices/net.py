@@ -75,8 +75,8 @@ class NetDevice(VirtioDevice):
 
     def notify_host(self):
         with self.lock:
-            if self.closed:
-                return
+            if self.closed or self.frozen:
+                return              # paused: the frames wait in the backlog
             queue = self._queues.get(RECEIVEQ)
             if queue is None:
                 self._on_control()

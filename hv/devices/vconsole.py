@@ -78,7 +78,7 @@ class ConsoleDevice(VirtioDevice):
             self._pending.clear()
         with self.lock:
             queue = self._queues.get(RECEIVEQ)
-            if queue is not None:
+            if queue is not None and not self.frozen:
                 self._deliver(queue)
                 if queue.should_notify():
                     self.interrupt()
@@ -192,6 +192,8 @@ class SocketConsole:
 
     def close(self):
         with self._lock:
+            if self._closed:
+                return      # once: the path may be another listener's by now (same inode, even)
             self._closed = True
             clients, self._clients = self._clients, []
         try:

@@ -74,6 +74,10 @@ class VirtioDevice:
         # holds it, and so may a peer's thread that hands over data directly.
         self.lock = threading.RLock()
         self.closed = False         # set under the lock: no more work after close()
+        # Set under the lock while the partition is paused (freeze()): the
+        # device takes no request and touches no guest memory until thaw().
+        self.frozen = False
+        self._positions = {}        # queue index -> (last_avail, used_idx) of a restored queue
 
     # -- set-up (before the guest runs) --------------------------------------
     def config(self):
@@ -122,8 +126,8 @@ class VirtioDevice:
             self._on_control()
 
     def _on_control(self):
-        if self.closed:
-            return
+        if self.closed or self.frozen:
+            return              # thaw() raises the control event again
         while True:
             s = self.state()
             if s.resets != self._resets:
@@ -144,7 +148,7 @@ class VirtioDevice:
             if lib.hv_virtio_rings_claim(self.partition._p, self.slot, s.resets) == 0:
                 break
         for index in ready:
-            queue = self._make_queue(s, s.queue[index])
+            queue = self._make_queue(s, s.queue[index], index)
             if queue is None:
                 return                  # fail()ed: no queue is served
             self._queues[index] = queue
@@ -160,9 +164,11 @@ class VirtioDevice:
             return False
         return lib.hv_virtio_resets(self.partition._p, self.slot) != self._resets
 
-    def _make_queue(self, s, q):
+    def _make_queue(self, s, q, index=None):
+        last_avail, used_idx = self._positions.pop(index, (0, 0))
         try:
             return self.datapath.SplitQueue(self._mem, q.num, q.desc, q.avail, q.used,
+                              last_avail=last_avail, used_idx=used_idx,
                               event_idx=bool(s.driver_features & VIRTIO_F_RING_EVENT_IDX),
                               indirect=bool(s.driver_features & VIRTIO_F_RING_INDIRECT_DESC),
                               refuse_foreign=self.REFUSES_FOREIGN_BUFFERS)
@@ -175,6 +181,8 @@ class VirtioDevice:
             self._on_kick(index)
 
     def _on_kick(self, index):
+        if self.frozen:
+            return                  # the request waits in the ring; thaw() kicks again
         if self._stale():           # a kick for rings set up after a reset
             self._on_control()      # we have not seen yet: never the old view
         queue = self._queues.get(index)
@@ -192,6 +200,8 @@ class VirtioDevice:
                     self.serve(index, queue)
                     if self._stale():
                         return      # reset meanwhile: the control event rebuilds
+                    if self.frozen:
+                        break       # paused from this thread (a backend's own pause)
                     if self._poll(queue):
                         continue
                     # Buffers added while kicks were off are served now (2.7.10).
@@ -224,6 +234,50 @@ class VirtioDevice:
         self._broken = True
         log.warning("partition %s: %s: %s; device needs reset", self.partition.id, self.name, why)
         lib.hv_virtio_needs_reset(self.partition._p, self.slot)
+
+    # -- pause, snapshot, restore (hv/devices/persist.py) -------------------------
+    def freeze(self):
+        """The partition is paused: answer every request already taken
+        (drain()), deliver the interrupt owed for them, then take no more
+        and touch neither guest memory nor the backend until thaw().  What
+        the guest posts meanwhile waits in its rings."""
+        with self.lock:
+            self.frozen = True
+            self.drain()
+            for queue in self._queues.values():
+                try:
+                    if not queue.halted and queue.should_notify():
+                        self.interrupt()
+                except QueueError:
+                    pass                # halted: the driver must reset it anyway
+
+    def thaw(self):
+        """The partition runs again: look at every queue and the status once."""
+        with self.lock:
+            self.frozen = False
+        self.wake_all()
+
+    def wake_all(self):
+        """A control event and a kick on every queue (a spurious kick costs
+        nothing: the device finds the ring as it is), and host-side input."""
+        for fd in list(getattr(self, "queue_fds", [])) + [getattr(self, "control_fd", -1)]:
+            if fd >= 0:
+                os.eventfd_write(fd, 1)
+        host = self.partition and self.partition._device_host
+        if host is not None and self.HOST_FED_QUEUES:
+            host.wake(self)
+
+    def restore_positions(self, positions):
+        """A restored device: its queues start at these (last_avail, used_idx)
+        when built, and are looked at once the device thread starts."""
+        with self.lock:
+            self._positions = dict(positions)
+        self.wake_all()
+
+    def drain(self):
+        """Answer every request taken and not yet answered (under the lock).
+        Backends that answer requests before returning from serve() (all of
+        hv's so far) have none."""
 
     # -- what backends implement ------------------------------------------------
     def serve(self, index, queue):
