@@ -107,8 +107,8 @@ SCENARIOS = {
                                                             {"dir": "x"}, None),
     ("PUT", "/partitions/{name}/snapshot", 404): lambda t: ("/partitions/nope/snapshot",
                                                             {"directory": str(t / "s")}, None),
-    # "live" has a virtio console: not saved yet.
-    ("PUT", "/partitions/{name}/snapshot", 409): lambda t: ("/partitions/live/snapshot",
+    # "idle" was created and never started: nothing to save yet.
+    ("PUT", "/partitions/{name}/snapshot", 409): lambda t: ("/partitions/idle/snapshot",
                                                             {"directory": str(t / "s")}, None),
     ("GET", "/partitions/{name}/metrics", 200): lambda t: ("/partitions/live/metrics", None, None),
     ("GET", "/partitions/{name}/metrics", 404): lambda t: ("/partitions/nope/metrics", None, None),

@@ -387,3 +387,32 @@ def test_the_device_record_is_json_after_its_slot_and_id(saved_blk):
     assert (slot, device_id) == (0, 2)
     assert set(doc) == {"version", "transport", "positions", "backend"}
     assert doc["transport"]["status"] & 4          # DRIVER_OK: the guest had it running
+
+
+def test_snapshots_taken_while_the_driver_resets_its_device(tmp_path):
+    """guests/virtio-reset-race resets its disk with a read in flight and
+    sets it up again, round after round; saved and restored three times at
+    whatever point each pause lands (mid-reset included), it must finish
+    with every round's read whole and the device never broken."""
+    from test_reliability import reset_race_image
+    image = reset_race_image(tmp_path / "disk.img")
+    out = Output()
+    blk = BlkDevice(str(image))
+    part = Partition(guest("virtio-reset-race"), engine="tcg", cmdline="rounds=400",
+                     console=out, devices=[blk])
+    part.start()
+    wake = threading.Event()
+    for n in range(3):
+        while blk.requests < 150:            # 75 more rounds (of 400) since the last hop
+            wake.wait(0.001)
+        part.snapshot(str(tmp_path / f"s{n}"), resume=False)
+        part.destroy()
+        part = Partition.restore(str(tmp_path / f"s{n}"), console=out)
+        blk = part.devices[0]
+        part.start()
+    state, report = part.wait(60), part.crash_report
+    errors = blk.errors
+    part.destroy()
+    assert state == SHUTDOWN, (report, out.data[-300:])
+    assert b"400 rounds" in out.data and out.data.rstrip().endswith(b"SUCCESS"), out.data[-300:]
+    assert errors == 0

@@ -64,11 +64,14 @@ def save(device):
         raise PersistError(f"{device.name}: hv cannot save a device of id {device.DEVICE_ID}")
     with device.lock:
         s = device.state()
+        # A view the driver reset away (the frozen device has not seen the
+        # reset yet) is of no queue the guest still has: those start at 0.
+        stale = s.resets != device._resets
         queues, positions = [], []
         for i in range(device.QUEUES):
             q = s.queue[i]
             queues.append({n: getattr(q, n) for n in QUEUE_FIELDS})
-            view = device._queues.get(i)
+            view = None if stale or not q.ready else device._queues.get(i)
             last_avail, used_idx = (view.last_avail, view.used_idx) if view is not None else (0, 0)
             if last_avail != used_idx:
                 raise PersistError(f"{device.name}: queue {i} has requests taken and not "
@@ -177,6 +180,8 @@ def apply(device, saved):
     if err:
         raise PersistError(f"device {saved.slot} ({saved.kind.NAME}): the saved registers do not "
                            f"fit the device here (features or queues differ)")
+    if t["status"] & lib.VIRTIO_STATUS_NEEDS_RESET:
+        device._broken = True           # the guest broke it: it stays so until it resets it
     device.restore_positions({i: (p["last_avail"], p["used_idx"])
                               for i, p in enumerate(saved.positions)})
     saved.kind.restored(device, saved.backend)
