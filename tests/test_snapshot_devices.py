@@ -142,6 +142,31 @@ def test_a_partition_with_a_disk_migrates_and_the_disk_goes_with_it(first, then,
     finish_blk(got["part"], out, image)
 
 
+def test_hv_receive_in_another_process_opens_the_same_disk(image, tmp_path):
+    """Across processes on one machine: `hv receive` reopens the image the
+    source had (at its path), takes its lock, and runs the guest to the end."""
+    import subprocess
+    import sys
+    from hv import migrate
+    address = f"unix:{tmp_path}/rx.sock"
+    rx = subprocess.Popen([sys.executable, "-m", "hv", "receive", address], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert b"listening" in rx.stderr.readline()
+        out = Output()
+        part, blk = blk_partition("tcg", image, out)
+        paused = pause_at(part, blk, GATE, 0)
+        part.start()
+        assert paused.wait(60)
+        part.migrate(address, progress=migrate.Progress(None))
+        stdout, stderr = rx.communicate(timeout=60)
+    finally:
+        rx.kill()
+    assert rx.returncode == 0, stderr
+    assert stdout.rstrip().endswith(b"SUCCESS"), stdout[-300:]
+    assert check_image(image.read_bytes(), RUN, 1, BLOCKS - 1) == 0
+
+
 def test_an_abandoned_migration_gives_the_disk_back(image, tmp_path):
     """The destination takes the whole stream and never answers: the source
     locks its image again (no one else can open it for writing) and the
