@@ -105,9 +105,12 @@ class DirtyLog:
 def _send_pages(w, dirty, pfns):
     for i in range(0, len(pfns), PAGES_PER_RECORD):
         batch = pfns[i:i + PAGES_PER_RECORD]
+        # One copy of the pages, hashed and written as it is: a page of live
+        # RAM the guest writes between the digest and the write would make
+        # the stream disagree with its own VERIFY record.
+        pages = b"".join(dirty.page(p) for p in batch)
         w.record(fmt.PAGES, fmt.PAGES_FIXED.pack(len(batch), 0),
-                 b"".join(p.to_bytes(8, "little") for p in batch),
-                 *(dirty.page(p) for p in batch))
+                 b"".join(p.to_bytes(8, "little") for p in batch), pages)
 
 
 class Progress:
