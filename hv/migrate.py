@@ -258,6 +258,9 @@ def receive(srv, engine=None, **kwargs):
             state.close()
         return part, conn
     except (fmt.FormatError, OSError, SnapshotError, ValueError) as e:
+        # The file object holds the socket open too: close both, or the
+        # source waits for an answer that never comes instead of an end.
+        inp.close()
         conn.close()
         raise MigrationError(f"migration stream discarded: {e}") from None
     finally:

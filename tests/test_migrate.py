@@ -204,3 +204,30 @@ def test_pages_are_sent_as_they_were_hashed():
     w.finish()
     records = list(fmt.Reader(io.BytesIO(out.getvalue())))    # a bad digest raises
     assert [t for t, _ in records] == [fmt.PAGES]
+
+
+def test_a_discarded_stream_hangs_up_on_the_source(tmp_path):
+    """A stream the receiver refuses (here: its VERIFY does not match) ends
+    the connection: the source reads end-of-file and runs on, it does not
+    wait for an answer for ever (the receiver's file object kept the
+    socket open)."""
+    import io
+    from hv import snapshot_format as fmt
+    address = f"unix:{tmp_path}/bad.sock"
+    t, got = receiver(address, "tcg", Output())
+    buf = io.BytesIO()
+    w = fmt.Writer(buf)
+    w.record(fmt.MEMORY, fmt.MEMORY_FIXED.pack(1 << 20))
+    w.record(fmt.VERIFY, bytes(32))              # not the digest
+    w.record(fmt.END)
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(address[5:])
+    s.sendall(buf.getvalue())
+    s.shutdown(socket.SHUT_WR)
+    t.join(30)
+    s.settimeout(10)
+    try:
+        assert s.recv(1) == b""                  # hung up, no answer
+    finally:
+        s.close()
+    assert "corrupted" in str(got.get("error"))
