@@ -24,6 +24,7 @@ import os
 import threading
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from conftest import ROOT, guest, kvm_missing_reason
 from hv import snapshot_format as fmt
@@ -169,12 +170,14 @@ def test_hv_receive_in_another_process_opens_the_same_disk(image, tmp_path):
 
 def test_an_abandoned_migration_gives_the_disk_back(image, tmp_path):
     """The destination takes the whole stream and never answers: the source
-    locks its image again (no one else can open it for writing) and the
-    guest finishes there."""
+    locks its image again (no one else can open it for writing), listens on
+    its console socket again, and the guest finishes there."""
     import socket
     from hv import migrate
+    from hv.devices.vconsole import SocketConsole
     out = Output()
-    part, blk = blk_partition("tcg", image, out)
+    console_path = str(tmp_path / "c.sock")
+    part, blk = blk_partition("tcg", image, out, [ConsoleDevice(SocketConsole(console_path))])
     paused = pause_at(part, blk, GATE, 0)
     part.start()
     assert paused.wait(60)
@@ -196,6 +199,8 @@ def test_an_abandoned_migration_gives_the_disk_back(image, tmp_path):
     srv.close()
     with pytest.raises(Exception, match="in use"):
         BlkDevice(str(image))        # the source holds its disk again
+    with socket.socket(socket.AF_UNIX) as client:
+        client.connect(console_path)     # and its console's path
     part.resume()
     finish_blk(part, out, image)
 
@@ -441,3 +446,62 @@ def test_snapshots_taken_while_the_driver_resets_its_device(tmp_path):
     assert state == SHUTDOWN, (report, out.data[-300:])
     assert b"400 rounds" in out.data and out.data.rstrip().endswith(b"SUCCESS"), out.data[-300:]
     assert errors == 0
+
+
+# Any value at any place of a device record: refused in one line or loaded,
+# never another exception (the file is not trusted).
+ODD_VALUES = st.one_of(st.none(), st.booleans(), st.integers(min_value=-2, max_value=1 << 66),
+                       st.text(max_size=8), st.lists(st.integers(), max_size=3),
+                       st.dictionaries(st.text(max_size=4), st.integers(), max_size=2))
+
+
+def _paths(doc, at=()):
+    """Every place in a JSON document: (path of keys and indices, value)."""
+    yield at, doc
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            yield from _paths(v, at + (k,))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            yield from _paths(v, at + (i,))
+
+
+@pytest.fixture(scope="module")
+def saved_devices_doc(tmp_path_factory):
+    """The DEVICE records of a paused partition with a disk, a NIC, a console and an rng."""
+    tmp = tmp_path_factory.mktemp("fuzz")
+    image = tmp / "disk.img"
+    image.write_bytes(bytes(1 << 16))
+    from hv.console import Console
+    devices = [BlkDevice(str(image)), NetDevice(Switch("lan"), bytes.fromhex("020000000009")),
+               ConsoleDevice(Console(path=str(tmp / "c.txt"))), RngDevice()]
+    with Partition(guest("snap-counter"), engine="tcg", cmdline="rounds=5 pause=1000000",
+                   console=Output(), devices=devices) as p:
+        p.start()
+        p.snapshot(str(tmp / "s"), resume=False)
+    with open(tmp / "s" / STATE_FILE, "rb") as f:
+        return [fmt.unpack_device(b) for t, b in fmt.Reader(f) if t == fmt.DEVICE], \
+            p.mem_size
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_any_value_anywhere_in_a_device_record_is_refused_or_loaded(saved_devices_doc, data):
+    import copy
+    from hv.snapshot_devices import load_devices
+    records, mem_size = saved_devices_doc
+    which = data.draw(st.integers(0, len(records) - 1))
+    slot, device_id, doc = records[which]
+    doc = copy.deepcopy(doc)
+    places = [p for p, _ in _paths(doc) if p]
+    where = data.draw(st.sampled_from(places))
+    target = doc
+    for key in where[:-1]:
+        target = target[key]
+    target[where[-1]] = data.draw(ODD_VALUES)
+    bodies = [fmt.pack_device(s, d, doc if i == which else o)
+              for i, (s, d, o) in enumerate(records)]
+    try:
+        load_devices(bodies, mem_size)
+    except fmt.FormatError as e:
+        assert "\n" not in str(e)
