@@ -95,6 +95,19 @@ def migrate_partition(manager, body, name):
     return 200, manager.migrate(name, body["address"], body.get("downtime_ms", 300))
 
 
+def set_partition_protection(manager, body, name):
+    return 200, manager.set_protection(name, _object(body))
+
+
+def get_partition_protection(manager, body, name):
+    return 200, manager.protection(name)
+
+
+def clear_partition_protection(manager, body, name):
+    manager.clear_protection(name)
+    return 204, None
+
+
 def partition_metrics(manager, body, name):
     return 200, manager.metrics(name)
 
@@ -133,6 +146,9 @@ ROUTES = [
     (re.compile(rf"/partitions/{NAME}/share"), {"PUT": set_partition_share}),
     (re.compile(rf"/partitions/{NAME}/snapshot"), {"PUT": snapshot_partition}),
     (re.compile(rf"/partitions/{NAME}/migrate"), {"PUT": migrate_partition}),
+    (re.compile(rf"/partitions/{NAME}/protection"),
+     {"PUT": set_partition_protection, "GET": get_partition_protection,
+      "DELETE": clear_partition_protection}),
     (re.compile(rf"/partitions/{NAME}/metrics"), {"GET": partition_metrics}),
     (re.compile(rf"/partitions/{NAME}/console"), {"GET": partition_console}),
     (re.compile(rf"/partitions/{NAME}/channels/(?P<peer>[^/]+)"), {"PUT": connect_partitions}),

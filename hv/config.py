@@ -30,6 +30,15 @@ typo: "lan" here, "lna" there), so it is refused unless it is declared:
     [[switch]]
     name = "lan"        # e.g. for partitions that join later through the API
 
+A partition may be protected by periodic snapshots (hv/protect.py,
+docs/lifecycle.md): one every `every`, the last `keep` (default 3) kept,
+in `directory` (relative to this file), as snap-<n> directories that
+`hv restore DIRECTORY` resumes the newest of after a crash:
+
+    protect = { every = "30s", keep = 3, directory = "snaps/web" }
+
+`every` is a number with a unit: "500ms", "30s", "5m", "1h".
+
 Device specs are the same dicts `hv run --disk/--rng/--vconsole/--net` build
 (hv run's NICs share the declared switch "default").  Values have exactly
 their documented types: `readonly = "no"` is refused, not taken as true.
@@ -37,7 +46,11 @@ their documented types: `readonly = "no"` is refused, not taken as true.
 import os
 
 PARTITION_KEYS = {"name", "kernel", "initrd", "mem", "cmdline", "engine", "deterministic", "devices",
-                  "weight", "cap", "smp"}
+                  "weight", "cap", "smp", "protect"}
+PROTECT_KEYS = {"every", "keep", "directory"}
+PROTECT_KEEP_MAX = 1000
+PROTECT_EVERY_MIN = 0.01        # seconds: a save pauses the guest, so not more often
+DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
 SMP_MAX = 16                    # vCPUs per partition: hv/abi.h's HV_VCPUS_MAX (a test checks)
 # The scheduler's share of a partition (docs/scheduler.md): either key puts it
 # on the process's scheduler.  (lowest, highest) accepted.
@@ -204,12 +217,49 @@ def check_partition(spec, source=None, base=".", index=None):
     if spec.get("engine", "auto") not in ("auto", *ENGINES):
         raise ConfigError(f"{where}: unknown engine {spec['engine']!r} "
                           f"(choose from auto, {', '.join(ENGINES)})")
+    if "protect" in spec:
+        spec["protect"] = check_protect(spec["protect"], where, base)
     devices = spec.setdefault("devices", [])
     if not isinstance(devices, list):
         raise ConfigError(f"{where}: devices must be a list of tables")
     for dev in devices:
         check_device(dev, where, base)
     return spec
+
+
+def parse_duration(text):
+    """Seconds from "500ms", "30s", "5m", "1h" (a number, then its unit)."""
+    import re
+    m = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)", text.strip()) if isinstance(text, str) else None
+    if not m:
+        raise ValueError(f"{text!r} is not a duration (a number and ms, s, m or h: \"30s\")")
+    return float(m.group(1)) * DURATION_UNITS[m.group(2)]
+
+
+def check_protect(table, where, base="."):
+    """A partition's protect table, checked and completed: {"every": text,
+    "keep", "directory" (absolute)}.  Raises ConfigError."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: protect must be a table "
+                          '{ every = "30s", keep = 3, directory = "DIR" }')
+    extra = set(table) - PROTECT_KEYS
+    if extra:
+        raise ConfigError(f"{where}: protect: unknown key {sorted(extra)[0]!r}")
+    if "every" not in table or "directory" not in table:
+        raise ConfigError(f"{where}: protect needs every (\"30s\") and directory")
+    try:
+        every = parse_duration(table["every"])
+    except ValueError as e:
+        raise ConfigError(f"{where}: protect: every: {e}") from None
+    if every < PROTECT_EVERY_MIN:
+        raise ConfigError(f"{where}: protect: every must be at least {PROTECT_EVERY_MIN * 1000:.0f}ms")
+    keep = table.get("keep", 3)
+    if type(keep) is not int or not 1 <= keep <= PROTECT_KEEP_MAX:
+        raise ConfigError(f"{where}: protect: keep must be an integer 1..{PROTECT_KEEP_MAX}")
+    if not isinstance(table["directory"], str) or not table["directory"]:
+        raise ConfigError(f"{where}: protect: directory must be a path")
+    return {"every": table["every"], "keep": keep,
+            "directory": os.path.join(base, table["directory"])}
 
 
 def check_device(dev, where, base="."):

@@ -39,7 +39,6 @@ CONSOLE_KEEP = 64 << 10         # bytes of console output kept per partition
 MAX_PARTITIONS = 1024           # records kept, live or ended: the inventory is bounded
 CHANNEL_REFS = 16               # grant refs a channel takes in its side a's table (vchan: 9)
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")   # safe in URLs, paths, logs
-SCHEDULER_KEYS = {"smp"}          # accepted once partitions have several vCPUs
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -143,6 +142,7 @@ class Managed:
         self.resources = claims(spec)
         self.engine = partition.engine
         self.scheduled = partition.scheduled        # its vCPU runs on the scheduler's workers
+        self.protection = None          # hv.protect.Protection while protected (the last one after)
 
     def current_state(self):
         part = self.partition
@@ -203,9 +203,6 @@ class Manager:
         table holds.  Relative paths are taken from `base` (default: the
         working directory).  Returns its description."""
         spec = copy.deepcopy(spec)          # checking fills in defaults and paths
-        for key in SCHEDULER_KEYS & set(spec if isinstance(spec, dict) else ()):
-            raise BadRequest(f"partition {spec.get('name')!r}: {key} is not supported yet "
-                             "(one vCPU per partition)")
         try:
             check_partition(spec, base=base or os.getcwd())
         except ConfigError as e:
@@ -262,6 +259,19 @@ class Manager:
             for device in devices:
                 device.close()
             raise
+        if "protect" in spec:
+            from hv.snapshot import SnapshotError
+            from hv.snapshot_devices import check_savable
+            try:
+                check_savable(part)
+                os.makedirs(spec["protect"]["directory"], exist_ok=True)
+            except SnapshotError as e:
+                part.destroy()
+                raise BadRequest(f"partition {name!r}: protect: {e}") from None
+            except OSError as e:
+                part.destroy()
+                raise BadRequest(f"partition {name!r}: protect: cannot make "
+                                 f"{spec['protect']['directory']}: {e.strerror}") from None
         entry = Managed(name, spec, part, console)
         return entry
 
@@ -327,6 +337,8 @@ class Manager:
             # that a pause right after start finds it running.
             while part.state == CREATED and thread.is_alive():
                 time.sleep(0.0002)
+            if "protect" in entry.spec:
+                self._protect(entry)
         return self._describe(entry)
 
     def _run(self, entry, part):
@@ -418,6 +430,87 @@ class Manager:
                 raise Conflict(f"cannot write {directory}: {e.strerror}") from None
         return {"name": name, "state": entry.current_state(), **saved}
 
+    # -- scheduled protection (hv/protect.py) ---------------------------------
+    def _protect(self, entry):
+        """Start saving entry's partition as its spec's protect table says
+        (entry.lock held; the partition runs or is paused)."""
+        from hv.config import parse_duration
+        from hv.protect import Protection
+        table = entry.spec["protect"]
+        try:
+            entry.protection = Protection(entry.partition, table["directory"],
+                                          parse_duration(table["every"]), table["keep"],
+                                          lock=entry.lock)
+        except OSError as e:
+            raise Conflict(f"partition {entry.name!r}: protect: cannot use "
+                           f"{table['directory']}: {e.strerror}") from None
+
+    def set_protection(self, name, table):
+        """Protect a partition from now on (replacing its protection), or,
+        not started yet, once it starts.  Returns protection(name)."""
+        from hv.config import check_protect
+        from hv.snapshot import SnapshotError
+        from hv.snapshot_devices import check_savable
+        entry = self._get(name)
+        try:
+            table = check_protect(table, f"partition {name!r}", os.getcwd())
+        except ConfigError as e:
+            raise BadRequest(str(e)) from None
+        with entry.lock:
+            state = entry.current_state()
+            if state not in (CREATED, RUNNING, PAUSED):
+                raise Conflict(f"cannot protect partition {name!r}: it is {state}")
+            try:
+                check_savable(entry.partition)
+                os.makedirs(table["directory"], exist_ok=True)
+            except SnapshotError as e:
+                raise Conflict(str(e)) from None
+            except OSError as e:
+                raise BadRequest(f"partition {name!r}: protect: cannot make "
+                                 f"{table['directory']}: {e.strerror}") from None
+            if entry.protection is not None:
+                entry.protection.stop(wait=False)
+            entry.spec["protect"] = table
+            if state != CREATED:
+                self._protect(entry)
+        return self.protection(name)
+
+    def clear_protection(self, name):
+        """No more periodic snapshots; those taken stay."""
+        entry = self._get(name)
+        with entry.lock:
+            if entry.protection is not None:
+                entry.protection.stop(wait=False)
+            entry.spec.pop("protect", None)
+
+    def protection(self, name):
+        """A partition's protection: its settings, how it goes, and the
+        complete snapshots in its directory, oldest first."""
+        from hv.protect import snapshots
+        entry = self._get(name)
+        with entry.lock:
+            table = entry.spec.get("protect")
+            guard = entry.protection
+            about = {"name": name, "every": table["every"] if table else None,
+                     "keep": table["keep"] if table else None,
+                     "directory": table["directory"] if table else None,
+                     "active": bool(guard and guard.active), "saved": 0, "last_error": None,
+                     "last_saved_at": None, "last_pause_seconds": None}
+            if guard is not None and (table is None or guard.directory == table["directory"]):
+                status = guard.status()
+                about.update({k: status[k] for k in ("saved", "last_error", "last_saved_at",
+                                                     "last_pause_seconds")})
+                about["directory"] = about["directory"] or guard.directory
+        found = []
+        for path in snapshots(about["directory"]) if about["directory"] else []:
+            try:
+                found.append({"directory": path,
+                              "saved_at": os.stat(os.path.join(path, "state")).st_mtime})
+            except FileNotFoundError:
+                pass                    # pruned meanwhile
+        about["snapshots"] = found
+        return about
+
     def migrate(self, name, address, downtime_ms=300):
         """Move a running partition to an `hv receive` at address; it ends
         here (stopped) once it runs there, and runs on here if that fails."""
@@ -452,6 +545,8 @@ class Manager:
     def _end(self, entry):
         """Record how the partition ended and free it (entry.lock held)."""
         part = entry.partition
+        if entry.protection is not None:
+            entry.protection.stop(wait=False)   # it saves under entry.lock: none starts now
         part.destroy()                  # returns once the vCPU has stopped
         if part.crash_report is not None:
             entry.state = CRASHED
@@ -544,6 +639,7 @@ class Manager:
                 "weight": entry.spec.get("weight"),
                 "cap": entry.spec.get("cap"),
                 "devices": entry.spec["devices"],
+                "protect": entry.spec.get("protect"),
                 "consoles": console_sockets(entry.spec),
                 "exit_code": part.exit_code if live else entry.exit_code,
                 "crash_report": part.crash_report if live else entry.crash_report,

@@ -18,6 +18,7 @@ every record is engine-neutral.
 """
 import errno
 import os
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -26,6 +27,7 @@ from hv.abi import ffi, lib
 
 STATE_FILE = "state"
 MEMORY_PREFIX = "memory-"
+MEMORY_FILE = re.compile(MEMORY_PREFIX + "[0-9a-f]{16}")    # the names save() gives them
 CHUNK = 1 << 20                 # memory is written in 1 MiB pieces; a zero piece is a hole
 ZERO_CHUNK = bytes(CHUNK)
 BUSY_RETRIES = 200              # the vCPU owes an instruction its work: run it a little
@@ -186,7 +188,7 @@ def save(part, directory, resume=True):
         os.replace(tmp, os.path.join(directory, STATE_FILE))
         _fsync_dir(directory)
         for old in os.listdir(directory):      # the memory files no state names any more
-            if old.startswith(MEMORY_PREFIX) and old != memory_name:
+            if MEMORY_FILE.fullmatch(old) and old != memory_name:
                 os.unlink(os.path.join(directory, old))
     finally:
         paused_for = time.monotonic() - t0

@@ -101,6 +101,23 @@ SCENARIOS = {
     # "idle" was created and never started.
     ("PUT", "/partitions/{name}/migrate", 409): lambda t: ("/partitions/idle/migrate",
                                                            {"address": "unix:/x"}, None),
+    # "bare" runs snap-counter (no devices); "ended" was stopped.
+    ("PUT", "/partitions/{name}/protection", 200): lambda t: (
+        "/partitions/bare/protection", {"every": "1s", "keep": 2, "directory": str(t / "guard")}, None),
+    ("PUT", "/partitions/{name}/protection", 400): lambda t: (
+        "/partitions/bare/protection", {"every": "soon", "directory": str(t / "guard")}, None),
+    ("PUT", "/partitions/{name}/protection", 404): lambda t: (
+        "/partitions/nope/protection", {"every": "1s", "directory": str(t / "guard")}, None),
+    ("PUT", "/partitions/{name}/protection", 409): lambda t: (
+        "/partitions/ended/protection", {"every": "1s", "directory": str(t / "guard")}, None),
+    ("GET", "/partitions/{name}/protection", 200): lambda t: ("/partitions/bare/protection",
+                                                              None, None),
+    ("GET", "/partitions/{name}/protection", 404): lambda t: ("/partitions/nope/protection",
+                                                              None, None),
+    ("DELETE", "/partitions/{name}/protection", 204): lambda t: ("/partitions/bare/protection",
+                                                                 None, None),
+    ("DELETE", "/partitions/{name}/protection", 404): lambda t: ("/partitions/nope/protection",
+                                                                 None, None),
     ("PUT", "/partitions/{name}/snapshot", 200): lambda t: ("/partitions/bare/snapshot",
                                                             {"directory": str(t / "snap")}, None),
     ("PUT", "/partitions/{name}/snapshot", 400): lambda t: ("/partitions/bare/snapshot",
@@ -167,6 +184,8 @@ def test_live_server_answers_as_documented(tmp_path):
         c.json("PUT", "/partitions/bare", {"kernel": guest("snap-counter"),
                                            "cmdline": "rounds=100000"}, expect=201)
         c.json("PUT", "/partitions/bare/actions", {"action": "start"})
+        c.json("PUT", "/partitions/ended", _spec(tmp_path, "ended"), expect=201)
+        c.json("PUT", "/partitions/ended/actions", {"action": "stop"})
         c.json("PUT", "/partitions/mover", {"kernel": guest("snap-counter"),
                                             "cmdline": "rounds=100000"}, expect=201)
         c.json("PUT", "/partitions/mover/actions", {"action": "start"})

@@ -108,7 +108,10 @@ def test_a_refused_spec_leaves_nothing_behind(manager, tmp_path):
     bad = [
         {"name": "x", "kernel": str(tmp_path / "none.elf"), "devices": [{"type": "blk", "path": str(disk)}]},
         {"name": "x", "kernel": guest("hello"), "mem": "0"},
-        {"name": "x", "kernel": guest("hello"), "smp": 2},
+        {"name": "x", "kernel": guest("hello"), "smp": 17},
+        {"name": "x", "kernel": guest("hello"), "protect": {"every": "1s"}},
+        {"name": "x", "kernel": guest("hello"),
+         "protect": {"every": "1s", "directory": str(disk / "sub")}},   # not a directory
         {"name": "x", "kernel": guest("hello"), "devices": [{"type": "console", "output": 5}]},
         {"name": "", "kernel": guest("hello")},
         {"name": "../x", "kernel": guest("hello")},

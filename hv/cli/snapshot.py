@@ -26,7 +26,8 @@ def add_parsers(sub):
     snap.set_defaults(func=cmd_snapshot)
 
     restore = sub.add_parser("restore", help="resume a saved partition here, on either engine")
-    restore.add_argument("directory", help="a directory `hv snapshot` wrote")
+    restore.add_argument("directory", help="a directory `hv snapshot` wrote, or a protected "
+                                           "partition's (its newest snapshot)")
     restore.add_argument("--engine", choices=("kvm", "tcg"),
                          help="the engine to resume on (default: the one that saved it)")
     restore.set_defaults(func=cmd_restore)
@@ -75,9 +76,17 @@ def cmd_migrate(args):
 
 def cmd_restore(args):
     from hv.partition import HostError
-    from hv.snapshot import SnapshotError, load, restore_state
+    from hv.protect import snapshots
+    from hv.snapshot import STATE_FILE, SnapshotError, load, restore_state
+    directory = args.directory
+    found = snapshots(directory)
+    if not os.path.exists(os.path.join(directory, STATE_FILE)) and found:
+        # A protected partition's directory (hv up's protect): the newest.
+        directory = found[-1]
+        print(f"hv: restore: {directory}, the newest of {len(found)} snapshots in "
+              f"{args.directory}", file=sys.stderr)
     try:
-        state = load(args.directory)
+        state = load(directory)
     except SnapshotError as e:
         return error(str(e))
     try:

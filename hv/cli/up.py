@@ -45,10 +45,10 @@ def cmd_up(args):
                 manager.create(spec)
             for ch in channels:         # each channel a partition serves takes 16 grant refs
                 manager.connect(ch["a"], ch["b"])
+            for spec in specs:          # and protected from now on, if it says so
+                manager.start(spec["name"])
         except ManagerError as e:
             return error(f"{args.config}: {e}")
-        for spec in specs:
-            manager.start(spec["name"])
         for spec in specs:
             name = spec["name"]
             state = manager.wait(name)
