@@ -288,7 +288,7 @@ static int tcg_set_pvh_entry(void *vp, uint32_t entry, uint32_t info,
     for (size_t i = 0; i < sizeof(data) / sizeof(data[0]); i++)
         if (uc_reg_write(c->uc, data[i], &data_sel))
             return -EINVAL;
-    tcg_load_flat_segments(c, 0x10, 0x18);      /* the caches too (snapshots read them) */
+    tcg_load_flat_segments(c, 0x10, 0x18, 0);   /* the caches too (snapshots read them) */
     struct hv_regs *r = tcg_regs(vp);
     memset(r, 0, sizeof(*r));
     r->rip = entry;
@@ -322,6 +322,7 @@ static int tcg_set_long_entry(void *vp, const struct hv_vcpu_context *ctx,
     struct hv_sregs s = { .cr0 = 0x80010031, .cr3 = ctx->cr3, .cr4 = 0x20, .efer = 0xd00,
                           .gdt_base = gdt, .gdt_limit = gdt_limit };
     tcg_set_sregs(vp, &s);
+    tcg_load_flat_segments(c, HV_VCPU_UP_CS, HV_VCPU_UP_DS, 1);   /* caches: snapshots read them */
     struct hv_regs *r = tcg_regs(vp);
     memset(r, 0, sizeof(*r));
     r->rip = ctx->rip;

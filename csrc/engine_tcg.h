@@ -115,8 +115,9 @@ void tcg_debug_free(struct tcg_vcpu *c);
 /* engine_tcg_snapshot.c: the whole CPU state (engine_ops get_state/set_state). */
 int tcg_get_state(void *vcpu, struct hv_cpu_state *s);
 int tcg_set_state(void *vcpu, const struct hv_cpu_state *s);
-/* Fill the segment caches as hv's boot GDT would (set_pvh_entry). */
-int tcg_load_flat_segments(struct tcg_vcpu *c, uint16_t code, uint16_t data);
+/* Fill the segment caches as hv's boot GDT would (set_pvh_entry; long_mode:
+ * set_long_entry's 64-bit code). */
+int tcg_load_flat_segments(struct tcg_vcpu *c, uint16_t code, uint16_t data, int long_mode);
 /* Find the segment caches in a saved context (tcg_state_init: scratch
  * CPUs run only there, before any vCPU does). */
 void tcg_find_segment_caches(void);

@@ -157,21 +157,24 @@ static void segments_put(struct tcg_vcpu *c, const struct hv_cpu_state *s)
     uc_context_restore(c->uc, ctx);
 }
 
-/* The PVH entry's flat 32-bit segments (engine_tcg.c's set_pvh_entry):
+/* The flat segments of the PVH entry (32-bit code) and of vcpu_up (long
+ * mode, 64-bit code; engine_tcg.c's set_pvh_entry and set_long_entry):
  * writing a selector through Unicorn's API sets the selector alone, so
  * the caches are filled here, as the CPU would have filled them from hv's
  * boot GDT -- a snapshot taken before the guest reloads its segments must
- * find real caches, not zeros. */
-int tcg_load_flat_segments(struct tcg_vcpu *c, uint16_t code, uint16_t data)
+ * find real caches, not zeros (an SMP vCPU saved in its first
+ * instructions after vcpu_up was restored with an unusable CS). */
+int tcg_load_flat_segments(struct tcg_vcpu *c, uint16_t code, uint16_t data, int long_mode)
 {
     if (!segs_ready())
         return -ENOTSUP;
-    struct hv_cpu_state s = { .cr0 = CR0_PE | CR0_ET };
+    struct hv_cpu_state s = { .cr0 = CR0_PE | CR0_ET | (long_mode ? CR0_PG : 0),
+                              .efer = long_mode ? EFER_LMA : 0 };
     for (int i = HV_SEG_ES; i <= HV_SEG_GS; i++)
         s.seg[i] = (struct hv_segment){ .limit = 0xffffffff, .selector = data,
                                         .attrib = 0x3 | 1 << 4 | 1 << 7 | SEG_DB | 1 << 15 };
     s.seg[HV_SEG_CS].selector = code;
-    s.seg[HV_SEG_CS].attrib = 0xb | 1 << 4 | 1 << 7 | SEG_DB | 1 << 15;
+    s.seg[HV_SEG_CS].attrib = 0xb | 1 << 4 | 1 << 7 | (long_mode ? SEG_L : SEG_DB) | 1 << 15;
     segments_put(c, &s);
     tcg_patch_cpu_state(c, 0, MODE_FLAGS, mode_flags(&s));
     return 0;

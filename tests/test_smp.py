@@ -69,6 +69,19 @@ def test_smp_guest_succeeds(sched, engine, name, cmdline):
     assert state == SHUTDOWN and result(text) == "SUCCESS", (p.crash_report, text)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_an_ipi_to_a_down_vcpu_reaches_it_once_it_is_up(sched, engine):
+    # smp-snap's last vCPU goes down half way and is brought up again; the
+    # vCPU before it in the ring sends it an IPI meanwhile.  vcpu_up used
+    # to drop the upcall that IPI left owed (upcall_pending set in its
+    # block, so no later event injected one): the ring stopped for good.
+    # On KVM the vCPU brought up again also inherited the last exit's
+    # interrupt_bitmap and took the old vector into an IDT not yet loaded.
+    state, p, text = run(sched, "smp-snap", engine, 3, "rounds=12 pause=500000")
+    assert state == SHUTDOWN and result(text) == "SUCCESS", (p.crash_report, text)
+    assert text.count("token=12 ") == 3
+
+
 def test_tcg_tlb_is_stale_without_the_flush(sched):
     # The control for tlb-shootdown: on TCG each vCPU's TLB really holds the
     # old translation, so the fault there is the hypercall's doing.

@@ -188,3 +188,46 @@ def test_a_snapshot_with_no_vcpu_up_is_refused(tmp_path, reference):
     with pytest.raises(SnapshotError, match="no vcpu is up"):
         load(str(tmp_path / "ok"))
     assert os.path.exists(tmp_path / "ok" / "state")
+
+
+def just_brought_up(engine):
+    """vCPU 1's saved state right after vCPU 0's vcpu_up, before it runs."""
+    import struct
+    from hv.abi import ffi, lib
+    pp = ffi.new("struct hv_partition **")
+    assert lib.hv_partition_create(getattr(lib, f"HV_ENGINE_{engine.upper()}"), 4 << 20, pp) == 0
+    p = pp[0]
+    try:
+        assert lib.hv_partition_set_vcpus(p, 2) == 0
+        vcpus = []
+        for i in range(2):
+            out = ffi.new("struct hv_vcpu **")
+            assert lib.hv_vcpu_create(p, i, out) == 0
+            vcpus.append(out[0])
+        lib.hv_partition_reserve(p, 0, 0x1000)                  # page 0: hv's boot GDT
+        assert lib.hv_vcpu_set_pvh_entry(vcpus[0], 0x100000, 0x1000) == 0
+        ram = memoryview(ffi.buffer(lib.hv_partition_ram(p), 4 << 20))
+        ram[0x8000:0x8020] = struct.pack("<4Q", 0x100000, 0x90000, 0x20000, 7)  # the context
+        regs, exit_ = ffi.new("struct hv_regs *"), ffi.new("struct hv_exit *")
+        regs.rax, regs.rdi, regs.rsi = lib.HV_HC_VCPU_UP, 1, 0x8000
+        assert lib.hv_test_dispatch(vcpus[0], regs, exit_) == 1 and regs.rax == 0
+        cpu, pending = ffi.new("struct hv_cpu_state *"), ffi.new("struct hv_vcpu_pending *")
+        assert lib.hv_vcpu_get_state(vcpus[1], cpu, pending) == 0 and pending.up
+        segs = [(s.base, s.limit, s.selector, s.attrib) for s in cpu.seg[0:6]]
+        return segs, (cpu.cr0, cpu.cr3, cpu.cr4, cpu.efer), \
+            (cpu.regs.rip, cpu.regs.rsp, cpu.regs.rdi, cpu.regs.rflags)
+    finally:
+        lib.hv_partition_destroy(p)
+
+
+def test_a_vcpu_saved_right_after_vcpu_up_has_its_64_bit_segments():
+    """TCG's vcpu_up set the selectors alone: a vCPU saved before its first
+    instruction had an unusable CS (restored, it ran as 16-bit code and
+    faulted at its first segment load).  Its record is the one KVM gives."""
+    from conftest import engine_missing
+    segs, control, regs = just_brought_up("tcg")
+    cs, ss = segs[1], segs[2]
+    assert cs[2:] == (0x20, 0xa09b) and ss[2:] == (0x18, 0xc093)   # 64-bit code, flat data
+    assert control == (0x80010031, 0x20000, 0x20, 0xd00) and regs == (0x100000, 0x90000, 7, 2)
+    if engine_missing("kvm") is None:
+        assert just_brought_up("kvm") == (segs, control, regs)

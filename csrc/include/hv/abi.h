@@ -366,8 +366,10 @@ struct hv_multicall_entry {
  * other general register 0.  The new vCPU loads its own GDT and IDT before
  * it takes an interrupt.  The vCPUs share the partition's memory, hypercall
  * page and event page; each has its own registers, timer, block of events
- * and local APIC.  A crash of any vCPU stops the partition; so does a
- * shutdown from any vCPU.
+ * and local APIC.  An event raised on a down vCPU stays pending in its
+ * block; if it set upcall_pending, the upcall is injected once the vCPU
+ * is up and enables interrupts.  A crash of any vCPU stops the partition;
+ * so does a shutdown from any vCPU.
  */
 #define HV_VCPU_UP_CS          0x20     /* in hv's boot GDT: 64-bit ring-0 code */
 #define HV_VCPU_UP_DS          0x18     /* in hv's boot GDT: flat ring-0 data */
