@@ -104,6 +104,10 @@ int hv_vcpu_get_state(struct hv_vcpu *v, struct hv_cpu_state *cpu, struct hv_vcp
     if (v->g.wait == WAIT_PARENT_HYPERCALL || v->g.wait == WAIT_PARENT_IO_IN ||
         v->g.wait == WAIT_PARENT_IO_OUT)
         return -EBUSY;
+    /* Events queued for the vCPU's thread (TCG, event.c T:533) go into the
+     * event page now, a down vCPU's too: the vCPU is stopped, and the page
+     * is saved after this. */
+    event_deliver_raised(v);
     /* T:918 SMP.  A down vCPU, or one asked to go down (vcpu_down: it runs
      * no further instruction), is saved as down and without CPU state: the
      * next vcpu_up gives it the whole context it starts from.  A TLB flush
@@ -120,9 +124,6 @@ int hv_vcpu_get_state(struct hv_vcpu *v, struct hv_cpu_state *cpu, struct hv_vcp
     int err = e->get_state(v->engine_vcpu, cpu);
     if (err)
         return err;
-    /* Events queued for the vCPU's thread (TCG, event.c T:533) go into the
-     * event page now: the vCPU is stopped, and the page is saved after this. */
-    event_deliver_raised(v);
     *pend = (struct hv_vcpu_pending){
         .wait = (uint32_t)v->g.wait,
         .mc_active = (uint32_t)v->g.mc.active,
