@@ -48,6 +48,7 @@ struct worker {
     uint64_t poll_ns, advance_ns;
     uint64_t spin_ns, poll_hits;
     uint64_t recent_spin_ns, recent_idle_ns;    /* SPIN_SHARE's window */
+    int after_handoff;         /* idle after its HANDOFF_SPIN_NS look found nothing */
 };
 
 /* How long a worker looks for the vCPU it handed to the parent, and a
@@ -235,7 +236,12 @@ static void idle_wait(struct hv_sched *hs, struct worker *w, uint64_t deadline, 
     }
     uint64_t start = now_ns();
     int may_spin = w->recent_spin_ns * SPIN_SHARE <= w->recent_idle_ns;
-    if (w->poll_ns && may_spin) {
+    /* Its vCPU is with the parent and the hand-over look (T:597) passed:
+     * the parent is slow this time, and polling on would take the CPU the
+     * parent's thread needs.  Such a wake-up teaches poll_ns nothing. */
+    int handoff = w->after_handoff;
+    w->after_handoff = 0;
+    if (w->poll_ns && may_spin && !handoff) {
         uint64_t until = start + w->poll_ns;
         if (spin_for_work(hs, w, deadline && deadline < until ? deadline : until)) {
             w->poll_hits++;
@@ -262,7 +268,7 @@ static void idle_wait(struct hv_sched *hs, struct worker *w, uint64_t deadline, 
             w->advance_ns = ADVANCE_MAX_NS;
         if (woke < own)
             spin_for_work(hs, w, own);
-    } else if (!timed_out) {
+    } else if (!timed_out && !handoff) {
         /* Woken by an event: would polling have caught it? */
         if (woke - start <= POLL_MAX_NS)
             w->poll_ns = w->poll_ns ? w->poll_ns * 2 : POLL_START_NS;
@@ -321,6 +327,7 @@ static void *worker_main(void *arg)
              * Python): look for it a little before sleeping, so its return
              * costs no futex wake-up (one costs tens of µs here). */
             w->handed_to_parent = 0;
+            w->after_handoff = 1;
             pthread_mutex_unlock(&hs->s.lock);
             uint64_t until = sched_now(hs) + HANDOFF_SPIN_NS;
             while (!__atomic_load_n(&hs->s.w[w->index].head, __ATOMIC_ACQUIRE) &&
@@ -392,7 +399,10 @@ static void *worker_main(void *arg)
             hs->exitq_tail = v;
             v->h.queued = 1;
             w->handed_to_parent = 1;
-            pthread_cond_signal(&hs->exit_ready);
+            /* A server that spins for it takes it; the flag drops before
+             * that server takes the lock to sleep, so no record is missed. */
+            if (!__atomic_load_n(&hs->server_spinning, __ATOMIC_ACQUIRE))
+                pthread_cond_signal(&hs->exit_ready);
         }
         pthread_cond_broadcast(&hs->stopped);
     }
