@@ -221,6 +221,17 @@ int  hv_virtio_rings_claim(struct hv_partition *p, uint32_t slot, uint32_t reset
 int  hv_virtio_rings_release(struct hv_partition *p, uint32_t slot);
 /* The driver's reset count alone (cheaper than hv_virtio_state). */
 uint32_t hv_virtio_resets(struct hv_partition *p, uint32_t slot);
+/* Spin until the guest's 16-bit word at gpa (a ring's avail.idx) differs
+ * from `seen` (HV_VIRTIO_POLL_POSTED), for at most timeout_ns, capped at
+ * 1 ms (HV_VIRTIO_POLL_TIMEOUT), or until wake_fd (-1: none) is readable
+ * (HV_VIRTIO_POLL_WOKEN); -EINVAL if gpa is not an aligned word of RAM.
+ * *waited_ns: the watch's length; *stolen_ns: how much of it the thread
+ * was not running (the CPU went to other threads). */
+#define HV_VIRTIO_POLL_TIMEOUT 0
+#define HV_VIRTIO_POLL_POSTED 1
+#define HV_VIRTIO_POLL_WOKEN 2
+int  hv_virtio_poll(struct hv_partition *p, uint64_t gpa, uint32_t seen, uint64_t timeout_ns,
+                    int wake_fd, uint64_t *waited_ns, uint64_t *stolen_ns);
 
 /* -- The PC platform (csrc/platform.h) -------------------------------------- */
 /* Take up to max bytes of UART output not yet handed over in an exit

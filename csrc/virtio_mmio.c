@@ -18,6 +18,7 @@
  * DSDT).  The driver's InterruptACK (or a reset) lowers it.
  */
 #include <errno.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -257,6 +258,71 @@ uint32_t hv_virtio_resets(struct hv_partition *p, uint32_t slot)
     uint32_t resets = d->s.resets;
     pthread_mutex_unlock(&d->lock);
     return resets;
+}
+
+/* T:578 The device side's polling, without the GIL (cffi drops it for
+ * the call).  After serving a queue the backend watches avail.idx for a
+ * while with kicks suppressed (hv/devices/polling.py decides how long):
+ * a driver that posts again soon then costs no kick and the device thread
+ * no wake-up.  Bounded twice: by the caller's window and by
+ * VIRTIO_POLL_MAX_NS here.  The thread may have other work (the partition's
+ * other devices, a frame handed over by a peer): wake_fd, the thread's
+ * epoll fd, is looked at every few microseconds and ends the watch when it
+ * is readable.  Only a 16-bit word inside RAM is read; the ring's place
+ * was checked when the backend built its view of it. */
+#define VIRTIO_POLL_MAX_NS 1000000ull
+#define VIRTIO_POLL_FD_EVERY_NS 4000ull
+
+static uint64_t clock_ns(clockid_t clock)
+{
+    struct timespec t;
+    clock_gettime(clock, &t);
+    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+
+static int fd_readable(int fd)
+{
+    struct pollfd pfd = { .fd = fd, .events = POLLIN };
+    return fd >= 0 && poll(&pfd, 1, 0) > 0;
+}
+
+static int watch(const volatile uint16_t *word, uint16_t seen, uint64_t deadline, int wake_fd)
+{
+    uint64_t next_fd_check = 0;
+    for (;;) {
+        for (int spin = 0; spin < 32; spin++) {
+            if (__atomic_load_n(word, __ATOMIC_ACQUIRE) != seen)
+                return HV_VIRTIO_POLL_POSTED;
+            __builtin_ia32_pause();
+        }
+        uint64_t now = clock_ns(CLOCK_MONOTONIC);
+        if (now >= deadline)
+            return HV_VIRTIO_POLL_TIMEOUT;
+        if (now >= next_fd_check) {
+            if (fd_readable(wake_fd))
+                return HV_VIRTIO_POLL_WOKEN;
+            next_fd_check = now + VIRTIO_POLL_FD_EVERY_NS;
+        }
+    }
+}
+
+/* *waited_ns: how long the watch took; *stolen_ns: how much of that this
+ * thread did not run (others wanted the CPU: polling then costs them). */
+int hv_virtio_poll(struct hv_partition *p, uint64_t gpa, uint32_t seen, uint64_t timeout_ns,
+                   int wake_fd, uint64_t *waited_ns, uint64_t *stolen_ns)
+{
+    *waited_ns = *stolen_ns = 0;
+    if (gpa % 2 || gpa >= p->mem_size || p->mem_size - gpa < 2)
+        return -EINVAL;
+    const volatile uint16_t *word = (const volatile uint16_t *)(p->ram + gpa);
+    uint64_t start = clock_ns(CLOCK_MONOTONIC), ran = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+    uint64_t deadline = start + (timeout_ns < VIRTIO_POLL_MAX_NS ? timeout_ns : VIRTIO_POLL_MAX_NS);
+    int outcome = watch(word, (uint16_t)seen, deadline, wake_fd);
+    uint64_t waited = clock_ns(CLOCK_MONOTONIC) - start;
+    ran = clock_ns(CLOCK_THREAD_CPUTIME_ID) - ran;
+    *waited_ns = waited;
+    *stolen_ns = waited > ran ? waited - ran : 0;
+    return outcome;
 }
 
 /* Reset (status 0): the driver starts over; the device forgets it all. */

@@ -25,7 +25,7 @@ class NetDevice(VirtioDevice):
     QUEUES = 2
     QUEUE_MAX = 256
     HOST_FED_QUEUES = frozenset({RECEIVEQ})
-    POLL_NS = 0             # transmit polling holds the GIL the peer's thread needs
+    POLL_MAX_NS = 0         # (measured below)
 
     def __init__(self, switch, mac, name=None, datapath=None):
         super().__init__(name or f"net({mac_text(mac)})", datapath=datapath)

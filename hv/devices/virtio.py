@@ -16,12 +16,14 @@ answered for loses that device until it resets it (DEVICE_NEEDS_RESET),
 with one log line and a counter; nothing else is touched.
 """
 import os
-import selectors
+import select
 import threading
 import time
 
 from hv.abi import ffi, lib
 from hv.devices import datapath as datapaths
+from hv.devices import polling
+from hv.devices.polling import AdaptivePoll
 from hv.devices.errors import QueueError
 from hv.log import log
 
@@ -48,10 +50,9 @@ class VirtioDevice:
     # Queues whose buffers wait for host data (a NIC's receive queue): a kick
     # only says buffers were added; they are filled when data arrives.
     HOST_FED_QUEUES = frozenset()
-    # After serving, watch the ring this long for the next request before
-    # going back to sleep (QEMU's adaptive polling does the same, 32 us by
-    # default): a waiting driver then gets no thread wake-up latency.
-    POLL_NS = 32_000
+    # After serving, watch the ring for the next request up to this long
+    # (the window adapts to the driver: hv/devices/polling.py); 0: never.
+    POLL_MAX_NS = polling.MAX_NS
     # A buffer in a frame the guest does not own (hv's boot area): True if
     # the device answers that request with an error status (serve() checks
     # Chain.refused), False if the ring is broken (DEVICE_NEEDS_RESET).
@@ -67,6 +68,10 @@ class VirtioDevice:
         self.errors = 0             # bad requests and broken rings seen
         self.requests = 0           # requests served
         self._queues = {}           # index -> SplitQueue, built when the driver is ready
+        self._polls = {}            # index -> AdaptivePoll: how long to watch it after serving
+        self._slept_at = {}         # index -> when it was served last, if its watch then missed
+        self._served_at = 0         # when the last batch was served
+        self._watch_times = ffi.new("uint64_t[2]")     # hv_virtio_poll's report
         self._broken = False        # fail()ed: nothing is served until the driver resets
         self._resets = 0            # driver resets seen (the core counts them)
         self._mem = None
@@ -177,52 +182,105 @@ class VirtioDevice:
             return None
 
     def on_kick(self, index):
+        """The driver kicked queue `index`: serve it, then watch it for a
+        while (hv/devices/polling.py) while the window says so.  The watch
+        holds no lock, so a peer can hand this device data meanwhile."""
         with self.lock:
-            self._on_kick(index)
+            queue = self._on_kick(index)
+        while queue is not None:
+            outcome = self._watch(queue, self._polls[index])
+            with self.lock:
+                queue = self._after_watch(index, queue, outcome)
 
     def _on_kick(self, index):
+        """Serve a kick; the queue if it is to be watched next, else None."""
         if self.frozen:
-            return                  # the request waits in the ring; thaw() kicks again
+            return None             # the request waits in the ring; thaw() kicks again
         if self._stale():           # a kick for rings set up after a reset
             self._on_control()      # we have not seen yet: never the old view
         queue = self._queues.get(index)
         if queue is None:           # the kick may be seen before the status change
             self._on_control()
             queue = self._queues.get(index)
-        if queue is None:
-            return                  # not ready, or halted: the driver must reset
+            if queue is None:
+                return None         # not ready, or halted: the driver must reset
+        if index in self.HOST_FED_QUEUES:
+            self._serve_batch(index, queue, watch=False)    # fill what host data there is
+            return None
+        poll = self._polls.get(index)
+        if poll is None:
+            poll = self._polls[index] = AdaptivePoll(self.POLL_MAX_NS)
+        served_at = self._slept_at.pop(index, None)
+        before = queue.last_avail
+        queue = self._serve_batch(index, queue, watch=True)
+        if served_at is not None and queue is not None and queue.last_avail != before:
+            # The last watch missed this request (a kick that found nothing
+            # is a late one for work already done, and says nothing).
+            poll.missed(self._served_at - served_at, self._served_at)
+        return queue
+
+    def _after_watch(self, index, queue, outcome):
+        """Back from watching `queue`: serve what was posted, or ask for
+        kicks again; the queue to watch next, or None."""
+        if self.closed or self.frozen or self._queues.get(index) is not queue:
+            return None             # closed, paused (thaw() kicks again), reset or failed
+        if outcome == lib.HV_VIRTIO_POLL_POSTED:
+            self._polls[index].hit()
+        else:
+            try:
+                # Buffers added while kicks were off are served now (2.7.10).
+                pending = queue.enable_kicks()
+            except QueueError as e:
+                self._queue_error(e)
+                return None
+            if not pending:
+                if outcome == lib.HV_VIRTIO_POLL_TIMEOUT:
+                    self._slept_at[index] = self._served_at     # the next kick says how long
+                return None
+        if self._stale():
+            return None             # reset meanwhile: the control event rebuilds
+        return self._serve_batch(index, queue, watch=True)
+
+    def _serve_batch(self, index, queue, watch):
+        """Serve every chain available, with kicks off if it is watched next;
+        interrupt once for the batch.  The queue to watch, or None."""
         try:
-            if index in self.HOST_FED_QUEUES:
-                self.serve(index, queue)        # fill what host data there is
-            else:
+            if watch:
                 queue.disable_kicks()
-                while True:
-                    self.serve(index, queue)
-                    if self._stale():
-                        return      # reset meanwhile: the control event rebuilds
-                    if self.frozen:
-                        break       # paused from this thread (a backend's own pause)
-                    if self._poll(queue):
-                        continue
-                    # Buffers added while kicks were off are served now (2.7.10).
-                    if not queue.enable_kicks():
-                        break
+            self.serve(index, queue)
             if queue.should_notify():
                 self.interrupt()
         except QueueError as e:
-            if self._stale():
-                # The driver reset under us (it did not wait for Status to
-                # read 0): what broke was the old view, not the new rings.
-                self._on_control()
-            else:
-                self.fail(str(e))
+            self._queue_error(e)
+            return None
+        self._served_at = time.perf_counter_ns()
+        if self.frozen:
+            return None             # paused from this thread (a backend's own pause)
+        return queue if watch else None
 
-    def _poll(self, queue):
-        deadline = time.perf_counter_ns() + self.POLL_NS
-        while time.perf_counter_ns() < deadline:
-            if queue.pending():
-                return True
-        return False
+    def _queue_error(self, e):
+        if self._stale():
+            # The driver reset under us (it did not wait for Status to
+            # read 0): what broke was the old view, not the new rings.
+            self._on_control()
+        else:
+            self.fail(str(e))
+
+    def _watch(self, queue, poll):
+        """Watch avail.idx for up to the window (no lock, no GIL); what ended it."""
+        part = self.partition
+        if poll.window_ns == 0 or part is None or part._p is None:
+            return lib.HV_VIRTIO_POLL_TIMEOUT
+        window = poll.window(time.perf_counter_ns())
+        if window == 0:
+            return lib.HV_VIRTIO_POLL_TIMEOUT
+        host = part._device_host
+        times = self._watch_times
+        outcome = lib.hv_virtio_poll(part._p, queue.avail + 2, queue.last_avail, window,
+                                     host.fileno() if host is not None else -1,
+                                     times, times + 1)
+        poll.watched(times[0], times[1], time.perf_counter_ns())
+        return outcome if outcome >= 0 else lib.HV_VIRTIO_POLL_TIMEOUT
 
     def interrupt(self):
         lib.hv_virtio_interrupt(self.partition._p, self.slot, INTERRUPT_USED_BUFFER)
@@ -298,13 +356,15 @@ class DeviceHost:
     def __init__(self, partition, devices):
         self.partition = partition
         self.devices = list(devices)
-        self._selector = selectors.DefaultSelector()
+        self._epoll = select.epoll()
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        self._selector.register(self._wake, selectors.EVENT_READ, None)
+        self._targets = {self._wake: None}     # fd -> (device, queue index or None)
         for dev in self.devices:
-            self._selector.register(dev.control_fd, selectors.EVENT_READ, (dev, None))
+            self._targets[dev.control_fd] = (dev, None)
             for index, fd in enumerate(dev.queue_fds):
-                self._selector.register(fd, selectors.EVENT_READ, (dev, index))
+                self._targets[fd] = (dev, index)
+        for fd in self._targets:
+            self._epoll.register(fd, select.EPOLLIN)
         self._host_work = []            # devices with host-side input pending
         self._lock = threading.Lock()
         self._stop = False
@@ -322,23 +382,29 @@ class DeviceHost:
             self._host_work.append(device)
             os.eventfd_write(self._wake, 1)
 
+    def fileno(self):
+        """The epoll fd: readable while any device has work."""
+        return self._epoll.fileno()
+
     def stop(self):
         with self._lock:
             self._stop = True
             os.eventfd_write(self._wake, 1)
         if self._thread.is_alive():
             self._thread.join()
-        self._selector.close()
+        self._epoll.close()
         os.close(self._wake)
 
     def _loop(self):
+        targets = self._targets
         while not self._stop:
-            for key, _ in self._selector.select():
+            for fd, _ in self._epoll.poll():
                 try:
-                    os.eventfd_read(key.fd)
+                    os.eventfd_read(fd)
                 except BlockingIOError:
                     continue
-                if key.data is None:
+                target = targets[fd]
+                if target is None:
                     with self._lock:
                         work, self._host_work = self._host_work, []
                     for dev in work:
@@ -347,7 +413,7 @@ class DeviceHost:
                         except Exception as e:
                             dev.fail(f"backend error: {type(e).__name__}: {e}")
                     continue
-                dev, index = key.data
+                dev, index = target
                 try:
                     if index is None:
                         dev.on_control()
