@@ -8,6 +8,8 @@ compiled = False
 
 # C types used in annotations: uncompiled, they are plain Python ints.
 int = long = longlong = ulonglong = uint = ushort = Py_ssize_t = size_t = bint = int
+char = int
+p_char = None                   # a pointer: only the compiled copy uses one
 
 
 class uchar(int):

@@ -50,6 +50,13 @@ def foreign_ranges(p):
     return tuple((out[2 * i], out[2 * i + 1]) for i in range(n))
 
 
+@cython.cfunc
+def _first_byte(view) -> cython.p_char:
+    """The address of a writable buffer's first byte (compiled only)."""
+    ram: cython.uchar[::1] = view
+    return cython.cast(cython.p_char, cython.address(ram[0]))
+
+
 @cython.cclass
 class GuestMemory:
     """A writable buffer (Partition.memory(), or a bytearray in tests).
@@ -63,6 +70,9 @@ class GuestMemory:
     _allowed = cython.declare(object)
     _foreign = cython.declare(tuple)        # ((start, end), ...) not the guest's
     _written = cython.declare(cython.uchar[::1])   # a byte per frame, or None (no partition)
+    # Compiled: the first byte of _view, so read() copies with one memcpy
+    # (uncompiled it stays unset; _view is read instead).
+    _base = cython.declare(cython.p_char)
 
     def __init__(self, buf, allowed=None, foreign=(), written=None):
         view = memoryview(buf)
@@ -73,6 +83,8 @@ class GuestMemory:
         self._allowed = allowed
         self._foreign = tuple(foreign)
         self._written = written
+        if cython.compiled and self.size:
+            self._base = _first_byte(self._view)    # _view keeps the buffer exported
 
     @classmethod
     def for_partition(cls, partition):
@@ -100,7 +112,11 @@ class GuestMemory:
     @cython.ccall
     def read(self, gpa, n) -> bytes:
         self.check(gpa, n)
-        return bytes(self._view[gpa:gpa + n])
+        if not cython.compiled:
+            return bytes(self._view[gpa:gpa + n])
+        at: cython.Py_ssize_t = gpa         # checked: both fit
+        end: cython.Py_ssize_t = gpa + n
+        return self._base[at:end] if end > at else b""
 
     @cython.ccall
     def write(self, gpa, data):
