@@ -505,10 +505,12 @@ static bool sleep_on_event(struct virtq *vq)
 }
 
 /*
- * Poll the used ring; check the clock only every 64 polls, since under hv
- * each clock read is an exit -- and start the clock only when the first 64
- * polls missed, so a request the device finishes at once costs no clock
- * read at all.  PAUSE tells the CPU (and a host) we spin.
+ * Poll the used ring; check the clock only every 64 polls, and start it
+ * only when the first 64 polls missed.  The clock is the TSC, under hv
+ * too: hv's clock is a hypercall, an exit every 64 polls that a guest
+ * under QEMU (rdtsc) does not pay -- on TCG every ~3 us of waiting.  A
+ * timeout needs no more than the TSC (VIRTIO_TIMEOUT_DEFAULT is ~3-10 s in
+ * either unit).  PAUSE tells the CPU (and a host) we spin.
  */
 int virtq_wait(struct virtq *vq, void **token, uint32_t *len, uint64_t timeout)
 {
@@ -525,7 +527,7 @@ int virtq_wait(struct virtq *vq, void **token, uint32_t *len, uint64_t timeout)
             /* A device that gave up on us (2.1.2) will not answer: stop. */
             if (rd32(vq->dev, VIRTIO_MMIO_STATUS) & VIRTIO_STATUS_NEEDS_RESET)
                 return -VIRTIO_ENEEDS_RESET;
-            uint64_t now = virtio_now();
+            uint64_t now = rdtsc();
             if (start == 0)
                 start = now;
             else if (now - start > timeout)

@@ -174,7 +174,7 @@ void virtq_kick(struct virtq *vq);
  */
 int virtq_get(struct virtq *vq, void **token, uint32_t *len);
 
-/* virtq_get until a chain is done (0) or `timeout` ticks of virtio_now pass. */
+/* virtq_get until a chain is done (0) or `timeout` TSC cycles pass. */
 int virtq_wait(struct virtq *vq, void **token, uint32_t *len, uint64_t timeout);
 
 /* Under hv: sleep on the device's event between polls (see virtio.c). */
