@@ -29,7 +29,6 @@ of the watch the thread did not run.
 """
 import os
 import threading
-import time
 
 MAX_NS = 256_000            # never watch longer than this after serving
 MIN_NS = 2_000              # a window smaller than this is no window
