@@ -95,14 +95,18 @@ class GuestMemory:
     @cython.ccall
     def check(self, gpa, n):
         """Raise GuestMemoryError unless [gpa, gpa + n) may be accessed."""
-        # Python ints first: a guest value can be any 64-bit number, more
-        # than a C long long holds; past this test both fit.
-        if gpa < 0 or n < 0 or n > self.size or gpa > self.size - n:
+        at: cython.longlong
+        length: cython.longlong
+        try:
+            # Compiled, C integers from here on; a guest value can be any
+            # 64-bit number, and one past a C long long is outside RAM anyway.
+            at, length = gpa, n
+        except OverflowError:
+            raise GuestMemoryError(gpa, n) from None
+        if at < 0 or length < 0 or length > self.size or at > self.size - length:
             raise GuestMemoryError(gpa, n)
         start: cython.longlong
         end: cython.longlong
-        at: cython.longlong = gpa
-        length: cython.longlong = n
         for start, end in self._foreign:
             if at < end and start < at + length:
                 raise NotGuestFrameError(gpa, n)
