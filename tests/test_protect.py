@@ -158,3 +158,31 @@ def test_the_manager_sets_queries_and_clears_protection(tmp_path):
             m.set_protection("c", {"every": "1s", "directory": str(tmp_path / "g")})
     finally:
         m.close()
+
+
+def test_hv_protect_through_the_api(tmp_path):
+    from apiserver import Server
+    server = Server(tmp_path)
+    try:
+        c = server.connect()
+        c.json("PUT", "/partitions/p", {"kernel": guest("snap-counter"), "engine": "tcg",
+                                        "cmdline": "rounds=2000 pause=5000000"}, expect=201)
+        c.json("PUT", "/partitions/p/actions", {"action": "start"})
+        c.close()
+        sock = ["--api-socket", server.path]
+        bad = hv("protect", "p", str(tmp_path / "g"), *sock)
+        assert bad.returncode == 2 and bad.stderr.decode().startswith("hv: error:")
+        bad = hv("protect", "p", str(tmp_path / "g"), "--every", "soon", *sock)
+        assert bad.returncode == 2 and "not a duration" in bad.stderr.decode()
+        on = hv("protect", "p", str(tmp_path / "g"), "--every", "50ms", "--keep", "2", *sock)
+        assert on.returncode == 0 and b"p: every 50ms, keep 2, into " in on.stdout, on.stderr
+        deadline = time.monotonic() + 30
+        while len(snapshots(str(tmp_path / "g"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        shown = hv("protect", "p", *sock)
+        assert shown.returncode == 0 and shown.stdout.count(b"/snap-") >= 2, shown.stdout
+        off = hv("protect", "p", "--off", *sock)
+        assert off.returncode == 0 and off.stdout == b"p: not protected\n"
+        assert hv("protect", "p", *sock).stdout.startswith(b"p: not protected\n")
+    finally:
+        server.stop()

@@ -1,12 +1,13 @@
-"""`hv snapshot NAME DIR` and `hv migrate NAME ADDRESS` (a partition of a
-running hv serve, through the management API); `hv restore DIR` and
+"""`hv snapshot NAME DIR`, `hv protect NAME [DIR --every T]` and `hv migrate
+NAME ADDRESS` (a partition of a running hv serve, through the management
+API); `hv restore DIR` and
 `hv receive ADDRESS` (run it in this process, like hv run, on either
 engine): partitions as files and on the move (docs/lifecycle.md).
 
 Exit statuses: hv restore as hv run (the guest's code, or EXIT_*); a
 snapshot that cannot be restored (truncated, corrupted, another version,
 a memory file too small) is one `hv: error:` line and 2, nothing started.
-hv snapshot, hv migrate: 0 done, 2 refused (the partition runs on), 1 no
+hv snapshot, hv protect, hv migrate: 0 done, 2 refused (the partition runs on), 1 no
 server.  hv receive: as hv restore; a stream that breaks is one line, 2.
 """
 import os
@@ -41,6 +42,19 @@ def add_parsers(sub):
     add_api_socket_option(mig)
     mig.set_defaults(func=cmd_migrate)
 
+    guard = sub.add_parser("protect", help="save a partition of a running hv serve "
+                                           "periodically (scheduled protection)")
+    guard.add_argument("name", help="the partition's name")
+    guard.add_argument("directory", nargs="?",
+                       help="where its snap-N directories go (created if missing); "
+                            "without it (and --off), show its protection")
+    guard.add_argument("--every", help='how often: "30s", "500ms", "5m" (required with a directory)')
+    guard.add_argument("--keep", type=int, default=3, help="the newest snapshots kept (default 3)")
+    guard.add_argument("--off", action="store_true",
+                       help="stop saving it (the snapshots taken stay)")
+    add_api_socket_option(guard)
+    guard.set_defaults(func=cmd_protect)
+
     rx = sub.add_parser("receive", help="take one migrating partition and run it here")
     rx.add_argument("address", help="unix:PATH or tcp:127.0.0.1:PORT to listen on")
     rx.add_argument("--engine", choices=("kvm", "tcg"),
@@ -72,6 +86,38 @@ def cmd_migrate(args):
               f"{about['downtime'] * 1000:.1f} ms, total {about['total'] * 1000:.0f} ms)")
         return 0
     return _client_call(args, move)
+
+
+def cmd_protect(args):
+    from hv.cli.control import _client_call
+    from urllib.parse import quote
+    path = f"/partitions/{quote(args.name, safe='')}/protection"
+    if args.off and args.directory:
+        return error("hv protect: --off or a directory, not both")
+    if args.directory and not args.every:
+        return error("hv protect: --every is required with a directory")
+
+    def act(client):
+        if args.off:
+            client.call("DELETE", path)
+            print(f"{args.name}: not protected")
+            return 0
+        if args.directory:
+            body = {"every": args.every, "keep": args.keep,
+                    "directory": os.path.abspath(args.directory)}
+            about = client.call("PUT", path, body)
+        else:
+            about = client.call("GET", path)
+        if about["every"] is None:
+            print(f"{args.name}: not protected")
+        else:
+            print(f"{args.name}: every {about['every']}, keep {about['keep']}, "
+                  f"into {about['directory']}: {about['saved']} saved"
+                  + (f", last error: {about['last_error']}" if about["last_error"] else ""))
+        for snap in about["snapshots"]:
+            print(f"  {snap['directory']}")
+        return 0
+    return _client_call(args, act)
 
 
 def cmd_restore(args):
