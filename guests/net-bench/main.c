@@ -50,7 +50,7 @@
 #define FRAME_MIN       60
 #define TX_SLOTS        16                  /* 2 descriptors each without INDIRECT */
 #define LAT_MAX         4096
-#define RESEND_TICKS    (300ull * 1000 * 1000)          /* ~0.1-0.3 s */
+#define RESEND_TICKS    (1000ull * 1000 * 1000)         /* TSC cycles: ~0.4 s (rx_wait times with the TSC) */
 #define PEER_WAIT_TICKS (30ull * 1000 * 1000 * 1000)    /* ~10-30 s */
 #define STALL_TICKS     (10ull * 1000 * 1000 * 1000)    /* ~3-10 s: no progress */
 #define MAX_RESENDS     200

@@ -90,9 +90,15 @@ class NetDevice(VirtioDevice):
                     self.fail(str(e))
 
     def _receive(self, queue):
-        _, dropped, nbytes = self.datapath.net_io.receive(queue, self.backlog)
-        self.rx_dropped += dropped          # buffers too small for their frame
-        self.bytes_to_guest += nbytes
+        while True:
+            _, dropped, nbytes = self.datapath.net_io.receive(queue, self.backlog)
+            self.rx_dropped += dropped      # buffers too small for their frame
+            self.bytes_to_guest += nbytes
+            # Frames still wait: the ring is out of buffers.  Ask the driver
+            # to kick when it posts the next (with EVENT_IDX it kicks only
+            # when asked, 2.7.10), and look once more for one posted meanwhile.
+            if not self.backlog or not queue.enable_kicks():
+                return
 
     def close(self):
         self.switch.disconnect(self)
