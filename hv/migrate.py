@@ -223,6 +223,7 @@ def receive(srv, engine=None, **kwargs):
     Partition, the connection to answer on).  Call accepted(conn) once it
     runs.  Raises MigrationError for a stream that does not end well; then
     nothing was created."""
+    from hv.partition import HostError
     from hv.snapshot import from_records, restore_state
     conn, _ = srv.accept()
     inp = conn.makefile("rb", buffering=1 << 20)
@@ -257,7 +258,7 @@ def receive(srv, engine=None, **kwargs):
         finally:
             state.close()
         return part, conn
-    except (fmt.FormatError, OSError, SnapshotError, ValueError) as e:
+    except (fmt.FormatError, OSError, SnapshotError, ValueError, HostError) as e:
         # The file object holds the socket open too: close both, or the
         # source waits for an answer that never comes instead of an end.
         inp.close()

@@ -231,3 +231,26 @@ def test_a_discarded_stream_hangs_up_on_the_source(tmp_path):
     finally:
         s.close()
     assert "corrupted" in str(got.get("error"))
+
+
+def test_a_destination_that_cannot_create_the_partition_refuses_it(tmp_path, monkeypatch):
+    """The destination has the whole stream but cannot make the partition
+    (its engine is unavailable there): it says so, hangs up, and the source
+    runs on (it waited for an answer for ever)."""
+    import hv.snapshot
+    from hv.partition import HostError
+
+    def no_engine(*args, **kwargs):
+        raise HostError("kvm engine unavailable: (for this test)")
+    monkeypatch.setattr(hv.snapshot, "restore_state", no_engine)
+    address = f"unix:{tmp_path}/noengine.sock"
+    t, got = receiver(address, "kvm", Output())
+    out = Output()
+    with Partition(guest("snap-counter"), engine="tcg", cmdline=CMDLINE, console=out) as p:
+        p.start()
+        with pytest.raises(migrate.MigrationError, match="did not take"):
+            p.migrate(address)
+        assert p.wait(60) == SHUTDOWN
+    t.join(30)
+    assert out.data.rstrip().endswith(b"SUCCESS")
+    assert "engine unavailable" in str(got.get("error"))
