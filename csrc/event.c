@@ -38,13 +38,14 @@ static int deliver(struct hv_vcpu_events *page, struct hv_vcpu *v, unsigned word
 {
     struct hv_partition *p = v->partition;
     __atomic_fetch_or(&page->pending[word], bits, __ATOMIC_SEQ_CST);
-    ram_written(p, (uint64_t)((uint8_t *)page - p->ram), sizeof(*page));   /* pending, upcall_pending */
     uint64_t unmasked = bits & ~__atomic_load_n(&page->masked[word], __ATOMIC_SEQ_CST);
-    if (unmasked && __atomic_exchange_n(&page->upcall_pending, 1, __ATOMIC_SEQ_CST) == 0) {
+    int owed = unmasked && __atomic_exchange_n(&page->upcall_pending, 1, __ATOMIC_SEQ_CST) == 0;
+    /* After the last write to the page (pending, upcall_pending): a
+     * migration round that takes the mark then reads the page sees both. */
+    ram_written(p, (uint64_t)((uint8_t *)page - p->ram), sizeof(*page));
+    if (owed)
         __atomic_store_n(&v->g.inject_pending, 1, __ATOMIC_SEQ_CST);
-        return 1;
-    }
-    return 0;
+    return owed;
 }
 
 int event_raise_vcpu(struct hv_partition *p, uint32_t id, uint32_t event)
