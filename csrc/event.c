@@ -73,8 +73,11 @@ int event_raise_vcpu(struct hv_partition *p, uint32_t id, uint32_t event)
          * store now could be overwritten by its store (the guest's events
          * loop loses an event).  Its own thread delivers it, between runs. */
         __atomic_fetch_or(&v->h.raised[word], bit, __ATOMIC_SEQ_CST);
-        __atomic_store_n(&v->h.raised_any, 1, __ATOMIC_SEQ_CST);
-        vcpu_kick(v);
+        /* One kick per batch: while a raise is queued, its kick is on the
+         * way.  A kick per raise let a peer sending in a loop stop the
+         * vCPU at every block, faster than it could reach its own loop. */
+        if (__atomic_exchange_n(&v->h.raised_any, 1, __ATOMIC_SEQ_CST) == 0)
+            vcpu_kick(v);
     } else if (deliver(page, v, word, bit)) {
         vcpu_kick(v);
     } else {
