@@ -265,7 +265,7 @@ int  event_raise(struct hv_partition *p, uint32_t event);
 int  event_raise_vcpu(struct hv_partition *p, uint32_t vcpu, uint32_t event);
 int  event_any_pending(const struct hv_vcpu *v);
 int  event_upcall_outstanding(const struct hv_vcpu *v);   /* its block's upcall_pending */
-int  event_deliver_raised(struct hv_vcpu *v);
+void event_deliver_raised(struct hv_vcpu *v);
 /* The one check before every guest entry. */
 void event_before_entry(struct hv_vcpu *v);
 

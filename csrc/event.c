@@ -88,20 +88,18 @@ int event_raise_vcpu(struct hv_partition *p, uint32_t id, uint32_t event)
 }
 
 /* T:533 The raised bits queued for v go into its block, on v's own thread
- * with the guest stopped (or from the parent while v is paused).  Returns
- * 1 if an upcall is now owed. */
-int event_deliver_raised(struct hv_vcpu *v)
+ * with the guest stopped (or from the parent while v is paused); an upcall
+ * they owe is left in v->g.inject_pending, as deliver() does. */
+void event_deliver_raised(struct hv_vcpu *v)
 {
     if (!__atomic_exchange_n(&v->h.raised_any, 0, __ATOMIC_SEQ_CST))
-        return 0;
+        return;
     struct hv_vcpu_events *page = event_block(v->partition, v->id);
-    int owed = 0;
     for (unsigned w = 0; w < HV_EVENT_WORDS; w++) {
         uint64_t bits = __atomic_exchange_n(&v->h.raised[w], 0, __ATOMIC_SEQ_CST);
         if (bits && page)
-            owed |= deliver(page, v, w, bits);
+            deliver(page, v, w, bits);
     }
-    return owed;
 }
 
 int event_raise(struct hv_partition *p, uint32_t event)

@@ -6,7 +6,7 @@ atomic OR can fall between (Unicorn has no parallel mode), so an event hv
 set from a device thread could vanish: a loaded host made the channel
 race test fail with "the peer never bound its ports".  hv now queues such
 events for the vCPU's own thread (csrc/event.c, T:533).  Before the fix
-this test lost an event within the first few hundred raises on TCG.
+this test lost the very first event on TCG, in every run tried.
 """
 import time
 
