@@ -28,6 +28,7 @@ import time
 from hv.abi import lib
 from hv.config import SHARE_RANGES, ConfigError, check_partition, make_devices
 from hv.devices.blk import DiskError
+from hv.latch import Latch
 from hv.loader import LoadError
 from hv.log import log
 from hv.partition import (CRASHED, CREATED, PAUSED, RUNNING, SHUTDOWN, HostError, Partition,
@@ -130,7 +131,7 @@ class Managed:
         self.partition = partition      # None once it has ended and been freed
         self.console = console
         self.lock = threading.RLock()   # serializes every operation on it
-        self.ended = threading.Event()
+        self.ended = Latch()            # opened once it has ended (hv/latch.py)
         self.state = CREATED            # the recorded state once ended
         self.exit_code = None
         self.crash_report = None
@@ -146,7 +147,7 @@ class Managed:
 
     def current_state(self):
         part = self.partition
-        return part.state if part is not None and not self.ended.is_set() else self.state
+        return part.state if part is not None and not self.ended.is_open() else self.state
 
 
 def scheduling(spec):
@@ -223,7 +224,7 @@ class Manager:
                 raise Conflict(f"at most {self.max_partitions} partitions (delete some)")
             if name in self._entries or name in self._reserved:
                 raise Conflict(f"partition {name!r} exists")
-            holders = [(e.name, e.resources) for e in self._entries.values() if not e.ended.is_set()]
+            holders = [(e.name, e.resources) for e in self._entries.values() if not e.ended.is_open()]
             for other, resources in holders + list(self._reserved.items()):
                 clash = held & resources
                 if clash:
@@ -353,7 +354,7 @@ class Manager:
                 part.run()
         finally:
             with entry.lock:
-                if not entry.ended.is_set():
+                if not entry.ended.is_open():
                     self._end(entry)
 
     def pause(self, name):
@@ -535,7 +536,7 @@ class Manager:
         """Stop it if it runs, and forget it."""
         entry = self._get(name)
         with entry.lock:
-            if not entry.ended.is_set():
+            if not entry.ended.is_open():
                 self._end(entry)
             with self._lock:
                 self._entries.pop(name, None)
@@ -563,13 +564,14 @@ class Manager:
             entry.cpu_seconds = thread_cpu_seconds(entry.vcpu_tid) or entry.cpu_seconds
         entry.partition = None          # its RAM goes with the last reference
         entry.ended_at = time.time()
-        entry.ended.set()
+        entry.ended.open()
 
     def wait(self, name, timeout=None):
         """Wait until the partition has ended; returns its state."""
         entry = self._get(name)
         # In slices, as Partition.wait(): a Ctrl-C or SIGTERM delivered to
         # another thread still wakes the main thread to run its handler.
+        # A Latch, not an Event: an interrupt cannot break its lock.
         deadline = None if timeout is None else time.monotonic() + timeout
         while not entry.ended.wait(0.2):
             if deadline is not None and time.monotonic() >= deadline:
@@ -624,7 +626,7 @@ class Manager:
     def _describe(self, entry):
         with entry.lock:
             part = entry.partition
-            live = part is not None and not entry.ended.is_set()
+            live = part is not None and not entry.ended.is_open()
             return {
                 "name": entry.name,
                 "id": part.id if live else None,
@@ -654,7 +656,7 @@ class Manager:
         CPU time and the partition's age."""
         with entry.lock:
             part = entry.partition
-            live = part is not None and not entry.ended.is_set()
+            live = part is not None and not entry.ended.is_open()
             metrics = dict(part.metrics() if live else entry.last_metrics)
             if metrics.get("scheduler"):
                 # On the scheduler's workers: the core counts the vCPU's time.

@@ -15,6 +15,7 @@ import time
 
 from hv.abi import ffi, lib
 from hv.console import Console
+from hv.latch import Latch
 from hv.loader import CmdlineTooLong, LoadError, load_pvh, with_cmdline
 from hv.log import log
 
@@ -171,6 +172,7 @@ class Partition:
         self._stop = False
         self._resume = threading.Event()
         self._cond = threading.Condition()   # guards state, _vcpu, _finished
+        self._ended = Latch()           # opened when finished or destroyed: wait()
         # T:628 SMP: smp vCPUs, vCPU 0 boots, the guest brings the others up.
         # They run on the scheduler's workers (KVM's in parallel, a TCG
         # partition's interleaved on one worker at a time).
@@ -400,6 +402,7 @@ class Partition:
         # console hold everything (the caller may exit at once).
         with self._cond:
             self._finished = True
+            self._ended.open()
             self._cond.notify_all()
 
     def wait(self, timeout=None):
@@ -407,14 +410,15 @@ class Partition:
 
         The wait is cut in short slices: the kernel may deliver a signal
         meant for the main thread (Ctrl-C, SIGTERM) to any thread, and only
-        a main thread that wakes up runs Python's handler."""
+        a main thread that wakes up runs Python's handler.  It waits on a
+        Latch, not the condition: an interrupt inside Condition.wait can
+        leave its lock released under a `with` (hv/latch.py)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while not (self._finished or self.state == DESTROYED):
-                left = WAIT_SLICE if deadline is None else min(WAIT_SLICE, deadline - time.monotonic())
-                if left <= 0:
-                    break
-                self._cond.wait(left)
+        while not self._ended.is_open():
+            left = WAIT_SLICE if deadline is None else min(WAIT_SLICE, deadline - time.monotonic())
+            if left <= 0:
+                break
+            self._ended.wait(left)
         return self.state
 
     @property
@@ -505,6 +509,7 @@ class Partition:
             lib.hv_partition_destroy(self._p)
             self._p = None
             self.state = DESTROYED
+            self._ended.open()
             self._cond.notify_all()
 
     # -- partitions as files (hv/snapshot.py, docs/lifecycle.md) ---------
