@@ -1,28 +1,8 @@
 /*
- * loop.S - the compute loop of guests/compute, and the way into ring 3 and
- * back.  In assembly so the instructions per iteration are fixed (five) and
- * the same in ring 0 and ring 3, on every engine and compiler.
+ * loop.S - the way into ring 3 and back for guests/compute.  The loop
+ * itself is the library's hash_loop (guests/lib/hash_loop.S).
  */
-
-/*
- * uint64_t hash_loop(uint64_t n, uint64_t h)  -- n >= 1
- *
- * An integer hash over n iterations, i = n..1:
- *     h ^= i;  h *= 0x100000001b3 (FNV-1's 64-bit prime);  h = rol(h, 13)
- * Five register-only instructions per iteration (xor, imul, rol, dec, jnz):
- * no memory access, so it measures how fast each engine runs plain ALU code.
- */
-    .text
-    .globl hash_loop
-hash_loop:
-    mov     %rsi, %rax
-    movabs  $0x100000001b3, %rdx
-1:  xor     %rdi, %rax
-    imul    %rdx, %rax
-    rol     $13, %rax
-    dec     %rdi
-    jnz     1b
-    ret
+#include "asm.h"
 
 /*
  * uint64_t user_call(uint64_t n, uint64_t h, void *user_stack_top)
@@ -36,22 +16,13 @@ hash_loop:
  * RDI and RSI pass through IRETQ untouched, so they are hash_loop's
  * arguments; RAX carries the result back through the interrupt.
  */
+    .text
     .globl user_call
 user_call:
-    push    %rbx
-    push    %rbp
-    push    %r12
-    push    %r13
-    push    %r14
-    push    %r15
+    SAVE_CALLEE_SAVED
     mov     %rsp, saved_rsp(%rip)
-    pushq   $0x1b                   /* SS: user data, RPL 3 */
-    pushq   %rdx                    /* RSP: the user stack */
-    pushq   $0x2                    /* RFLAGS: IF=0, as in ring 0 here */
-    pushq   $0x23                   /* CS: user code, RPL 3 */
     lea     user_entry(%rip), %rax
-    push    %rax                    /* RIP */
-    iretq
+    IRET_TO_RING3 rip=%rax, rsp=%rdx, rflags=$0x2   /* IF=0, as in ring 0 here */
 
 user_entry:                         /* ring 3 */
     call    hash_loop
@@ -65,12 +36,7 @@ user_exit:                          /* ring 0, on the TSS's RSP0 stack */
     mov     %ecx, %ds               /* the interrupt loaded a null SS */
     mov     %ecx, %es
     mov     %ecx, %ss
-    pop     %r15
-    pop     %r14
-    pop     %r13
-    pop     %r12
-    pop     %rbp
-    pop     %rbx
+    RESTORE_CALLEE_SAVED
     ret
 
     .bss

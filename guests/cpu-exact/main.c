@@ -433,8 +433,8 @@ static void case_syscall(void)
     GUEST_ASSERT_EQ(syscall_seen_rflags & RFLAGS_DF, 0);          /* FMASK cleared DF */
     GUEST_ASSERT_EQ(syscall_seen_cs, GDT_CODE64);
     GUEST_ASSERT_EQ(syscall_seen_ss, GDT_DATA);
-    GUEST_ASSERT_EQ(sysret_seen_cs, SEL_USER_CODE | 3);
-    GUEST_ASSERT_EQ(sysret_seen_ss, SEL_USER_DATA | 3);
+    GUEST_ASSERT_EQ(sysret_seen_cs, SEL_USER_CODE | RPL_USER);
+    GUEST_ASSERT_EQ(sysret_seen_ss, SEL_USER_DATA | RPL_USER);
 
     /* Intel raises #GP(0) in ring 0 before SYSRET changes anything; AMD
      * returns to ring 3 and faults there on the fetch. */

@@ -12,15 +12,12 @@
  * in[]/out[]: 0 RBX, 1 RCX, 2 RDX, 3 RSI, 4 RDI, 5 RBP, 6 R8, 7 R9, 8 R10,
  *             9 R11, 10 R12, 11 R13, 12 R14, 13 R15
  */
+#include "asm.h"
+
     .text
     .globl regs_probe
 regs_probe:
-    push    %rbx                    /* callee-saved in the SysV ABI */
-    push    %rbp
-    push    %r12
-    push    %r13
-    push    %r14
-    push    %r15
+    SAVE_CALLEE_SAVED               /* the SysV ABI's, given back below */
     push    %rdx                    /* out, for after the call */
     mov     %rdi, %rax              /* the stub; it loads RAX itself */
     mov     0*8(%rsi), %rbx
@@ -56,12 +53,7 @@ regs_probe:
     mov     %r15, 13*8(%rax)
     pop     %rax
     add     $8, %rsp                /* drop out */
-    pop     %r15
-    pop     %r14
-    pop     %r13
-    pop     %r12
-    pop     %rbp
-    pop     %rbx
+    RESTORE_CALLEE_SAVED
     ret
 
     .section .note.GNU-stack, "", @progbits

@@ -8,18 +8,14 @@
  * probe_resume in ring 0, on the saved stack, which returns from
  * probe_enter.
  */
+#include "asm.h"
 #include "x86.h"
 
     .text
 /* int probe_enter(fn, user_rsp (0: ring 0), rflags): 0 returned, 1 faulted */
     .globl probe_enter
 probe_enter:
-    push    %rbx
-    push    %rbp
-    push    %r12
-    push    %r13
-    push    %r14
-    push    %r15
+    SAVE_CALLEE_SAVED
     mov     %rsp, probe_saved_rsp(%rip)
     movb    $1, probe_armed(%rip)
     test    %rsi, %rsi
@@ -31,12 +27,7 @@ probe_enter:
 1:  lea     probe_user_done(%rip), %rax
     sub     $8, %rsi
     mov     %rax, (%rsi)            /* fn's return address, on the user stack */
-    pushq   $0x1b                   /* SS: user data (ring3.h), RPL 3 */
-    push    %rsi                    /* RSP */
-    push    %rdx                    /* RFLAGS */
-    pushq   $0x23                   /* CS: user code, RPL 3 */
-    push    %rdi                    /* RIP */
-    iretq
+    IRET_TO_RING3 rip=%rdi, rsp=%rsi, rflags=%rdx
 
     .globl probe_user_done
 probe_user_done:                    /* ring 3: fn returned */
@@ -49,12 +40,7 @@ probe_resume:                       /* ring 0, RSP = probe_saved_rsp */
     mov     %ecx, %es
     mov     $1, %eax
 probe_out:
-    pop     %r15
-    pop     %r14
-    pop     %r13
-    pop     %r12
-    pop     %rbp
-    pop     %rbx
+    RESTORE_CALLEE_SAVED
     ret
 
     .globl probe_stub_13_noerror
