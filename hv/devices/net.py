@@ -43,7 +43,7 @@ class NetDevice(VirtioDevice):
         if index == TRANSMITQ:
             frames = self.datapath.net_io.transmit(queue)
             self.requests += len(frames)
-            self.bytes_from_guest += sum(len(f) for f in frames)
+            self.bytes_from_guest += sum(map(len, frames))
             if frames:
                 self.switch.send_batch(self, frames)
         else:

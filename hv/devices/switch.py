@@ -39,6 +39,12 @@ class Switch:
         """Frames from port `source`, in order: forward each (from the
         sender's thread), handing each port its frames in one deliver()
         call, so a receiver fills its ring and interrupts its guest once."""
+        if len(frames) == 1:             # a ping, an ack: no per-port lists to build
+            with self._lock:
+                ports = self._route(source, frames[0])
+            for port in ports:
+                port.deliver(frames)
+            return
         out = {}                         # port -> its frames, in order
         with self._lock:
             for frame in frames:

@@ -207,6 +207,9 @@ class VirtioDevice:
         if index in self.HOST_FED_QUEUES:
             self._serve_batch(index, queue, watch=False)    # fill what host data there is
             return None
+        if self.POLL_MAX_NS == 0:
+            self._serve_unwatched(index, queue)
+            return None
         poll = self._polls.get(index)
         if poll is None:
             poll = self._polls[index] = AdaptivePoll(self.POLL_MAX_NS)
@@ -257,6 +260,23 @@ class VirtioDevice:
         if self.frozen:
             return None             # paused from this thread (a backend's own pause)
         return queue if watch else None
+
+    def _serve_unwatched(self, index, queue):
+        """A device that never polls: serve, ask for the next kick, serve
+        what was posted meanwhile (2.7.10); interrupt once.  Kicks stay on
+        while it serves: with EVENT_IDX the driver kicks only when avail.idx
+        crosses avail_event, which enable_kicks() moves past the last chain
+        taken, so a batch still costs one kick, and no poll bookkeeping is
+        paid for a window that is always 0."""
+        try:
+            while True:
+                self.serve(index, queue)
+                if self.frozen or not queue.enable_kicks():
+                    break
+            if queue.should_notify():
+                self.interrupt()
+        except QueueError as e:
+            self._queue_error(e)
 
     def _queue_error(self, e):
         if self._stale():
