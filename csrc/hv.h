@@ -233,6 +233,25 @@ uint32_t hv_virtio_resets(struct hv_partition *p, uint32_t slot);
 int  hv_virtio_poll(struct hv_partition *p, uint64_t gpa, uint32_t seen, uint64_t timeout_ns,
                     int wake_fd, uint64_t *waited_ns, uint64_t *stolen_ns);
 
+/* -- virtio-net frames between two guests, in C (csrc/net_frames.c) -------- */
+#define HV_NET_HDR_SIZE 12          /* struct virtio_net_hdr, VERSION_1 (5.1.6) */
+#define HV_NET_FRAME_MIN 14         /* an Ethernet header */
+#define HV_NET_FRAME_MAX 1518       /* 1514 + a VLAN tag, no FCS */
+/* A backend's view of one split ring, and its positions, in and out. */
+struct hv_vring {
+    uint64_t desc, avail, used;     /* guest-physical; checked when the view was built */
+    uint32_t size;                  /* a power of 2 */
+    uint16_t last_avail, used_idx, seen_avail;
+    uint8_t  indirect;              /* VIRTIO_F_INDIRECT_DESC negotiated */
+};
+/* Move frames addressed dst_mac from src_mac off src's transmit ring into
+ * dst's receive ring, at most max_frames; stop, consuming nothing, at the
+ * first chain not plainly such a frame or without a buffer that fits it.
+ * The number moved (*bytes: their frame bytes), or -errno. */
+int  hv_net_forward(struct hv_partition *src, struct hv_vring *tx, struct hv_partition *dst,
+                    struct hv_vring *rx, const uint8_t *dst_mac, const uint8_t *src_mac,
+                    uint32_t max_frames, uint64_t *bytes);
+
 /* -- The PC platform (csrc/platform.h) -------------------------------------- */
 /* Take up to max bytes of UART output not yet handed over in an exit
  * (what is left when the partition stops). */

@@ -22,7 +22,7 @@ CORE_H = os.path.join(CSRC, "hv.h")
 CORE_SOURCES = [
     "partition.c", "partition_table.c", "memory.c", "pagewalk.c", "hypercall.c", "event.c", "kick.c", "timer.c", "wait.c",
     "evtchn.c", "grant.c", "smp.c",
-    "vcpu.c", "sched.c", "sched_worker.c", "sched_test.c", "idt.c", "trace.c", "virtio_mmio.c",
+    "vcpu.c", "sched.c", "sched_worker.c", "sched_test.c", "idt.c", "trace.c", "virtio_mmio.c", "net_frames.c",
     "platform.c", "uart16550.c", "lapic.c", "ioapic.c", "rtc_cmos.c", "checks.c", "coverage.c",
     "engine.c", "engine_host.c", "engine_kvm.c", "engine_tcg.c", "engine_tcg_io.c", "engine_tcg_exceptions.c", "engine_tcg_checks.c",
     "engine_tcg_state.c", "engine_tcg_debug.c", "engine_none.c", "debug.c",

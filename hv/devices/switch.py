@@ -9,8 +9,11 @@ forging source addresses cannot grow it without limit.
 """
 import threading
 
+from hv.abi import lib
+
 MAC_TABLE_MAX = 4096
-ETH_MIN, ETH_MAX = 14, 1514 + 4          # header .. max frame (with a VLAN tag)
+# A header .. the longest frame (1514 + a VLAN tag): the core's bounds too.
+ETH_MIN, ETH_MAX = lib.HV_NET_FRAME_MIN, lib.HV_NET_FRAME_MAX
 
 
 class Switch:
@@ -19,6 +22,7 @@ class Switch:
         self.ports = []
         self.macs = {}                   # mac bytes -> port
         self.forwarded = self.flooded = self.dropped = 0
+        self._flows = {}                 # port -> (dst, src, target) of its last unicast frame
         self._lock = threading.Lock()
 
     def connect(self, port):
@@ -30,6 +34,28 @@ class Switch:
         with self._lock:
             self.ports = [p for p in self.ports if p is not port]
             self.macs = {m: p for m, p in self.macs.items() if p is not port}
+            self._flows = {}
+
+    def flow(self, source):
+        """(dst, src, target) of the last unicast frame from port `source`,
+        while forwarding another like it is still all the switch would do
+        (src learned behind `source`, dst behind `target`), else None.  Its
+        NIC then moves such frames itself (T:688) and counts them with
+        forwarded_by_port()."""
+        with self._lock:
+            flow = self._flows.get(source)
+            if flow is None:
+                return None
+            dst, src, target = flow
+            if self.macs.get(src) is not source or self.macs.get(dst) is not target:
+                del self._flows[source]
+                return None
+            return flow
+
+    def forwarded_by_port(self, n):
+        """n frames of a flow() were forwarded by the sending NIC itself."""
+        with self._lock:
+            self.forwarded += n
 
     def send(self, source, frame):
         """A frame from port `source`: forward it (from the sender's thread)."""
@@ -70,4 +96,5 @@ class Switch:
             self.flooded += 1
             return [p for p in self.ports if p is not source]
         self.forwarded += 1
+        self._flows[source] = (dst, src, target)
         return (target,)
