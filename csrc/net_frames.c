@@ -2,7 +2,7 @@
  * net_frames.c - frames from one guest's transmit ring straight into
  * another guest's receive ring, in C (virtio 1.2, 2.7 and 5.1.6).
  *
- * T:687 The switch's common case -- a unicast frame between two NICs whose
+ * T:688 The switch's common case -- a unicast frame between two NICs whose
  * addresses it has learned -- costs no Python object and no interpreter
  * time per frame: the sender's device thread calls hv_net_forward() once per
  * kick, and every frame is copied once from the sender's guest into a bounded

@@ -35,7 +35,7 @@ class NetDevice(VirtioDevice):
         self.backlog = collections.deque()
         self.rx_dropped = 0
         self.bytes_to_guest = self.bytes_from_guest = 0     # frames received, sent
-        # The compiled data path moves a flow's frames in C (T:688); the
+        # The compiled data path moves a flow's frames in C (T:687); the
         # pure one is the reference the tests hold it to.
         self.forward_in_c = self.datapath.name == "compiled"
         self._rings = {}            # SplitQueue -> its struct hv_vring
@@ -58,7 +58,7 @@ class NetDevice(VirtioDevice):
             self._receive(queue)
 
     def _forward(self, queue):
-        """T:688 Frames like the last unicast one this port sent, while the
+        """T:687 Frames like the last unicast one this port sent, while the
         switch would send them the same way, go from our transmit ring to
         the receiver's ring in one call into the core (csrc/net_frames.c),
         with no Python object per frame.  Only when that device is idle and

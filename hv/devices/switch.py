@@ -40,7 +40,7 @@ class Switch:
         """(dst, src, target) of the last unicast frame from port `source`,
         while forwarding another like it is still all the switch would do
         (src learned behind `source`, dst behind `target`), else None.  Its
-        NIC then moves such frames itself (T:688) and counts them with
+        NIC then moves such frames itself (T:687) and counts them with
         forwarded_by_port()."""
         with self._lock:
             flow = self._flows.get(source)

@@ -127,7 +127,7 @@ class SplitQueue:
     last_avail = cython.declare(cython.uint, visibility="public")   # next avail.ring entry to consume
     used_idx = cython.declare(cython.uint, visibility="public")     # what we last stored in used.idx
     # Readable from Python on both paths (a saved queue needs them; the
-    # core's frame mover, hv/devices/net.py T:688, moves _seen_avail).
+    # core's frame mover, hv/devices/net.py T:687, moves _seen_avail).
     _seen_avail = cython.declare(cython.uint, visibility="public")     # avail.idx as last read (a C mover sets it too)
     _signalled = cython.declare(cython.uint, visibility="readonly")    # used_idx at the last should_notify()
     halted = cython.declare(object, visibility="public")   # why, once the guest broke the ring
