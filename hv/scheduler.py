@@ -35,9 +35,14 @@ class Scheduler:
         self._s = out[0]
         self.deterministic = bool(deterministic)
         self.workers = lib.hv_sched_workers(self._s)
-        self._owners = {}                   # vCPU address -> Partition
-        self._lock = threading.Condition()
-        self._serving = set()               # vCPU addresses whose exit a server handles
+        # Keyed by the vCPU pointers themselves (cffi pointers hash and
+        # compare by address); a plain Lock, whose `with` costs a quarter of
+        # a Condition's: every exit served in Python takes it twice.
+        self._owners = {}                   # vCPU -> Partition
+        self._lock = threading.Lock()
+        self._serving = set()               # vCPUs whose exit a server handles
+        self._served = threading.Condition(self._lock)     # detach() waits on it
+        self._detaching = 0                 # detach() calls waiting: notify only then
         self._closed = False
         self._servers = [threading.Thread(target=self._serve, name=f"hv-exits-{i}", daemon=True)
                          for i in range(servers)]
@@ -53,16 +58,19 @@ class Scheduler:
         if err:
             raise ValueError(f"cannot schedule the vCPU: {os.strerror(-err)}")
         with self._lock:
-            self._owners[int(ffi.cast("uintptr_t", vcpu))] = partition
+            self._owners[vcpu] = partition
 
     def detach(self, vcpu):
         """Take the vCPU off every worker and out of the exit queue."""
-        key = int(ffi.cast("uintptr_t", vcpu))
         with self._lock:
-            self._owners.pop(key, None)     # servers drop its exits from now on
+            self._owners.pop(vcpu, None)    # servers drop its exits from now on
             # A server may be handling its last exit record, which the
             # C detach frees: wait for it first.
-            self._lock.wait_for(lambda: key not in self._serving)
+            self._detaching += 1
+            try:
+                self._served.wait_for(lambda: vcpu not in self._serving)
+            finally:
+                self._detaching -= 1
         lib.hv_sched_detach(vcpu)
 
     def reap(self, partition):
@@ -80,30 +88,30 @@ class Scheduler:
             vcpu = lib.hv_sched_next_exit(self._s, 100)       # GIL released inside
             if vcpu == ffi.NULL:
                 continue
-            with self._lock:
-                part = self._owners.get(int(ffi.cast("uintptr_t", vcpu)))
+            # A look without the lock (serve() looks again under it).
+            part = self._owners.get(vcpu)
             if part is not None and part.debugger is not None:
                 # A debugger holds the vCPU's exits as long as GDB likes:
                 # on the partition's own exit thread, not on a shared one.
                 part._debug_exits.put(vcpu)
-            elif part is not None:
+            else:
                 self.serve(vcpu)
 
     def serve(self, vcpu):
         """Hand one exit record to its partition's handler (a server thread,
         or a debugged partition's own), unless the vCPU was detached."""
-        key = int(ffi.cast("uintptr_t", vcpu))
         with self._lock:
-            part = self._owners.get(key)
+            part = self._owners.get(vcpu)
             if part is None:
                 return
-            self._serving.add(key)
+            self._serving.add(vcpu)
         try:
             part._serve_exit(vcpu)
         finally:
             with self._lock:
-                self._serving.discard(key)
-                self._lock.notify_all()
+                self._serving.discard(vcpu)
+                if self._detaching:
+                    self._served.notify_all()
 
     def close(self):
         """Stop the servers and the workers (every vCPU must be detached)."""
