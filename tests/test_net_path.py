@@ -287,5 +287,5 @@ def test_the_core_moves_a_flow_once_the_switch_has_learned_it():
         assert [f[14:18] for f in got] == [seq.to_bytes(4, "little") for seq in range(1, 6)]
         assert got == [frame(b, a, seq, 60 + 100 * seq) for seq in range(1, 6)]
         # The first went through the switch's table; the core moved the rest.
-        assert sw.by_port == 4 and sw.forwarded == 5
+        assert sw.by_port == 4 and sw.forwarded == 5 and sw.forwarded_by_nics == 4
         assert a.requests == 5 and b.bytes_to_guest == sum(60 + 100 * s for s in range(1, 6))

@@ -22,6 +22,7 @@ class Switch:
         self.ports = []
         self.macs = {}                   # mac bytes -> port
         self.forwarded = self.flooded = self.dropped = 0
+        self.forwarded_by_nics = 0      # of `forwarded`: moved by the sending NIC itself
         self._flows = {}                 # port -> (dst, src, target) of its last unicast frame
         self._lock = threading.Lock()
 
@@ -56,6 +57,7 @@ class Switch:
         """n frames of a flow() were forwarded by the sending NIC itself."""
         with self._lock:
             self.forwarded += n
+            self.forwarded_by_nics += n
 
     def send(self, source, frame):
         """A frame from port `source`: forward it (from the sender's thread)."""
