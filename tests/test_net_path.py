@@ -54,6 +54,7 @@ class Nic(NetDevice):
         self.partition = Guest()
         self.interrupts = 0
         self.racer = racer          # called while a kick is being served
+        self.rx_buffers = {}        # head -> the writable buffers post_rx() gave
         self.ram = self.partition.ram
         p = self.datapath
         self.tx = Driver(self.ram, SIZE, 0x1000, 0x10000, 0x40000, event_idx=event_idx)
@@ -85,8 +86,10 @@ class Nic(NetDevice):
 
     def post_rx(self, n, size=NET_HDR_SIZE + 1514):
         for _ in range(n):
-            if self.rx.add([], [size]) is None:
+            head = self.rx.add([], [size])
+            if head is None:
                 break
+            self.rx_buffers[head] = self.rx.in_flight[head].writable
             if self.rx.kicked:
                 self.on_kick(RECEIVEQ)
 
@@ -114,16 +117,6 @@ def pair(name, event_idx=True, racer=None, switch=None):
     try:
         nics.append(Nic(sw, bytes([2, 0, 0, 0, 0, 1]), name, event_idx, racer))
         nics.append(Nic(sw, bytes([2, 0, 0, 0, 0, 2]), name, event_idx))
-        for nic in nics:
-            nic.rx_buffers = {}
-            orig = nic.rx.add
-
-            def add(readable, writable, indirect=False, nic=nic, orig=orig):
-                head = orig(readable, writable, indirect)
-                if head is not None:
-                    nic.rx_buffers[head] = nic.rx.in_flight[head].writable
-                return head
-            nic.rx.add = add
         yield sw, nics[0], nics[1]
     finally:
         for nic in nics:
@@ -289,3 +282,54 @@ def test_the_core_moves_a_flow_once_the_switch_has_learned_it():
         # The first went through the switch's table; the core moved the rest.
         assert sw.by_port == 4 and sw.forwarded == 5 and sw.forwarded_by_nics == 4
         assert a.requests == 5 and b.bytes_to_guest == sum(60 + 100 * s for s in range(1, 6))
+
+
+def test_a_flow_follows_the_switch_table():
+    """Once b's address shows up behind another port, a's frames for it go
+    there: the core never moves a frame the switch would send elsewhere."""
+    sw = CountingSwitch()
+    with pair("compiled", switch=sw) as (_, a, b):
+        c = Nic(sw, bytes([2, 0, 0, 0, 0, 3]), "compiled", True)
+        try:
+            for nic in (b, c):
+                nic.post_rx(4)
+            b.send(frame(a, b, 0, 60), indirect=False)      # b learned behind b
+            a.send(frame(b, a, 1, 60), indirect=False)      # through the table
+            a.send(frame(b, a, 2, 60), indirect=False)      # by the core
+            assert sw.by_port == 1
+            c.send(frame(a, b, 3, 60), indirect=False)      # b's address moves behind c
+            a.send(frame(b, a, 4, 60), indirect=False)
+            a.send(frame(b, a, 5, 60), indirect=False)
+            assert [f[14] for f in b.received()] == [1, 2]
+            assert [f[14] for f in c.received()] == [0, 4, 5]     # 0: flooded, a unknown
+            assert sw.by_port == 2           # 5 again by the core, on the new flow
+        finally:
+            c.close()
+            c.partition.destroy()
+
+
+def test_the_core_marks_what_it_writes_for_migration():
+    """KVM's dirty log misses writes from the host: every byte the core
+    moves into a guest (the receive buffer, both used rings) is marked in
+    that partition's written map, as GuestMemory marks the Python path's."""
+    with pair("compiled") as (sw, a, b):
+        b.send(frame(a, b, 0, 60), indirect=False)
+        b.post_rx(1)
+        a.send(frame(b, a, 1, 60), indirect=False)          # learn
+        b.rx.get_used()
+        b.post_rx(1)
+        maps = {}
+        for nic in (a, b):
+            maps[nic] = memoryview(ffi.buffer(lib.hv_partition_written_map(nic.partition._p),
+                                              MEM // 4096))
+            maps[nic][:] = bytes(len(maps[nic]))
+        assert a.send(frame(b, a, 2, 600), indirect=False)
+        assert sw.forwarded_by_nics == 1
+        (head, length), = b.rx.get_used()
+        (gpa, n), = b.rx_buffers[head]
+        assert length == NET_HDR_SIZE + 600
+        want_b = {f for f in range(gpa // 4096, (gpa + length - 1) // 4096 + 1)}
+        want_b.add((b.rx.ring.used + 2) // 4096)
+        want_a = {(a.tx.ring.used + 2) // 4096}
+        assert {f for f, m in enumerate(maps[b]) if m} == want_b
+        assert {f for f, m in enumerate(maps[a]) if m} == want_a
