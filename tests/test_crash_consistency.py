@@ -320,8 +320,8 @@ def test_flush_is_acknowledged_only_after_fsync_returns(engine, tmp_path, monkey
         real_fsync(fd)
         log.add("fsync-end", fd, blk.used_idx())
 
-    def pwritev(fd, buffers, offset):
-        n = real_pwritev(fd, buffers, offset)
+    def pwritev(fd, buffers, offset, *flags):
+        n = real_pwritev(fd, buffers, offset, *flags)
         log.add("pwrite", fd, offset, n)
         return n
 

@@ -5,6 +5,9 @@ space and features.  Requests are answered by hv/devices/blk_io.py, the
 compiled request path: a 16-byte header, data, a status byte; bad requests
 get VIRTIO_BLK_S_IOERR and the device goes on.  FLUSH is fsync: a write
 whose flush completed is on disk (the guest may rely on it after a crash).
+A request that would wait for the disk goes to a small pool of worker
+threads (hv/devices/blk_pool.py) and is answered when it is done, out of
+order; the device lock serializes those answers with the device thread's.
 The image is locked the way QEMU locks it: one read-write user at a time,
 and no writer while it is shared read-only, among hv processes and QEMU
 alike.
@@ -33,6 +36,8 @@ from hv.devices.blk_io import (  # noqa: F401
     T_IN,
     T_OUT,
 )
+from hv.devices.blk_pool import BlkPool
+from hv.devices.errors import QueueError
 from hv.devices.virtio import VirtioDevice
 
 # Feature bits (5.2.3).
@@ -141,6 +146,7 @@ class BlkDevice(VirtioDevice):
         self.path = os.path.abspath(path)   # what a snapshot names (hv/devices/blk_persist.py)
         self.serial = os.path.basename(path).encode()[:ID_BYTES]
         self.io = self.datapath.blk_io.BlkRequests(self.fd, self.sectors, readonly, self.serial)
+        self.pool = self.io.pool = BlkPool(self.io.finish, self._pool_done, name=self.name)
         if readonly:
             self.FEATURES |= 1 << F_RO
 
@@ -160,8 +166,58 @@ class BlkDevice(VirtioDevice):
         self.requests += served
         self.errors += bad
 
+    # T:676 Answers from the pool.  A worker that finished a request takes
+    # the device lock and answers every request finished so far, then
+    # interrupts once if the driver asked (event-idx): completions that
+    # finish together share an interrupt.  The worker does this itself
+    # rather than waking the device thread through an eventfd: it already
+    # runs and holds the GIL, the lock is what a peer's thread takes to
+    # hand a device data anyway, and the answer reaches the guest without
+    # one more thread wake-up on the path of a request that waited for a disk.
+    def _pool_done(self):
+        with self.lock:
+            try:
+                self._answer_finished(self.pool.take_done())
+            except QueueError as e:
+                self._queue_error(e)
+
+    def _answer_finished(self, jobs):
+        queue = self._queues.get(0)
+        answered = False
+        for job in jobs:
+            # abandon() waited for and dropped every request of rings that
+            # are gone, so a finished request is of the live queue; checked
+            # anyway: an answer must never land in rings the guest reset.
+            if self.closed or job.queue is not queue:
+                continue
+            if self.io.complete(job):
+                self.requests += 1
+                answered = True
+            if job.status == S_IOERR:
+                self.errors += 1
+        if answered and not self.closed and queue.should_notify():
+            self.interrupt()
+
+    def drain(self):
+        """freeze(): wait for the pool's requests and answer them."""
+        try:
+            self._answer_finished(self.pool.wait_idle())
+        except QueueError:
+            pass                    # halted: the driver must reset it anyway
+
+    def abandon(self):
+        """Reset, broken ring, close: wait for the pool's requests in
+        progress (a read writes guest RAM until its preadv returns), drop
+        those not started, answer none."""
+        with self.lock:
+            if getattr(self, "pool", None) is not None:     # None: __init__ failed
+                self.pool.wait_idle(cancel=True)
+                self.io.forget()
+
     def close(self):
         super().close()
+        if getattr(self, "pool", None) is not None:
+            self.pool.stop()        # idle (abandon()): the workers just end
         if getattr(self, "fd", -1) >= 0:
             os.close(self.fd)       # releases the lock
             self.fd = -1

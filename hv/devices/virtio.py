@@ -112,6 +112,7 @@ class VirtioDevice:
 
     def close(self):
         with self.lock:                     # no peer thread is inside us now
+            self.abandon()
             for fd in getattr(self, "queue_fds", []) + [getattr(self, "control_fd", -1)]:
                 if fd >= 0:
                     os.close(fd)
@@ -159,6 +160,7 @@ class VirtioDevice:
             self._queues[index] = queue
 
     def _drop_queues(self):
+        self.abandon()                      # nothing of the old rings is answered
         self._queues.clear()
         lib.hv_virtio_rings_release(self.partition._p, self.slot)
 
@@ -354,8 +356,14 @@ class VirtioDevice:
 
     def drain(self):
         """Answer every request taken and not yet answered (under the lock).
-        Backends that answer requests before returning from serve() (all of
-        hv's so far) have none."""
+        Backends that answer requests before returning from serve() have
+        none; blk's pool may (hv/devices/blk.py)."""
+
+    def abandon(self):
+        """The rings are being dropped (a reset, a broken ring, close):
+        wait until nothing touches guest memory for a request taken, and
+        answer none of them (under the lock).  Backends that answer
+        requests before returning from serve() have nothing to wait for."""
 
     # -- what backends implement ------------------------------------------------
     def serve(self, index, queue):
