@@ -54,11 +54,16 @@ class NetDevice(VirtioDevice):
         if index == TRANSMITQ:
             if self.forward_in_c:
                 self._forward(queue)
-            frames = self.datapath.net_io.transmit(queue)
-            self.requests += len(frames)
-            self.bytes_from_guest += sum(map(len, frames))
-            if frames:
-                self.switch.send_batch(self, frames)
+            frames = []
+            try:
+                self.datapath.net_io.transmit(queue, frames)
+            finally:
+                # Frames taken before a broken chain still leave (in order),
+                # as they would had the kick come between them and it.
+                self.requests += len(frames)
+                self.bytes_from_guest += sum(map(len, frames))
+                if frames:
+                    self.switch.send_batch(self, frames)
         else:
             self._receive(queue)
 

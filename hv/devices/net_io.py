@@ -25,9 +25,12 @@ NET_HDR_SIZE = 12
 RX_HEADER = NET_HDR.pack(0, 0, 0, 0, 0, 0, 1)
 
 
-def transmit(queue):
-    """Pop and complete every chain on the transmit queue: the frames, in order."""
-    frames = []
+def transmit(queue, frames=None):
+    """Pop and complete every chain on the transmit queue: the frames, in
+    order, appended to `frames` if given -- so that when pop() raises for a
+    broken chain, the frames taken before it are still the caller's to send."""
+    if frames is None:
+        frames = []
     while (chain := queue.pop()) is not None:
         queue.push(chain, 0)
         frames.append(memoryview(chain.readable)[NET_HDR_SIZE:])
