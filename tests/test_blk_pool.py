@@ -338,6 +338,32 @@ def test_close_waits_for_the_pool_and_its_threads_end(rig):
     assert not any(t.is_alive() for t in rig.dev.pool._threads)
 
 
+def test_a_worker_answers_the_queued_jobs_already_done_with_its_own():
+    """One worker finishes job 0 (blocking), then takes 1 and 2, whose I/O
+    is done (ready), and hands the three back in one on_done(); 3 is not
+    ready, so it is put back first in line and run blocking after."""
+    from hv.devices.blk_pool import BlkPool
+    gate, answered, ran, finished = threading.Event(), [], [], threading.Event()
+
+    def run(job):
+        if job == 0:
+            gate.wait()
+        ran.append(job)
+
+    def on_done():
+        answered.append(pool.take_done())
+        if sum(map(len, answered)) == 4:
+            finished.set()
+    pool = BlkPool(run, on_done, workers=1, ready=lambda job: job in (1, 2))
+    for job in range(4):
+        pool.submit(job)
+    gate.set()
+    assert finished.wait(30)
+    pool.stop()
+    assert ran == [0, 3]                        # 1 and 2 never blocked
+    assert answered == [[0, 1, 2], [3]]
+
+
 def test_more_requests_in_flight_than_descriptors_halt_the_queue(tmp_path):
     """A driver that reuses a head the pool still holds is broken: the
     queue halts rather than let the pool grow past the ring."""

@@ -17,7 +17,10 @@
  * 4M, at most 8M), passes= (default 1), seq_size= (default 64K, at most the
  * device's size_max), rand_ops= (default 256), rand_size= (default 4K),
  * seed= (default 1), depths= (comma-separated, each 1..32, default 1).
- * Sizes take K/M suffixes.
+ * Sizes take K/M suffixes.  only=seq_read or only=rand_read runs that one
+ * phase alone at each depth, writing nothing: the host stamps the region
+ * with seed= and drops it from its page cache first (tools/bench's
+ * cold-cache phases), and the reads are checked as usual.
  *
  * Time: the TSC, read with rdtsc around each phase, because it works the
  * same under hv (both engines) and under QEMU, which has no hv clock.  The
@@ -234,6 +237,12 @@ int main(void)
     uint64_t seed = cmdline_uint("seed", 1), region_sectors, seq_ops;
     unsigned depths[DEPTHS_MAX], n_depths = parse_depths(depths);
     int r = virtio_blk_init(&blk, 0);
+    size_t only_len;
+    bool only_seq_read = cmdline_is("only", "seq_read");
+    bool only_rand_read = cmdline_is("only", "rand_read");
+
+    if (cmdline_value("only", 0, &only_len) && !only_seq_read && !only_rand_read)
+        test_error("blk-bench: only= takes seq_read or rand_read");
 
     start = cmdline_uint("start", 2048);
     region = cmdline_uint("region", 4u << 20);
@@ -281,6 +290,18 @@ int main(void)
         uint32_t seq_sectors = (uint32_t)(seq_size / SECTOR);
         uint32_t rand_sectors = (uint32_t)(rand_size / SECTOR);
 
+        if (only_seq_read) {
+            run_phase("seq_read", depth, false, seq_ops, seq_sectors, seq_read_op);
+            verify_sectors(read_buf, start, region, seed, "seq_read");
+            continue;
+        }
+        if (only_rand_read) {
+            run_phase("rand_read", depth, false, rand_ops, rand_sectors, rand_read_op);
+            for (uint64_t i = 0; i < rand_ops; i++)
+                verify_sectors(&read_buf[i * rand_size / 8], start + offsets[i] / SECTOR,
+                               rand_size, seed, "rand_read");
+            continue;
+        }
         run_phase("seq_write", depth, true, seq_ops, seq_sectors, seq_write_op);
         flush();
         run_phase("seq_read", depth, false, seq_ops, seq_sectors, seq_read_op);

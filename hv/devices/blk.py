@@ -146,7 +146,8 @@ class BlkDevice(VirtioDevice):
         self.path = os.path.abspath(path)   # what a snapshot names (hv/devices/blk_persist.py)
         self.serial = os.path.basename(path).encode()[:ID_BYTES]
         self.io = self.datapath.blk_io.BlkRequests(self.fd, self.sectors, readonly, self.serial)
-        self.pool = self.io.pool = BlkPool(self.io.finish, self._pool_done, name=self.name)
+        self.pool = self.io.pool = BlkPool(self.io.finish, self._pool_done, name=self.name,
+                                           ready=self.io.finish_if_ready)
         if readonly:
             self.FEATURES |= 1 << F_RO
 

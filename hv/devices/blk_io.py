@@ -331,6 +331,21 @@ class BlkRequests:
             job.status = S_IOERR
         job.views = None                    # no window into guest RAM outlives the I/O
 
+    def finish_if_ready(self, job: Pending) -> cython.bint:
+        """A pool worker, for a read still queued: do it if the page cache
+        holds it by now (its RWF_NOWAIT try started the disk read); True if
+        done.  Never blocks; anything but a cached read says False."""
+        if job.kind != T_IN or not self.read_nowait or self.force_pool:
+            return False
+        try:
+            if os.preadv(self.fd, job.views, job.offset, RWF_NOWAIT) != job.nbytes:
+                return False
+        except OSError:
+            return False
+        job.status = S_OK
+        job.views = None
+        return True
+
     def complete(self, job: Pending):
         """A finished request (under the device lock): mark what the kernel
         wrote, the status byte, the used entry.  True if answered (a chain
