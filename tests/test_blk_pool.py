@@ -338,6 +338,35 @@ def test_close_waits_for_the_pool_and_its_threads_end(rig):
     assert not any(t.is_alive() for t in rig.dev.pool._threads)
 
 
+def test_queued_reads_the_page_cache_holds_are_answered_with_the_slow_one(rig):
+    """One worker, held in the first read; two more wait in its queue, and
+    the image is in the page cache: once the first is done, the worker
+    finishes the other two without blocking and answers all three under
+    one interrupt."""
+    import time
+    rig.dev.pool._max = 1
+    gate = rig.hold()
+    rig.dev.io.force_pool = True
+    posted = [offer(rig.drv, T_IN, s, 1, 0) for s in (1, 7, 12)]
+    rig.drv.set_used_event(rig.drv.last_used)
+    rig.kick()
+    rig.started.acquire()
+    gate.set()
+    deadline = time.monotonic() + 30
+    while rig.q.used_idx != 3 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    with rig.dev.lock:
+        used = rig.drv.get_used()
+    assert sorted(used) == sorted((h, 1 + SECTOR) for h, _, _ in posted)
+    assert rig.log == [("done", T_IN)]          # only the first went through run()
+    assert rig.interrupts == 1
+    for head, data, status in posted:
+        sector = {h: s for (h, _, _), s in zip(posted, (1, 7, 12))}[head]
+        got = b"".join(bytes(rig.mem[g:g + n]) for g, n in data)
+        assert got == seed_bytes()[sector * SECTOR:(sector + 1) * SECTOR]
+        assert rig.mem[status] == S_OK
+
+
 def test_a_worker_answers_the_queued_jobs_already_done_with_its_own():
     """One worker finishes job 0 (blocking), then takes 1 and 2, whose I/O
     is done (ready), and hands the three back in one on_done(); 3 is not
@@ -362,6 +391,46 @@ def test_a_worker_answers_the_queued_jobs_already_done_with_its_own():
     pool.stop()
     assert ran == [0, 3]                        # 1 and 2 never blocked
     assert answered == [[0, 1, 2], [3]]
+
+
+def test_wait_idle_runs_a_job_a_worker_put_back_while_it_waited():
+    """Regression: a worker had taken a queued job to see whether it was
+    ready (it was not) when wait_idle() found the queue empty and waited;
+    the worker put the job back and then blocked on the lock the waiter
+    holds (the device lock), so nobody ran the job: freeze hung."""
+    from hv.devices.blk_pool import BlkPool
+    device_lock = threading.Lock()
+    gate, looking, not_ready = threading.Event(), threading.Event(), threading.Event()
+
+    def run(job):
+        if job == "a":
+            gate.wait()
+
+    def ready(job):
+        looking.set()
+        not_ready.wait()
+        return False
+
+    def on_done():
+        with device_lock:
+            pool.take_done()
+    pool = BlkPool(run, on_done, workers=1, ready=ready)
+    pool.submit("a")
+    pool.submit("b")
+    gate.set()
+    assert looking.wait(30)                 # the worker holds "b", deciding
+
+    def freeze():
+        with device_lock:
+            pool.wait_idle()
+    t = threading.Thread(target=freeze, daemon=True)
+    t.start()
+    t.join(0.2)                             # wait_idle() is waiting now
+    not_ready.set()                         # "b" goes back to the queue
+    t.join(30)
+    assert not t.is_alive(), "wait_idle() never ran the job put back"
+    assert pool.in_flight == 0
+    pool.stop()
 
 
 def test_more_requests_in_flight_than_descriptors_halt_the_queue(tmp_path):

@@ -112,8 +112,9 @@ class BlkRequests:
     # Found out on first use (EOPNOTSUPP).
     read_nowait = cython.declare(cython.bint, visibility="public")
     write_nowait = cython.declare(cython.bint, visibility="public")
-    # Tests: True sends every read and write to the pool, as a cold page
-    # cache would (deterministic, unlike evicting the image's pages).
+    # Tests: True sends every read and write to the pool when popped, as a
+    # cold page cache would (deterministic, unlike evicting the image's
+    # pages); a worker may still find queued ones cached (finish_if_ready).
     force_pool = cython.declare(cython.bint, visibility="public")
     _probe = cython.declare(bytearray)
 
@@ -335,7 +336,7 @@ class BlkRequests:
         """A pool worker, for a read still queued: do it if the page cache
         holds it by now (its RWF_NOWAIT try started the disk read); True if
         done.  Never blocks; anything but a cached read says False."""
-        if job.kind != T_IN or not self.read_nowait or self.force_pool:
+        if job.kind != T_IN or not self.read_nowait:
             return False
         try:
             if os.preadv(self.fd, job.views, job.offset, RWF_NOWAIT) != job.nbytes:

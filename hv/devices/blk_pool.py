@@ -93,17 +93,17 @@ class BlkPool:
         worker that cannot come.  A running job needs no lock to finish."""
         while True:
             with self._cond:
-                if not self._jobs:
-                    break
+                # A job a worker was looking at (_finish_ready) may come
+                # back to the queue while we wait: take it then.
+                self._cond.wait_for(lambda: self._in_flight == 0 or self._jobs)
+                if self._in_flight == 0:
+                    done, self._done = self._done, []
+                    return done
                 job = self._jobs.popleft()
                 if cancel:
                     self._in_flight -= 1
                     continue
             self._finish(job)
-        with self._cond:
-            self._cond.wait_for(lambda: self._in_flight == 0)
-            done, self._done = self._done, []
-            return done
 
     def stop(self):
         """Let the workers end (after wait_idle(): no job left) and join them."""
@@ -145,6 +145,7 @@ class BlkPool:
         if not ready:
             with self._cond:
                 self._jobs.appendleft(job)      # still first in line
+                self._cond.notify_all()         # for a wait_idle() too
             return False
         with self._cond:
             self._done.append(job)
