@@ -282,6 +282,12 @@ def test_the_core_moves_a_flow_once_the_switch_has_learned_it():
         # The first went through the switch's table; the core moved the rest.
         assert sw.by_port == 4 and sw.forwarded == 5 and sw.forwarded_by_nics == 4
         assert a.requests == 5 and b.bytes_to_guest == sum(60 + 100 * s for s in range(1, 6))
+        # Each NIC keeps the core's views of its own rings only (a view holds
+        # its guest's RAM), and none once it is closed.
+        for nic in (a, b):
+            assert set(nic._rings) <= set(nic._queues.values())
+        b.close()
+        assert not b._rings
 
 
 def test_a_flow_follows_the_switch_table():

@@ -43,7 +43,7 @@ class NetDevice(VirtioDevice):
         # The compiled data path moves a flow's frames in C (T:687); the
         # pure one is the reference the tests hold it to.
         self.forward_in_c = self.datapath.name == "compiled"
-        self._rings = {}            # SplitQueue -> its struct hv_vring
+        self._rings = {}            # our SplitQueue -> its struct hv_vring (under the lock)
         self._moved = ffi.new("uint64_t *")
         switch.connect(self)
 
@@ -86,7 +86,7 @@ class NetDevice(VirtioDevice):
             if (peer.closed or peer.frozen or peer.backlog or rq is None or rq.halted or
                     peer.partition is None or peer.partition._p is None):
                 return
-            tx, rx = self._ring(queue), self._ring(rq)
+            tx, rx = self._ring(queue), peer._ring(rq)
             n = lib.hv_net_forward(self.partition._p, tx, peer.partition._p, rx, dst_mac,
                                    src_mac, self.QUEUE_MAX, self._moved)
             if n <= 0:
@@ -107,7 +107,8 @@ class NetDevice(VirtioDevice):
             peer.lock.release()
 
     def _ring(self, queue):
-        """The core's view of `queue` (made once per queue), at its positions now."""
+        """The core's view of our `queue` (made once per queue), at its
+        positions now; under our lock."""
         ring = self._rings.get(queue)
         if ring is None:
             if len(self._rings) > 8:
@@ -170,9 +171,14 @@ class NetDevice(VirtioDevice):
             if not self.backlog or not queue.enable_kicks():
                 return
 
+    def reset(self):
+        self._rings.clear()         # views of rings the driver has given up
+
     def close(self):
         self.switch.disconnect(self)
-        super().close()
+        with self.lock:
+            super().close()
+            self._rings.clear()     # the core's views keep no ring of a closed NIC
 
 
 def mac_text(mac):
