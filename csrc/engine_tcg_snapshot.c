@@ -288,7 +288,7 @@ int tcg_get_state(void *vp, struct hv_cpu_state *s)
     /* Work the engine owes the guest before its next instruction (port
      * writes queued in a block, a SYSCALL transition) is not CPU state:
      * the caller runs the vCPU on and asks again. */
-    if (c->nqueued != c->queue_head || c->syscall_pending)
+    if (c->nqueued || c->syscall_pending)
         return -EBUSY;
     if (!segs_ready())
         return -ENOTSUP;            /* another Unicorn build: see the top of the file */

@@ -359,6 +359,36 @@ int  hv_vcpu_set_state(struct hv_vcpu *v, const struct hv_cpu_state *cpu,
 void hv_partition_get_snapshot(struct hv_partition *p, struct hv_partition_snapshot *out);
 /* Before any vCPU exists: the clock goes on from clock_ns. */
 int  hv_partition_set_snapshot(struct hv_partition *p, const struct hv_partition_snapshot *in);
+/* The PC platform's guest-visible state (csrc/platform_snapshot.c): the
+ * UART's registers and both of its buffers (receive: oldest byte first),
+ * the IOAPIC's registers and pin levels, the RTC's index and CMOS bytes.
+ * Array sizes as platform.h and abi.h define them (checked there). */
+struct hv_platform_snapshot {
+    uint8_t  uart_ier, uart_lcr, uart_mcr, uart_scr, uart_dll, uart_dlm, uart_fcr;
+    uint8_t  uart_thre_pending, uart_line;
+    uint32_t uart_tx_len, uart_rx_len;
+    uint8_t  uart_tx[4096], uart_rx[4096];  /* UART_TX_MAX, UART_RX_MAX */
+    uint32_t ioapic_select, ioapic_id, ioapic_lines, ioapic_remote_irr;
+    uint64_t ioapic_redir[24];             /* HV_IOAPIC_PINS */
+    uint8_t  rtc_index;
+    uint8_t  rtc_ram[128];
+};
+/* A vCPU's local APIC (csrc/lapic.c): registers, the timer on the
+ * partition clock (start and next expiry in partition ns, 0 = stopped),
+ * and the IRR, TMR and ISR bitmaps. */
+struct hv_lapic_snapshot {
+    uint32_t id, tpr, ldr, dfr, svr, esr, icr_low, icr_high;
+    uint32_t lvt[6];
+    uint32_t timer_initial, timer_divide;
+    uint64_t timer_start, timer_deadline;
+    uint32_t irr[8], tmr[8], isr[8];
+};
+void hv_platform_get_snapshot(struct hv_partition *p, struct hv_platform_snapshot *out);
+/* Before any vCPU runs; -EINVAL for a state no guest could have made. */
+int  hv_platform_set_snapshot(struct hv_partition *p, const struct hv_platform_snapshot *in);
+/* Paused, or before the first run: 0, or -EINVAL (set) as above. */
+int  hv_lapic_get_snapshot(struct hv_vcpu *v, struct hv_lapic_snapshot *out);
+int  hv_lapic_set_snapshot(struct hv_vcpu *v, const struct hv_lapic_snapshot *in);
 /* -- Dirty tracking for live migration (csrc/dirty.c) ---------------------- */
 #define HV_DIRTY_AUTO           0   /* the best of the three below that works here */
 #define HV_DIRTY_ENGINE_LOG     1   /* the engine's log of guest writes (KVM's memslot log) */

@@ -117,6 +117,11 @@ static void write_register(struct hv_partition *p, uint32_t index, uint32_t valu
         deliver(p, pin);
 }
 
+int ioapic_entry_writable(uint64_t entry)
+{
+    return !(entry & REDIR_READ_ONLY);      /* reads compute those bits */
+}
+
 int ioapic_access(struct hv_partition *p, uint64_t offset, int write, uint32_t *value)
 {
     struct ioapic *io = &p->platform->ioapic;

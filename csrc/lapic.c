@@ -12,6 +12,7 @@
  * periodic, measured on the partition clock; a host timer signals the
  * vCPU's thread when it is due, as hv's own timer does (timer.c).
  */
+#include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -371,4 +372,66 @@ int lapic_has_interrupt(struct hv_vcpu *v)
 uint64_t lapic_deadline(struct hv_vcpu *v)
 {
     return v->lapic ? v->lapic->timer_deadline : 0;
+}
+
+/* ---- Snapshots (csrc/platform_snapshot.c has the rest of the platform) ----- */
+
+int hv_lapic_get_snapshot(struct hv_vcpu *v, struct hv_lapic_snapshot *out)
+{
+    const struct lapic *a = v->lapic;
+    memset(out, 0, sizeof(*out));
+    if (!a)
+        return -ENOENT;
+    _Static_assert(sizeof(out->lvt) == sizeof(a->lvt), "hv.h spells LVT_COUNT for cffi");
+    *out = (struct hv_lapic_snapshot){
+        .id = a->id, .tpr = a->tpr, .ldr = a->ldr, .dfr = a->dfr, .svr = a->svr,
+        .esr = a->esr, .icr_low = a->icr_low, .icr_high = a->icr_high,
+        .timer_initial = a->timer_initial, .timer_divide = a->timer_divide,
+        .timer_start = a->timer_start, .timer_deadline = a->timer_deadline,
+    };
+    memcpy(out->lvt, a->lvt, sizeof(a->lvt));
+    for (int i = 0; i < 8; i++) {
+        out->irr[i] = __atomic_load_n(&a->irr[i], __ATOMIC_ACQUIRE);
+        out->tmr[i] = __atomic_load_n(&a->tmr[i], __ATOMIC_ACQUIRE);
+        out->isr[i] = a->isr[i];
+    }
+    return 0;
+}
+
+/* T:920 Before the vCPU's first run.  Only what write_register() and
+ * lapic_accept() can leave is taken (vectors 0-15 are never pending or in
+ * service); the timer's times are partition ns, and the restored clock
+ * goes on from where it was saved (T:907), so they mean the same instants:
+ * the host timer is aimed at the deadline again. */
+int hv_lapic_set_snapshot(struct hv_vcpu *v, const struct hv_lapic_snapshot *in)
+{
+    struct lapic *a = v->lapic;
+    if (!a)
+        return -ENOENT;
+    if (in->id > 0xff || in->tpr > 0xff || (in->ldr & 0x00ffffffu) || (in->dfr | 0x0fffffffu) != in->dfr ||
+        in->svr > 0x3ff || in->esr || (in->timer_divide & ~0xbu) ||
+        (in->irr[0] | in->tmr[0] | in->isr[0]) & 0xffffu ||
+        (in->timer_deadline && !in->timer_initial))
+        return -EINVAL;
+    a->id = in->id;
+    a->tpr = in->tpr;
+    a->ldr = in->ldr;
+    a->dfr = in->dfr;
+    a->svr = in->svr;
+    a->esr = in->esr;
+    a->icr_low = in->icr_low;
+    a->icr_high = in->icr_high;
+    memcpy(a->lvt, in->lvt, sizeof(a->lvt));
+    a->timer_initial = in->timer_initial;
+    a->timer_divide = in->timer_divide;
+    a->timer_start = in->timer_start;
+    a->timer_deadline = in->timer_deadline;
+    for (int i = 0; i < 8; i++) {
+        __atomic_store_n(&a->irr[i], in->irr[i], __ATOMIC_RELEASE);
+        __atomic_store_n(&a->tmr[i], in->tmr[i], __ATOMIC_RELEASE);
+        a->isr[i] = in->isr[i];
+    }
+    host_timer_set(a);
+    update_pending(a);
+    return 0;
 }

@@ -93,6 +93,8 @@ void ioapic_reset(struct ioapic *io);
 void ioapic_set_line(struct hv_partition *p, unsigned pin, int level);
 int  ioapic_access(struct hv_partition *p, uint64_t offset, int write, uint32_t *value);
 void ioapic_eoi(struct hv_partition *p, uint8_t vector);
+/* Could a guest's writes have left this redirection entry (no read-only bit set)? */
+int  ioapic_entry_writable(uint64_t entry);
 
 /* lapic.c: one per vCPU. */
 struct lapic *lapic_create(struct hv_vcpu *v);

@@ -26,7 +26,8 @@ CORE_SOURCES = [
     "platform.c", "uart16550.c", "lapic.c", "ioapic.c", "rtc_cmos.c", "checks.c", "coverage.c",
     "engine.c", "engine_host.c", "engine_kvm.c", "engine_tcg.c", "engine_tcg_io.c", "engine_tcg_exceptions.c", "engine_tcg_checks.c",
     "engine_tcg_state.c", "engine_tcg_debug.c", "engine_none.c", "debug.c",
-    "snapshot.c", "engine_kvm_snapshot.c", "engine_tcg_snapshot.c", "dirty.c", "dirty_wp.c",
+    "snapshot.c", "platform_snapshot.c", "engine_kvm_snapshot.c", "engine_tcg_snapshot.c", "dirty.c",
+    "dirty_wp.c",
 ]
 
 

@@ -51,6 +51,8 @@ class SavedState:
     name: str
     engine: str
     vcpus: list = field(default_factory=list)      # (id, VCPU body), by id
+    platform: object = None         # struct hv_platform_snapshot, or None: as reset
+    lapics: dict = field(default_factory=dict)     # vCPU id -> struct hv_lapic_snapshot
     devices: list = field(default_factory=list)    # persist.SavedDevice, by slot
     memory_path: str = ""
     memory_fd: int = -1
@@ -157,6 +159,13 @@ def partition_records(part, states):
                                                   bytes(snap.event_vcpu), part.name,
                                                   part.engine))]
     records += [(fmt.VCPU, fmt.pack_vcpu(i, cpu, pending)) for i, cpu, pending in states]
+    platform = ffi.new("struct hv_platform_snapshot *")
+    lib.hv_platform_get_snapshot(part._live(), platform)
+    records.append((fmt.PLATFORM, fmt.pack_platform(platform)))
+    for i, vcpu in enumerate(part.snapshot_vcpus()):
+        lapic = ffi.new("struct hv_lapic_snapshot *")
+        if lib.hv_lapic_get_snapshot(vcpu, lapic) == 0:
+            records.append((fmt.LAPIC, fmt.pack_lapic(i, lapic)))
     from hv.snapshot_devices import device_records
     records += device_records(part)
     return records
@@ -243,6 +252,18 @@ def from_records(directory, records, inline_memory=False):
         raise fmt.FormatError(f"{len(vcpus)} vcpus; hv runs at most {lib.HV_VCPUS_MAX}")
     if not any(pending.up for _, _, pending in state.vcpus):
         raise fmt.FormatError("no vcpu is up: the partition had stopped")
+    platforms = [body for t, body in records if t == fmt.PLATFORM]
+    if len(platforms) > 1:
+        raise fmt.FormatError(f"{len(platforms)} platform records; a state has at most one")
+    if platforms:
+        state.platform = ffi.new("struct hv_platform_snapshot *")
+        fmt.unpack_platform(platforms[0], state.platform)
+    for body in (body for t, body in records if t == fmt.LAPIC):
+        lapic = ffi.new("struct hv_lapic_snapshot *")
+        vid = fmt.unpack_lapic(body, lapic)
+        if vid >= len(state.vcpus) or vid in state.lapics:
+            raise fmt.FormatError(f"lapic record for vcpu {vid}: no such vcpu, or a second one")
+        state.lapics[vid] = lapic
     from hv.snapshot_devices import load_devices
     state.devices = load_devices([body for t, body in records if t == fmt.DEVICE], state.mem_size)
     mems = [body for t, body in records if t == fmt.MEMORY]
@@ -329,6 +350,9 @@ def apply_partition(part, state):
     err = lib.hv_partition_set_snapshot(part._live(), snap)
     if err:
         raise SnapshotError(f"the partition state does not fit this partition: {os.strerror(-err)}")
+    if state.platform is not None and lib.hv_platform_set_snapshot(part._live(), state.platform):
+        raise SnapshotError("the platform record holds a state no guest could have left "
+                            "(UART, IOAPIC or RTC)")
 
 
 def apply_vcpus(part, vcpus, state):
@@ -340,6 +364,10 @@ def apply_vcpus(part, vcpus, state):
         if err:
             raise SnapshotError(f"the {part.engine} engine refuses the saved state of vCPU "
                                 f"{index}: {os.strerror(-err)}")
+        lapic = state.lapics.get(index)
+        if lapic is not None and lib.hv_lapic_set_snapshot(vcpu, lapic):
+            raise SnapshotError(f"the lapic record of vCPU {index} holds a state no guest "
+                                "could have left")
         if pending.up:
             up.append(vcpu)
     return up

@@ -33,8 +33,10 @@ MEMORY = 3                      # RAM is the raw file named here (snapshots)
 PAGES = 4                       # RAM pages inline (migration): pfn list, then the pages
 DEVICE = 5                      # one per virtio device: registers, queues, backend
 VERIFY = 6                      # SHA-256 of every record before it
+PLATFORM = 7                    # the PC platform: UART, IOAPIC, RTC (absent: as reset)
+LAPIC = 8                       # one per vCPU: its local APIC (absent: as reset)
 NAMES = {END: "end", PARTITION: "partition", VCPU: "vcpu", MEMORY: "memory", PAGES: "pages",
-         DEVICE: "device", VERIFY: "verify"}
+         DEVICE: "device", VERIFY: "verify", PLATFORM: "platform", LAPIC: "lapic"}
 
 
 class FormatError(ValueError):
@@ -75,6 +77,20 @@ PAGE = 4096
 # positions and the backend's state as one JSON object (UTF-8): the
 # backends are Python, and hv/devices/persist.py checks every field.
 DEVICE_FIXED = struct.Struct("<II")
+# PLATFORM: the UART's nine byte registers (padded to 12), its transmit and
+# receive lengths, the IOAPIC's select, id, pin levels and remote IRR bits,
+# its 24 redirection entries, the RTC's index and 128 CMOS bytes; then the
+# UART's transmit bytes and its receive bytes (oldest first).  Fields as
+# struct hv_platform_snapshot names them; the core checks every value.
+UART_REGS = ("uart_ier", "uart_lcr", "uart_mcr", "uart_scr", "uart_dll", "uart_dlm",
+             "uart_fcr", "uart_thre_pending", "uart_line")
+IOAPIC_REGS = ("ioapic_select", "ioapic_id", "ioapic_lines", "ioapic_remote_irr")
+IOAPIC_PINS = 24
+UART_BUFFER_MAX = 4096
+PLATFORM_FIXED = struct.Struct(f"<9B3xII4I{IOAPIC_PINS}QB128s")
+# LAPIC: u32 vCPU id, then struct hv_lapic_snapshot's fields in this order.
+LAPIC_REGS = ("id", "tpr", "ldr", "dfr", "svr", "esr", "icr_low", "icr_high")
+LAPIC_BODY = struct.Struct("<I8I6I2I2Q8I8I8I")
 
 
 def _u64(value, name):
@@ -169,6 +185,64 @@ def unpack_partition(body):
     at += fields["name_len"]
     engine = body[at:end].decode(errors="replace")
     return fields, list(zip(flat[0::2], flat[1::2])), event_vcpu, name, engine
+
+
+def pack_platform(snap):
+    """A PLATFORM body from a cffi struct hv_platform_snapshot."""
+    tx, rx = snap.uart_tx_len, snap.uart_rx_len
+    return (PLATFORM_FIXED.pack(*(getattr(snap, n) for n in UART_REGS), tx, rx,
+                                *(getattr(snap, n) for n in IOAPIC_REGS), *snap.ioapic_redir,
+                                snap.rtc_index, bytes(snap.rtc_ram))
+            + bytes(snap.uart_tx[0:tx]) + bytes(snap.uart_rx[0:rx]))
+
+
+def unpack_platform(body, snap):
+    """Fill a cffi struct hv_platform_snapshot from a PLATFORM body."""
+    if len(body) < PLATFORM_FIXED.size:
+        raise FormatError("platform record is truncated")
+    values = PLATFORM_FIXED.unpack_from(body)
+    nuart, nio = len(UART_REGS), len(IOAPIC_REGS)
+    tx, rx = values[nuart:nuart + 2]
+    if tx > UART_BUFFER_MAX or rx > UART_BUFFER_MAX or len(body) != PLATFORM_FIXED.size + tx + rx:
+        raise FormatError(f"platform record: UART buffers of {tx} and {rx} bytes in a body "
+                          f"of {len(body)}")
+    for name, value in zip(UART_REGS, values):
+        setattr(snap, name, value)
+    snap.uart_tx_len, snap.uart_rx_len = tx, rx
+    at = nuart + 2
+    for name, value in zip(IOAPIC_REGS, values[at:at + nio]):
+        setattr(snap, name, value)
+    at += nio
+    snap.ioapic_redir[0:IOAPIC_PINS] = list(values[at:at + IOAPIC_PINS])
+    snap.rtc_index, ram = values[at + IOAPIC_PINS:]
+    snap.rtc_ram[0:len(ram)] = list(ram)
+    data = body[PLATFORM_FIXED.size:]
+    snap.uart_tx[0:tx] = list(data[:tx])
+    snap.uart_rx[0:rx] = list(data[tx:])
+
+
+def pack_lapic(vcpu_id, snap):
+    """A LAPIC body from a cffi struct hv_lapic_snapshot."""
+    return LAPIC_BODY.pack(vcpu_id, *(getattr(snap, n) for n in LAPIC_REGS), *snap.lvt,
+                           snap.timer_initial, snap.timer_divide, snap.timer_start,
+                           snap.timer_deadline, *snap.irr, *snap.tmr, *snap.isr)
+
+
+def unpack_lapic(body, snap):
+    """Fill a cffi struct hv_lapic_snapshot from a LAPIC body; the vCPU id."""
+    if len(body) != LAPIC_BODY.size:
+        raise FormatError(f"lapic record is {len(body)} bytes, not {LAPIC_BODY.size}")
+    values = LAPIC_BODY.unpack(body)
+    vcpu_id, values = values[0], values[1:]
+    for name, value in zip(LAPIC_REGS, values):
+        setattr(snap, name, value)
+    values = values[len(LAPIC_REGS):]
+    snap.lvt[0:6] = list(values[:6])
+    (snap.timer_initial, snap.timer_divide, snap.timer_start,
+     snap.timer_deadline) = values[6:10]
+    snap.irr[0:8], snap.tmr[0:8], snap.isr[0:8] = (list(values[10:18]), list(values[18:26]),
+                                                   list(values[26:34]))
+    return vcpu_id
 
 
 def pack_device(slot, device_id, state):

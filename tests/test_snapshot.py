@@ -75,6 +75,27 @@ def test_restore_goes_on_where_the_guest_stopped(tmp_path, reference):
     assert hop(["tcg", "tcg", "tcg", "tcg"], tmp_path) == reference
 
 
+def test_saved_after_port_writes_queued_in_a_block(tmp_path, reference):
+    """Two writes to a port the parent answers, in one block: on TCG the
+    second waits in the engine's queue.  Once the queue has been emptied the
+    vCPU is between instructions again; the emptiness test compared the count
+    with the ring's head index, so after the first queued write no TCG
+    vCPU could be saved ("never stopped between instructions": every Linux
+    guest, whose UART writes queue)."""
+    out = Output()
+    with Partition(guest("snap-counter"), engine="tcg", cmdline=CMDLINE + " ports=1",
+                   console=out) as p:
+        p.start()
+        time.sleep(0.05)
+        p.snapshot(str(tmp_path / "s"))
+        assert p.wait(60) == SHUTDOWN
+    assert out.data == reference
+    restored = Output()
+    with Partition.restore(str(tmp_path / "s"), console=restored) as q:
+        assert q.run() == SHUTDOWN
+    assert reference.endswith(restored.data) and restored.data
+
+
 def test_snapshot_leaves_the_partition_running(tmp_path, reference):
     out = Output()
     with Partition(guest("snap-counter"), engine="tcg", cmdline=CMDLINE, console=out) as p:

@@ -14,7 +14,9 @@
  *     snap-counter: rounds=N counter=N checksum=0x...
  *     SUCCESS
  *
- * Command line: "rounds=N" (default 100), "pause=N" (ns, default 1000000).
+ * Command line: "rounds=N" (default 100), "pause=N" (ns, default 1000000),
+ * "ports=1": first two writes to a port the parent answers, in one block
+ * (on TCG the second waits in the engine's queue of port writes).
  */
 #include "events.h"
 #include "hv.h"
@@ -78,6 +80,8 @@ int main(void)
     const char *cmdline = start_info_cmdline();
     uint64_t rounds = cmdline_number(cmdline, "rounds", 100);
     uint64_t pause = cmdline_number(cmdline, "pause", 1000000);
+    if (cmdline_number(cmdline, "ports", 0))
+        asm volatile("outb %%al, $0x80\n\toutb %%al, $0x80" : : "a"(0));
 
     uint64_t rng = 0x9e3779b97f4a7c15ull, checksum = 0, counter = 0, last_clock = 0;
     sti();
