@@ -68,10 +68,10 @@ def pause_at(part, device, requests, queue_index, in_flight=True):
     return paused
 
 
-def blk_partition(engine, image, out, more=()):
+def blk_partition(engine, image, out, more=(), smp=1):
     blk = BlkDevice(str(image))
     return Partition(guest("blk-durable"), engine=engine, cmdline=BLK_CMDLINE, console=out,
-                     devices=[blk, *more]), blk
+                     devices=[blk, *more], smp=smp), blk
 
 
 def used_idx(part, slot=0, queue=0):
@@ -117,6 +117,29 @@ def test_a_block_request_in_flight_completes_once_after_restore(first, then, ima
 
     part = Partition.restore(str(tmp_path / "snap"), engine=then, console=out)
     assert part.devices[0].path == str(image)
+    part.start()
+    finish_blk(part, out, image)
+
+
+@pytest.mark.parametrize("first, then", [("tcg", "tcg"), pytest.param("kvm", "kvm", marks=KVM),
+                                         pytest.param("tcg", "kvm", marks=KVM)])
+def test_an_smp_partition_with_a_disk_restores_its_request_in_flight(first, then, image,
+                                                                     tmp_path):
+    """Two vCPUs (the second never brought up) and a disk: vcpu, lapic and
+    device records of one pause, restored together."""
+    out = Output()
+    part, blk = blk_partition(first, image, out, smp=2)
+    paused = pause_at(part, blk, GATE, 0)
+    part.start()
+    assert paused.wait(60), out.data[-400:]
+    part.snapshot(str(tmp_path / "snap"), resume=False)
+    part.destroy()
+    state = load(str(tmp_path / "snap"))
+    ups = [pending.up for _, _, pending in state.vcpus]
+    assert ups == [1, 0] and sorted(state.lapics) == [0, 1] and len(state.devices) == 1
+    state.close()
+    part = Partition.restore(str(tmp_path / "snap"), engine=then, console=out)
+    assert part.smp == 2
     part.start()
     finish_blk(part, out, image)
 
