@@ -83,9 +83,11 @@ def set_partition_share(manager, body, name):
 
 def snapshot_partition(manager, body, name):
     body = _object(body)
-    if set(body) - {"directory", "resume"} or "directory" not in body:
-        raise APIError(400, 'the body must be {"directory": "/absolute/path", "resume": true|false}')
-    return 200, manager.snapshot(name, body["directory"], body.get("resume", True))
+    if set(body) - {"directory", "resume", "copy_disks"} or "directory" not in body:
+        raise APIError(400, 'the body must be {"directory": "/absolute/path", '
+                            '"resume": true|false, "copy_disks": true|false}')
+    return 200, manager.snapshot(name, body["directory"], body.get("resume", True),
+                                 body.get("copy_disks", False))
 
 
 def migrate_partition(manager, body, name):

@@ -37,7 +37,11 @@ in `directory` (relative to this file), as snap-<n> directories that
 
     protect = { every = "30s", keep = 3, directory = "snaps/web" }
 
-`every` is a number with a unit: "500ms", "30s", "5m", "1h".
+`every` is a number with a unit: "500ms", "30s", "5m", "1h".  With
+`copy_disks = true` each snapshot also holds the partition's writable disks
+as they were, and restoring it puts them back: a guest that writes its disk
+can be restored after a crash (otherwise the disk it wrote since no longer
+matches the snapshot, and the restore is refused).
 
 Device specs are the same dicts `hv run --disk/--rng/--vconsole/--net` build
 (hv run's NICs share the declared switch "default").  Values have exactly
@@ -47,7 +51,7 @@ import os
 
 PARTITION_KEYS = {"name", "kernel", "initrd", "mem", "cmdline", "engine", "deterministic", "devices",
                   "weight", "cap", "smp", "protect"}
-PROTECT_KEYS = {"every", "keep", "directory"}
+PROTECT_KEYS = {"every", "keep", "directory", "copy_disks"}
 PROTECT_KEEP_MAX = 1000
 PROTECT_EVERY_MIN = 0.01        # seconds: a save pauses the guest, so not more often
 DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
@@ -258,8 +262,11 @@ def check_protect(table, where, base="."):
         raise ConfigError(f"{where}: protect: keep must be an integer 1..{PROTECT_KEEP_MAX}")
     if not isinstance(table["directory"], str) or not table["directory"]:
         raise ConfigError(f"{where}: protect: directory must be a path")
+    copy_disks = table.get("copy_disks", False)
+    if not isinstance(copy_disks, bool):
+        raise ConfigError(f"{where}: protect: copy_disks must be true or false")
     return {"every": table["every"], "keep": keep,
-            "directory": os.path.join(base, table["directory"])}
+            "directory": os.path.join(base, table["directory"]), "copy_disks": copy_disks}
 
 
 def check_device(dev, where, base="."):

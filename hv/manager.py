@@ -411,20 +411,23 @@ class Manager:
             entry.spec.update(share)
         return self._describe(entry)
 
-    def snapshot(self, name, directory, resume=True):
+    def snapshot(self, name, directory, resume=True, copy_disks=False):
         """Save a running or paused partition into directory (docs/lifecycle.md);
-        it runs on afterwards unless resume is false (then it stays paused)."""
+        it runs on afterwards unless resume is false (then it stays paused);
+        copy_disks: its writable disks too."""
         from hv.snapshot import SnapshotError
         if not isinstance(directory, str) or not os.path.isabs(directory) or \
-                not isinstance(resume, bool):
-            raise BadRequest('the body must be {"directory": "/absolute/path", "resume": true|false}')
+                not isinstance(resume, bool) or not isinstance(copy_disks, bool):
+            raise BadRequest('the body must be {"directory": "/absolute/path", '
+                             '"resume": true|false, "copy_disks": true|false}')
         entry = self._get(name)
         with entry.lock:
             state = entry.current_state()
             if state not in (RUNNING, PAUSED):
                 raise Conflict(f"cannot save partition {name!r}: it is {state}")
             try:
-                saved = entry.partition.snapshot(directory, resume=resume)
+                saved = entry.partition.snapshot(directory, resume=resume,
+                                                 copy_disks=copy_disks)
             except SnapshotError as e:
                 raise Conflict(str(e)) from None
             except OSError as e:
@@ -441,7 +444,8 @@ class Manager:
         try:
             entry.protection = Protection(entry.partition, table["directory"],
                                           parse_duration(table["every"]), table["keep"],
-                                          lock=entry.lock)
+                                          lock=entry.lock,
+                                          copy_disks=table.get("copy_disks", False))
         except OSError as e:
             raise Conflict(f"partition {entry.name!r}: protect: cannot use "
                            f"{table['directory']}: {e.strerror}") from None
@@ -495,6 +499,7 @@ class Manager:
             about = {"name": name, "every": table["every"] if table else None,
                      "keep": table["keep"] if table else None,
                      "directory": table["directory"] if table else None,
+                     "copy_disks": table.get("copy_disks", False) if table else None,
                      "active": bool(guard and guard.active), "saved": 0, "last_error": None,
                      "last_saved_at": None, "last_pause_seconds": None}
             if guard is not None and (table is None or guard.directory == table["directory"]):

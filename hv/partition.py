@@ -517,11 +517,12 @@ class Partition:
             self._cond.notify_all()
 
     # -- partitions as files (hv/snapshot.py, docs/lifecycle.md) ---------
-    def snapshot(self, directory, resume=True):
+    def snapshot(self, directory, resume=True, copy_disks=False):
         """Save the running or paused partition into directory; it goes on
-        running afterwards unless resume is False (then it stays paused)."""
+        running afterwards unless resume is False (then it stays paused).
+        copy_disks: its writable disks too, put back when it is restored."""
         from hv.snapshot import save
-        return save(self, directory, resume=resume)
+        return save(self, directory, resume=resume, copy_disks=copy_disks)
 
     @classmethod
     def restore(cls, directory, engine=None, **kwargs):

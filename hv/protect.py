@@ -26,6 +26,7 @@ PREFIX = "snap-"
 NUMBERED = re.compile(re.escape(PREFIX) + r"([0-9]{1,18})")
 TEMP_FILE = STATE_FILE + ".tmp"
 MARKER = ".hv-protection"       # in every snap-<n> a Protection made: only those are pruned
+DISK_COPY = re.compile(r"disk-[0-9]{1,2}\.img(\.tmp)?")     # copy_disks (blk_persist.py)
 
 
 def _numbered(directory):
@@ -54,15 +55,17 @@ def latest(directory):
 
 
 def remove_snapshot(path):
-    """Remove a snapshot directory hv wrote: its state, its memory files and
-    a half-written state, then the directory if nothing else is in it.
+    """Remove a snapshot directory hv wrote: its state, its memory files,
+    its disk copies and a half-written state, then the directory if
+    nothing else is in it.
     Returns whether it is gone."""
     try:
         names = os.listdir(path)
     except FileNotFoundError:
         return True
     for name in names:
-        if name in (STATE_FILE, TEMP_FILE, MARKER) or MEMORY_FILE.fullmatch(name):
+        if name in (STATE_FILE, TEMP_FILE, MARKER) or MEMORY_FILE.fullmatch(name) \
+                or DISK_COPY.fullmatch(name):
             try:
                 os.unlink(os.path.join(path, name))
             except FileNotFoundError:
@@ -79,10 +82,11 @@ class Protection:
     given, is held around each save (the manager's per-partition lock, so
     a save never interleaves with a pause, stop or migration)."""
 
-    def __init__(self, part, directory, every, keep=3, lock=None):
+    def __init__(self, part, directory, every, keep=3, lock=None, copy_disks=False):
         if every <= 0 or keep < 1:
             raise ValueError("protection needs an interval > 0 and keep >= 1")
         self.part, self.directory, self.every, self.keep = part, directory, every, keep
+        self.copy_disks = copy_disks    # each snapshot holds the writable disks too
         self.saved = 0
         self.error = None               # the last failure, as one line
         self.last_saved_at = None       # time.time() of the last good save
@@ -121,7 +125,7 @@ class Protection:
                     return
                 try:
                     target = self._new_target()
-                    report = self.part.snapshot(target)
+                    report = self.part.snapshot(target, copy_disks=self.copy_disks)
                 except (SnapshotError, OSError) as e:
                     self.error = str(e) if isinstance(e, SnapshotError) else \
                         f"cannot write in {self.directory}: {e.strerror}"

@@ -148,8 +148,9 @@ def write_memory(ram, path):
     os.close(fd)
 
 
-def partition_records(part, states):
-    """The records of a paused partition, RAM excluded: [(type, body)]."""
+def partition_records(part, states, copy_disks_to=None):
+    """The records of a paused partition, RAM excluded: [(type, body)]
+    (copy_disks_to: see device_records)."""
     snap = ffi.new("struct hv_partition_snapshot *")
     lib.hv_partition_get_snapshot(part._live(), snap)
     from hv.devices.guestmem import foreign_ranges
@@ -167,21 +168,23 @@ def partition_records(part, states):
         if lib.hv_lapic_get_snapshot(vcpu, lapic) == 0:
             records.append((fmt.LAPIC, fmt.pack_lapic(i, lapic)))
     from hv.snapshot_devices import device_records
-    records += device_records(part)
+    records += device_records(part, copy_disks_to)
     return records
 
 
-def save(part, directory, resume=True):
+def save(part, directory, resume=True, copy_disks=False):
     """Write a snapshot of part into directory (created if missing).
     Returns {'bytes': memory bytes, 'seconds': how long the guest was paused}.
-    With resume=False a running partition stays paused."""
+    With resume=False a running partition stays paused.  copy_disks: the
+    snapshot holds each writable disk too, and restoring it puts them back
+    (hv/devices/blk_persist.py, T:921)."""
     from hv.snapshot_devices import check_savable
     check_savable(part)
     os.makedirs(directory, exist_ok=True)
     t0 = time.monotonic()
     was_running, states = _pause_quiescent(part)
     try:
-        records = partition_records(part, states)
+        records = partition_records(part, states, directory if copy_disks else None)
         stream_id = int.from_bytes(os.urandom(8), "little")
         memory_name = f"{MEMORY_PREFIX}{stream_id:016x}"
         write_memory(part.memory(), os.path.join(directory, memory_name))

@@ -23,14 +23,18 @@ def check_savable(part):
             raise SnapshotError(f"partition {part.name}: device {d.name} cannot be saved")
 
 
-def device_records(part):
-    """[(DEVICE, body)] for every device of part (paused, so quiesced)."""
+def device_records(part, copy_disks_to=None):
+    """[(DEVICE, body)] for every device of part (paused, so quiesced);
+    copy_disks_to: a directory that gets a copy of each writable disk."""
     from hv.snapshot import SnapshotError
     try:
-        return [(fmt.DEVICE, fmt.pack_device(slot, d.DEVICE_ID, persist.save(d)))
+        return [(fmt.DEVICE, fmt.pack_device(slot, d.DEVICE_ID,
+                                             persist.save(d, slot, copy_disks_to)))
                 for slot, d in enumerate(part.devices)]
     except persist.PersistError as e:
         raise SnapshotError(str(e)) from None
+    except OSError as e:
+        raise SnapshotError(f"cannot copy a disk into {copy_disks_to}: {e.strerror}") from None
 
 
 def load_devices(bodies, mem_size):
@@ -52,7 +56,7 @@ def reopen_devices(state, switches=None, consoles=None):
     """New backends for a state's devices, connected as the saved ones were
     (SnapshotError, and nothing left open, if one cannot be)."""
     from hv.snapshot import SnapshotError
-    reconnect = persist.Reconnect(switches, consoles)
+    reconnect = persist.Reconnect(switches, consoles, state.directory or None)
     devices = []
     try:
         for saved in state.devices:

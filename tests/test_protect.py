@@ -108,7 +108,7 @@ def test_a_bad_protect_table_is_one_line_and_exit_2(tmp_path, protect, why):
 
 def test_protect_paths_are_relative_to_the_config_file(tmp_path):
     table = check_protect({"every": "500ms", "directory": "g"}, "p", str(tmp_path))
-    assert table == {"every": "500ms", "keep": 3, "directory": str(tmp_path / "g")}
+    assert table == {"every": "500ms", "keep": 3, "directory": str(tmp_path / "g"), "copy_disks": False}
     assert check_protect(table, "p", "/elsewhere") == table      # checked twice: the same
 
 

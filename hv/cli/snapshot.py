@@ -23,6 +23,9 @@ def add_parsers(sub):
     snap.add_argument("directory", help="where to write it (created if missing)")
     snap.add_argument("--stop", action="store_true",
                       help="leave the partition paused afterwards instead of resuming it")
+    snap.add_argument("--copy-disks", action="store_true",
+                      help="copy its writable disks into DIR too; restoring puts them back "
+                           "as they were")
     add_api_socket_option(snap)
     snap.set_defaults(func=cmd_snapshot)
 
@@ -50,6 +53,9 @@ def add_parsers(sub):
                             "without it (and --off), show its protection")
     guard.add_argument("--every", help='how often: "30s", "500ms", "5m" (required with a directory)')
     guard.add_argument("--keep", type=int, default=3, help="the newest snapshots kept (default 3)")
+    guard.add_argument("--copy-disks", action="store_true",
+                       help="each snapshot holds its writable disks too (restorable after "
+                            "the guest wrote them)")
     guard.add_argument("--off", action="store_true",
                        help="stop saving it (the snapshots taken stay)")
     add_api_socket_option(guard)
@@ -67,7 +73,8 @@ def cmd_snapshot(args):
     from urllib.parse import quote
 
     def save(client):
-        body = {"directory": os.path.abspath(args.directory), "resume": not args.stop}
+        body = {"directory": os.path.abspath(args.directory), "resume": not args.stop,
+                "copy_disks": args.copy_disks}
         about = client.call("PUT", f"/partitions/{quote(args.name, safe='')}/snapshot", body)
         print(f"{args.name}: saved to {about['directory']} "
               f"({about['bytes'] >> 20} MiB, paused {about['seconds'] * 1000:.1f} ms)")
@@ -104,7 +111,8 @@ def cmd_protect(args):
             return 0
         if args.directory:
             body = {"every": args.every, "keep": args.keep,
-                    "directory": os.path.abspath(args.directory)}
+                    "directory": os.path.abspath(args.directory),
+                    "copy_disks": args.copy_disks}
             about = client.call("PUT", path, body)
         else:
             about = client.call("GET", path)
@@ -112,7 +120,8 @@ def cmd_protect(args):
             print(f"{args.name}: not protected")
         else:
             print(f"{args.name}: every {about['every']}, keep {about['keep']}, "
-                  f"into {about['directory']}: {about['saved']} saved"
+                  + ("with its disks, " if about.get("copy_disks") else "")
+                  + f"into {about['directory']}: {about['saved']} saved"
                   + (f", last error: {about['last_error']}" if about["last_error"] else ""))
         for snap in about["snapshots"]:
             print(f"  {snap['directory']}")

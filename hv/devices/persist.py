@@ -57,8 +57,10 @@ def kinds():
 
 
 # -- saving ---------------------------------------------------------------------
-def save(device):
-    """The saved state of a quiesced device, as a JSON-ready dict."""
+def save(device, slot=0, copy_disks_to=None):
+    """The saved state of a quiesced device, as a JSON-ready dict; with
+    copy_disks_to, a disk's image is copied into that directory too
+    (hv/devices/blk_persist.py, T:921)."""
     kind = kinds().get(device.DEVICE_ID)
     if kind is None:
         raise PersistError(f"{device.name}: hv cannot save a device of id {device.DEVICE_ID}")
@@ -80,7 +82,9 @@ def save(device):
         return {"version": VERSION,
                 "transport": dict({n: getattr(s, n) for n in TRANSPORT_FIELDS}, queues=queues),
                 "positions": positions,
-                "backend": kind.save(device)}
+                "backend": dict(kind.save(device), **(
+                    kind.copy_into(device, copy_disks_to, slot)
+                    if copy_disks_to is not None and hasattr(kind, "copy_into") else {}))}
 
 
 # -- loading --------------------------------------------------------------------
@@ -152,9 +156,10 @@ class Reconnect:
     (a restored NIC joins the switch of its saved name, made if missing),
     and console outputs by device name (else the saved sink is reopened)."""
 
-    def __init__(self, switches=None, consoles=None):
+    def __init__(self, switches=None, consoles=None, directory=None):
         self.switches = {} if switches is None else switches
         self.consoles = consoles or {}
+        self.directory = directory      # the snapshot's (a disk's copy is there), or None
 
 
 def reopen(saved, reconnect):
