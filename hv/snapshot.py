@@ -119,8 +119,9 @@ def _pause_quiescent(part):
     raise SnapshotError(f"partition {part.name} never stopped between instructions")
 
 
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def fsync_dir(path):
+    """Make a rename or a new file in directory path durable."""
+    fd = os.open(path or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
@@ -198,7 +199,7 @@ def save(part, directory, resume=True, copy_disks=False):
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, os.path.join(directory, STATE_FILE))
-        _fsync_dir(directory)
+        fsync_dir(directory)
         for old in os.listdir(directory):      # the memory files no state names any more
             if MEMORY_FILE.fullmatch(old) and old != memory_name:
                 os.unlink(os.path.join(directory, old))

@@ -209,7 +209,8 @@ def _put_back(backend, directory):
                 raise
             os.close(out)
             os.replace(tmp, path)
-            _fsync_dir(os.path.dirname(path))
+            from hv.snapshot import fsync_dir
+            fsync_dir(os.path.dirname(path))
         finally:
             os.close(image)             # the old image's lock goes with it
     except OSError as e:
@@ -217,14 +218,6 @@ def _put_back(backend, directory):
                            f"{e.strerror}") from None
     finally:
         os.close(src)
-
-
-def _fsync_dir(path):
-    fd = os.open(path or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _changed(device, backend):
