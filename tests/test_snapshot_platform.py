@@ -191,3 +191,34 @@ def test_linux_restored_at_its_shell_reads_what_is_typed_and_sleeps(tmp_path):
         assert restored.wait(120) == SHUTDOWN, restored.crash_report
     finally:
         restored.destroy()
+
+
+def test_linux_migrated_live_at_its_shell_goes_on_answering(tmp_path):
+    """The same through a live migration (pre-copy rounds while the kernel
+    runs, platform and lapic records in the stream's last part)."""
+    from hv.partition import SHUTDOWN, Partition
+    from test_migrate import receiver
+    files = linux_files()
+    out = Console()
+    part = Partition(files["vmlinux"], mem="512M", engine="tcg", console=out,
+                     initrd=files["initramfs"],
+                     cmdline="console=ttyS0 earlyprintk=ttyS0 panic=-1 hvfixture.end=shell")
+    moved = None
+    try:
+        part.start()
+        assert out.wait_for(files["info"]["marker_shell"]), out.data[-2000:]
+        address = f"unix:{tmp_path}/m.sock"
+        t, got = receiver(address, "tcg", out)
+        report = part.migrate(address)
+        t.join(60)
+        assert "part" in got, got
+        moved = got["part"]
+        assert report["downtime"] < 10
+        assert moved.uart_input(b"echo $((7 * 8))y; sleep 1; echo slept\n") > 0
+        assert out.wait_for("56y", 120) and out.wait_for("slept", 120), out.data[-2000:]
+        moved.uart_input(b"exit\n")
+        assert moved.wait(120) == SHUTDOWN, moved.crash_report
+    finally:
+        part.destroy()
+        if moved is not None:
+            moved.destroy()
