@@ -269,6 +269,46 @@ def test_a_flush_in_the_pool_holds_up_no_read_and_covers_the_writes_answered_bef
     assert events == ["pwritev", "fsync"]
 
 
+@pytest.mark.parametrize("driver_flush", [True, False])
+def test_a_driver_without_flush_gets_each_write_stable_before_it_completes(rig, monkeypatch,
+                                                                           driver_flush):
+    """Regression: virtio 1.2 5.2.6.2 -- FLUSH offered but not negotiated:
+    a completed write is stable.  hv used to leave it in the page cache."""
+    import types
+    from hv.devices.blk import F_FLUSH
+    from hv.devices.virtio import VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC
+    r = rig.drv.ring
+    rig.dev._mem = rig.q.mem
+    features = VIRTIO_F_RING_EVENT_IDX | VIRTIO_F_RING_INDIRECT_DESC | \
+        (1 << F_FLUSH if driver_flush else 0)
+    rig.q = rig.dev._queues[0] = rig.dev._make_queue(
+        types.SimpleNamespace(driver_features=features),
+        types.SimpleNamespace(num=16, desc=r.desc, avail=r.avail, used=r.used), 0)
+    assert rig.dev.io.writethrough == (not driver_flush)
+    events = []
+    real_os = rig.dev.datapath.blk_io.os
+
+    class Os:
+        def __getattr__(self, name):
+            return getattr(real_os, name)
+
+        def fdatasync(self, fd):
+            real_os.fdatasync(fd)
+            events.append(("fdatasync", rig.q.used_idx))
+    monkeypatch.setattr(rig.dev.datapath.blk_io, "os", Os())
+    import time
+    rig.dev.pool._max = 1                   # one after the other: the order is known
+    heads = [offer(rig.drv, T_OUT, 3, 1, 0x77)[0], offer(rig.drv, T_DISCARD, 5, 2, 0)[0]]
+    rig.kick()
+    deadline = time.monotonic() + 30
+    while rig.q.used_idx != 2 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    with rig.dev.lock:
+        assert sorted(h for h, _ in rig.drv.get_used()) == sorted(heads)
+    # Each synced before its own answer: the used index had not counted it.
+    assert events == ([] if driver_flush else [("fdatasync", 0), ("fdatasync", 1)])
+
+
 def freeze_like(rig, what):
     """Run what() (freeze's drain, or abandon) on another thread while the
     pool holds a read; release the read only once what() had time to

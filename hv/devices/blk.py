@@ -167,6 +167,12 @@ class BlkDevice(VirtioDevice):
         self.requests += served
         self.errors += bad
 
+    def _make_queue(self, s, q, index=None):
+        # Offered FLUSH, not accepted: the driver takes every completed
+        # write as stable (virtio 1.2 5.2.6.2), so writes are written through.
+        self.io.writethrough = not s.driver_features & (1 << F_FLUSH)
+        return super()._make_queue(s, q, index)
+
     # T:676 Answers from the pool.  A worker that finished a request takes
     # the device lock and answers every request finished so far, then
     # interrupts once if the driver asked (event-idx): completions that

@@ -112,6 +112,10 @@ class BlkRequests:
     # Found out on first use (EOPNOTSUPP).
     read_nowait = cython.declare(cython.bint, visibility="public")
     write_nowait = cython.declare(cython.bint, visibility="public")
+    # The driver did not accept VIRTIO_BLK_F_FLUSH (it was offered): then a
+    # write must be stable when it completes (virtio 1.2 5.2.6.2, case 1),
+    # so each write and discard is followed by fdatasync, in the pool.
+    writethrough = cython.declare(cython.bint, visibility="public")
     # Tests: True sends every read and write to the pool when popped, as a
     # cold page cache would (deterministic, unlike evicting the image's
     # pages); a worker may still find queued ones cached (finish_if_ready).
@@ -124,7 +128,7 @@ class BlkRequests:
         self.pool = None
         self.waiting = self.deferred = 0
         self.read_nowait = self.write_nowait = RWF_NOWAIT != 0
-        self.force_pool = False
+        self.force_pool = self.writethrough = False
         self._probe = bytearray(1)
 
     def serve(self, queue):
@@ -250,10 +254,13 @@ class BlkRequests:
             nbytes += length
         offset: cython.longlong = self._offset(sector, nbytes)
         views = queue.views(ranges)
-        if nbytes and self.pool is not None and not self._write_now(views, offset, nbytes):
+        if self.pool is not None and (self.writethrough and nbytes or
+                                      nbytes and not self._write_now(views, offset, nbytes)):
             return self._defer(T_OUT, queue, chain, offset, nbytes, views, None)
         if nbytes and self.pool is None and os.pwritev(self.fd, views, offset) != nbytes:
             raise OSError("short write")
+        if nbytes and self.pool is None and self.writethrough:
+            os.fdatasync(self.fd)
         self.bytes_from_guest += nbytes
         return S_OK, 0
 
@@ -302,6 +309,8 @@ class BlkRequests:
         if self.pool is not None:
             return self._defer(T_DISCARD, queue, chain, offset, count * SECTOR, None, None)
         self._zero(offset, count * SECTOR)
+        if self.writethrough:
+            os.fdatasync(self.fd)
         return S_OK, 0
 
     @cython.cfunc
@@ -323,10 +332,14 @@ class BlkRequests:
             elif job.kind == T_OUT:
                 if os.pwritev(self.fd, job.views, job.offset) != job.nbytes:
                     raise OSError("short write")
+                if self.writethrough:
+                    os.fdatasync(self.fd)
             elif job.kind == T_FLUSH:
                 os.fsync(self.fd)
             elif job.kind == T_DISCARD:
                 self._zero(job.offset, job.nbytes)
+                if self.writethrough:
+                    os.fdatasync(self.fd)
             job.status = S_OK
         except OSError:
             job.status = S_IOERR
