@@ -301,7 +301,7 @@ class Manager:
                 if gref is None:
                     gref = CHANNEL_REFS * sum(c["a"] == a for c in self._channels)
             pa, pb = ea.partition, eb.partition
-            err = lib.hv_channel_permit(pa._live(), pb._live())
+            err = lib.hv_channel_permit(pa.core(), pb.core())
             if err:
                 raise Conflict(f"channel {a!r}-{b!r}: {os.strerror(-err)}")
             try:

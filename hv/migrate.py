@@ -76,7 +76,7 @@ class DirtyLog:
         code = lib.HV_DIRTY_AUTO if tracking == "auto" else self.METHODS.get(tracking)
         if code is None:
             raise ValueError(f"dirty tracking {tracking!r}: auto or one of {', '.join(self.METHODS)}")
-        self._p = part._live()
+        self._p = part.core()
         self.ram = part.memory()
         self.out = ffi.new("uint64_t[]", part.mem_size // PAGE)
         why = ffi.new("char[]", 256)

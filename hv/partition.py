@@ -230,7 +230,7 @@ class Partition:
             self.destroy()
             raise HostError(f"--deterministic needs the tcg engine, not {engine}")
         if trace is not None:
-            trace.attach(self)
+            trace.attach(self, lambda: self._p)
         try:
             if restore_from is None:
                 self._write_image()
@@ -274,28 +274,44 @@ class Partition:
             blob = self.image.boot_blob
             self.memory()[self.image.boot_gpa:self.image.boot_gpa + len(blob)] = blob
 
-    def _live(self):
+    def core(self):
+        """The C partition (struct hv_partition *), for hv's own modules that
+        speak to the core about the partition as a whole: snapshots and
+        migration, channels between partitions.  StateError once destroyed.
+        Devices go through transport(slot), the tracer through the handle
+        it is given."""
         if self._p is None:
             raise StateError(f"partition {self.id} is destroyed")
         return self._p
 
+    def foreign_ranges(self):
+        """[(start, end)] of this partition's RAM that hv owns (its boot area)."""
+        from hv.devices.guestmem import foreign_ranges
+        return foreign_ranges(self.core())
+
+    def transport(self, slot):
+        """Device slot `slot`'s door into this partition (hv/devices/transport.py):
+        what a virtio backend calls instead of reaching in here."""
+        from hv.devices.transport import Transport
+        return Transport(self.core(), slot, lambda: self._device_host, self.id)
+
     def memory(self):
         """Guest RAM as a writable memoryview (zero-copy).  Stays valid, if
         detached from the guest, after destroy()."""
-        self._live()
+        self.core()
         return memoryview(ffi.buffer(self._ram, self.mem_size))
 
     def written_map(self):
         """The written map devices mark after writing guest RAM (a byte per
         4 KiB frame, csrc/dirty.c), as a memoryview that holds RAM alive."""
-        hold = lib.hv_partition_hold_ram(self._live())
+        hold = lib.hv_partition_hold_ram(self.core())
         written = ffi.gc(lib.hv_partition_written_map(self._p),
                          lambda _, hold=hold: lib.hv_ram_release(hold))
         return memoryview(ffi.buffer(written, self.mem_size // 4096))
 
     def serve(self, nr, handler):
         """Serve hypercall nr in Python: handler(args) -> result (routes it to the parent)."""
-        if lib.hv_partition_set_route(self._live(), nr, lib.HV_ROUTE_PARENT):
+        if lib.hv_partition_set_route(self.core(), nr, lib.HV_ROUTE_PARENT):
             raise ValueError(f"no hypercall number {nr}")
         self._parent_handlers[nr] = handler
 

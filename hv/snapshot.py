@@ -153,16 +153,15 @@ def partition_records(part, states, copy_disks_to=None):
     """The records of a paused partition, RAM excluded: [(type, body)]
     (copy_disks_to: see device_records)."""
     snap = ffi.new("struct hv_partition_snapshot *")
-    lib.hv_partition_get_snapshot(part._live(), snap)
-    from hv.devices.guestmem import foreign_ranges
+    lib.hv_partition_get_snapshot(part.core(), snap)
     fields = {n: getattr(snap, n) for n in PARTITION_SNAPSHOT_FIELDS}
     fields.update(mem_size=part.mem_size, nvcpus=len(states))
-    records = [(fmt.PARTITION, fmt.pack_partition(fields, foreign_ranges(part._live()),
+    records = [(fmt.PARTITION, fmt.pack_partition(fields, part.foreign_ranges(),
                                                   bytes(snap.event_vcpu), part.name,
                                                   part.engine))]
     records += [(fmt.VCPU, fmt.pack_vcpu(i, cpu, pending)) for i, cpu, pending in states]
     platform = ffi.new("struct hv_platform_snapshot *")
-    lib.hv_platform_get_snapshot(part._live(), platform)
+    lib.hv_platform_get_snapshot(part.core(), platform)
     records.append((fmt.PLATFORM, fmt.pack_platform(platform)))
     for i, vcpu in enumerate(part.snapshot_vcpus()):
         lapic = ffi.new("struct hv_lapic_snapshot *")
@@ -344,17 +343,17 @@ def create_core(state, engine_number):
 def apply_partition(part, state):
     """hv's own frames and guest-visible state, before any vCPU exists."""
     for start, end in state.foreign:
-        err = lib.hv_partition_reserve(part._live(), start, end - start)
+        err = lib.hv_partition_reserve(part.core(), start, end - start)
         if err:
             raise SnapshotError(f"cannot reserve [{start:#x}, {end:#x}): {os.strerror(-err)}")
     snap = ffi.new("struct hv_partition_snapshot *")
     for n in PARTITION_SNAPSHOT_FIELDS:
         setattr(snap, n, state.partition[n])
     snap.event_vcpu[0:len(state.event_vcpu)] = list(state.event_vcpu)
-    err = lib.hv_partition_set_snapshot(part._live(), snap)
+    err = lib.hv_partition_set_snapshot(part.core(), snap)
     if err:
         raise SnapshotError(f"the partition state does not fit this partition: {os.strerror(-err)}")
-    if state.platform is not None and lib.hv_platform_set_snapshot(part._live(), state.platform):
+    if state.platform is not None and lib.hv_platform_set_snapshot(part.core(), state.platform):
         raise SnapshotError("the platform record holds a state no guest could have left "
                             "(UART, IOAPIC or RTC)")
 

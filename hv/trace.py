@@ -43,6 +43,7 @@ class Tracer:
         self.lines = []            # decoded lines, without the time column
         self.dropped = 0
         self._partition = None
+        self._core = lambda: None  # the C partition while it exists (attach())
         self._pending = {}         # vcpu -> (nr, args, time) handed to the parent
         self._console = {}         # vcpu -> bytes of the pending console_write
         self._next_seq = 0
@@ -50,15 +51,17 @@ class Tracer:
         self.write_error = None    # the OSError that stopped the output, if one did
         self.on_write_error = None # fn(OSError), called once, on the thread that wrote
 
-    def attach(self, partition):
-        err = lib.hv_partition_trace_enable(partition._p, self.capacity)
+    def attach(self, partition, core):
+        """Trace partition; core() is its C partition, None once destroyed
+        (the partition hands it over: the tracer reads the core's ring)."""
+        err = lib.hv_partition_trace_enable(core(), self.capacity)
         if err:
             raise ValueError(f"cannot enable tracing: error {err}")
         if self.instructions is not None:
             start, end = self.instructions
-            if lib.hv_partition_trace_instructions(partition._p, start, end):
+            if lib.hv_partition_trace_instructions(core(), start, end):
                 raise ValueError("an instruction trace needs the tcg engine and start <= end")
-        self._partition = partition
+        self._partition, self._core = partition, core
         self.deterministic = getattr(partition, "deterministic", False)
 
     # -- fed by the partition ----------------------------------------------
@@ -68,7 +71,7 @@ class Tracer:
         self._console[vcpu] = data
 
     def drain(self):
-        p = self._partition._p if self._partition else None
+        p = self._core()
         while p is not None:
             n = lib.hv_partition_trace_read(p, self._buf, BATCH)
             for i in range(n):

@@ -754,7 +754,8 @@ def test_frames_waiting_for_receive_buffers_ask_for_a_kick():
     mem = bytearray(1 << 20)
     rx = Driver(mem, 8, 0x1000, 0x10000, len(mem), event_idx=True)
     dev = NetDevice(Switch(), b"\x52\x54\0\0\0\2")
-    dev.partition = type("Partition", (), {"_p": 1, "_device_host": None})()
+    from hv.devices.transport import Transport
+    dev.transport = Transport(None, 0)      # attached to nothing the test reaches
     dev._stale = lambda: False
     dev.interrupt = lambda: None
     dev._queues[RECEIVEQ] = SplitQueue(GuestMemory(mem), 8, rx.ring.desc, rx.ring.avail,

@@ -48,7 +48,7 @@ def test_an_event_raised_from_another_thread_is_never_lost(engine):
             return lambda: int.from_bytes(mem[at:at + 8], "little")
         wait_for(word(ready_at), 1, "the guest never got ready", timeout=30)
         for n in range(1, raises + 1):
-            assert lib.hv_virtio_interrupt(run.part._live(), rng.slot, 1) == 0
+            assert lib.hv_virtio_interrupt(run.part.core(), rng.slot, 1) == 0
             wait_for(word(seen_at), n, f"event {n} of {raises} was lost")
         run.wait(30)
     finally:

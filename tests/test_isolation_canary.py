@@ -80,7 +80,7 @@ def run_three(engine):
         ids = [p.id for p in parts]
         permitted = {i: [] for i in range(3)}
         for a, b in PERMITTED:
-            assert lib.hv_channel_permit(parts[a]._live(), parts[b]._live()) == 0
+            assert lib.hv_channel_permit(parts[a].core(), parts[b].core()) == 0
             permitted[a].append(ids[b])
             permitted[b].append(ids[a])
         for i, p in enumerate(parts):

@@ -22,6 +22,7 @@ from hv.devices import datapath
 from hv.devices.net import RECEIVEQ, TRANSMITQ, NetDevice
 from hv.devices.net_io import NET_HDR_SIZE, RX_HEADER
 from hv.devices.switch import Switch
+from hv.devices.transport import Transport
 
 MEM = 0x100000
 SIZE = 16
@@ -31,7 +32,6 @@ PATHS = ["pure", "compiled"]
 class Guest:
     """Stands in for a Partition: a core partition with no engine (its RAM
     and frame owners are what the core's frame mover checks) and no vCPU."""
-    _device_host = None
     id = 0
 
     def __init__(self):
@@ -47,11 +47,13 @@ class Guest:
 
 
 class Nic(NetDevice):
-    """A NetDevice with its rings built by hand and no transport under it."""
+    """A NetDevice with its rings built by hand and no register file under
+    it: its transport reaches the core partition (the frame mover) only."""
 
     def __init__(self, switch, mac, path, event_idx, racer=None):
         super().__init__(switch, mac, datapath=path)
         self.partition = Guest()
+        self.transport = Transport(self.partition._p, 0)
         self.interrupts = 0
         self.racer = racer          # called while a kick is being served
         self.rx_buffers = {}        # head -> the writable buffers post_rx() gave

@@ -152,7 +152,7 @@ def test_the_clock_does_not_run_backwards(tmp_path):
     assert saved > 0
     snap = ffi.new("struct hv_partition_snapshot *")
     with Partition.restore(str(tmp_path / "c"), console=Output()) as q:
-        lib.hv_partition_get_snapshot(q._p, snap)
+        lib.hv_partition_get_snapshot(q.core(), snap)
         assert saved <= snap.clock_ns < saved + 1_000_000_000
 
 

@@ -502,7 +502,7 @@ def saved_devices_doc(tmp_path_factory):
     from hv.console import Console
     devices = [BlkDevice(str(image)), NetDevice(Switch("lan"), bytes.fromhex("020000000009")),
                ConsoleDevice(Console(path=str(tmp / "c.txt"))), RngDevice()]
-    with Partition(guest("snap-counter"), engine="tcg", cmdline="rounds=5 pause=1000000",
+    with Partition(guest("snap-counter"), engine="tcg", cmdline="rounds=400 pause=3000000",
                    console=Output(), devices=devices) as p:
         p.start()
         p.snapshot(str(tmp / "s"), resume=False)

@@ -89,7 +89,7 @@ class GuestMemory:
     @classmethod
     def for_partition(cls, partition):
         """The RAM of a live hv.partition.Partition, minus the frames hv owns."""
-        return cls(partition.memory(), foreign=foreign_ranges(partition._live()),
+        return cls(partition.memory(), foreign=partition.foreign_ranges(),
                    written=partition.written_map())
 
     @cython.ccall

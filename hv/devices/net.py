@@ -10,7 +10,7 @@ posts any loses frames, not the parent's memory.
 import collections
 import struct
 
-from hv.abi import ffi, lib
+from hv.abi import ffi
 from hv.devices.errors import QueueError
 from hv.devices.net_io import NET_HDR  # noqa: F401  (the header's layout, for readers)
 from hv.devices.virtio import VirtioDevice
@@ -84,11 +84,11 @@ class NetDevice(VirtioDevice):
         try:
             rq = peer._queues.get(RECEIVEQ)
             if (peer.closed or peer.frozen or peer.backlog or rq is None or rq.halted or
-                    peer.partition is None or peer.partition._p is None):
+                    peer.transport is None):
                 return
             tx, rx = self._ring(queue), peer._ring(rq)
-            n = lib.hv_net_forward(self.partition._p, tx, peer.partition._p, rx, dst_mac,
-                                   src_mac, self.QUEUE_MAX, self._moved)
+            n = self.transport.forward_frames(tx, peer.transport, rx, dst_mac, src_mac,
+                                              self.QUEUE_MAX, self._moved)
             if n <= 0:
                 return              # nothing moved (or a ring the core refused: Python's turn)
             queue.last_avail, queue.used_idx, queue._seen_avail = (
@@ -127,7 +127,7 @@ class NetDevice(VirtioDevice):
         thread hop; one interrupt for them all), else leave them in the
         backlog and wake that thread.  Past BACKLOG_MAX frames wait, more
         are dropped."""
-        if self.partition is None or self.partition._p is None:
+        if self.transport is None or self.transport.closed:
             return                  # not attached, or the partition is gone
         room = max(0, BACKLOG_MAX - len(self.backlog))
         self.rx_dropped += max(0, len(frames) - room)
@@ -140,9 +140,7 @@ class NetDevice(VirtioDevice):
             finally:
                 self.lock.release()
             return
-        host = self.partition and self.partition._device_host
-        if host is not None:
-            host.wake(self)
+        self.transport.wake(self)
 
     def notify_host(self):
         with self.lock:

@@ -28,7 +28,7 @@ bounds every number before any backend is opened, and the queue rings are
 checked again against the partition's memory when the restored device
 builds its view of them (SplitQueue).
 """
-from hv.abi import ffi, lib
+from hv.abi import lib
 
 VERSION = 1
 U32, U64 = (1 << 32) - 1, (1 << 64) - 1
@@ -119,8 +119,8 @@ def check(slot, device_id, doc, mem_size):
         raise PersistError(f"{where}: unknown device id {device_id}")
     where = f"device {slot} ({kind.NAME})"
     if not isinstance(doc, dict) or doc.get("version") != VERSION:
-        raise PersistError(f"{where}: state version {doc.get('version') if isinstance(doc, dict) else '?'}; "
-                           f"this hv reads version {VERSION}")
+        version = doc.get("version") if isinstance(doc, dict) else "?"
+        raise PersistError(f"{where}: state version {version!r}; this hv reads version {VERSION}")
     t, positions = doc.get("transport"), doc.get("positions")
     if not isinstance(t, dict) or not isinstance(t.get("queues"), list) or \
             not isinstance(positions, list) or "backend" not in doc:
@@ -173,15 +173,14 @@ def apply(device, saved):
     no vCPU yet) and hand it its queue positions; its first look at the
     rings (the control event this raises) builds the queues from them, and
     one kick per queue takes what the guest posted before the snapshot."""
-    s = ffi.new("struct hv_virtio_state *")
-    lib.hv_virtio_state(device.partition._live(), device.slot, s)
+    s = device.transport.state()
     t = saved.transport
     for n in TRANSPORT_FIELDS:
         setattr(s, n, t[n])
     for i, q in enumerate(t["queues"]):
         for n in QUEUE_FIELDS:
             setattr(s.queue[i], n, q[n])
-    err = lib.hv_virtio_restore(device.partition._live(), device.slot, s)
+    err = device.transport.restore(s)
     if err:
         raise PersistError(f"device {saved.slot} ({saved.kind.NAME}): the saved registers do not "
                            f"fit the device here (features or queues differ)")

@@ -68,9 +68,8 @@ class ConsoleDevice(VirtioDevice):
         """Host input (any thread): handed to the device thread."""
         with self._lock:
             self._pending += data
-        host = self.partition and self.partition._device_host
-        if host is not None:
-            host.wake(self)
+        if self.transport is not None:
+            self.transport.wake(self)
 
     def notify_host(self):
         with self._lock:

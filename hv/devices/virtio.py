@@ -64,6 +64,7 @@ class VirtioDevice:
         self.name = name
         self.datapath = datapaths.select(datapath)
         self.partition = None
+        self.transport = None       # hv/devices/transport.py, from attach()
         self.slot = None
         self.errors = 0             # bad requests and broken rings seen
         self.requests = 0           # requests served
@@ -91,15 +92,14 @@ class VirtioDevice:
 
     def attach(self, partition, slot):
         self.partition, self.slot = partition, slot
+        self.transport = partition.transport(slot)
         self._mem = self.datapath.GuestMemory.for_partition(partition)
         flags = os.EFD_CLOEXEC | os.EFD_NONBLOCK
         self.queue_fds = [os.eventfd(0, flags) for _ in range(self.QUEUES)]
         self.control_fd = os.eventfd(0, flags)
-        cfg = self.config()
-        err = lib.hv_virtio_add(partition._live(), slot, self.DEVICE_ID,
-                                self.FEATURES | TRANSPORT_FEATURES, self.QUEUES,
-                                self.QUEUE_MAX, cfg, len(cfg),
-                                ffi.new("int[]", self.queue_fds), self.control_fd)
+        err = self.transport.add(self.DEVICE_ID, self.FEATURES | TRANSPORT_FEATURES,
+                                 self.QUEUES, self.QUEUE_MAX, self.config(), self.queue_fds,
+                                 self.control_fd)
         if err:
             self.close()
             raise ValueError(f"cannot add {self.name} in slot {slot}: {os.strerror(-err)}")
@@ -119,12 +119,12 @@ class VirtioDevice:
             self.queue_fds, self.control_fd = [], -1
             self._queues.clear()
             self.closed = True
+            if self.transport is not None:
+                self.transport.close()
 
     # -- the device thread ----------------------------------------------------
     def state(self):
-        s = ffi.new("struct hv_virtio_state *")
-        lib.hv_virtio_state(self.partition._p, self.slot, s)
-        return s
+        return self.transport.state()
 
     def on_control(self):
         """The driver changed status or readied a queue: rebuild our view."""
@@ -151,7 +151,7 @@ class VirtioDevice:
                 return
             # Claim the rings of this generation before reading them; if the
             # driver reset meanwhile, what we read is stale: read again.
-            if lib.hv_virtio_rings_claim(self.partition._p, self.slot, s.resets) == 0:
+            if self.transport.claim_rings(s.resets) == 0:
                 break
         for index in ready:
             queue = self._make_queue(s, s.queue[index], index)
@@ -162,14 +162,14 @@ class VirtioDevice:
     def _drop_queues(self):
         self.abandon()                      # nothing of the old rings is answered
         self._queues.clear()
-        lib.hv_virtio_rings_release(self.partition._p, self.slot)
+        self.transport.release_rings()
 
     def _stale(self):
         """Has the driver reset the device since our queues were built?
         (A device driven without a transport, as unit tests do, never is.)"""
-        if self.partition is None:
+        if self.transport is None:
             return False
-        return lib.hv_virtio_resets(self.partition._p, self.slot) != self._resets
+        return self.transport.resets() != self._resets
 
     def _make_queue(self, s, q, index=None):
         last_avail, used_idx = self._positions.pop(index, (0, 0))
@@ -290,30 +290,27 @@ class VirtioDevice:
 
     def _watch(self, queue, poll):
         """Watch avail.idx for up to the window (no lock, no GIL); what ended it."""
-        part = self.partition
-        if poll.window_ns == 0 or part is None or part._p is None:
+        if poll.window_ns == 0 or self.transport is None or self.transport.closed:
             return lib.HV_VIRTIO_POLL_TIMEOUT
         window = poll.window(time.perf_counter_ns())
         if window == 0:
             return lib.HV_VIRTIO_POLL_TIMEOUT
-        host = part._device_host
         times = self._watch_times
-        outcome = lib.hv_virtio_poll(part._p, queue.avail + 2, queue.last_avail, window,
-                                     host.fileno() if host is not None else -1,
-                                     times, times + 1)
+        outcome = self.transport.watch(queue.avail + 2, queue.last_avail, window, times)
         poll.watched(times[0], times[1], time.perf_counter_ns())
         return outcome if outcome >= 0 else lib.HV_VIRTIO_POLL_TIMEOUT
 
     def interrupt(self):
-        lib.hv_virtio_interrupt(self.partition._p, self.slot, INTERRUPT_USED_BUFFER)
+        self.transport.interrupt()
 
     def fail(self, why):
         """The guest broke this device: it needs a reset; nothing else is affected."""
         self.errors += 1
         self._drop_queues()
         self._broken = True
-        log.warning("partition %s: %s: %s; device needs reset", self.partition.id, self.name, why)
-        lib.hv_virtio_needs_reset(self.partition._p, self.slot)
+        log.warning("partition %s: %s: %s; device needs reset", self.transport.owner, self.name,
+                    why)
+        self.transport.needs_reset()
 
     # -- pause, snapshot, restore (hv/devices/persist.py) -------------------------
     def freeze(self):
@@ -343,9 +340,8 @@ class VirtioDevice:
         for fd in list(getattr(self, "queue_fds", [])) + [getattr(self, "control_fd", -1)]:
             if fd >= 0:
                 os.eventfd_write(fd, 1)
-        host = self.partition and self.partition._device_host
-        if host is not None and self.HOST_FED_QUEUES:
-            host.wake(self)
+        if self.transport is not None and self.HOST_FED_QUEUES:
+            self.transport.wake(self)
 
     def restore_positions(self, positions):
         """A restored device: its queues start at these (last_avail, used_idx)
