@@ -11,6 +11,8 @@ the real BlkDevice, against the driver model of tests/models/virtqueue_ref.py.
   FLUSH rule, freeze, reset and close deterministic;
 - a guest at queue depth 16 whose every read and write goes to the pool.
 """
+import errno
+import os
 import threading
 
 import pytest
@@ -532,3 +534,26 @@ def test_blk_bench_at_depth_16_through_the_pool(engine, tmp_path):
 def stamp(sector, seed):
     """guests/blk-bench stamp()."""
     return (((seed << 40) ^ sector) * 0x9E3779B97F4A7C15) & ((1 << 64) - 1)
+
+
+def test_a_read_alone_that_would_wait_is_read_inline_more_go_to_the_pool(rig, monkeypatch):
+    """Nothing cached (RWF_NOWAIT says EAGAIN): a read with no other request
+    in the pool or on the ring waits for the disk on the device thread (no
+    hand-off); reads with others behind them go to the pool."""
+    real = os.preadv
+
+    def cold(fd, views, offset, flags=0):
+        if flags & os.RWF_NOWAIT:
+            raise BlockingIOError(errno.EAGAIN, "not cached")
+        return real(fd, views, offset)
+    monkeypatch.setattr(os, "preadv", cold)
+    head, data, status = offer(rig.drv, T_IN, 1, 2, 0)
+    rig.kick()
+    assert rig.drv.get_used() == [(head, 1 + 2 * SECTOR)] and rig.dev.io.deferred == 0
+    assert b"".join(bytes(rig.mem[g:g + n]) for g, n in data) == seed_bytes()[SECTOR:3 * SECTOR]
+    heads = [offer(rig.drv, T_IN, s, 1, 0)[0] for s in (3, 4)]
+    rig.kick()
+    with rig.dev.lock:
+        rig.dev.drain()
+    assert sorted(h for h, _ in rig.drv.get_used()) == sorted(heads)
+    assert rig.dev.io.deferred == 2
