@@ -9,6 +9,7 @@ that KeyboardInterrupt.  threading.Condition.wait() fails it (the first
 test shows the harness finds that: "cannot release un-acquired lock", as
 `hv run` once printed under Ctrl-C); the waits hv's commands use must not.
 """
+import gc
 import sys
 import threading
 import time
@@ -39,6 +40,11 @@ def interrupted_at_every_step(call, limit=20000):
             frame.f_trace_opcodes = True
             return local
 
+        # No garbage collection inside: a collector's callback (an earlier
+        # test's partition RAM given back through ffi.gc) would be traced
+        # too, and the interrupt raised there instead, losing the release.
+        gc.collect()
+        gc.disable()
         sys.settrace(on_call)
         try:
             call()
@@ -48,6 +54,7 @@ def interrupted_at_every_step(call, limit=20000):
             failures.append((step, e))
         finally:
             sys.settrace(None)
+            gc.enable()
         if not fired[0]:                    # the call ran out before this step
             return failures, step - 1
         step += 1
