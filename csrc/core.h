@@ -291,6 +291,7 @@ struct timespec timer_deadline_to_host(const struct hv_partition *p, uint64_t de
 
 /* wait.c: may a vCPU in block/hlt go on?  0, or 1 and the deadline. */
 int  vcpu_wait_check(struct hv_vcpu *v, uint64_t *deadline);
+void vcpu_down_clock_skip(struct hv_vcpu *v);     /* deterministic SMP: wait.c */
 /* wait.c: sleep until an event is pending or a pause is requested: 0 or -HV_EAGAIN. */
 int  event_wait(struct hv_vcpu *v);
 void vcpu_wake(struct hv_vcpu *v);

@@ -427,8 +427,10 @@ int vcpu_needs_loop(const struct hv_vcpu *v)
  * timers are event_before_entry()'s.)  RUN_ON, or why the run ends. */
 static int pending_work(struct hv_vcpu *v, struct hv_exit *exit, int scheduled)
 {
-    if (v->g.down_requested)
+    if (v->g.down_requested) {
+        vcpu_down_clock_skip(v);    /* deterministic SMP: someone must move the clock */
         return RUN_DOWN;            /* vcpu_down: its worker parks it (smp.c) */
+    }
     if (v->g.mc.active && multicall_resume(v, exit))
         return RUN_TO_PARENT;
     if (v->g.wait == WAIT_EVENT) {

@@ -74,6 +74,24 @@ int vcpu_wait_check(struct hv_vcpu *v, uint64_t *deadline)
     }
 }
 
+/* Deterministic SMP: a vCPU going down (vcpu_down) may leave none of its
+ * partition's vCPUs able to run, and then nothing would move the clock
+ * again: the others sleep on timers it would have to reach.  So the clock
+ * skips to their next timer and raises what it passed, as the last vCPU
+ * to block does above.  (Found by test_snapshot_smp's deterministic
+ * restore, about one run in ten: a restore changes where slices end, and
+ * smp-snap's last vCPU then went down while the others slept.) */
+void vcpu_down_clock_skip(struct hv_vcpu *v)
+{
+    struct hv_partition *p = v->partition;
+    if (!p->deterministic || p->nvcpus < 2 || !others_idle(v))
+        return;
+    uint64_t d = timer_others_earliest(v);
+    if (d && p->g.instructions < d)
+        p->g.instructions = d;
+    timer_check(v);                 /* raises the others' timers it passed */
+}
+
 /* Sleep until something is pending, the timer passes, or a pause.
  * The final check runs under v->h.lock and a raiser's kick takes it too, so
  * a raise cannot slip between the check and the sleep.  The timers raise
