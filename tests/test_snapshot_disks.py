@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from conftest import guest
 from hv.devices.blk import BlkDevice
 from hv.partition import PAUSED, SHUTDOWN, Partition
 from hv.protect import Protection, latest, snapshots
@@ -102,8 +103,7 @@ def test_the_copy_keeps_the_image_sparse(tmp_path):
     with open(image, "wb") as f:
         f.truncate(256 << 20)
         f.write(b"hv" * 256)
-    part = Partition(os.path.join(os.path.dirname(__file__), "..", "guests", "build",
-                                  "snap-counter.elf"), engine="tcg", console=Output(),
+    part = Partition(guest("snap-counter"), engine="tcg", console=Output(),
                      cmdline="rounds=400 pause=3000000", devices=[BlkDevice(str(image))])
     part.start()
     try:

@@ -28,7 +28,8 @@ from hv.devices.errors import QueueError
 from hv.log import log
 
 # Feature bits (virtio 1.2, section 6) every hv device offers, and status
-# and interrupt bits: csrc/include/hv/virtio_mmio.h, through cffi.
+# bits: csrc/include/hv/virtio_mmio.h, through cffi (the interrupt bit is
+# the transport's: hv/devices/transport.py).
 VIRTIO_F_RING_INDIRECT_DESC = 1 << lib.VIRTIO_RING_F_INDIRECT_DESC
 VIRTIO_F_RING_EVENT_IDX = 1 << lib.VIRTIO_RING_F_EVENT_IDX
 VIRTIO_F_VERSION_1 = 1 << lib.VIRTIO_F_VERSION_1
@@ -36,7 +37,6 @@ TRANSPORT_FEATURES = VIRTIO_F_VERSION_1 | VIRTIO_F_RING_INDIRECT_DESC | VIRTIO_F
 
 STATUS_DRIVER_OK = lib.VIRTIO_STATUS_DRIVER_OK
 STATUS_NEEDS_RESET = lib.VIRTIO_STATUS_NEEDS_RESET
-INTERRUPT_USED_BUFFER = lib.VIRTIO_MMIO_INT_VRING
 
 
 class VirtioDevice:
